@@ -1,0 +1,112 @@
+/* Compute kernels. Activations are channels-last: a (B, H, W, C) tensor is a
+ * row-major matrix of B*H*W rows ("tokens") by C columns, so 1x1
+ * convolutions and linear layers are plain GEMMs and 3x3 convolutions are
+ * implicit GEMMs over 9 shifted views of the same rows. Weights are packed
+ * once at load into the layout the selected microkernel streams.
+ *
+ * Every kernel has a plain reference version (kernels/reference.c) used by
+ * the tests. Nothing here allocates per call except where noted; nothing
+ * holds global mutable state. */
+#ifndef SD_KERNELS_H
+#define SD_KERNELS_H
+
+#include "common.h"
+#include "runtime/pool.h"
+
+/* A kernel set chosen at run time from the CPU's features. */
+typedef struct sd_kernels {
+    const char *name; /* "avx2", "portable" */
+    int mr, nr;       /* microkernel tile: mr rows of A by nr columns of B */
+    /* C[mr x nr] (row stride ldc) = (accumulate ? C : 0) + Apanel * Bpanel,
+     * Apanel: kc steps of mr floats (packed column-major by k),
+     * Bpanel: kc steps of nr floats. rows/cols < mr/nr store a partial tile. */
+    void (*micro)(int kc, const float *a, const float *b, float *c, int ldc, int accumulate,
+                  int rows, int cols);
+} sd_kernels;
+
+/* Best kernel set for this CPU. `force` may name one ("portable", "avx2")
+ * or be NULL; an unknown or unavailable name returns NULL. */
+const sd_kernels *sd_kernels_select(const char *force);
+
+/* Execution context passed to every kernel. */
+typedef struct sd_exec {
+    sd_pool *pool; /* NULL: run on the calling thread */
+    const sd_kernels *kern;
+} sd_exec;
+
+/* Weights packed for the GEMM: logical B[K][N], N = output features. */
+typedef struct sd_packed {
+    int K, N, nr;
+    float *data; /* ceil(N/nr) panels, each K x nr floats (k-major), zero padded */
+} sd_packed;
+
+/* Packs w, laid out [N][Cin][taps] (PyTorch OIHW conv weights with taps =
+ * kh*kw, or a Linear weight [N][K] with taps = 1), as B[k][n] with
+ * k = tap*Cin + ci. Returns SDUNET_E_NOMEM on failure. */
+sdunet_status sd_pack(const sd_kernels *kern, const float *w, int N, int Cin, int taps,
+                      sd_packed *out);
+void sd_packed_free(sd_packed *p);
+
+/* Fused epilogue, applied once per output element after the full K sum:
+ * C[m][n] = acc + bias[n] + group_add[(m / group_rows) * N + n] + residual[m * ld_res + n]
+ * Each term is optional (NULL). residual may alias C. */
+typedef struct sd_epilogue {
+    const float *bias;
+    const float *group_add;
+    int group_rows;
+    const float *residual;
+    int ld_res;
+} sd_epilogue;
+
+/* C[M][N] (row stride ldc) = A[M][K] (row stride lda) * B + epilogue. */
+void sd_gemm(const sd_exec *ex, int M, const float *A, int lda, const sd_packed *B, float *C,
+             int ldc, const sd_epilogue *ep);
+
+/* 3x3 convolution, padding 1, stride 1 or 2, as an implicit GEMM.
+ * in: (batch, H, W, Cin) channels-last; W packed with taps = 9 (K = 9*Cin);
+ * out: (batch, Ho, Wo, N), Ho = (H - 1) / stride + 1 (same for Wo).
+ * Epilogue rows are output pixels (m = (b*Ho + y)*Wo + x). */
+void sd_conv3x3(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin, int stride,
+                const sd_packed *Wp, float *out, const sd_epilogue *ep);
+
+/* GroupNorm over channels-last x (batch, HW, C): G groups of C/G channels,
+ * statistics over HW x C/G (accumulated in double), then gamma/beta and
+ * optionally SiLU. y may equal x. */
+void sd_groupnorm(const sd_exec *ex, const float *x, int batch, int HW, int C, int G, float eps,
+                  const float *gamma, const float *beta, int silu, float *y);
+
+/* LayerNorm over the last axis of x (M rows, C columns). y may equal x. */
+void sd_layernorm(const sd_exec *ex, const float *x, int M, int C, float eps, const float *gamma,
+                  const float *beta, float *y);
+
+/* y = x * sigmoid(x), n elements. y may equal x. */
+void sd_silu(const sd_exec *ex, const float *x, float *y, size_t n);
+
+/* GEGLU: x is M rows of 2F values [hidden | gate]; y[m][f] = hidden * gelu_erf(gate). */
+void sd_geglu(const sd_exec *ex, const float *x, int M, int F, float *y);
+
+/* Multi-head scaled dot-product attention, softmax over keys, tiled with an
+ * online softmax (no Nq x Nk score matrix).
+ * For each batch b and head h: rows b*Nq.. of q, b*Nk.. of k and v; head h
+ * is columns [h*dh, (h+1)*dh). o has the layout of q (row stride ldo). */
+void sd_attention(const sd_exec *ex, int batch, int heads, int dh, int Nq, int Nk, const float *q,
+                  int ldq, const float *k, int ldk, const float *v, int ldv, float *o, int ldo,
+                  float scale);
+
+/* Nearest-neighbour resize, channels-last, PyTorch's rule: source index =
+ * floor(dst * in / out). */
+void sd_upsample_nearest(const sd_exec *ex, const float *x, int batch, int H, int W, int C, int Ho,
+                         int Wo, float *y);
+
+/* ---- reference (naive, obviously correct) versions for the tests ---- */
+void sd_ref_gemm(int M, int N, int K, const float *A, int lda, const float *Bkn, float *C, int ldc,
+                 const sd_epilogue *ep); /* Bkn: plain K x N row-major */
+void sd_ref_conv3x3(const float *in, int batch, int H, int W, int Cin, int stride,
+                    const float *w_oihw, int N, float *out, const sd_epilogue *ep);
+void sd_ref_attention(int batch, int heads, int dh, int Nq, int Nk, const float *q, int ldq,
+                      const float *k, int ldk, const float *v, int ldv, float *o, int ldo,
+                      float scale);
+void sd_ref_groupnorm(const float *x, int batch, int HW, int C, int G, float eps,
+                      const float *gamma, const float *beta, int silu, float *y);
+
+#endif

@@ -1,0 +1,69 @@
+#include "common.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+sdunet_status sd_fail(sdunet_error *err, sdunet_status code, const char *fmt, ...)
+{
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->message, sizeof err->message, fmt, ap);
+        va_end(ap);
+        err->code = code;
+    }
+    return code;
+}
+
+void sd_err_prefix(sdunet_error *err, const char *prefix)
+{
+    if (!err || !prefix)
+        return;
+    char tmp[sizeof err->message];
+    snprintf(tmp, sizeof tmp, "%s: %s", prefix, err->message);
+    memcpy(err->message, tmp, sizeof tmp);
+}
+
+const char *sdunet_status_string(sdunet_status code)
+{
+    switch (code) {
+    case SDUNET_OK: return "ok";
+    case SDUNET_E_INVALID_ARG: return "invalid argument";
+    case SDUNET_E_IO: return "i/o error";
+    case SDUNET_E_FORMAT: return "malformed file";
+    case SDUNET_E_CONFIG: return "unsupported configuration";
+    case SDUNET_E_WEIGHTS: return "missing or mismatched weights";
+    case SDUNET_E_SHAPE: return "input shape mismatch";
+    case SDUNET_E_NOMEM: return "out of memory";
+    case SDUNET_E_UNSUPPORTED: return "unsupported";
+    case SDUNET_E_NONFINITE: return "non-finite input";
+    case SDUNET_E_BUSY: return "model busy";
+    }
+    return "unknown status";
+}
+
+void *sd_alloc(size_t bytes)
+{
+    if (bytes == 0)
+        bytes = 1;
+    size_t rounded;
+    if (!sd_add_size(bytes, 63, &rounded))
+        return NULL;
+    rounded &= ~(size_t)63;
+    return aligned_alloc(64, rounded);
+}
+
+void *sd_calloc(size_t n, size_t size)
+{
+    size_t bytes;
+    if (!sd_mul_size(n, size, &bytes))
+        return NULL;
+    void *p = sd_alloc(bytes);
+    if (p)
+        memset(p, 0, bytes);
+    return p;
+}
+
+void sd_free(void *p) { free(p); }

@@ -1,0 +1,42 @@
+/* Minimal test harness: each tests/test_*.c is one program whose main()
+ * RUNs test functions; each prints "ok - NAME" or "FAIL - NAME: why" and
+ * tests/run.sh adds them up. */
+#ifndef SD_CHECK_H
+#define SD_CHECK_H
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+extern int t_current_failed;
+extern int t_total_failed, t_total_passed;
+
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            t_current_failed++;                                                                    \
+            fprintf(stdout, "  check failed at %s:%d: %s: ", __FILE__, __LINE__, #cond);           \
+            fprintf(stdout, __VA_ARGS__);                                                          \
+            fputc('\n', stdout);                                                                   \
+        }                                                                                          \
+    } while (0)
+
+#define RUN(fn) t_run(#fn, fn)
+void t_run(const char *name, void (*fn)(void));
+/* Exit status for main: 0 when every test passed. */
+int t_summary(void);
+
+/* Path of a file under the test data folder (tests/data or $SDUNET_TEST_DATA);
+ * returns a static buffer per call slot (rotating, 8 slots). */
+const char *t_data(const char *rel);
+/* 1 when SDUNET_TEST_SMALL is set: full-size cases are not run (sanitizer builds). */
+int t_small_only(void);
+
+/* Relative L2 error ||a - ref|| / ||ref|| in double. */
+double t_rel_l2_f32_f64(const float *a, const double *ref, size_t n);
+double t_rel_l2_f32(const float *a, const float *ref, size_t n);
+
+/* Deterministic pseudo-random floats in [-1, 1) for kernel tests. */
+void t_fill_random(float *x, size_t n, unsigned long long seed);
+
+#endif
