@@ -21,8 +21,19 @@ void sd_err_prefix(sdunet_error *err, const char *prefix)
 {
     if (!err || !prefix)
         return;
+    /* Build "prefix: message" and truncate to the buffer on purpose. */
     char tmp[sizeof err->message];
-    snprintf(tmp, sizeof tmp, "%s: %s", prefix, err->message);
+    size_t p = strlen(prefix), m = strnlen(err->message, sizeof err->message - 1);
+    if (p > sizeof tmp - 3)
+        p = sizeof tmp - 3;
+    memcpy(tmp, prefix, p);
+    tmp[p] = ':';
+    tmp[p + 1] = ' ';
+    size_t room = sizeof tmp - 1 - (p + 2);
+    if (m > room)
+        m = room;
+    memcpy(tmp + p + 2, err->message, m);
+    tmp[p + 2 + m] = 0;
     memcpy(err->message, tmp, sizeof tmp);
 }
 

@@ -1,0 +1,310 @@
+/* The public API: argument checking, layout conversion at the boundary
+ * (NCHW outside, channels-last inside), the per-shape activation plan and
+ * the thread pool. */
+#include "io/tensorfile.h"
+#include "kernels/kernels.h"
+#include "model/unet.h"
+#include "model/model_internal.h"
+#include "runtime/pool.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct sdunet_model {
+    sd_unet unet;
+    const sd_kernels *kern;
+    sd_pool *pool;
+    int threads;
+    int allow_nonfinite;
+    sd_plan plan; /* for the last input shape */
+    float *io;    /* channels-last input and output staging, sized with the plan */
+    size_t io_floats;
+    atomic_flag busy;
+};
+
+/* Upper bounds on input sizes: generous for real use, small enough that no
+ * size computation can overflow. */
+#define SD_MAX_BATCH 1024
+#define SD_MAX_SIDE 8192
+#define SD_MAX_CONTEXT 65536
+
+void sdunet_options_default(sdunet_options *opt)
+{
+    if (opt)
+        memset(opt, 0, sizeof *opt);
+}
+
+static int default_threads(void)
+{
+    const char *s = getenv("SDUNET_THREADS");
+    if (s && *s) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (*end == 0 && v >= 1 && v <= 1024)
+            return (int)v;
+    }
+    return sd_cpu_count();
+}
+
+static sdunet_status model_new(const sdunet_options *opt, sdunet_model **out, sdunet_error *err)
+{
+    *out = NULL;
+    sdunet_options def;
+    if (!opt) {
+        sdunet_options_default(&def);
+        opt = &def;
+    }
+    if (opt->threads < 0 || opt->threads > 1024)
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "threads must be 0..1024 (got %d)", opt->threads);
+    sdunet_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return sd_fail(err, SDUNET_E_NOMEM, "out of memory");
+    atomic_flag_clear(&m->busy);
+    m->allow_nonfinite = opt->allow_nonfinite != 0;
+    m->kern = sd_kernels_select(getenv("SDUNET_ISA"));
+    if (!m->kern)
+        m->kern = sd_kernels_select(NULL);
+    m->threads = opt->threads ? opt->threads : default_threads();
+    sdunet_status st = sd_pool_create(m->threads, &m->pool, err);
+    if (st) {
+        free(m);
+        return st;
+    }
+    *out = m;
+    return SDUNET_OK;
+}
+
+sdunet_status sd_model_create(const sd_unet_config *cfg, const sd_weight_source *src,
+                              const sdunet_options *opt, sdunet_model **out, sdunet_error *err)
+{
+    sdunet_model *m = NULL;
+    sdunet_status st = model_new(opt, &m, err);
+    if (st)
+        return st;
+    if ((st = sd_unet_build(&m->unet, cfg, src, m->kern, err))) {
+        sdunet_free(m);
+        return st;
+    }
+    *out = m;
+    return SDUNET_OK;
+}
+
+sdunet_status sdunet_load_synthetic(const char *config, const sdunet_options *opt,
+                                    sdunet_model **out, sdunet_error *err)
+{
+    if (!out)
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL output pointer");
+    *out = NULL;
+    if (!config)
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL config");
+    sd_unet_config cfg;
+    sdunet_status st = sd_config_load(config, &cfg, err);
+    if (st)
+        return st;
+    sd_weight_source src = {0};
+    return sd_model_create(&cfg, &src, opt, out, err);
+}
+
+/* The config.json beside a weight file, if there is one. */
+static int sibling_config(const char *weights, char *out, size_t outlen)
+{
+    const char *slash = strrchr(weights, '/');
+    size_t dir = slash ? (size_t)(slash - weights + 1) : 0;
+    if (dir + sizeof "config.json" > outlen)
+        return 0;
+    memcpy(out, weights, dir);
+    memcpy(out + dir, "config.json", sizeof "config.json");
+    FILE *f = fopen(out, "rb");
+    if (!f)
+        return 0;
+    fclose(f);
+    return 1;
+}
+
+sdunet_status sdunet_load(const char *weights_path, const char *config_path,
+                          const sdunet_options *opt, sdunet_model **out, sdunet_error *err)
+{
+    if (!out)
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL output pointer");
+    *out = NULL;
+    if (!weights_path)
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL weights path");
+    sd_unet_config cfg;
+    sdunet_status st;
+    char found[4096];
+    if (config_path) {
+        st = sd_config_load(config_path, &cfg, err);
+    } else if (sibling_config(weights_path, found, sizeof found)) {
+        st = sd_config_load(found, &cfg, err);
+    } else {
+        st = sd_fail(err, SDUNET_E_CONFIG,
+                     "%s: no config.json beside the weights; pass a config file or preset "
+                     "(sd15, sd21)",
+                     weights_path);
+    }
+    if (st)
+        return st;
+    sd_tensorfile *tf = NULL;
+    if ((st = sd_tensorfile_open(weights_path, &tf, err)))
+        return st;
+    sd_weight_source src = {.file = tf};
+    st = sd_model_create(&cfg, &src, opt, out, err);
+    sd_tensorfile_close(tf);
+    if (st && st != SDUNET_E_NOMEM)
+        sd_err_prefix(err, weights_path);
+    return st;
+}
+
+sdunet_status sdunet_set_threads(sdunet_model *m, int threads, sdunet_error *err)
+{
+    if (!m)
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL model");
+    if (threads < 0 || threads > 1024)
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "threads must be 0..1024 (got %d)", threads);
+    if (atomic_flag_test_and_set(&m->busy))
+        return sd_fail(err, SDUNET_E_BUSY, "model is running a forward on another thread");
+    int n = threads ? threads : default_threads();
+    sd_pool *p;
+    sdunet_status st = sd_pool_create(n, &p, err);
+    if (!st) {
+        sd_pool_destroy(m->pool);
+        m->pool = p;
+        m->threads = n;
+    }
+    atomic_flag_clear(&m->busy);
+    return st;
+}
+
+void sdunet_get_info(const sdunet_model *m, sdunet_model_info *info)
+{
+    if (!info)
+        return;
+    memset(info, 0, sizeof *info);
+    if (!m)
+        return;
+    info->in_channels = m->unet.cfg.in_channels;
+    info->out_channels = m->unet.cfg.out_channels;
+    info->context_dim = m->unet.cfg.cross_attention_dim;
+    info->n_params = m->unet.n_params;
+    info->threads = m->threads;
+    info->isa = m->kern->name;
+}
+
+void sdunet_free(sdunet_model *m)
+{
+    if (!m)
+        return;
+    sd_unet_release(&m->unet);
+    sd_plan_free(&m->plan);
+    sd_free(m->io);
+    sd_pool_destroy(m->pool);
+    free(m);
+}
+
+static int overlaps(const void *a, size_t an, const void *b, size_t bn)
+{
+    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
+    return x < y + bn && y < x + an;
+}
+
+static int all_finite(const float *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(p[i]))
+            return 0;
+    return 1;
+}
+
+sdunet_status sd_model_forward_ev(sdunet_model *m, const float *sample, int batch, int channels,
+                                  int height, int width, const float *timesteps, int n_timesteps,
+                                  const float *context, int context_len, int context_dim,
+                                  float *out, sd_event_fn ev, void *ev_user, sdunet_error *err)
+{
+    if (!m || !sample || !timesteps || !context || !out)
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL %s",
+                       !m ? "model" : !sample ? "sample" : !timesteps ? "timesteps"
+                                              : !context ? "context" : "output");
+    const sd_unet_config *c = &m->unet.cfg;
+    if (batch < 1 || batch > SD_MAX_BATCH)
+        return sd_fail(err, SDUNET_E_SHAPE, "batch %d out of range 1..%d", batch, SD_MAX_BATCH);
+    if (channels != c->in_channels)
+        return sd_fail(err, SDUNET_E_SHAPE, "sample has %d channels; the model takes %d", channels,
+                       c->in_channels);
+    if (height < 1 || width < 1 || height > SD_MAX_SIDE || width > SD_MAX_SIDE)
+        return sd_fail(err, SDUNET_E_SHAPE, "latent size %dx%d out of range 1..%d", height, width,
+                       SD_MAX_SIDE);
+    if (context_len < 1 || context_len > SD_MAX_CONTEXT)
+        return sd_fail(err, SDUNET_E_SHAPE, "context length %d out of range 1..%d", context_len,
+                       SD_MAX_CONTEXT);
+    if (context_dim != c->cross_attention_dim)
+        return sd_fail(err, SDUNET_E_SHAPE, "context width %d; the model takes %d", context_dim,
+                       c->cross_attention_dim);
+    if (n_timesteps != 1 && n_timesteps != batch)
+        return sd_fail(err, SDUNET_E_SHAPE, "%d timesteps for batch %d (give 1 or %d)",
+                       n_timesteps, batch, batch);
+    size_t hw = (size_t)height * width, n_in = (size_t)batch * channels * hw;
+    size_t n_out = (size_t)batch * c->out_channels * hw;
+    size_t n_ctx = (size_t)batch * context_len * context_dim;
+    if (overlaps(out, n_out * 4, sample, n_in * 4) || overlaps(out, n_out * 4, context, n_ctx * 4) ||
+        overlaps(out, n_out * 4, timesteps, (size_t)n_timesteps * 4))
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "output buffer overlaps an input");
+    if (!m->allow_nonfinite) {
+        if (!all_finite(sample, n_in))
+            return sd_fail(err, SDUNET_E_NONFINITE, "sample contains NaN or Inf");
+        if (!all_finite(context, n_ctx))
+            return sd_fail(err, SDUNET_E_NONFINITE, "context contains NaN or Inf");
+        if (!all_finite(timesteps, (size_t)n_timesteps))
+            return sd_fail(err, SDUNET_E_NONFINITE, "timestep is NaN or Inf");
+    }
+    if (!m->unet.has_weights)
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "model has no weights");
+    if (atomic_flag_test_and_set(&m->busy))
+        return sd_fail(err, SDUNET_E_BUSY, "model is running a forward on another thread");
+
+    sdunet_status st = SDUNET_OK;
+    sd_plan *plan = &m->plan;
+    if (!plan->mem || plan->B != batch || plan->H != height || plan->W != width ||
+        plan->L != context_len) {
+        sd_plan_free(plan);
+        sd_free(m->io);
+        m->io = NULL;
+        sd_unet_plan(&m->unet, batch, height, width, context_len, plan, NULL, NULL);
+        st = sd_plan_alloc(plan, err);
+        m->io_floats = n_in + n_out + (size_t)batch;
+        if (!st && !(m->io = sd_alloc(m->io_floats * sizeof(float)))) {
+            sd_plan_free(plan);
+            st = sd_fail(err, SDUNET_E_NOMEM, "out of memory");
+        }
+    }
+    if (!st) {
+        float *x = m->io, *y = x + n_in, *t = y + n_out;
+        /* NCHW -> channels-last */
+        for (int b = 0; b < batch; b++)
+            for (int ch = 0; ch < channels; ch++)
+                for (size_t p = 0; p < hw; p++)
+                    x[((size_t)b * hw + p) * channels + ch] = sample[((size_t)b * channels + ch) * hw + p];
+        for (int b = 0; b < batch; b++)
+            t[b] = timesteps[n_timesteps == 1 ? 0 : b];
+        sd_exec ex = {.pool = m->pool, .kern = m->kern};
+        sd_unet_forward(&m->unet, &ex, plan, x, t, context, y, ev, ev_user);
+        const int oc = c->out_channels;
+        for (int b = 0; b < batch; b++)
+            for (int ch = 0; ch < oc; ch++)
+                for (size_t p = 0; p < hw; p++)
+                    out[((size_t)b * oc + ch) * hw + p] = y[((size_t)b * hw + p) * oc + ch];
+    }
+    atomic_flag_clear(&m->busy);
+    return st;
+}
+
+sdunet_status sdunet_forward(sdunet_model *m, const float *sample, int batch, int channels,
+                             int height, int width, const float *timesteps, int n_timesteps,
+                             const float *context, int context_len, int context_dim, float *out,
+                             sdunet_error *err)
+{
+    return sd_model_forward_ev(m, sample, batch, channels, height, width, timesteps, n_timesteps,
+                               context, context_len, context_dim, out, NULL, NULL, err);
+}

@@ -1,0 +1,17 @@
+/* Internal entry points shared by the CLI and the tests. */
+#ifndef SD_MODEL_INTERNAL_H
+#define SD_MODEL_INTERNAL_H
+
+#include "model/unet.h"
+
+/* sdunet_forward with trace events (see sd_event). */
+sdunet_status sd_model_forward_ev(sdunet_model *m, const float *sample, int batch, int channels,
+                                  int height, int width, const float *timesteps, int n_timesteps,
+                                  const float *context, int context_len, int context_dim,
+                                  float *out, sd_event_fn ev, void *ev_user, sdunet_error *err);
+
+/* A model from a configuration and a weight source (file or synthetic). */
+sdunet_status sd_model_create(const sd_unet_config *cfg, const sd_weight_source *src,
+                              const sdunet_options *opt, sdunet_model **out, sdunet_error *err);
+
+#endif

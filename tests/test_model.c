@@ -1,0 +1,404 @@
+/* The UNet against the golden data on the small cases (micro, tiny,
+ * tiny-b2-odd, tiny-sd2), the weight file formats, the synthetic generator,
+ * configuration parsing and bad input to the forward. */
+#include "check.h"
+#include "golden.h"
+
+#include "io/json.h"
+#include "io/tensorfile.h"
+#include "model/config.h"
+#include "model/model_internal.h"
+#include "model/synth.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)n + 1);
+    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
+        free(b);
+        b = NULL;
+    }
+    fclose(f);
+    if (b)
+        b[n] = 0;
+    *len = (size_t)n;
+    return b;
+}
+
+/* ---- synthetic generator: bit-exact against synth-vectors.json ---- */
+static void test_synth_vectors(void)
+{
+    size_t len;
+    char *text = slurp(t_data("synth-vectors.json"), &len);
+    CHECK(text != NULL, "cannot read synth-vectors.json");
+    if (!text)
+        return;
+    sd_json *j;
+    sdunet_error err;
+    CHECK(sd_json_parse(text, len, &j, &err) == SDUNET_OK, "%s", err.message);
+    const sd_json *v = sd_json_get(j, "vectors");
+    CHECK(v && v->type == SD_JSON_ARRAY && v->len >= 5, "no vectors");
+    for (size_t k = 0; v && k < v->len; k++) {
+        const sd_json *e = &v->items[k];
+        const char *name = sd_json_get(e, "name")->string;
+        const sd_json *shape = sd_json_get(e, "shape");
+        int64_t sh[8];
+        int nd = (int)shape->len;
+        size_t n = 1;
+        for (int i = 0; i < nd; i++)
+            n *= (size_t)(sh[i] = shape->items[i].integer);
+        float *x = malloc(n * sizeof(float));
+        double s = sd_json_get(e, "s")->number;
+        float c = (float)sd_json_get(e, "c")->number;
+        if (strncmp(name, "input.", 6) == 0)
+            sd_synth_fill(name, n, s, c, x);
+        else
+            sd_synth_weight(name, nd, sh, x);
+        char hex[32];
+        snprintf(hex, sizeof hex, "0x%016llx", (unsigned long long)sd_fnv1a64(name));
+        CHECK(strcmp(hex, sd_json_get(e, "fnv1a64")->string) == 0, "%s: fnv %s", name, hex);
+        const sd_json *f8 = sd_json_get(e, "first8_hex");
+        for (size_t i = 0; i < f8->len && i < n; i++) {
+            uint32_t bits;
+            memcpy(&bits, &x[i], 4);
+            unsigned long want = strtoul(f8->items[i].string, NULL, 16);
+            CHECK(bits == want, "%s[%zu]: 0x%08x != %s", name, i, bits, f8->items[i].string);
+        }
+        uint32_t last;
+        memcpy(&last, &x[n - 1], 4);
+        CHECK(last == strtoul(sd_json_get(e, "last_hex")->string, NULL, 16), "%s: last", name);
+        double acc = 0;
+        for (size_t i = 0; i < n; i++)
+            acc += x[i];
+        double want = sd_json_get(e, "sum_f64_sequential")->number;
+        CHECK(acc == want, "%s: sum %.17g != %.17g", name, acc, want);
+        free(x);
+    }
+    sd_json_free(j);
+    free(text);
+}
+
+/* ---- configuration ---- */
+static void test_config_presets(void)
+{
+    sd_unet_config c;
+    sdunet_error err;
+    CHECK(sd_config_preset("sd15", &c, &err) == SDUNET_OK, "sd15");
+    CHECK(c.block_out_channels[2] == 1280 && c.heads[0] == 8 && c.cross_attention_dim == 768 &&
+              !c.use_linear_projection,
+          "sd15 values");
+    CHECK(sd_config_preset("sd21", &c, &err) == SDUNET_OK, "sd21");
+    CHECK(c.heads[0] == 5 && c.heads[3] == 20 && c.cross_attention_dim == 1024 &&
+              c.use_linear_projection,
+          "sd21 values");
+    CHECK(sd_config_preset("sdxl", &c, &err) == SDUNET_E_CONFIG, "unknown preset");
+    /* every case's config.json parses */
+    const char *cases[] = {"micro", "tiny", "tiny-sd2", "sd15-64"};
+    for (int i = 0; i < 4; i++) {
+        char p[256];
+        snprintf(p, sizeof p, "%s/config.json", t_data(cases[i]));
+        CHECK(sd_config_load(p, &c, &err) == SDUNET_OK, "%s: %s", cases[i], err.message);
+    }
+    char p[256];
+    snprintf(p, sizeof p, "%s/config.json", t_data("tiny-sd2"));
+    sd_config_load(p, &c, &err);
+    CHECK(c.heads[0] == 2 && c.heads[1] == 4 && c.use_linear_projection && c.cross_attention_dim == 48,
+          "tiny-sd2 values");
+    snprintf(p, sizeof p, "%s/config.json", t_data("sd15-64"));
+    sd_unet_config a, b;
+    sd_config_load(p, &a, &err);
+    sd_config_preset("sd15", &b, &err);
+    CHECK(memcmp(&a, &b, sizeof a) == 0, "sd15 config.json == sd15 preset");
+}
+
+static void expect_config_error(const char *json, const char *needle)
+{
+    sd_unet_config c;
+    sdunet_error err = {0};
+    sdunet_status st = sd_config_parse(json, strlen(json), &c, &err);
+    CHECK(st == SDUNET_E_CONFIG, "config %s: status %d", json, st);
+    CHECK(strstr(err.message, needle) != NULL, "message '%s' lacks '%s'", err.message, needle);
+}
+
+static void test_config_errors(void)
+{
+    expect_config_error("{\"addition_embed_type\": \"text_time\"}", "addition_embed_type");
+    expect_config_error("{\"transformer_layers_per_block\": 2}", "transformer_layers_per_block");
+    expect_config_error("{\"down_block_types\": [\"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\","
+                        "\"CrossAttnDownBlock2D\", \"SimpleDownBlock2D\"]}",
+                        "SimpleDownBlock2D");
+    expect_config_error("{\"some_new_feature\": 3}", "some_new_feature");
+    expect_config_error("{\"block_out_channels\": [320, 640]}", "down_block_types");
+    expect_config_error("{\"attention_head_dim\": [8, 8]}", "attention_head_dim");
+    expect_config_error("{\"norm_num_groups\": 7}", "divisible");
+    expect_config_error("{\"layers_per_block\": \"2\"}", "layers_per_block");
+    expect_config_error("{\"class_embed_type\": \"timestep\"}", "class_embed_type");
+    expect_config_error("{\"mid_block_type\": \"UNetMidBlock2DSimpleCrossAttn\"}", "mid_block_type");
+    expect_config_error("[1, 2]", "object");
+    expect_config_error("{\"in_channels\": 4,", "config");
+    /* unknown keys that are null or false are accepted */
+    sd_unet_config c;
+    sdunet_error err;
+    const char *ok = "{\"future_flag\": false, \"other\": null, \"_name_or_path\": \"x\"}";
+    CHECK(sd_config_parse(ok, strlen(ok), &c, &err) == SDUNET_OK, "%s", err.message);
+    CHECK(sd_config_load("/nonexistent/config.json", &c, &err) == SDUNET_E_IO, "missing file");
+}
+
+/* ---- golden cases with synthetic weights ---- */
+static sdunet_model *synthetic_for(const char *case_name, sd_dtype round)
+{
+    char p[256];
+    snprintf(p, sizeof p, "%s/config.json", t_data(case_name));
+    sd_unet_config cfg;
+    sdunet_error err;
+    if (sd_config_load(p, &cfg, &err)) {
+        printf("  %s\n", err.message);
+        return NULL;
+    }
+    sd_weight_source src = {.synth_round = round};
+    sdunet_model *m = NULL;
+    if (sd_model_create(&cfg, &src, NULL, &m, &err))
+        printf("  %s\n", err.message);
+    return m;
+}
+
+static void run_case(const char *name, const char *weights_case)
+{
+    golden_case g;
+    CHECK(golden_load(name, &g) == 0, "load %s", name);
+    sdunet_model *m = synthetic_for(weights_case, SD_DT_F32);
+    CHECK(m != NULL, "model");
+    if (m && g.sample) {
+        double worst = 0;
+        double rel = golden_run(m, &g, 1, &worst, NULL);
+        printf("  %s: relative L2 %.3g (worst trace point %.3g)\n", name, rel, worst);
+        CHECK(rel >= 0 && rel <= 2e-6, "%s: relative L2 %.3g", name, rel);
+    }
+    sdunet_free(m);
+    golden_free(&g);
+}
+
+static void test_micro(void) { run_case("micro", "micro"); }
+static void test_tiny(void) { run_case("tiny", "tiny"); }
+static void test_tiny_b2_odd(void) { run_case("tiny-b2-odd", "tiny"); }
+static void test_tiny_sd2(void) { run_case("tiny-sd2", "tiny-sd2"); }
+
+/* ---- weight files ---- */
+static void test_micro_f32_file(void)
+{
+    golden_case g;
+    CHECK(golden_load("micro", &g) == 0, "load");
+    char p[256];
+    snprintf(p, sizeof p, "%s/weights.safetensors", t_data("micro"));
+    sdunet_model *m = NULL;
+    sdunet_error err;
+    CHECK(sdunet_load(p, NULL, NULL, &m, &err) == SDUNET_OK, "%s", err.message);
+    if (m) {
+        float *a = malloc(g.n_out * 4), *b = malloc(g.n_out * 4);
+        double rel = golden_run(m, &g, 0, NULL, a);
+        printf("  micro weights.safetensors: relative L2 %.3g\n", rel);
+        CHECK(rel >= 0 && rel <= 2e-6, "relative L2 %.3g", rel);
+        /* identical to the synthetic model: same weights, same kernels */
+        sdunet_model *s = synthetic_for("micro", SD_DT_F32);
+        golden_run(s, &g, 0, NULL, b);
+        CHECK(memcmp(a, b, g.n_out * 4) == 0, "file and synthetic outputs differ");
+        sdunet_free(s);
+        free(a);
+        free(b);
+    }
+    sdunet_free(m);
+    golden_free(&g);
+}
+
+static void check_half_file(const char *file, sd_dtype dt)
+{
+    golden_case g;
+    CHECK(golden_load("micro", &g) == 0, "load");
+    char p[256], c[256];
+    snprintf(p, sizeof p, "%s/%s", t_data("micro"), file);
+    snprintf(c, sizeof c, "%s/config.json", t_data("micro"));
+    sdunet_model *m = NULL;
+    sdunet_error err;
+    CHECK(sdunet_load(p, c, NULL, &m, &err) == SDUNET_OK, "%s", err.message);
+    sdunet_model *s = synthetic_for("micro", dt);
+    if (m && s) {
+        float *a = malloc(g.n_out * 4), *b = malloc(g.n_out * 4);
+        double rel = golden_run(m, &g, 0, NULL, a);
+        golden_run(s, &g, 0, NULL, b);
+        double same = t_rel_l2_f32(a, b, g.n_out);
+        printf("  %s: vs rounded-weight model %.3g, vs float64 reference %.3g\n", file, same, rel);
+        CHECK(memcmp(a, b, g.n_out * 4) == 0, "%s: output differs from the model with rounded "
+                                              "weights (%.3g)",
+              file, same);
+        CHECK(rel < 2e-2, "%s: far from the reference (%.3g)", file, rel);
+        free(a);
+        free(b);
+    }
+    sdunet_free(m);
+    sdunet_free(s);
+    golden_free(&g);
+}
+
+static void test_micro_fp16_file(void) { check_half_file("weights-fp16.safetensors", SD_DT_F16); }
+static void test_micro_bf16_file(void) { check_half_file("weights-bf16.safetensors", SD_DT_BF16); }
+
+/* A weight file missing a tensor, or with one of the wrong shape, is a
+ * clear error naming it. */
+static void test_missing_and_mismatched_tensors(void)
+{
+    char p[256];
+    snprintf(p, sizeof p, "%s/weights.safetensors", t_data("micro"));
+    sd_tensorfile *tf;
+    sdunet_error err;
+    CHECK(sd_tensorfile_open(p, &tf, &err) == SDUNET_OK, "%s", err.message);
+    if (!tf)
+        return;
+    sd_tensor_info *ts = malloc(tf->count * sizeof *ts);
+    size_t n = 0;
+    for (size_t i = 0; i < tf->count; i++)
+        if (strcmp(tf->tensors[i].name, "mid_block.attentions.0.proj_in.weight") != 0)
+            ts[n++] = tf->tensors[i];
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(ts[i].name, "conv_out.bias") == 0) {
+            ts[i].shape[0] = 2; /* claims 2 values: 8 bytes of the 16 */
+            ts[i].numel = 2;
+            ts[i].nbytes = 8;
+        }
+    const char *out = "/tmp/sdunet-test-missing.safetensors";
+    CHECK(sd_safetensors_write(out, ts, n, NULL, &err) == SDUNET_OK, "%s", err.message);
+    char c[256];
+    snprintf(c, sizeof c, "%s/config.json", t_data("micro"));
+    sdunet_model *m = NULL;
+    sdunet_status st = sdunet_load(out, c, NULL, &m, &err);
+    CHECK(st == SDUNET_E_WEIGHTS, "status %d", st);
+    CHECK(m == NULL, "no model on error");
+    CHECK(strstr(err.message, "mid_block.attentions.0.proj_in.weight") != NULL, "message: %s",
+          err.message);
+    CHECK(strstr(err.message, "conv_out.bias") != NULL, "message: %s", err.message);
+    remove(out);
+    free(ts);
+    sd_tensorfile_close(tf);
+    /* the wrong config for the file: every shape mismatches */
+    sd_unet_config cfg;
+    sd_config_preset("sd15", &cfg, &err);
+    st = sdunet_load(p, "sd15", NULL, &m, &err);
+    CHECK(st == SDUNET_E_WEIGHTS && m == NULL, "sd15 config on micro weights: %d", st);
+    st = sdunet_load("/nonexistent/w.safetensors", "sd15", NULL, &m, &err);
+    CHECK(st == SDUNET_E_IO && m == NULL, "missing file: %d", st);
+    st = sdunet_load(p, "/nonexistent/config.json", NULL, &m, &err);
+    CHECK(st == SDUNET_E_IO && m == NULL, "missing config: %d", st);
+}
+
+/* ---- bad input to the forward ---- */
+static void test_forward_bad_input(void)
+{
+    sdunet_model *m = synthetic_for("micro", SD_DT_F32);
+    CHECK(m != NULL, "model");
+    if (!m)
+        return;
+    const int B = 1, C = 4, H = 8, W = 8, L = 5, D = 16;
+    float x[B * C * H * W], ctx[B * L * D], out[B * C * H * W], t = 10;
+    sd_synth_fill("x", sizeof x / 4, 1.0, 0, x);
+    sd_synth_fill("c", sizeof ctx / 4, 1.0, 0, ctx);
+    sdunet_error e;
+    CHECK(sdunet_forward(m, x, B, C, H, W, &t, 1, ctx, L, D, out, &e) == SDUNET_OK, "%s",
+          e.message);
+    CHECK(sdunet_forward(m, x, B, 3, H, W, &t, 1, ctx, L, D, out, &e) == SDUNET_E_SHAPE, "channels");
+    CHECK(strstr(e.message, "channels") != NULL, "%s", e.message);
+    CHECK(sdunet_forward(m, x, B, C, H, W, &t, 1, ctx, L, 15, out, &e) == SDUNET_E_SHAPE, "ctx width");
+    CHECK(sdunet_forward(m, x, B, C, 0, W, &t, 1, ctx, L, D, out, &e) == SDUNET_E_SHAPE, "H=0");
+    CHECK(sdunet_forward(m, x, B, C, H, 0, &t, 1, ctx, L, D, out, &e) == SDUNET_E_SHAPE, "W=0");
+    CHECK(sdunet_forward(m, x, 0, C, H, W, &t, 1, ctx, L, D, out, &e) == SDUNET_E_SHAPE, "B=0");
+    CHECK(sdunet_forward(m, x, B, C, H, W, &t, 1, ctx, 0, D, out, &e) == SDUNET_E_SHAPE, "L=0");
+    CHECK(sdunet_forward(m, x, B, C, H, W, &t, 2, ctx, L, D, out, &e) == SDUNET_E_SHAPE,
+          "2 timesteps for batch 1");
+    CHECK(sdunet_forward(m, x, B, C, H, W, &t, 0, ctx, L, D, out, &e) == SDUNET_E_SHAPE,
+          "0 timesteps");
+    CHECK(sdunet_forward(NULL, x, B, C, H, W, &t, 1, ctx, L, D, out, &e) == SDUNET_E_INVALID_ARG,
+          "NULL model");
+    CHECK(sdunet_forward(m, NULL, B, C, H, W, &t, 1, ctx, L, D, out, &e) == SDUNET_E_INVALID_ARG,
+          "NULL sample");
+    CHECK(sdunet_forward(m, x, B, C, H, W, &t, 1, ctx, L, D, x, &e) == SDUNET_E_INVALID_ARG,
+          "out aliases sample");
+    /* NaN / Inf: rejected by default, propagated when allowed */
+    float saved = x[5];
+    x[5] = NAN;
+    CHECK(sdunet_forward(m, x, B, C, H, W, &t, 1, ctx, L, D, out, &e) == SDUNET_E_NONFINITE, "NaN");
+    x[5] = INFINITY;
+    CHECK(sdunet_forward(m, x, B, C, H, W, &t, 1, ctx, L, D, out, &e) == SDUNET_E_NONFINITE, "Inf");
+    x[5] = saved;
+    float tn = NAN;
+    CHECK(sdunet_forward(m, x, B, C, H, W, &tn, 1, ctx, L, D, out, &e) == SDUNET_E_NONFINITE,
+          "NaN timestep");
+    ctx[3] = NAN;
+    CHECK(sdunet_forward(m, x, B, C, H, W, &t, 1, ctx, L, D, out, &e) == SDUNET_E_NONFINITE,
+          "NaN context");
+    sdunet_free(m);
+
+    char p[256];
+    snprintf(p, sizeof p, "%s/config.json", t_data("micro"));
+    sdunet_options o;
+    sdunet_options_default(&o);
+    o.allow_nonfinite = 1;
+    o.threads = 2;
+    CHECK(sdunet_load_synthetic(p, &o, &m, &e) == SDUNET_OK, "%s", e.message);
+    CHECK(sdunet_forward(m, x, B, C, H, W, &t, 1, ctx, L, D, out, &e) == SDUNET_OK, "%s",
+          e.message);
+    int nans = 0;
+    for (size_t i = 0; i < sizeof out / 4; i++)
+        nans += isnan(out[i]) != 0;
+    CHECK(nans > 0, "a NaN in the context propagates when allowed (%d NaNs)", nans);
+    sdunet_free(m);
+    sdunet_free(NULL);
+    o.threads = -1;
+    CHECK(sdunet_load_synthetic(p, &o, &m, &e) == SDUNET_E_INVALID_ARG && m == NULL, "threads -1");
+}
+
+/* Shapes of a forward change between calls: the plan is redone. */
+static void test_shape_changes(void)
+{
+    sdunet_model *m = synthetic_for("micro", SD_DT_F32);
+    CHECK(m != NULL, "model");
+    if (!m)
+        return;
+    float x[2 * 4 * 9 * 13], ctx[2 * 3 * 16], o1[2 * 4 * 9 * 13], o2[4 * 9 * 13], t[2] = {3, 700};
+    sd_synth_fill("x", sizeof x / 4, 1.0, 0, x);
+    sd_synth_fill("c", sizeof ctx / 4, 1.0, 0, ctx);
+    sdunet_error e;
+    CHECK(sdunet_forward(m, x, 2, 4, 9, 13, t, 2, ctx, 3, 16, o1, &e) == SDUNET_OK, "%s",
+          e.message);
+    CHECK(sdunet_forward(m, x + 4 * 9 * 13, 1, 4, 9, 13, t + 1, 1, ctx + 3 * 16, 3, 16, o2, &e) ==
+              SDUNET_OK,
+          "%s", e.message);
+    /* row 1 of the batch equals the same row run alone */
+    CHECK(t_rel_l2_f32(o1 + 4 * 9 * 13, o2, 4 * 9 * 13) < 1e-6, "batch row independence %.3g",
+          t_rel_l2_f32(o1 + 4 * 9 * 13, o2, 4 * 9 * 13));
+    sdunet_free(m);
+}
+
+int main(void)
+{
+    RUN(test_synth_vectors);
+    RUN(test_config_presets);
+    RUN(test_config_errors);
+    RUN(test_micro);
+    RUN(test_tiny);
+    RUN(test_tiny_b2_odd);
+    RUN(test_tiny_sd2);
+    RUN(test_micro_f32_file);
+    RUN(test_micro_fp16_file);
+    RUN(test_micro_bf16_file);
+    RUN(test_missing_and_mismatched_tensors);
+    RUN(test_forward_bad_input);
+    RUN(test_shape_changes);
+    return t_summary();
+}
