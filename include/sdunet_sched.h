@@ -18,9 +18,11 @@
  * Latents at this boundary are float32 (what the UNet works in); every
  * function also has an _f64 twin working on double arrays, which the float32
  * versions wrap. Internally the multistep state (past model outputs, saved
- * samples, derivatives) is kept in double, and the scalar coefficients are
- * rounded to float32 exactly where diffusers computes them in float32, so the
- * _f64 path reproduces diffusers run in float64 to about 1e-6.
+ * samples, derivatives) is kept in double, and the tables and scalar
+ * coefficients are rounded to float32 exactly where diffusers computes them in
+ * float32, so the _f64 path reproduces diffusers run on float64 latents:
+ * bit for bit for ddim, euler, euler_a and pndm, to ~1e-7 relative for the
+ * others (float32 log/exp rounding, LMS's numerical quadrature).
  *
  * Call order: set_timesteps resets the run. Stateless samplers (ddim, euler,
  * euler_a) accept any step index in any order. Multistep samplers (dpmpp_2m,
@@ -54,14 +56,14 @@ typedef enum sdunet_beta_schedule {
 } sdunet_beta_schedule;
 
 typedef struct sdunet_sched_config {
-    int num_train_timesteps;        /* T: 1000 (2..100000) */
-    double beta_start;              /* 0.00085 */
-    double beta_end;                /* 0.012 */
-    sdunet_beta_schedule beta_schedule; /* scaled_linear */
-    int steps_offset;               /* 1 (0..T-1); timestep spacing is always "leading" */
-    int set_alpha_to_one;           /* 0: DDIM/PNDM's last step goes to alphas_cumprod[0] */
+    int num_train_timesteps;                /* T: 1000 (2..100000) */
+    double beta_start;                      /* 0.00085 */
+    double beta_end;                        /* 0.012 */
+    sdunet_beta_schedule beta_schedule;     /* scaled_linear */
+    int steps_offset;                       /* 1 (0..T-1); timestep spacing is always "leading" */
+    int set_alpha_to_one;                   /* 0: DDIM/PNDM's last step goes to alphas_cumprod[0] */
     sdunet_prediction_type prediction_type; /* epsilon */
-    double eta;                     /* DDIM only: 0 = deterministic; > 0 adds noise */
+    double eta;                             /* DDIM only, 0..1: 0 = deterministic; > 0 adds noise */
 } sdunet_sched_config;
 
 /* Fills `cfg` with the SD1.5 scheduler_config.json values listed above. */
@@ -105,19 +107,19 @@ double sdunet_sched_sigma(const sdunet_scheduler *sched, int i);
  * sqrt(sigma_max^2 + 1) for euler, euler_a and lms. NAN before set_timesteps. */
 double sdunet_sched_init_noise_sigma(const sdunet_scheduler *sched);
 
-/* 1 when step i consumes fresh standard normal noise (euler_a; ddim with
- * eta > 0), else 0 (also for bad arguments). Note: diffusers' Euler draws
- * noise every step and multiplies it by 0; callers that must keep the same
- * random stream as diffusers may draw and discard it. */
+/* 1 when step i consumes fresh standard normal noise, else 0 (also for bad
+ * arguments): every step of euler_a (also the last, where diffusers draws it
+ * and weights it by 0) and of ddim with eta > 0. diffusers' Euler draws noise
+ * every step and multiplies it by 0; callers that must keep the same random
+ * stream as diffusers may draw and discard it. */
 int sdunet_sched_step_needs_noise(const sdunet_scheduler *sched, int i);
 
 /* Scales the latent into the UNet input for call i: x / sqrt(sigma_i^2 + 1)
  * for euler, euler_a and lms, a copy for the others. */
 sdunet_status sdunet_sched_scale_model_input(sdunet_scheduler *sched, int i, const float *x,
                                              size_t n_elems, float *out, sdunet_error *err);
-sdunet_status sdunet_sched_scale_model_input_f64(sdunet_scheduler *sched, int i,
-                                                 const double *x, size_t n_elems, double *out,
-                                                 sdunet_error *err);
+sdunet_status sdunet_sched_scale_model_input_f64(sdunet_scheduler *sched, int i, const double *x,
+                                                 size_t n_elems, double *out, sdunet_error *err);
 
 /* One sampler step for call i: takes the model output (epsilon or v, after
  * guidance) at latent x and writes the next latent to out. `noise` is n_elems
@@ -132,8 +134,8 @@ sdunet_status sdunet_sched_step_f64(sdunet_scheduler *sched, int i, const double
 
 /* Classifier-free guidance: out = uncond + guidance * (cond - uncond),
  * computed in double. out may equal uncond or cond. */
-sdunet_status sdunet_cfg_combine(const float *uncond, const float *cond, double guidance,
-                                 size_t n, float *out);
+sdunet_status sdunet_cfg_combine(const float *uncond, const float *cond, double guidance, size_t n,
+                                 float *out);
 sdunet_status sdunet_cfg_combine_f64(const double *uncond, const double *cond, double guidance,
                                      size_t n, double *out);
 
