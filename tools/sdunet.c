@@ -2,6 +2,8 @@
  *   sdunet run | demo | synth | info | trace  (sdunet --help) */
 #include "sdunet.h"
 
+#include "cli.h"
+
 #include "io/npy.h"
 #include "io/tensorfile.h"
 #include "model/config.h"
@@ -15,105 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int die(const char *fmt, ...) SD_PRINTF(1, 2);
-#include <stdarg.h>
-static int die(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("sdunet: error: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return 1;
-}
-
-/* ---- argument parsing: --flag value pairs ---- */
-
-typedef struct opt {
-    const char *name;
-    const char *value;
-    int is_flag; /* takes no value */
-    int seen;
-} opt;
-
-static int parse_opts(int argc, char **argv, opt *opts, int nopts, int *want_help)
-{
-    *want_help = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            *want_help = 1;
-            return 0;
-        }
-        int k;
-        for (k = 0; k < nopts; k++)
-            if (strcmp(a, opts[k].name) == 0)
-                break;
-        if (k == nopts)
-            return die("unknown option '%s' (see --help)", a);
-        if (opts[k].seen)
-            return die("option %s given twice", a);
-        opts[k].seen = 1;
-        if (opts[k].is_flag) {
-            opts[k].value = "1";
-        } else {
-            if (i + 1 >= argc)
-                return die("option %s needs a value", a);
-            opts[k].value = argv[++i];
-        }
-    }
-    return 0;
-}
-
-static const char *get(opt *opts, int n, const char *name)
-{
-    for (int k = 0; k < n; k++)
-        if (strcmp(opts[k].name, name) == 0)
-            return opts[k].value;
-    return NULL;
-}
-
-static int parse_int(const char *s, const char *what, int lo, int hi, int *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return die("%s must be an integer in %d..%d (got '%s')", what, lo, hi, s);
-    *out = (int)v;
-    return 0;
-}
-
-/* Comma-separated timesteps. */
-static int parse_timesteps(const char *s, float *out, int cap, int *n)
-{
-    *n = 0;
-    const char *p = s;
-    for (;;) {
-        char *end;
-        errno = 0;
-        double v = strtod(p, &end);
-        if (end == p || errno || !isfinite(v))
-            return die("--timestep: '%s' is not a list of numbers", s);
-        if (*n >= cap)
-            return die("--timestep: more than %d values", cap);
-        out[(*n)++] = (float)v;
-        if (*end == 0)
-            return 0;
-        if (*end != ',')
-            return die("--timestep: '%s' is not a comma-separated list of numbers", s);
-        p = end + 1;
-    }
-}
 
 static void print_checksum(const float *y, size_t n)
 {
@@ -749,6 +652,7 @@ static const char main_help[] =
     "  trace   block and skip-stack shapes for a configuration, without weights\n"
     "  synth   write deterministic synthetic weights to a safetensors file\n"
     "  info    describe a weight file\n"
+    "  sample  the denoising loop: a latent from noise with a scheduler and guidance\n"
     "\n"
     "environment: SDUNET_THREADS (default thread count), SDUNET_ISA (force a kernel set:\n"
     "portable, avx2)\n";
@@ -778,5 +682,7 @@ int main(int argc, char **argv)
         return cmd_synth(n, a);
     if (strcmp(cmd, "info") == 0)
         return cmd_info(n, a);
+    if (strcmp(cmd, "sample") == 0)
+        return cmd_sample(n, a);
     return die("unknown command '%s' (see sdunet --help)", cmd);
 }

@@ -1,0 +1,132 @@
+/* The full-size SD1.5 UNet on synthetic weights generated in memory:
+ * sd15-64 (batch 1, 64x64, t = 999) with every trace point's summary
+ * statistics, and sd15-b2-96x64 (batch 2, 64 high x 96 wide, t = 500, 20). */
+#include "check.h"
+#include "golden.h"
+
+#include "io/json.h"
+#include "model/model_internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static sdunet_model *g_model;
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)n + 1);
+    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
+        free(b);
+        b = NULL;
+    }
+    fclose(f);
+    *len = (size_t)n;
+    return b;
+}
+
+typedef struct stats_ctx {
+    const sd_json *tensors;
+    int compared, failed;
+    double worst;
+} stats_ctx;
+
+/* Compares l2 norm and the first 8 values (NCHW order) of a trace point. */
+static void on_event(void *user, const sd_event *e)
+{
+    stats_ctx *sc = user;
+    if (e->kind != SD_EV_TENSOR || !e->data)
+        return;
+    const sd_json *ref = NULL;
+    for (size_t i = 0; i < sc->tensors->len; i++) {
+        const sd_json *nm = sd_json_get(&sc->tensors->items[i], "name");
+        if (nm && nm->type == SD_JSON_STRING && strcmp(nm->string, e->name) == 0)
+            ref = &sc->tensors->items[i];
+    }
+    if (!ref)
+        return;
+    size_t hw = (size_t)e->H * e->W, n = (size_t)e->B * e->C * hw;
+    double sq = 0;
+    for (size_t i = 0; i < n; i++)
+        sq += (double)e->data[i] * e->data[i];
+    double l2 = sqrt(sq), want = sd_json_get(ref, "l2")->number;
+    double rel = fabs(l2 - want) / want;
+    const sd_json *f8 = sd_json_get(ref, "first8");
+    double num = 0, den = 0;
+    for (size_t k = 0; k < f8->len && k < 8; k++) {
+        /* NCHW index k -> channels-last: channel k / hw, pixel k % hw */
+        size_t c = k / hw, p = k % hw;
+        double v = e->data[p * e->C + c], r = f8->items[k].number;
+        num += (v - r) * (v - r);
+        den += r * r;
+    }
+    double rel8 = den > 0 ? sqrt(num / den) : 0;
+    if (rel > sc->worst)
+        sc->worst = rel;
+    if (!(rel <= 2e-6) || !(rel8 <= 1e-5)) {
+        printf("  trace %s: l2 %.9g vs %.9g (rel %.3g), first8 rel %.3g\n", e->name, l2, want, rel,
+               rel8);
+        sc->failed++;
+    }
+    sc->compared++;
+}
+
+static void test_sd15_64(void)
+{
+    golden_case g;
+    CHECK(golden_load("sd15-64", &g) == 0, "load case");
+    size_t len;
+    char *text = slurp(t_data("sd15-64/trace.json"), &len);
+    sd_json *tj = NULL;
+    sdunet_error err;
+    CHECK(text && sd_json_parse(text, len, &tj, &err) == SDUNET_OK, "trace.json");
+    if (g_model && tj && g.sample) {
+        stats_ctx sc = {.tensors = sd_json_get(tj, "tensors")};
+        float *out = malloc(g.n_out * sizeof(float));
+        sdunet_status st = sd_model_forward_ev(g_model, g.sample, g.B, g.C, g.H, g.W, g.t, g.nt,
+                                               g.context, g.L, g.D, out, on_event, &sc, &err);
+        CHECK(st == SDUNET_OK, "%s", err.message);
+        double rel = t_rel_l2_f32_f64(out, g.expected, g.n_out);
+        printf("  sd15-64: relative L2 %.3g; %d trace points, worst l2-norm deviation %.3g\n", rel,
+               sc.compared, sc.worst);
+        CHECK(rel <= 2e-6, "relative L2 %.3g", rel);
+        CHECK(sc.compared >= 20 && sc.failed == 0, "%d trace points, %d off", sc.compared,
+              sc.failed);
+        free(out);
+    }
+    sd_json_free(tj);
+    free(text);
+    golden_free(&g);
+}
+
+static void test_sd15_b2_96x64(void)
+{
+    golden_case g;
+    CHECK(golden_load("sd15-b2-96x64", &g) == 0, "load case");
+    if (g_model && g.sample) {
+        double rel = golden_run(g_model, &g, 0, NULL, NULL);
+        printf("  sd15-b2-96x64: relative L2 %.3g\n", rel);
+        CHECK(rel >= 0 && rel <= 2e-6, "relative L2 %.3g", rel);
+    }
+    golden_free(&g);
+}
+
+int main(void)
+{
+    if (t_small_only()) {
+        printf("# full-size cases not run (SDUNET_TEST_SMALL set)\n");
+        return 0;
+    }
+    sdunet_error err;
+    if (sdunet_load_synthetic("sd15", NULL, &g_model, &err))
+        printf("  %s\n", err.message);
+    RUN(test_sd15_64);
+    RUN(test_sd15_b2_96x64);
+    sdunet_free(g_model);
+    return t_summary();
+}

@@ -1,0 +1,33 @@
+/* The CLI's shared helpers. Every command is `int cmd_NAME(argc, argv)`
+ * with argv starting after the command word; it returns the exit status. */
+#ifndef SD_CLI_H
+#define SD_CLI_H
+
+#include "common.h"
+
+/* Seconds on a monotonic clock. */
+double now_s(void);
+/* Prints "sdunet: error: ..." on stderr and returns 1. */
+int die(const char *fmt, ...) SD_PRINTF(1, 2);
+
+/* --flag value pairs (is_flag: takes no value). */
+typedef struct opt {
+    const char *name;
+    const char *value;
+    int is_flag;
+    int seen;
+} opt;
+
+/* Parses argv into opts; sets *want_help on --help/-h. Returns non-zero
+ * (after printing the error) on unknown, repeated or incomplete options. */
+int parse_opts(int argc, char **argv, opt *opts, int nopts, int *want_help);
+/* The value given for `name`, or NULL. */
+const char *get(opt *opts, int n, const char *name);
+/* Integer in lo..hi, else an error naming `what`. */
+int parse_int(const char *s, const char *what, int lo, int hi, int *out);
+/* Comma-separated finite numbers, at most cap. */
+int parse_timesteps(const char *s, float *out, int cap, int *n);
+
+int cmd_sample(int argc, char **argv);
+
+#endif
