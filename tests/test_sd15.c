@@ -68,7 +68,12 @@ static void on_event(void *user, const sd_event *e)
     double rel8 = den > 0 ? sqrt(num / den) : 0;
     if (rel > sc->worst)
         sc->worst = rel;
-    if (!(rel <= 2e-6) || !(rel8 <= 1e-5)) {
+    /* The reference's sinusoidal projection comes from PyTorch's own float32
+     * exp/cos, which differ from correctly rounded ones by an ulp of the
+     * argument here and there (an argument near 900 has an ulp of 6e-5): its
+     * first values can differ by that much, its norm cannot. */
+    double bar8 = strcmp(e->name, "time_proj") == 0 ? 2e-4 : 1e-5;
+    if (!(rel <= 2e-6) || !(rel8 <= bar8)) {
         printf("  trace %s: l2 %.9g vs %.9g (rel %.3g), first8 rel %.3g\n", e->name, l2, want, rel,
                rel8);
         sc->failed++;
