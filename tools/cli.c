@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 double now_s(void)
 {
@@ -25,6 +26,16 @@ int die(const char *fmt, ...)
     fputc('\n', stderr);
     va_end(ap);
     return 1;
+}
+
+void progress(const char *fmt, ...)
+{
+    if (!isatty(2))
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
 }
 
 int parse_opts(int argc, char **argv, opt *opts, int nopts, int *want_help)

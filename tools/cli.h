@@ -10,6 +10,10 @@ double now_s(void);
 /* Prints "sdunet: error: ..." on stderr and returns 1. */
 int die(const char *fmt, ...) SD_PRINTF(1, 2);
 
+/* Progress messages: printed on stderr only when it is a terminal, so a
+ * failing command in a script leaves exactly one line (the error). */
+void progress(const char *fmt, ...) SD_PRINTF(1, 2);
+
 /* --flag value pairs (is_flag: takes no value). */
 typedef struct opt {
     const char *name;

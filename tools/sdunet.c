@@ -130,17 +130,17 @@ static int load_model(const char *model, const char *config, const char *synthet
     sdunet_status st;
     double t0 = now_s();
     if (synthetic) {
-        fprintf(stderr, "generating synthetic weights (%s)...\n", synthetic);
+        progress("generating synthetic weights (%s)...\n", synthetic);
         st = sdunet_load_synthetic(synthetic, &o, m, &err);
     } else {
-        fprintf(stderr, "loading %s...\n", model);
+        progress("loading %s...\n", model);
         st = sdunet_load(model, config, &o, m, &err);
     }
     if (st)
         return die("%s", err.message);
     sdunet_model_info info;
     sdunet_get_info(*m, &info);
-    fprintf(stderr, "model ready in %.2f s: %.1fM parameters, %d threads, %s kernels\n",
+    progress("model ready in %.2f s: %.1fM parameters, %d threads, %s kernels\n",
             now_s() - t0, (double)info.n_params / 1e6, info.threads, info.isa);
     return 0;
 }
@@ -228,7 +228,7 @@ static int cmd_run(int argc, char **argv)
         die("out of memory");
         goto done;
     }
-    fprintf(stderr, "forward: sample (%lld,%lld,%lld,%lld), context (%lld,%lld,%lld)...\n",
+    progress("forward: sample (%lld,%lld,%lld,%lld), context (%lld,%lld,%lld)...\n",
             (long long)ss[0], (long long)ss[1], (long long)ss[2], (long long)ss[3],
             (long long)cs[0], (long long)cs[1], (long long)cs[2]);
     double t0 = now_s();
@@ -484,7 +484,7 @@ static int cmd_synth(int argc, char **argv)
         free_names(&l);
         return die("out of memory");
     }
-    fprintf(stderr, "generating %zu tensors...\n", l.n);
+    progress("generating %zu tensors...\n", l.n);
     for (size_t i = 0; i < l.n; i++) {
         sd_tensor_info *t = &l.t[i];
         t->dtype = dt;

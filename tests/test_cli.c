@@ -1,0 +1,282 @@
+/* The command-line tool end to end: help, a real run against the golden
+ * data, synth/info/trace, and bad input (each a non-zero exit with exactly
+ * one line on stderr, never a crash). */
+#include "check.h"
+
+#include "io/npy.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+
+static char g_bin[512];
+static const char *tmp = "/tmp/sdunet-cli-test";
+
+typedef struct result {
+    int status; /* exit status, or 128 + signal */
+    char out[16384], err[4096];
+    int err_lines;
+} result;
+
+static char *read_all(const char *path, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "rb");
+    buf[0] = 0;
+    if (!f)
+        return buf;
+    size_t n = fread(buf, 1, cap - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    return buf;
+}
+
+static result *sh(const char *args)
+{
+    static result r;
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s %s >%s/out.txt 2>%s/err.txt </dev/null", g_bin, args, tmp, tmp);
+    int st = system(cmd);
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+    char p[600];
+    snprintf(p, sizeof p, "%s/out.txt", tmp);
+    read_all(p, r.out, sizeof r.out);
+    snprintf(p, sizeof p, "%s/err.txt", tmp);
+    read_all(p, r.err, sizeof r.err);
+    r.err_lines = 0;
+    for (char *c = r.err; *c; c++)
+        r.err_lines += *c == '\n';
+    return &r;
+}
+
+/* A failing command: non-zero (not a crash), one line on stderr containing `needle`. */
+static void expect_fail(const char *args, const char *needle)
+{
+    result *r = sh(args);
+    CHECK(r->status != 0 && r->status < 128, "'%s' exit status %d", args, r->status);
+    CHECK(r->err_lines == 1, "'%s': %d stderr lines: %s", args, r->err_lines, r->err);
+    CHECK(strstr(r->err, needle) != NULL, "'%s': stderr '%s' lacks '%s'", args, r->err, needle);
+}
+
+static void write_npy(const char *name, int nd, const int64_t *shape, float fill_nan_at)
+{
+    size_t n = 1;
+    for (int i = 0; i < nd; i++)
+        n *= (size_t)shape[i];
+    float *x = calloc(n ? n : 1, sizeof(float));
+    t_fill_random(x, n, 7);
+    if (fill_nan_at >= 0 && (size_t)fill_nan_at < n)
+        x[(size_t)fill_nan_at] = NAN;
+    char p[600];
+    snprintf(p, sizeof p, "%s/%s", tmp, name);
+    sdunet_error e;
+    sd_npy_write_f32(p, x, nd, shape, &e);
+    free(x);
+}
+
+static void test_help(void)
+{
+    result *r = sh("--help");
+    CHECK(r->status == 0 && strstr(r->out, "commands:"), "--help: %d", r->status);
+    const char *cmds[] = {"run", "demo", "trace", "synth", "info", "sample"};
+    for (int i = 0; i < 6; i++) {
+        char a[64];
+        snprintf(a, sizeof a, "%s --help", cmds[i]);
+        r = sh(a);
+        CHECK(r->status == 0 && strstr(r->out, "usage: sdunet"), "%s: %d", a, r->status);
+    }
+    r = sh("");
+    CHECK(r->status == 2, "no command: %d", r->status);
+    expect_fail("frobnicate", "unknown command");
+}
+
+static void test_run_micro(void)
+{
+    char args[1024];
+    snprintf(args, sizeof args,
+             "run --model %s/weights.safetensors --sample %s/sample.npy --timestep 1 "
+             "--context %s/context.npy --out %s/out.npy --threads 2",
+             t_data("micro"), t_data("micro"), t_data("micro"), tmp);
+    result *r = sh(args);
+    CHECK(r->status == 0, "run: %d %s", r->status, r->err);
+    CHECK(strstr(r->out, "checksum:") != NULL, "no checksum in '%s'", r->out);
+    char p[600];
+    snprintf(p, sizeof p, "%s/out.npy", tmp);
+    float *y = NULL;
+    double *ref = NULL;
+    int nd, nd2;
+    int64_t s[8], s2[8];
+    sdunet_error e;
+    CHECK(sd_npy_read_f32(p, &y, &nd, s, &e) == SDUNET_OK, "%s", e.message);
+    snprintf(p, sizeof p, "%s/expected_f64.npy", t_data("micro"));
+    CHECK(sd_npy_read_f64(p, &ref, &nd2, s2, &e) == SDUNET_OK, "%s", e.message);
+    if (y && ref) {
+        CHECK(nd == 4 && s[0] == 1 && s[1] == 4 && s[2] == 16 && s[3] == 16, "shape");
+        double rel = t_rel_l2_f32_f64(y, ref, 4 * 16 * 16);
+        CHECK(rel <= 2e-6, "relative L2 %.3g", rel);
+    }
+    sd_free(y);
+    sd_free(ref);
+}
+
+static void test_run_bad_input(void)
+{
+    char base[1024], a[2048];
+    const char *m = t_data("micro");
+    snprintf(base, sizeof base, "run --model %s/weights.safetensors --out %s/o.npy", m, tmp);
+    int64_t good_s[4] = {1, 4, 8, 8}, good_c[3] = {1, 5, 16};
+    write_npy("s.npy", 4, good_s, -1);
+    write_npy("c.npy", 3, good_c, -1);
+    int64_t s3[4] = {1, 3, 8, 8}, s0[4] = {1, 4, 0, 8}, s2b[4] = {2, 4, 8, 8};
+    int64_t cw[3] = {1, 5, 15}, c2d[2] = {5, 16};
+    write_npy("s3.npy", 4, s3, -1);
+    write_npy("s0.npy", 4, s0, -1);
+    write_npy("s2b.npy", 4, s2b, -1);
+    write_npy("snan.npy", 4, good_s, 17);
+    write_npy("cw.npy", 3, cw, -1);
+    write_npy("c2d.npy", 2, c2d, -1);
+
+#define RUNF(extra, needle)                                                                        \
+    do {                                                                                           \
+        snprintf(a, sizeof a, "%s %s", base, extra);                                               \
+        expect_fail(a, needle);                                                                    \
+    } while (0)
+    char x[1024];
+    snprintf(x, sizeof x, "--sample %s/s3.npy --context %s/c.npy --timestep 5", tmp, tmp);
+    RUNF(x, "channels");
+    snprintf(x, sizeof x, "--sample %s/s0.npy --context %s/c.npy --timestep 5", tmp, tmp);
+    RUNF(x, "dimension");
+    snprintf(x, sizeof x, "--sample %s/s2b.npy --context %s/c.npy --timestep 5", tmp, tmp);
+    RUNF(x, "batch");
+    snprintf(x, sizeof x, "--sample %s/s.npy --context %s/cw.npy --timestep 5", tmp, tmp);
+    RUNF(x, "context width");
+    snprintf(x, sizeof x, "--sample %s/s.npy --context %s/c2d.npy --timestep 5", tmp, tmp);
+    RUNF(x, "3-d");
+    snprintf(x, sizeof x, "--sample %s/s.npy --context %s/c.npy --timestep 5,6", tmp, tmp);
+    RUNF(x, "timestep");
+    snprintf(x, sizeof x, "--sample %s/s.npy --context %s/c.npy --timestep abc", tmp, tmp);
+    RUNF(x, "timestep");
+    snprintf(x, sizeof x, "--sample %s/snan.npy --context %s/c.npy --timestep 5", tmp, tmp);
+    RUNF(x, "NaN");
+    snprintf(x, sizeof x, "--sample %s/missing.npy --context %s/c.npy --timestep 5", tmp, tmp);
+    RUNF(x, "missing.npy");
+    snprintf(x, sizeof x, "--sample %s/s.npy --context %s/c.npy --timestep 5 --threads 0", tmp,
+             tmp);
+    RUNF(x, "--threads");
+    snprintf(x, sizeof x, "--sample %s/s.npy --context %s/c.npy --timestep 5 --bogus 1", tmp, tmp);
+    RUNF(x, "unknown option");
+    snprintf(x, sizeof x, "--sample %s/s.npy --context %s/c.npy", tmp, tmp);
+    RUNF(x, "--timestep");
+#undef RUNF
+    /* the model side: missing, truncated, garbage files; malformed config */
+    snprintf(a, sizeof a,
+             "run --model %s/nope.safetensors --config sd15 --sample %s/s.npy --context %s/c.npy "
+             "--timestep 1 --out %s/o.npy",
+             tmp, tmp, tmp, tmp);
+    expect_fail(a, "nope.safetensors");
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "head -c 100000 %s/weights.safetensors > %s/trunc.safetensors", m,
+             tmp);
+    CHECK(system(cmd) == 0, "head");
+    snprintf(a, sizeof a,
+             "run --model %s/trunc.safetensors --config %s/config.json --sample %s/s.npy "
+             "--context %s/c.npy --timestep 1 --out %s/o.npy",
+             tmp, m, tmp, tmp, tmp);
+    expect_fail(a, "trunc.safetensors");
+    snprintf(cmd, sizeof cmd, "printf '{\"in_channels\": 4,' > %s/bad.json", tmp);
+    CHECK(system(cmd) == 0, "printf");
+    snprintf(a, sizeof a,
+             "run --model %s/weights.safetensors --config %s/bad.json --sample %s/s.npy "
+             "--context %s/c.npy --timestep 1 --out %s/o.npy",
+             m, tmp, tmp, tmp, tmp);
+    expect_fail(a, "bad.json");
+    snprintf(a, sizeof a,
+             "run --synthetic sd15 --model x --sample %s/s.npy --context %s/c.npy --timestep 1 "
+             "--out %s/o.npy",
+             tmp, tmp, tmp);
+    expect_fail(a, "exactly one");
+}
+
+static int same_file(const char *a, const char *b)
+{
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    int same = fa && fb;
+    while (same) {
+        int ca = fgetc(fa), cb = fgetc(fb);
+        if (ca != cb)
+            same = 0;
+        if (ca == EOF || cb == EOF)
+            break;
+    }
+    if (fa)
+        fclose(fa);
+    if (fb)
+        fclose(fb);
+    return same;
+}
+
+static void test_synth_and_info(void)
+{
+    char a[1024], p[600], ref[600];
+    const char *m = t_data("micro");
+    const char *dts[3] = {"f32", "f16", "bf16"};
+    const char *files[3] = {"weights.safetensors", "weights-fp16.safetensors",
+                            "weights-bf16.safetensors"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(a, sizeof a, "synth --config %s/config.json --dtype %s --out %s/w.safetensors", m,
+                 dts[i], tmp);
+        result *r = sh(a);
+        CHECK(r->status == 0, "synth %s: %s", dts[i], r->err);
+        snprintf(p, sizeof p, "%s/w.safetensors", tmp);
+        snprintf(ref, sizeof ref, "%s/%s", m, files[i]);
+        CHECK(same_file(p, ref), "synth --dtype %s differs from the reference file %s", dts[i],
+              files[i]);
+    }
+    expect_fail("synth --config sd15 --dtype f8 --out /tmp/x.safetensors", "--dtype");
+    snprintf(a, sizeof a, "info %s/weights.safetensors", m);
+    result *r = sh(a);
+    CHECK(r->status == 0, "info: %s", r->err);
+    CHECK(strstr(r->out, "tensors: 682") && strstr(r->out, "loads: yes") &&
+              strstr(r->out, "unused tensors: 0") && strstr(r->out, "layout: diffusers"),
+          "info output: %s", r->out);
+    expect_fail("info /nonexistent.safetensors", "nonexistent");
+}
+
+static void test_trace(void)
+{
+    result *r = sh("trace --config sd15");
+    CHECK(r->status == 0, "trace: %s", r->err);
+    CHECK(strstr(r->out, "up_blocks.3.resnets.2") && strstr(r->out, "(1,1280,8,8)"),
+          "trace output: %s", r->out);
+    /* the seed's skip table: index 6 is down_blocks[1]'s downsampler, (640, 16x16) */
+    CHECK(strstr(r->out, "6     down_blocks.1.downsamplers.0     (640, 16x16)"), "skip 6");
+    r = sh("trace --config sd15 --height 20 --width 27 --batch 2");
+    CHECK(r->status == 0 && strstr(r->out, "(1280, 3x4)"), "odd trace: %s", r->out);
+    expect_fail("trace --config sd15 --height 0", "--height");
+    expect_fail("trace --config nosuchpreset", "nosuchpreset");
+}
+
+int main(void)
+{
+    const char *bin = getenv("SDUNET_BIN");
+    const char *build = getenv("BUILD");
+    snprintf(g_bin, sizeof g_bin, "%s", bin ? bin : "");
+    if (!bin)
+        snprintf(g_bin, sizeof g_bin, "%s/sdunet", build ? build : "build");
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "mkdir -p %s", tmp);
+    if (system(cmd) != 0)
+        return 1;
+    FILE *f = fopen(g_bin, "rb");
+    CHECK(f != NULL, "no CLI binary at %s", g_bin);
+    if (f)
+        fclose(f);
+    RUN(test_help);
+    RUN(test_run_micro);
+    RUN(test_run_bad_input);
+    RUN(test_synth_and_info);
+    RUN(test_trace);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    if (system(cmd) != 0)
+        return 1;
+    return t_summary();
+}
