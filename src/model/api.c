@@ -84,7 +84,10 @@ sdunet_status sd_model_create(const sd_unet_config *cfg, const sd_weight_source 
     sdunet_status st = model_new(opt, &m, err);
     if (st)
         return st;
-    if ((st = sd_unet_build(&m->unet, cfg, src, m->kern, err))) {
+    sd_weight_source s = *src;
+    if (!s.pool)
+        s.pool = m->pool;
+    if ((st = sd_unet_build(&m->unet, cfg, &s, m->kern, err))) {
         sdunet_free(m);
         return st;
     }

@@ -16,6 +16,11 @@ void sd_synth_fill(const char *name, size_t n, double s, float c, float *out);
  * rank 1 ".bias": 0.1, 0). */
 void sd_synth_weight(const char *name, int ndim, const int64_t *shape, float *out);
 
+/* The same, generated in parallel on a thread pool (NULL: inline). */
+struct sd_pool;
+void sd_synth_weight_pool(const char *name, int ndim, const int64_t *shape, float *out,
+                          struct sd_pool *pool);
+
 /* Standard inputs: "input.sample" (s = sqrt 3) and "input.encoder_hidden_states" (s = 1). */
 #define SD_SYNTH_SAMPLE_NAME "input.sample"
 #define SD_SYNTH_CONTEXT_NAME "input.encoder_hidden_states"

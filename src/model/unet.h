@@ -76,6 +76,8 @@ typedef struct sd_weight_source {
     sd_dtype synth_round;
     /* Only check names and shapes (and call visit): no conversion, no packing. */
     int check_only;
+    /* Threads for generating and converting weights (NULL: inline). */
+    sd_pool *pool;
 } sd_weight_source;
 
 /* Builds all layers for cfg, loading and packing weights from src.

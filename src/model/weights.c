@@ -73,7 +73,7 @@ static void fetch(loader *ld, const char *name, int ndim, const int64_t *shape, 
     if (ld->src->check_only && !ld->src->file)
         return;
     if (!ld->src->file) {
-        sd_synth_weight(name, ndim, shape, dst);
+        sd_synth_weight_pool(name, ndim, shape, dst, ld->src->pool);
         if (ld->src->synth_round == SD_DT_F16)
             for (size_t i = 0; i < n; i++)
                 dst[i] = sd_f16_to_f32(sd_f32_to_f16(dst[i]));
