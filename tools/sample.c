@@ -159,11 +159,11 @@ static void print_checksum(const float *y, size_t n)
 
 int cmd_sample(int argc, char **argv)
 {
-    opt o[] = {{.name = "--model"},   {.name = "--config"},     {.name = "--synthetic"},
-               {.name = "--context"}, {.name = "--uncond"},     {.name = "--guidance"},
-               {.name = "--scheduler"}, {.name = "--steps"},    {.name = "--seed"},
-               {.name = "--noise"},   {.name = "--batch"},      {.name = "--height"},
-               {.name = "--width"},   {.name = "--out"},        {.name = "--threads"},
+    opt o[] = {{.name = "--model"},     {.name = "--config"}, {.name = "--synthetic"},
+               {.name = "--context"},   {.name = "--uncond"}, {.name = "--guidance"},
+               {.name = "--scheduler"}, {.name = "--steps"},  {.name = "--seed"},
+               {.name = "--noise"},     {.name = "--batch"},  {.name = "--height"},
+               {.name = "--width"},     {.name = "--out"},    {.name = "--threads"},
                {.name = "--prediction"}};
     const int no = sizeof o / sizeof o[0];
     int help;
@@ -232,8 +232,9 @@ int cmd_sample(int argc, char **argv)
             goto done;
         if (us[1] != cs[1] || us[2] != cs[2]) {
             die("--uncond is (%lld, %lld, %lld) but --context (%lld, %lld, %lld): L and D must "
-                "match (they run as one batch)", (long long)us[0], (long long)us[1],
-                (long long)us[2], (long long)cs[0], (long long)cs[1], (long long)cs[2]);
+                "match (they run as one batch)",
+                (long long)us[0], (long long)us[1], (long long)us[2], (long long)cs[0],
+                (long long)cs[1], (long long)cs[2]);
             goto done;
         }
     }
@@ -258,9 +259,9 @@ int cmd_sample(int argc, char **argv)
         const int64_t have[3] = {ns[0], ns[2], ns[3]};
         for (int i = 0; i < 3; i++)
             if (given[i] && given[i] != have[i]) {
-                die("%s %d conflicts with --noise %s, which is (%lld, %lld, %lld, %lld)",
-                    names[i], given[i], noise_p, (long long)ns[0], (long long)ns[1],
-                    (long long)ns[2], (long long)ns[3]);
+                die("%s %d conflicts with --noise %s, which is (%lld, %lld, %lld, %lld)", names[i],
+                    given[i], noise_p, (long long)ns[0], (long long)ns[1], (long long)ns[2],
+                    (long long)ns[3]);
                 goto done;
             }
         B = (int)ns[0], H = (int)ns[2], W = (int)ns[3];
@@ -298,17 +299,16 @@ int cmd_sample(int argc, char **argv)
     }
     sdunet_model_info info;
     sdunet_get_info(m, &info);
-    progress("model ready in %.2f s: %.1fM parameters, %d threads, %s kernels\n",
-             now_s() - t_load, (double)info.n_params / 1e6, info.threads, info.isa);
+    progress("model ready in %.2f s: %.1fM parameters, %d threads, %s kernels\n", now_s() - t_load,
+             (double)info.n_params / 1e6, info.threads, info.isa);
     const int C = info.in_channels;
     if (info.out_channels != C) {
-        die("the model maps %d channels to %d; sampling needs equal counts", C,
-            info.out_channels);
+        die("the model maps %d channels to %d; sampling needs equal counts", C, info.out_channels);
         goto done;
     }
     if (cs[2] != info.context_dim) {
-        die("--context has D = %lld but the model's cross-attention width is %d",
-            (long long)cs[2], info.context_dim);
+        die("--context has D = %lld but the model's cross-attention width is %d", (long long)cs[2],
+            info.context_dim);
         goto done;
     }
     const size_t n = (size_t)B * C * H * W;
@@ -329,12 +329,20 @@ int cmd_sample(int argc, char **argv)
         sdunet_rng_normal(&rng, latent, n);
     }
 
-    sdunet_sample_params sp = {
-        .steps = steps, .batch = B, .height = H, .width = W,
-        .context = ctx, .context_rows = (int)cs[0], .context_len = (int)cs[1],
-        .context_dim = (int)cs[2],
-        .uncond = use_cfg ? unc : NULL, .uncond_rows = (int)us[0], .uncond_len = (int)us[1],
-        .guidance = guidance, .rng = &rng, .progress = on_progress};
+    sdunet_sample_params sp = {.steps = steps,
+                               .batch = B,
+                               .height = H,
+                               .width = W,
+                               .context = ctx,
+                               .context_rows = (int)cs[0],
+                               .context_len = (int)cs[1],
+                               .context_dim = (int)cs[2],
+                               .uncond = use_cfg ? unc : NULL,
+                               .uncond_rows = (int)us[0],
+                               .uncond_len = (int)us[1],
+                               .guidance = guidance,
+                               .rng = &rng,
+                               .progress = on_progress};
     sample_progress pr = {.tty = isatty(2)};
     sp.progress_user = &pr;
 

@@ -35,8 +35,10 @@ sdunet_status sdunet_sample(sdunet_model *model, sdunet_scheduler *sched,
         return sd_fail(err, SDUNET_E_INVALID_ARG,
                        "sample: NULL model, scheduler, params or latent");
     if (p->batch < 1 || p->height < 1 || p->width < 1)
-        return sd_fail(err, SDUNET_E_INVALID_ARG, "sample: latent batch %d, height %d, width %d "
-                       "must all be positive", p->batch, p->height, p->width);
+        return sd_fail(err, SDUNET_E_INVALID_ARG,
+                       "sample: latent batch %d, height %d, width %d "
+                       "must all be positive",
+                       p->batch, p->height, p->width);
     if (!p->context || p->context_len < 1 || p->context_dim < 1)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "sample: missing context or empty context shape");
     if (p->context_rows != 1 && p->context_rows != p->batch)
@@ -52,7 +54,8 @@ sdunet_status sdunet_sample(sdunet_model *model, sdunet_scheduler *sched,
         if (p->uncond_len != p->context_len)
             return sd_fail(err, SDUNET_E_SHAPE,
                            "sample: unconditional context has %d tokens, the context %d (they run "
-                           "as one batch and must match)", p->uncond_len, p->context_len);
+                           "as one batch and must match)",
+                           p->uncond_len, p->context_len);
         if (!isfinite(p->guidance))
             return sd_fail(err, SDUNET_E_INVALID_ARG, "sample: guidance is not a finite number");
     }
@@ -60,8 +63,10 @@ sdunet_status sdunet_sample(sdunet_model *model, sdunet_scheduler *sched,
     sdunet_get_info(model, &info);
     const int C = info.in_channels;
     if (info.out_channels != C)
-        return sd_fail(err, SDUNET_E_CONFIG, "sample: the model maps %d channels to %d; sampling "
-                       "needs in_channels == out_channels", C, info.out_channels);
+        return sd_fail(err, SDUNET_E_CONFIG,
+                       "sample: the model maps %d channels to %d; sampling "
+                       "needs in_channels == out_channels",
+                       C, info.out_channels);
 
     /* Sizes: n latent floats, `rows` forward rows (2 * batch with guidance). */
     if (cfg && p->batch > (1 << 30))
@@ -85,8 +90,10 @@ sdunet_status sdunet_sample(sdunet_model *model, sdunet_scheduler *sched,
     for (int i = 0; i < total; i++)
         any_noise |= sdunet_sched_step_needs_noise(sched, i);
     if (any_noise && !p->rng)
-        return sd_fail(err, SDUNET_E_INVALID_ARG, "sample: scheduler %s needs fresh noise at each "
-                       "step; give a generator (params.rng)", sdunet_sched_name(sched));
+        return sd_fail(err, SDUNET_E_INVALID_ARG,
+                       "sample: scheduler %s needs fresh noise at each "
+                       "step; give a generator (params.rng)",
+                       sdunet_sched_name(sched));
 
     /* The context goes to the model as-is when it already has one row per
      * forward row; otherwise it is broadcast and/or joined with the
