@@ -19,9 +19,17 @@ typedef struct sd_kernels {
     int mr, nr;       /* microkernel tile: mr rows of A by nr columns of B */
     /* C[mr x nr] (row stride ldc) = (accumulate ? C : 0) + Apanel * Bpanel,
      * Apanel: kc steps of mr floats (packed column-major by k),
-     * Bpanel: kc steps of nr floats. rows/cols < mr/nr store a partial tile. */
+     * Bpanel: kc steps of nr floats. rows/cols < mr/nr store a partial tile.
+     * The product is summed in fp32 in runs of SD_MICRO_SUB steps. */
     void (*micro)(int kc, const float *a, const float *b, float *c, int ldc, int accumulate,
                   int rows, int cols);
+    /* Online-softmax step on a rows x nr block (row stride nr) whose columns
+     * are independent softmax rows (attention: one query per column):
+     * m[j] = max(m[j], max over r of s[r][j] * scale) (m may start at -inf),
+     * then s[r][j] = exp(s[r][j] * scale - m[j]) with the argument rounded
+     * once (fma or double), and colsum[j] = sum over r of the new s[r][j].
+     * Results below FLT_MIN may flush to zero. */
+    void (*softmax_cols)(float *s, int rows, float scale, float *m, float *colsum);
 } sd_kernels;
 
 /* Best kernel set for this CPU. `force` may name one ("portable", "avx2")
@@ -49,7 +57,9 @@ void sd_packed_free(sd_packed *p);
 
 /* Fused epilogue, applied once per output element after the full K sum:
  * C[m][n] = acc + bias[n] + group_add[(m / group_rows) * N + n] + residual[m * ld_res + n]
- * Each term is optional (NULL). residual may alias C. */
+ * Each term is optional (NULL). residual may alias C exactly (residual == C
+ * and ld_res == ldc) or not overlap it at all; in the aliased case the
+ * residual may be added first (residual + acc + ...), same accuracy. */
 typedef struct sd_epilogue {
     const float *bias;
     const float *group_add;
@@ -58,7 +68,9 @@ typedef struct sd_epilogue {
     int ld_res;
 } sd_epilogue;
 
-/* C[M][N] (row stride ldc) = A[M][K] (row stride lda) * B + epilogue. */
+/* C[M][N] (row stride ldc) = A[M][K] (row stride lda) * B + epilogue.
+ * A must not overlap C. Allocates per call: threads x ~216 KiB of packing
+ * scratch (on failure it falls back to a slower single-thread path). */
 void sd_gemm(const sd_exec *ex, int M, const float *A, int lda, const sd_packed *B, float *C,
              int ldc, const sd_epilogue *ep);
 
@@ -98,6 +110,35 @@ void sd_attention(const sd_exec *ex, int batch, int heads, int dh, int Nq, int N
 void sd_upsample_nearest(const sd_exec *ex, const float *x, int batch, int H, int W, int C, int Ho,
                          int Wo, float *y);
 
+/* ---- internal to src/kernels (shared by gemm.c, conv.c, attention.c) ---- */
+
+/* Largest K block the GEMM driver uses (floats); also the length of the
+ * shared zero row. */
+#define SD_KC_MAX 512
+/* Microkernels restart their register sums every SD_MICRO_SUB k steps and
+ * add the partial sums up (accuracy: see gemm_avx2.c). */
+#ifndef SD_MICRO_SUB
+#define SD_MICRO_SUB 64
+#endif
+
+/* Where the GEMM driver gets A from: pack(src, m0, rows, k0, kc, mr, dst)
+ * fills ceil(rows/mr) micro-panels of kc x mr floats (dst[p*kc*mr + k*mr + i]
+ * = A[m0 + p*mr + i][k0 + k]), zero for rows past `rows`. kc <= SD_KC_MAX. */
+typedef struct sd_gemm_src {
+    void (*pack)(const void *src, int m0, int rows, int k0, int kc, int mr, float *dst);
+    const void *src;
+} sd_gemm_src;
+
+/* The blocked, threaded GEMM behind sd_gemm and sd_conv3x3:
+ * C[M][N] = A (from `a`, M x B->K) * B + epilogue. */
+void sd_gemm_run(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_packed *B, float *C,
+                 int ldc, const sd_epilogue *ep);
+
+/* Interleaves mr rows into one micro-panel: dst[k*mr + i] = rows[i][k] for
+ * k < len. A row may point at sd_zero_row (len <= SD_KC_MAX). */
+void sd_pack_rows(const float *const *rows, int mr, int len, float *dst);
+extern const float sd_zero_row[SD_KC_MAX];
+
 /* ---- reference (naive, obviously correct) versions for the tests ---- */
 void sd_ref_gemm(int M, int N, int K, const float *A, int lda, const float *Bkn, float *C, int ldc,
                  const sd_epilogue *ep); /* Bkn: plain K x N row-major */
@@ -108,5 +149,11 @@ void sd_ref_attention(int batch, int heads, int dh, int Nq, int Nk, const float 
                       float scale);
 void sd_ref_groupnorm(const float *x, int batch, int HW, int C, int G, float eps,
                       const float *gamma, const float *beta, int silu, float *y);
+void sd_ref_layernorm(const float *x, int M, int C, float eps, const float *gamma,
+                      const float *beta, float *y);
+void sd_ref_silu(const float *x, float *y, size_t n);
+void sd_ref_geglu(const float *x, int M, int F, float *y);
+void sd_ref_upsample_nearest(const float *x, int batch, int H, int W, int C, int Ho, int Wo,
+                             float *y);
 
 #endif

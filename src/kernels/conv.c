@@ -1,0 +1,68 @@
+/* 3x3 convolution (padding 1, stride 1 or 2) as an implicit GEMM: row m of
+ * the virtual A matrix is output pixel (b, y, x), column k = tap*Cin + ci is
+ * channel ci of input pixel (y*stride + ky - 1, x*stride + kx - 1). No
+ * im2col buffer exists; the A-packing routine gathers each mc x kc block
+ * straight from the channels-last input, one contiguous channel run per
+ * (row, tap), with padding taps reading a shared zero row. */
+#include "kernels/kernels.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+typedef struct {
+    const float *in;
+    int H, W, Cin, stride, Ho, Wo;
+} conv_src;
+
+static void pack_conv(const void *src, int m0, int rows, int k0, int kc, int mr, float *dst)
+{
+    const conv_src *s = src;
+    const int Cin = s->Cin, HWo = s->Ho * s->Wo;
+    const int tap_first = k0 / Cin, tap_last = (k0 + kc - 1) / Cin;
+    int by[16], yy[16], xx[16]; /* per row of the panel: batch*H, y*stride-1, x*stride-1 */
+    const float *r[16];
+    for (int p = 0; p * mr < rows; p++) {
+        for (int i = 0; i < mr; i++) {
+            int m = p * mr + i;
+            if (m >= rows) {
+                by[i] = -1;
+                continue;
+            }
+            m += m0;
+            int b = m / HWo, rem = m - b * HWo, y = rem / s->Wo, x = rem - y * s->Wo;
+            by[i] = b * s->H;
+            yy[i] = y * s->stride - 1;
+            xx[i] = x * s->stride - 1;
+        }
+        float *dp = dst + (size_t)p * kc * mr;
+        for (int tap = tap_first; tap <= tap_last; tap++) {
+            const int ky = tap / 3, kx = tap - ky * 3;
+            const int ks = tap * Cin > k0 ? tap * Cin : k0;
+            const int ke = (tap + 1) * Cin < k0 + kc ? (tap + 1) * Cin : k0 + kc;
+            const int c0 = ks - tap * Cin;
+            for (int i = 0; i < mr; i++) {
+                int iy = yy[i] + ky, ix = xx[i] + kx;
+                if (by[i] < 0 || iy < 0 || iy >= s->H || ix < 0 || ix >= s->W)
+                    r[i] = sd_zero_row;
+                else
+                    r[i] = s->in + ((size_t)(by[i] + iy) * s->W + ix) * Cin + c0;
+            }
+            sd_pack_rows(r, mr, ke - ks, dp + (size_t)(ks - k0) * mr);
+        }
+    }
+}
+
+void sd_conv3x3(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin, int stride,
+                const sd_packed *Wp, float *out, const sd_epilogue *ep)
+{
+    if (batch <= 0 || H <= 0 || W <= 0)
+        return;
+    if (Wp->K != 9 * Cin || stride < 1) {
+        fprintf(stderr, "sdunet: conv3x3 weights have K=%d, expected 9*%d (stride %d)\n", Wp->K,
+                Cin, stride);
+        abort();
+    }
+    conv_src s = {in, H, W, Cin, stride, (H - 1) / stride + 1, (W - 1) / stride + 1};
+    sd_gemm_src src = {pack_conv, &s};
+    sd_gemm_run(ex, batch * s.Ho * s.Wo, &src, Wp, out, Wp->N, ep);
+}

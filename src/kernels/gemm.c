@@ -1,0 +1,395 @@
+/* GEMM: weight packing, the blocked macro-kernel shared with the 3x3
+ * convolution, kernel-set dispatch and the portable microkernel.
+ *
+ * Blocking follows the BLIS scheme. B (weights) is packed once at load into
+ * nr-column panels, k-major, so any K block of a panel is a contiguous
+ * kc x nr slab that stays in L1 while it is swept over the mr-row
+ * micro-panels of the packed A block (mc x kc, sized for L2). Each K block's
+ * partial sums are formed in registers from zero and then added into C:
+ * float32 error then grows with K/kc additions instead of K, which is what
+ * keeps a 2880-term dot product close to the double reference.
+ *
+ * Threads take independent (m-block, n-block) output tiles and run all K
+ * blocks of a tile themselves, so no two threads ever write the same C
+ * element and the epilogue can be applied to each micro-tile right after its
+ * last K block, while it is still in cache. */
+#include "kernels/kernels.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const float sd_zero_row[SD_KC_MAX];
+
+/* ---- portable microkernel ---- */
+
+#define P_MR 4
+#define P_NR 16
+
+/* Plain loops over a local accumulator tile; compilers vectorise the j loop
+ * (and keep the 4x16 tile in registers where the ISA has enough of them).
+ * Like the AVX2 kernel, the tile restarts from zero every SD_MICRO_SUB steps
+ * and those partial sums are added up, for accuracy. */
+static void micro_portable(int kc, const float *restrict a, const float *restrict b,
+                           float *restrict c, int ldc, int accumulate, int rows, int cols)
+{
+    float tot[P_MR][P_NR], acc[P_MR][P_NR];
+    int k0 = 0;
+    do {
+        const int len = kc - k0 < SD_MICRO_SUB ? kc - k0 : SD_MICRO_SUB;
+        for (int i = 0; i < P_MR; i++)
+            for (int j = 0; j < P_NR; j++)
+                acc[i][j] = 0.0f;
+        for (int k = k0; k < k0 + len; k++) {
+            const float *bk = b + (size_t)k * P_NR;
+            const float *ak = a + (size_t)k * P_MR;
+            for (int i = 0; i < P_MR; i++) {
+                float ai = ak[i];
+                for (int j = 0; j < P_NR; j++)
+                    acc[i][j] += ai * bk[j];
+            }
+        }
+        for (int i = 0; i < P_MR; i++)
+            for (int j = 0; j < P_NR; j++)
+                tot[i][j] = k0 == 0 ? acc[i][j] : tot[i][j] + acc[i][j];
+        k0 += len;
+    } while (k0 < kc);
+    for (int i = 0; i < rows; i++) {
+        float *ci = c + (size_t)i * ldc;
+        if (accumulate)
+            for (int j = 0; j < cols; j++)
+                ci[j] = ci[j] + tot[i][j];
+        else
+            for (int j = 0; j < cols; j++)
+                ci[j] = tot[i][j];
+    }
+}
+
+static void softmax_cols_portable(float *restrict s, int rows, float scale, float *restrict m,
+                                  float *restrict colsum)
+{
+    float mx[P_NR], sum[P_NR];
+    for (int j = 0; j < P_NR; j++) {
+        mx[j] = m[j];
+        sum[j] = 0.0f;
+    }
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < P_NR; j++) {
+            float t = s[(size_t)r * P_NR + j] * scale;
+            mx[j] = t > mx[j] ? t : mx[j];
+        }
+    /* The product of two floats is exact in double, so the argument is
+     * rounded once, as an fma would. */
+    for (int r = 0; r < rows; r++, s += P_NR)
+        for (int j = 0; j < P_NR; j++) {
+            float p = expf((float)((double)s[j] * scale - mx[j]));
+            s[j] = p;
+            sum[j] += p;
+        }
+    for (int j = 0; j < P_NR; j++) {
+        m[j] = mx[j];
+        colsum[j] = sum[j];
+    }
+}
+
+static const sd_kernels kernels_portable = {
+    .name = "portable",
+    .mr = P_MR,
+    .nr = P_NR,
+    .micro = micro_portable,
+    .softmax_cols = softmax_cols_portable,
+};
+
+#if SD_HAVE_X86
+extern const sd_kernels sd_kernels_avx2; /* gemm_avx2.c */
+
+static int have_avx2(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#endif
+
+const sd_kernels *sd_kernels_select(const char *force)
+{
+    if (force) {
+        if (strcmp(force, "portable") == 0)
+            return &kernels_portable;
+#if SD_HAVE_X86
+        if (strcmp(force, "avx2") == 0)
+            return have_avx2() ? &sd_kernels_avx2 : NULL;
+#endif
+        return NULL;
+    }
+#if SD_HAVE_X86
+    if (have_avx2())
+        return &sd_kernels_avx2;
+#endif
+    return &kernels_portable;
+}
+
+/* ---- weight packing ---- */
+
+sdunet_status sd_pack(const sd_kernels *kern, const float *w, int N, int Cin, int taps,
+                      sd_packed *out)
+{
+    memset(out, 0, sizeof *out);
+    const int nr = kern->nr;
+    size_t K = (size_t)Cin * (size_t)taps;
+    if (N <= 0 || Cin <= 0 || taps <= 0 || K > INT32_MAX)
+        return SDUNET_E_INVALID_ARG;
+    size_t panels = ((size_t)N + nr - 1) / nr, n1, bytes;
+    if (!sd_mul_size(panels, K, &n1) || !sd_mul_size(n1, (size_t)nr * sizeof(float), &bytes))
+        return SDUNET_E_NOMEM;
+    float *d = sd_alloc(bytes);
+    if (!d)
+        return SDUNET_E_NOMEM;
+    for (size_t p = 0; p < panels; p++) {
+        float *dp = d + p * K * nr;
+        for (int j = 0; j < nr; j++) {
+            size_t n = p * nr + j;
+            if (n >= (size_t)N) {
+                for (size_t k = 0; k < K; k++)
+                    dp[k * nr + j] = 0.0f;
+                continue;
+            }
+            /* w[n][ci][tap] -> B[tap*Cin + ci][n] */
+            const float *wn = w + n * K;
+            for (int ci = 0; ci < Cin; ci++)
+                for (int t = 0; t < taps; t++)
+                    dp[((size_t)t * Cin + ci) * nr + j] = wn[(size_t)ci * taps + t];
+        }
+    }
+    out->K = (int)K;
+    out->N = N;
+    out->nr = nr;
+    out->data = d;
+    return SDUNET_OK;
+}
+
+void sd_packed_free(sd_packed *p)
+{
+    if (!p)
+        return;
+    sd_free(p->data);
+    p->data = NULL;
+}
+
+/* ---- A packing ---- */
+
+void sd_pack_rows(const float *const *rows, int mr, int len, float *dst)
+{
+    /* Fixed-mr cases let the compiler unroll the inner loop into one
+     * contiguous store run per k. */
+    if (mr == 6) {
+        const float *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3],
+                    *r4 = rows[4], *r5 = rows[5];
+        for (int k = 0; k < len; k++, dst += 6) {
+            dst[0] = r0[k];
+            dst[1] = r1[k];
+            dst[2] = r2[k];
+            dst[3] = r3[k];
+            dst[4] = r4[k];
+            dst[5] = r5[k];
+        }
+    } else if (mr == 4) {
+        const float *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3];
+        for (int k = 0; k < len; k++, dst += 4) {
+            dst[0] = r0[k];
+            dst[1] = r1[k];
+            dst[2] = r2[k];
+            dst[3] = r3[k];
+        }
+    } else {
+        for (int k = 0; k < len; k++)
+            for (int i = 0; i < mr; i++)
+                dst[(size_t)k * mr + i] = rows[i][k];
+    }
+}
+
+typedef struct {
+    const float *A;
+    int lda;
+} plain_a;
+
+static void pack_plain(const void *src, int m0, int rows, int k0, int kc, int mr, float *dst)
+{
+    const plain_a *s = src;
+    const float *r[16];
+    for (int p = 0; p * mr < rows; p++) {
+        for (int i = 0; i < mr; i++) {
+            int m = p * mr + i;
+            r[i] = m < rows ? s->A + (size_t)(m0 + m) * s->lda + k0 : sd_zero_row;
+        }
+        sd_pack_rows(r, mr, kc, dst + (size_t)p * kc * mr);
+    }
+}
+
+/* ---- the blocked driver ---- */
+
+#ifndef KC_TARGET
+#define KC_TARGET 384 /* B micro-panel kc x 16 floats ~ 24 KiB: L1 */
+#endif
+#ifndef MC_TARGET
+#define MC_TARGET 144 /* A block mc x kc ~ 216 KiB: L2 */
+#endif
+#define MR_MAX 16
+
+typedef struct {
+    const sd_kernels *kern;
+    const sd_gemm_src *a;
+    const sd_packed *B;
+    float *C;
+    int ldc, M, mc, nc, kc, nkb, mblocks;
+    int res_in_c; /* the residual is C itself: accumulate onto it from the first K block */
+    const sd_epilogue *ep;
+    float *scratch; /* per thread: mc x kc floats */
+    size_t scratch_per_thread;
+} gemm_job;
+
+/* C tile (rows x cols at c) = (accumulate ? c : 0) + t + bias + group_add + residual,
+ * t being a full mr x nr tile with row stride nr. Adds happen left to right,
+ * the order the header documents. */
+static void epilogue_tile(const gemm_job *j, const float *t, int nr, int m, int n, int rows,
+                          int cols, int accumulate)
+{
+    const sd_epilogue *ep = j->ep;
+    const int N = j->B->N;
+    for (int i = 0; i < rows; i++) {
+        float *c = j->C + (size_t)(m + i) * j->ldc + n;
+        const float *ti = t + (size_t)i * nr;
+        float v[16]; /* cols <= nr <= 16 */
+        for (int q = 0; q < cols; q++)
+            v[q] = accumulate ? c[q] + ti[q] : ti[q];
+        if (ep->bias)
+            for (int q = 0; q < cols; q++)
+                v[q] += ep->bias[n + q];
+        if (ep->group_add) {
+            const float *g = ep->group_add + (size_t)((m + i) / ep->group_rows) * N + n;
+            for (int q = 0; q < cols; q++)
+                v[q] += g[q];
+        }
+        if (ep->residual) {
+            const float *r = ep->residual + (size_t)(m + i) * ep->ld_res + n;
+            for (int q = 0; q < cols; q++)
+                v[q] += r[q];
+        }
+        for (int q = 0; q < cols; q++)
+            c[q] = v[q];
+    }
+}
+
+static void gemm_task(void *ctx, int64_t task, int thread)
+{
+    const gemm_job *j = ctx;
+    const sd_kernels *kern = j->kern;
+    const int mr = kern->mr, nr = kern->nr;
+    const int K = j->B->K, N = j->B->N;
+    const int mb = (int)(task % j->mblocks), nb = (int)(task / j->mblocks);
+    const int m0 = mb * j->mc, mrows = j->M - m0 < j->mc ? j->M - m0 : j->mc;
+    const int n0 = nb * j->nc, ncols = N - n0 < j->nc ? N - n0 : j->nc;
+    const int has_ep = j->ep->bias || j->ep->group_add || j->ep->residual;
+    float *apack = j->scratch + (size_t)thread * j->scratch_per_thread;
+    _Alignas(64) float tile[MR_MAX * 16];
+
+    for (int kb = 0; kb < j->nkb; kb++) {
+        const int k0 = kb * j->kc, kc = K - k0 < j->kc ? K - k0 : j->kc;
+        const int last = kb == j->nkb - 1;
+        j->a->pack(j->a->src, m0, mrows, k0, kc, mr, apack);
+        for (int jn = 0; jn < ncols; jn += nr) {
+            const int n = n0 + jn, cols = N - n < nr ? N - n : nr;
+            const float *bp = j->B->data + (size_t)(n / nr) * K * nr + (size_t)k0 * nr;
+            for (int im = 0; im < mrows; im += mr) {
+                const int m = m0 + im, rows = mrows - im < mr ? mrows - im : mr;
+                const float *ap = apack + (size_t)(im / mr) * kc * mr;
+                float *c = j->C + (size_t)m * j->ldc + n;
+                const int accumulate = kb > 0 || j->res_in_c;
+                if (!last || !has_ep) {
+                    kern->micro(kc, ap, bp, c, j->ldc, accumulate, rows, cols);
+                } else {
+                    /* Into a private tile first: the residual may alias C. */
+                    kern->micro(kc, ap, bp, tile, nr, 0, mr, nr);
+                    epilogue_tile(j, tile, nr, m, n, rows, cols, accumulate);
+                }
+            }
+        }
+    }
+}
+
+void sd_gemm_run(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_packed *B, float *C,
+                 int ldc, const sd_epilogue *ep)
+{
+    const sd_kernels *kern = ex->kern;
+    if (M <= 0 || B->N <= 0)
+        return;
+    if (B->nr != kern->nr || kern->mr > MR_MAX || kern->nr > 16) {
+        fprintf(stderr, "sdunet: weights packed for nr=%d used with kernel set %s (nr=%d)\n",
+                B->nr, kern->name, kern->nr);
+        abort();
+    }
+    static const sd_epilogue no_ep;
+    const int mr = kern->mr, nr = kern->nr, K = B->K, N = B->N;
+    const int threads = sd_pool_size(ex->pool);
+
+    gemm_job j = {.kern = kern, .a = a, .B = B, .C = C, .ldc = ldc, .M = M, .ep = ep ? ep : &no_ep};
+    /* Equal K blocks no longer than KC_TARGET: no short tail block. */
+    j.nkb = K > 0 ? (K + KC_TARGET - 1) / KC_TARGET : 1;
+    j.kc = K > 0 ? (K + j.nkb - 1) / j.nkb : 0;
+    if (j.kc > SD_KC_MAX)
+        j.kc = SD_KC_MAX;
+    /* A residual that is C itself would be overwritten by the first K block's
+     * partial sums; with several blocks, start from it instead (the sum is
+     * then residual + acc + bias + group_add: same accuracy, other order). */
+    sd_epilogue ep_local;
+    if (j.nkb > 1 && j.ep->residual == C && j.ep->ld_res == ldc) {
+        ep_local = *j.ep;
+        ep_local.residual = NULL;
+        j.ep = &ep_local;
+        j.res_in_c = 1;
+    }
+
+    /* m blocks: MC_TARGET rows (a multiple of mr), fewer when M is small. */
+    int mc = (MC_TARGET / mr) * mr;
+    if (M < mc)
+        mc = (M + mr - 1) / mr * mr;
+    int mblocks = (M + mc - 1) / mc;
+    /* n blocks: all of N unless that leaves threads idle; then split N into
+     * whole panels until there are ~3 tiles per thread. */
+    int npanels = (N + nr - 1) / nr;
+    int nblocks = 1;
+    if (threads > 1 && mblocks < 3 * threads) {
+        nblocks = (3 * threads + mblocks - 1) / mblocks;
+        if (nblocks > npanels)
+            nblocks = npanels;
+    }
+    int ppb = (npanels + nblocks - 1) / nblocks;
+    nblocks = (npanels + ppb - 1) / ppb;
+    j.mc = mc;
+    j.mblocks = mblocks;
+    j.nc = ppb * nr;
+
+    /* Per-thread A block. If that allocation fails fall back to one
+     * micro-panel on the stack and one thread: slower, never wrong. */
+    _Alignas(64) float fallback[MR_MAX * SD_KC_MAX];
+    j.scratch_per_thread = ((size_t)mc * (j.kc > 0 ? j.kc : 1) + 15) & ~(size_t)15;
+    j.scratch = sd_alloc(j.scratch_per_thread * threads * sizeof(float));
+    sd_pool *pool = ex->pool;
+    if (!j.scratch) {
+        j.mc = mr;
+        j.mblocks = (M + mr - 1) / mr;
+        j.scratch = fallback;
+        pool = NULL;
+    }
+    sd_pool_run(pool, (int64_t)j.mblocks * nblocks, gemm_task, &j);
+    if (j.scratch != fallback)
+        sd_free(j.scratch);
+}
+
+void sd_gemm(const sd_exec *ex, int M, const float *A, int lda, const sd_packed *B, float *C,
+             int ldc, const sd_epilogue *ep)
+{
+    plain_a s = {A, lda};
+    sd_gemm_src src = {pack_plain, &s};
+    sd_gemm_run(ex, M, &src, B, C, ldc, ep);
+}

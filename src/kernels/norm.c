@@ -1,0 +1,154 @@
+/* GroupNorm (optionally fused with SiLU) and LayerNorm.
+ *
+ * Statistics are exact-ish: sums in double, two passes (mean, then the sum
+ * of squared deviations), biased variance as PyTorch uses. The normalising
+ * pass also runs in double, (x - mean) * (rstd * gamma) + beta rounded once,
+ * so the result is the reference's up to that rounding (and SiLU's, applied
+ * in float afterwards); these passes are memory bound, double costs little. */
+#include "kernels/kernels.h"
+
+#include <math.h>
+
+/* Sum of n floats (row stride ld, `w` per row) in double with four
+ * independent chains, so the adds pipeline without reassociating floats. */
+static double sum_rows(const float *x, int rows, int w, size_t ld, double shift)
+{
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * ld;
+        int c = 0;
+        for (; c + 4 <= w; c += 4) {
+            s0 += (double)xr[c] - shift;
+            s1 += (double)xr[c + 1] - shift;
+            s2 += (double)xr[c + 2] - shift;
+            s3 += (double)xr[c + 3] - shift;
+        }
+        for (; c < w; c++)
+            s0 += (double)xr[c] - shift;
+    }
+    return (s0 + s1) + (s2 + s3);
+}
+
+static double sumsq_rows(const float *x, int rows, int w, size_t ld, double mean)
+{
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * ld;
+        int c = 0;
+        for (; c + 4 <= w; c += 4) {
+            double d0 = xr[c] - mean, d1 = xr[c + 1] - mean, d2 = xr[c + 2] - mean,
+                   d3 = xr[c + 3] - mean;
+            s0 += d0 * d0;
+            s1 += d1 * d1;
+            s2 += d2 * d2;
+            s3 += d3 * d3;
+        }
+        for (; c < w; c++) {
+            double d = xr[c] - mean;
+            s0 += d * d;
+        }
+    }
+    return (s0 + s1) + (s2 + s3);
+}
+
+static inline float silu_f(float v) { return v / (1.0f + expf(-v)); }
+
+/* ---- GroupNorm ---- */
+
+#define GN_CHUNK 64 /* groups whose statistics are held at once (stack) */
+#define ROWS_PER_TASK 64
+
+typedef struct {
+    const float *x; /* this batch item */
+    float *y;
+    int HW, C, cpg, g0, ng;
+    float eps;
+    const float *gamma, *beta;
+    int silu;
+    double mean[GN_CHUNK], rstd[GN_CHUNK];
+} gn_job;
+
+static void gn_stats(void *ctx, int64_t t, int thread)
+{
+    (void)thread;
+    gn_job *j = ctx;
+    int g = j->g0 + (int)t;
+    const float *xg = j->x + (size_t)g * j->cpg;
+    double n = (double)j->HW * j->cpg;
+    double mean = sum_rows(xg, j->HW, j->cpg, (size_t)j->C, 0.0) / n;
+    double var = sumsq_rows(xg, j->HW, j->cpg, (size_t)j->C, mean) / n;
+    j->mean[t] = mean;
+    j->rstd[t] = 1.0 / sqrt(var + (double)j->eps);
+}
+
+static void gn_apply(void *ctx, int64_t t, int thread)
+{
+    (void)thread;
+    gn_job *j = ctx;
+    int r0 = (int)t * ROWS_PER_TASK, r1 = r0 + ROWS_PER_TASK < j->HW ? r0 + ROWS_PER_TASK : j->HW;
+    for (int r = r0; r < r1; r++) {
+        const float *xr = j->x + (size_t)r * j->C;
+        float *yr = j->y + (size_t)r * j->C;
+        for (int gi = 0; gi < j->ng; gi++) {
+            double mean = j->mean[gi], rstd = j->rstd[gi];
+            int cs = (j->g0 + gi) * j->cpg;
+            for (int c = cs; c < cs + j->cpg; c++) {
+                float v = (float)((xr[c] - mean) * (rstd * j->gamma[c]) + j->beta[c]);
+                yr[c] = j->silu ? silu_f(v) : v;
+            }
+        }
+    }
+}
+
+void sd_groupnorm(const sd_exec *ex, const float *x, int batch, int HW, int C, int G, float eps,
+                  const float *gamma, const float *beta, int silu, float *y)
+{
+    if (batch <= 0 || HW <= 0 || C <= 0 || G <= 0)
+        return;
+    gn_job j = {.HW = HW, .C = C, .cpg = C / G, .eps = eps, .gamma = gamma, .beta = beta,
+                .silu = silu};
+    for (int b = 0; b < batch; b++) {
+        j.x = x + (size_t)b * HW * C;
+        j.y = y + (size_t)b * HW * C;
+        for (j.g0 = 0; j.g0 < G; j.g0 += GN_CHUNK) {
+            j.ng = G - j.g0 < GN_CHUNK ? G - j.g0 : GN_CHUNK;
+            sd_pool_run(ex->pool, j.ng, gn_stats, &j);
+            sd_pool_run(ex->pool, (HW + ROWS_PER_TASK - 1) / ROWS_PER_TASK, gn_apply, &j);
+        }
+    }
+}
+
+/* ---- LayerNorm ---- */
+
+typedef struct {
+    const float *x;
+    float *y;
+    int M, C;
+    float eps;
+    const float *gamma, *beta;
+} ln_job;
+
+static void ln_task(void *ctx, int64_t t, int thread)
+{
+    (void)thread;
+    const ln_job *j = ctx;
+    int r0 = (int)t * 16, r1 = r0 + 16 < j->M ? r0 + 16 : j->M;
+    for (int r = r0; r < r1; r++) {
+        const float *xr = j->x + (size_t)r * j->C;
+        float *yr = j->y + (size_t)r * j->C;
+        double mean = sum_rows(xr, 1, j->C, 0, 0.0) / j->C;
+        double var = sumsq_rows(xr, 1, j->C, 0, mean) / j->C;
+        double rstd = 1.0 / sqrt(var + (double)j->eps);
+        for (int c = 0; c < j->C; c++)
+            yr[c] = (float)((xr[c] - mean) * (rstd * j->gamma[c]) + j->beta[c]);
+    }
+}
+
+void sd_layernorm(const sd_exec *ex, const float *x, int M, int C, float eps, const float *gamma,
+                  const float *beta, float *y)
+{
+    if (M <= 0 || C <= 0)
+        return;
+    ln_job j = {x, y, M, C, eps, gamma, beta};
+    sd_pool_run(ex->pool, (M + 15) / 16, ln_task, &j);
+}

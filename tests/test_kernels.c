@@ -1,0 +1,553 @@
+/* Kernel tests: every optimised kernel against its double-accumulating
+ * reference, for each available kernel set and for a 1- and a 3-thread
+ * pool, on odd and tiny shapes; plus hand-computed checks of the reference
+ * kernels themselves so a shared misunderstanding cannot pass. */
+#include "check.h"
+#include "kernels/kernels.h"
+
+#include <string.h>
+
+#define BAR 1e-6 /* relative L2, float32 kernel vs double reference */
+
+static const sd_kernels *g_sets[2];
+static int g_nsets;
+static sd_pool *g_pools[2];
+static const int g_pool_threads[2] = {1, 3};
+
+static float *falloc(size_t n)
+{
+    float *p = sd_alloc(sizeof(float) * (n ? n : 1));
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+static void fill(float *x, size_t n, unsigned long long seed, float scale, float offset)
+{
+    t_fill_random(x, n, seed);
+    for (size_t i = 0; i < n; i++)
+        x[i] = x[i] * scale + offset;
+}
+
+/* rel L2 over an M x N block with row strides. */
+static double rel_l2_2d(const float *a, int lda, const float *ref, int ldr, int M, int N)
+{
+    double num = 0, den = 0;
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double d = (double)a[(size_t)m * lda + n] - ref[(size_t)m * ldr + n];
+            num += d * d;
+            den += (double)ref[(size_t)m * ldr + n] * ref[(size_t)m * ldr + n];
+        }
+    return den == 0 ? (num == 0 ? 0 : INFINITY) : sqrt(num / den);
+}
+
+#define FOR_EACH_EXEC(ex)                                                                          \
+    for (int si_ = 0; si_ < g_nsets; si_++)                                                        \
+        for (int pi_ = 0; pi_ < 2; pi_++)                                                          \
+            for (sd_exec ex = {g_pools[pi_], g_sets[si_]}, *once_ = &ex; once_; once_ = NULL)
+
+#define WHERE(ex) (ex).kern->name, sd_pool_size((ex).pool)
+
+/* ---- hand-computed checks of the references ---- */
+
+static void test_ref_hand(void)
+{
+    /* 2x2 GEMM with bias. */
+    float A[4] = {1, 2, 3, 4}, B[4] = {5, 6, 7, 8}, C[4], bias[2] = {1, -1};
+    sd_ref_gemm(2, 2, 2, A, 2, B, C, 2, NULL);
+    CHECK(C[0] == 19 && C[1] == 22 && C[2] == 43 && C[3] == 50, "gemm %g %g %g %g", C[0], C[1],
+          C[2], C[3]);
+    sd_epilogue ep = {.bias = bias};
+    sd_ref_gemm(2, 2, 2, A, 2, B, C, 2, &ep);
+    CHECK(C[0] == 20 && C[1] == 21 && C[2] == 44 && C[3] == 49, "gemm+bias");
+    /* residual aliasing C and group_add with group_rows 1 */
+    float g[4] = {100, 200, 300, 400};
+    sd_epilogue ep2 = {.group_add = g, .group_rows = 1, .residual = C, .ld_res = 2};
+    sd_ref_gemm(2, 2, 2, A, 2, B, C, 2, &ep2);
+    CHECK(C[0] == 139 && C[1] == 243 && C[2] == 387 && C[3] == 499, "gemm+group+res %g %g %g %g",
+          C[0], C[1], C[2], C[3]);
+
+    /* 1-channel 3x3 conv: input 1..9, weights w[ky][kx] = 1..9. */
+    float in[9], w[9], out[9];
+    for (int i = 0; i < 9; i++)
+        in[i] = w[i] = (float)(i + 1);
+    sd_ref_conv3x3(in, 1, 3, 3, 1, 1, w, 1, out, NULL);
+    /* centre: sum i*i = 285; corner (0,0): 1*5 + 2*6 + 4*8 + 5*9 = 94;
+     * (0,1): 1*4 + 2*5 + 3*6 + 4*7 + 5*8 + 6*9 = 154 */
+    CHECK(out[4] == 285 && out[0] == 94 && out[1] == 154, "conv s1 %g %g %g", out[4], out[0],
+          out[1]);
+    /* (2,2): 5*1 + 6*2 + 8*4 + 9*5 = 94 */
+    CHECK(out[8] == 94, "conv s1 corner %g", out[8]);
+    sd_ref_conv3x3(in, 1, 3, 3, 1, 2, w, 1, out, NULL);
+    /* 2x2 output at input (0,0), (0,2), (2,0), (2,2).
+     * (0,2): 2*4 + 3*5 + 5*7 + 6*8 = 106 */
+    CHECK(out[0] == 94 && out[1] == 106, "conv s2 %g %g", out[0], out[1]);
+
+    /* Attention: one query, two keys, scores {0, ln 3} -> weights 1/4, 3/4. */
+    float q[1] = {(float)log(3.0)}, k[2] = {0, 1}, v[2] = {4, 8}, o[1];
+    sd_ref_attention(1, 1, 1, 1, 2, q, 1, k, 1, v, 1, o, 1, 1.0f);
+    CHECK(fabs(o[0] - 7.0) < 1e-6, "attention %g", o[0]);
+
+    /* GroupNorm, one group over {1,2,3,4}: mean 2.5, var 1.25. */
+    float x[4] = {1, 2, 3, 4}, gam[2] = {1, 2}, bet[2] = {0, 1}, y[4];
+    sd_ref_groupnorm(x, 1, 2, 2, 1, 0.0f, gam, bet, 0, y);
+    double r = 1 / sqrt(1.25);
+    double want[4] = {-1.5 * r, 2 * -0.5 * r + 1, 0.5 * r, 2 * 1.5 * r + 1};
+    for (int i = 0; i < 4; i++)
+        CHECK(fabs(y[i] - want[i]) < 1e-6, "groupnorm[%d] %g vs %g", i, y[i], want[i]);
+    /* Two groups of one channel each: {1,3} and {2,4}, each mean +-1 apart. */
+    sd_ref_groupnorm(x, 1, 2, 2, 2, 0.0f, gam, bet, 0, y);
+    CHECK(fabs(y[0] + 1) < 1e-6 && fabs(y[1] - (-2 + 1)) < 1e-6 && fabs(y[2] - 1) < 1e-6 &&
+              fabs(y[3] - 3) < 1e-6,
+          "groupnorm G=2 %g %g %g %g", y[0], y[1], y[2], y[3]);
+    /* LayerNorm of {1,3}: +-1. */
+    float lx[2] = {1, 3}, ly[2], one[2] = {1, 1}, zero[2] = {0, 0};
+    sd_ref_layernorm(lx, 1, 2, 0.0f, one, zero, ly);
+    CHECK(fabs(ly[0] + 1) < 1e-6 && fabs(ly[1] - 1) < 1e-6, "layernorm %g %g", ly[0], ly[1]);
+    /* silu(1) = 1/(1+e^-1); geglu(h=2, g=1) = 2 * Phi(1) * 1. */
+    float s1 = 1, s2;
+    sd_ref_silu(&s1, &s2, 1);
+    CHECK(fabs(s2 - 0.7310585786) < 1e-7, "silu %g", s2);
+    float gx[2] = {2, 1}, gy;
+    sd_ref_geglu(gx, 1, 1, &gy);
+    CHECK(fabs(gy - 2 * 0.8413447461) < 1e-6, "geglu %g", gy);
+    /* upsample 2 -> 3 picks sources 0, 0, 1 */
+    float ux[2] = {10, 20}, uy[3];
+    sd_ref_upsample_nearest(ux, 1, 1, 2, 1, 1, 3, uy);
+    CHECK(uy[0] == 10 && uy[1] == 10 && uy[2] == 20, "upsample %g %g %g", uy[0], uy[1], uy[2]);
+}
+
+/* ---- GEMM ---- */
+
+enum { EP_NONE, EP_BIAS, EP_GROUP, EP_RES, EP_RES_ALIAS, EP_ALL, EP_COUNT };
+
+static void gemm_case(int M, int N, int K, int ep_kind, unsigned long long seed)
+{
+    const int lda = K + (seed % 3), ldc = N + (int)(seed % 2) * 5, ldr = N + 2;
+    float *A = falloc((size_t)M * lda), *Bkn = falloc((size_t)K * N), *w = falloc((size_t)K * N);
+    float *bias = falloc(N), *res = falloc((size_t)M * ldr);
+    const int grows = 1 + (int)(seed % 7);
+    const int ngroups = (M + grows - 1) / grows;
+    float *grp = falloc((size_t)ngroups * N);
+    float *C = falloc((size_t)M * ldc), *Cref = falloc((size_t)M * ldc),
+          *C0 = falloc((size_t)M * ldc);
+    fill(A, (size_t)M * lda, seed, 1, 0);
+    fill(Bkn, (size_t)K * N, seed + 1, 1, 0);
+    fill(bias, N, seed + 2, 1, 0);
+    fill(res, (size_t)M * ldr, seed + 3, 1, 0);
+    fill(grp, (size_t)ngroups * N, seed + 4, 1, 0);
+    for (int k = 0; k < K; k++)
+        for (int n = 0; n < N; n++)
+            w[(size_t)n * K + k] = Bkn[(size_t)k * N + n];
+
+    sd_epilogue ep = {0};
+    if (ep_kind == EP_BIAS || ep_kind == EP_ALL)
+        ep.bias = bias;
+    if (ep_kind == EP_GROUP || ep_kind == EP_ALL) {
+        ep.group_add = grp;
+        ep.group_rows = grows;
+    }
+    if (ep_kind == EP_RES || ep_kind == EP_ALL) {
+        ep.residual = res;
+        ep.ld_res = ldr;
+    }
+
+    /* C starts as a sentinel (checked untouched past N); the aliasing case
+     * starts it as the residual. */
+    fill(C0, (size_t)M * ldc, seed + 9, 1, 0);
+    memcpy(Cref, C0, sizeof(float) * M * ldc);
+    if (ep_kind == EP_RES_ALIAS) {
+        ep.residual = Cref;
+        ep.ld_res = ldc;
+    }
+    sd_ref_gemm(M, N, K, A, lda, Bkn, Cref, ldc, ep_kind == EP_NONE ? NULL : &ep);
+    FOR_EACH_EXEC(ex)
+    {
+        sd_packed P;
+        CHECK(sd_pack(ex.kern, w, N, K, 1, &P) == SDUNET_OK, "pack");
+        memcpy(C, C0, sizeof(float) * M * ldc);
+        if (ep_kind == EP_RES_ALIAS)
+            ep.residual = C;
+        sd_gemm(&ex, M, A, lda, &P, C, ldc, ep_kind == EP_NONE ? NULL : &ep);
+        double e = rel_l2_2d(C, ldc, Cref, ldc, M, N);
+        CHECK(e < BAR, "%s/%d threads M=%d N=%d K=%d ep=%d: rel L2 %.3g", WHERE(ex), M, N, K,
+              ep_kind, e);
+        int pad_ok = 1; /* columns past N untouched */
+        for (int m = 0; m < M; m++)
+            for (int n = N; n < ldc; n++)
+                pad_ok &= C[(size_t)m * ldc + n] == Cref[(size_t)m * ldc + n];
+        CHECK(pad_ok, "%s/%d M=%d N=%d K=%d wrote past N", WHERE(ex), M, N, K);
+        sd_packed_free(&P);
+    }
+    sd_free(A);
+    sd_free(Bkn);
+    sd_free(w);
+    sd_free(bias);
+    sd_free(res);
+    sd_free(grp);
+    sd_free(C);
+    sd_free(Cref);
+    sd_free(C0);
+}
+
+static void test_gemm_shapes(void)
+{
+    static const int shapes[][3] = {
+        {1, 1, 1},     {2, 2, 2},    {1, 16, 7},    {6, 16, 4},     {7, 17, 5},
+        {37, 61, 129}, {61, 37, 1},  {129, 1, 61},  {5, 129, 385},  {100, 33, 769},
+        {150, 20, 33}, {13, 48, 800}, {64, 400, 40}, {200, 300, 70}, {1, 129, 1000},
+    };
+    unsigned long long seed = 1;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        gemm_case(shapes[s][0], shapes[s][1], shapes[s][2], EP_NONE, seed++);
+}
+
+static void test_gemm_epilogues(void)
+{
+    static const int shapes[][3] = {{1, 1, 1}, {37, 61, 129}, {150, 45, 400}, {13, 16, 9}};
+    unsigned long long seed = 100;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int e = EP_BIAS; e < EP_COUNT; e++)
+            gemm_case(shapes[s][0], shapes[s][1], shapes[s][2], e, seed++);
+}
+
+static void test_gemm_large(void)
+{
+    if (t_small_only())
+        return;
+    gemm_case(300, 320, 2880, EP_ALL, 7);
+    gemm_case(97, 1280, 5760, EP_RES_ALIAS, 8);
+}
+
+static void test_pack_layout(void)
+{
+    /* B[k][n] = w[n][ci][tap] with k = tap*Cin + ci; panels of nr, zero padded. */
+    const sd_kernels *kern = sd_kernels_select("portable");
+    int N = 3, Cin = 2, taps = 9, K = 18;
+    float w[3 * 2 * 9];
+    for (int i = 0; i < N * Cin * taps; i++)
+        w[i] = (float)i;
+    sd_packed P;
+    CHECK(sd_pack(kern, w, N, Cin, taps, &P) == SDUNET_OK, "pack");
+    CHECK(P.K == K && P.N == N && P.nr == kern->nr, "dims %d %d %d", P.K, P.N, P.nr);
+    int ok = 1;
+    for (int k = 0; k < K; k++)
+        for (int j = 0; j < P.nr; j++) {
+            int tap = k / Cin, ci = k % Cin;
+            float want = j < N ? w[(j * Cin + ci) * taps + tap] : 0.0f;
+            ok &= P.data[k * P.nr + j] == want;
+        }
+    CHECK(ok, "packed layout");
+    sd_packed_free(&P);
+    CHECK(sd_kernels_select("nonsense") == NULL, "unknown set");
+    CHECK(sd_kernels_select(NULL) != NULL, "default set");
+}
+
+/* ---- conv ---- */
+
+static void conv_case(int batch, int H, int W, int Cin, int N, int stride, int with_ep,
+                      unsigned long long seed)
+{
+    int Ho = (H - 1) / stride + 1, Wo = (W - 1) / stride + 1, M = batch * Ho * Wo;
+    size_t nin = (size_t)batch * H * W * Cin, nw = (size_t)N * Cin * 9;
+    float *in = falloc(nin), *w = falloc(nw), *out = falloc((size_t)M * N),
+          *ref = falloc((size_t)M * N), *bias = falloc(N), *grp = falloc((size_t)batch * N),
+          *res = falloc((size_t)M * N);
+    fill(in, nin, seed, 1, 0);
+    fill(w, nw, seed + 1, 1, 0);
+    fill(bias, N, seed + 2, 1, 0);
+    fill(grp, (size_t)batch * N, seed + 3, 1, 0);
+    fill(res, (size_t)M * N, seed + 4, 1, 0);
+    sd_epilogue ep = {bias, grp, Ho * Wo, res, N};
+    sd_ref_conv3x3(in, batch, H, W, Cin, stride, w, N, ref, with_ep ? &ep : NULL);
+    FOR_EACH_EXEC(ex)
+    {
+        sd_packed P;
+        CHECK(sd_pack(ex.kern, w, N, Cin, 9, &P) == SDUNET_OK, "pack");
+        fill(out, (size_t)M * N, seed + 5, 1, 0);
+        sd_conv3x3(&ex, in, batch, H, W, Cin, stride, &P, out, with_ep ? &ep : NULL);
+        double e = t_rel_l2_f32(out, ref, (size_t)M * N);
+        CHECK(e < BAR, "%s/%d threads b=%d %dx%d Cin=%d N=%d s=%d ep=%d: rel L2 %.3g", WHERE(ex),
+              batch, H, W, Cin, N, stride, with_ep, e);
+        sd_packed_free(&P);
+    }
+    sd_free(in);
+    sd_free(w);
+    sd_free(out);
+    sd_free(ref);
+    sd_free(bias);
+    sd_free(grp);
+    sd_free(res);
+}
+
+static void test_conv(void)
+{
+    static const int hw[][2] = {{1, 1}, {3, 5}, {7, 9}, {20, 28}};
+    static const int ch[][2] = {{1, 5}, {3, 16}, {8, 17}, {33, 4}};
+    unsigned long long seed = 200;
+    for (int s = 1; s <= 2; s++)
+        for (size_t a = 0; a < 4; a++)
+            for (size_t c = 0; c < 4; c++)
+                conv_case(2, hw[a][0], hw[a][1], ch[c][0], ch[c][1], s, (int)((a + c) & 1),
+                          seed++);
+    /* K blocks that end mid-tap (K = 576 -> 2 x 288, 1350 -> 4 x 338). */
+    conv_case(2, 9, 7, 64, 40, 1, 1, seed++);
+    conv_case(1, 6, 5, 150, 19, 2, 1, seed++);
+    conv_case(1, 6, 5, 150, 19, 1, 0, seed++);
+}
+
+/* ---- norms ---- */
+
+static void test_groupnorm(void)
+{
+    static const int cfg[][3] = {{63, 64, 32}, {1, 96, 32}, {5, 96, 32}, {35, 64, 32}, {9, 6, 3}};
+    unsigned long long seed = 300;
+    for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++)
+        for (int silu = 0; silu <= 1; silu++)
+            for (int inplace = 0; inplace <= 1; inplace++) {
+                int batch = 2, HW = cfg[c][0], C = cfg[c][1], G = cfg[c][2];
+                size_t n = (size_t)batch * HW * C;
+                float *x = falloc(n), *y = falloc(n), *ref = falloc(n), *gam = falloc(C),
+                      *bet = falloc(C);
+                fill(x, n, seed, 2.0f, 3.0f); /* offset mean: the stats must not cancel */
+                fill(gam, C, seed + 1, 1, 1);
+                fill(bet, C, seed + 2, 1, 0);
+                sd_ref_groupnorm(x, batch, HW, C, G, 1e-5f, gam, bet, silu, ref);
+                FOR_EACH_EXEC(ex)
+                {
+                    float *dst = y;
+                    if (inplace) {
+                        fill(y, n, seed, 2.0f, 3.0f);
+                        dst = y;
+                        sd_groupnorm(&ex, y, batch, HW, C, G, 1e-5f, gam, bet, silu, dst);
+                    } else {
+                        sd_groupnorm(&ex, x, batch, HW, C, G, 1e-5f, gam, bet, silu, dst);
+                    }
+                    double e = t_rel_l2_f32(dst, ref, n);
+                    CHECK(e < BAR, "%s/%d HW=%d C=%d G=%d silu=%d inplace=%d: %.3g", WHERE(ex),
+                          HW, C, G, silu, inplace, e);
+                }
+                sd_free(x);
+                sd_free(y);
+                sd_free(ref);
+                sd_free(gam);
+                sd_free(bet);
+                seed += 3;
+            }
+}
+
+static void test_layernorm(void)
+{
+    static const int cfg[][2] = {{37, 320}, {1, 40}, {100, 7}, {2, 1}};
+    unsigned long long seed = 400;
+    for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+        int M = cfg[c][0], C = cfg[c][1];
+        size_t n = (size_t)M * C;
+        float *x = falloc(n), *y = falloc(n), *ref = falloc(n), *gam = falloc(C),
+              *bet = falloc(C);
+        fill(x, n, seed, 3.0f, -2.0f);
+        fill(gam, C, seed + 1, 1, 1);
+        fill(bet, C, seed + 2, 1, 0);
+        sd_ref_layernorm(x, M, C, 1e-5f, gam, bet, ref);
+        FOR_EACH_EXEC(ex)
+        {
+            sd_layernorm(&ex, x, M, C, 1e-5f, gam, bet, y);
+            double e = t_rel_l2_f32(y, ref, n);
+            CHECK(e < BAR, "%s/%d M=%d C=%d: %.3g", WHERE(ex), M, C, e);
+            memcpy(y, x, sizeof(float) * n);
+            sd_layernorm(&ex, y, M, C, 1e-5f, gam, bet, y);
+            e = t_rel_l2_f32(y, ref, n);
+            CHECK(e < BAR, "%s/%d in place M=%d C=%d: %.3g", WHERE(ex), M, C, e);
+        }
+        sd_free(x);
+        sd_free(y);
+        sd_free(ref);
+        sd_free(gam);
+        sd_free(bet);
+        seed += 3;
+    }
+}
+
+/* ---- attention ---- */
+
+static void attn_case(int batch, int heads, int dh, int Nq, int Nk, float qscale, int pad,
+                      unsigned long long seed)
+{
+    int C = heads * dh, ldq = C + pad, ldk = C + 2 * pad, ldv = C + 3 * pad, ldo = C + pad;
+    float *q = falloc((size_t)batch * Nq * ldq), *k = falloc((size_t)batch * Nk * ldk),
+          *v = falloc((size_t)batch * Nk * ldv), *o = falloc((size_t)batch * Nq * ldo),
+          *ref = falloc((size_t)batch * Nq * ldo);
+    fill(q, (size_t)batch * Nq * ldq, seed, qscale, 0);
+    fill(k, (size_t)batch * Nk * ldk, seed + 1, 1, 0);
+    fill(v, (size_t)batch * Nk * ldv, seed + 2, 1, 0.5f);
+    float scale = 1.0f / sqrtf((float)dh);
+    fill(ref, (size_t)batch * Nq * ldo, seed + 3, 1, 0);
+    sd_ref_attention(batch, heads, dh, Nq, Nk, q, ldq, k, ldk, v, ldv, ref, ldo, scale);
+    FOR_EACH_EXEC(ex)
+    {
+        fill(o, (size_t)batch * Nq * ldo, seed + 3, 1, 0); /* same pad contents as ref */
+        sd_attention(&ex, batch, heads, dh, Nq, Nk, q, ldq, k, ldk, v, ldv, o, ldo, scale);
+        double e = rel_l2_2d(o, ldo, ref, ldo, batch * Nq, C);
+        CHECK(e < BAR, "%s/%d b=%d h=%d dh=%d Nq=%d Nk=%d qs=%g: rel L2 %.3g", WHERE(ex), batch,
+              heads, dh, Nq, Nk, qscale, e);
+        int pad_ok = 1;
+        for (int r = 0; r < batch * Nq; r++)
+            for (int c = C; c < ldo; c++)
+                pad_ok &= o[(size_t)r * ldo + c] == ref[(size_t)r * ldo + c];
+        CHECK(pad_ok, "%s/%d attention wrote past the heads", WHERE(ex));
+    }
+    sd_free(q);
+    sd_free(k);
+    sd_free(v);
+    sd_free(o);
+    sd_free(ref);
+}
+
+static void test_attention(void)
+{
+    attn_case(2, 2, 8, 37, 77, 1, 0, 500);
+    attn_case(1, 8, 40, 100, 5, 1, 3, 501);
+    attn_case(2, 3, 40, 1, 1, 1, 0, 502);
+    attn_case(1, 1, 1, 3, 2, 1, 1, 503);
+    attn_case(1, 2, 64, 65, 300, 1, 0, 504);
+    attn_case(2, 1, 80, 50, 257, 1, 2, 505);
+    attn_case(1, 1, 160, 13, 77, 1, 0, 506);
+    attn_case(2, 4, 8, 130, 31, 1, 0, 507);
+    /* Peaky softmax across several key blocks: the running max changes
+     * between blocks and the rescaling must be right. */
+    attn_case(1, 2, 40, 20, 700, 6, 0, 508);
+    attn_case(1, 1, 160, 9, 400, 4, 1, 509);
+    /* K/V of one (b,h) too big to pack more than one pair at a time. */
+    attn_case(1, 3, 160, 5, 4100, 2, 0, 510);
+}
+
+/* ---- element-wise ---- */
+
+static void test_silu_geglu(void)
+{
+    const size_t n = 40000; /* > one task chunk */
+    float *x = falloc(n), *y = falloc(n), *ref = falloc(n);
+    fill(x, n, 600, 20, 0);
+    sd_ref_silu(x, ref, n);
+    FOR_EACH_EXEC(ex)
+    {
+        sd_silu(&ex, x, y, n);
+        double e = t_rel_l2_f32(y, ref, n);
+        CHECK(e < BAR, "%s/%d silu %.3g", WHERE(ex), e);
+        memcpy(y, x, sizeof(float) * n);
+        sd_silu(&ex, y, y, n);
+        CHECK(t_rel_l2_f32(y, ref, n) < BAR, "silu in place");
+        sd_silu(&ex, x, y, 0);
+    }
+    static const int cfg[][2] = {{37, 160}, {1, 1}, {9, 5120}, {3, 7}};
+    for (size_t c = 0; c < 4; c++) {
+        int M = cfg[c][0], F = cfg[c][1];
+        float *gx = falloc((size_t)M * 2 * F), *gy = falloc((size_t)M * F),
+              *gr = falloc((size_t)M * F);
+        fill(gx, (size_t)M * 2 * F, 601 + c, 6, 0);
+        sd_ref_geglu(gx, M, F, gr);
+        FOR_EACH_EXEC(ex)
+        {
+            sd_geglu(&ex, gx, M, F, gy);
+            double e = t_rel_l2_f32(gy, gr, (size_t)M * F);
+            CHECK(e < BAR, "%s/%d geglu M=%d F=%d: %.3g", WHERE(ex), M, F, e);
+        }
+        /* per element too: large negative gates must keep relative accuracy */
+        int worst = 0;
+        for (int i = 0; i < M * F; i++)
+            if (fabs((double)gy[i] - gr[i]) > 4e-7 * fabs(gr[i]) + 1e-35)
+                worst++;
+        CHECK(worst == 0, "geglu M=%d F=%d: %d elements off by > 4e-7 relative", M, F, worst);
+        sd_free(gx);
+        sd_free(gy);
+        sd_free(gr);
+    }
+    sd_free(x);
+    sd_free(y);
+    sd_free(ref);
+}
+
+static void test_upsample(void)
+{
+    static const int cfg[][4] = {{4, 6, 8, 12}, {5, 7, 9, 13}, {7, 4, 13, 7}, {1, 1, 2, 2},
+                                 {3, 3, 3, 3}};
+    for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+        int batch = 2, H = cfg[c][0], W = cfg[c][1], Ho = cfg[c][2], Wo = cfg[c][3], C = 5;
+        size_t nin = (size_t)batch * H * W * C, nout = (size_t)batch * Ho * Wo * C;
+        float *x = falloc(nin), *y = falloc(nout), *ref = falloc(nout);
+        fill(x, nin, 700 + c, 1, 0);
+        sd_ref_upsample_nearest(x, batch, H, W, C, Ho, Wo, ref);
+        FOR_EACH_EXEC(ex)
+        {
+            sd_upsample_nearest(&ex, x, batch, H, W, C, Ho, Wo, y);
+            CHECK(memcmp(y, ref, sizeof(float) * nout) == 0, "%s/%d upsample %dx%d -> %dx%d",
+                  WHERE(ex), H, W, Ho, Wo);
+        }
+        sd_free(x);
+        sd_free(y);
+        sd_free(ref);
+    }
+    /* PyTorch computes the source index in float: 2 -> 82, dst 41 reads
+     * source 0 (41 * (2/82.f) = 0.99999994), not the rational floor 1. */
+    float x[2] = {1, 2}, y[82];
+    sd_exec ex = {NULL, sd_kernels_select("portable")};
+    sd_upsample_nearest(&ex, x, 1, 1, 2, 1, 1, 82, y);
+    CHECK(y[40] == 1 && y[41] == 1 && y[42] == 2, "pytorch float rule %g %g %g", y[40], y[41],
+          y[42]);
+}
+
+/* Zero-sized calls must be no-ops. */
+static void test_empty(void)
+{
+    float dummy[4] = {1, 2, 3, 4};
+    FOR_EACH_EXEC(ex)
+    {
+        sd_packed P;
+        float w[3] = {1, 2, 3};
+        CHECK(sd_pack(ex.kern, w, 3, 1, 1, &P) == SDUNET_OK, "pack");
+        sd_gemm(&ex, 0, dummy, 1, &P, dummy, 3, NULL);
+        sd_groupnorm(&ex, dummy, 0, 4, 32, 32, 1e-5f, dummy, dummy, 1, dummy);
+        sd_groupnorm(&ex, dummy, 1, 0, 32, 32, 1e-5f, dummy, dummy, 1, dummy);
+        sd_layernorm(&ex, dummy, 0, 4, 1e-5f, dummy, dummy, dummy);
+        sd_geglu(&ex, dummy, 0, 2, dummy);
+        sd_attention(&ex, 1, 1, 4, 0, 3, dummy, 4, dummy, 4, dummy, 4, dummy, 4, 1.0f);
+        sd_attention(&ex, 0, 1, 4, 1, 1, dummy, 4, dummy, 4, dummy, 4, dummy, 4, 1.0f);
+        sd_upsample_nearest(&ex, dummy, 0, 1, 1, 1, 2, 2, dummy);
+        sd_conv3x3(&ex, dummy, 0, 3, 3, 1, 1, &P, dummy, NULL);
+        sd_packed_free(&P);
+    }
+    CHECK(dummy[0] == 1 && dummy[1] == 2 && dummy[2] == 3 && dummy[3] == 4, "touched");
+    sd_packed_free(NULL);
+}
+
+int main(void)
+{
+    g_sets[g_nsets++] = sd_kernels_select("portable");
+    const sd_kernels *avx2 = sd_kernels_select("avx2");
+    if (avx2)
+        g_sets[g_nsets++] = avx2;
+    printf("# kernel sets: portable%s\n", avx2 ? ", avx2" : "");
+    for (int i = 0; i < 2; i++)
+        if (sd_pool_create(g_pool_threads[i], &g_pools[i], NULL) != SDUNET_OK) {
+            printf("FAIL - pool_create\n");
+            return 1;
+        }
+    RUN(test_ref_hand);
+    RUN(test_pack_layout);
+    RUN(test_gemm_shapes);
+    RUN(test_gemm_epilogues);
+    RUN(test_gemm_large);
+    RUN(test_conv);
+    RUN(test_groupnorm);
+    RUN(test_layernorm);
+    RUN(test_attention);
+    RUN(test_silu_geglu);
+    RUN(test_upsample);
+    RUN(test_empty);
+    for (int i = 0; i < 2; i++)
+        sd_pool_destroy(g_pools[i]);
+    return t_summary();
+}
