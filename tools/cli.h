@@ -33,5 +33,6 @@ int parse_int(const char *s, const char *what, int lo, int hi, int *out);
 int parse_timesteps(const char *s, float *out, int cap, int *n);
 
 int cmd_sample(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 
 #endif

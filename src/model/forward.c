@@ -12,6 +12,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 typedef struct run {
     const sd_unet *u;
@@ -22,6 +23,7 @@ typedef struct run {
     size_t skip_used, scratch_used, scratch_peak, hidden_need;
     sd_event_fn ev;
     void *ev_user;
+    sd_prof *prof; /* NULL: no timing */
     const float *temb_act; /* SiLU(time embedding), (B, time_embed_dim) */
     const float *context;  /* (B, L, D) */
 } run;
@@ -92,34 +94,85 @@ static size_t numel(const run *r, int H, int W, int C)
     return (size_t)r->B * (size_t)H * (size_t)W * (size_t)C;
 }
 
+/* ---- optional time profile by op kind ---- */
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double tick(const run *r) { return r->prof ? mono_now() : 0; }
+
+static void tock(run *r, sd_op_kind kind, double t0, double flops)
+{
+    if (!r->prof)
+        return;
+    r->prof->seconds[kind] += mono_now() - t0;
+    r->prof->flops[kind] += flops;
+    r->prof->calls[kind]++;
+}
+
+static void gemm_op(run *r, sd_op_kind kind, int M, const float *A, int lda, const sd_lin *l,
+                    float *C, int ldc, const sd_epilogue *ep)
+{
+    double t0 = tick(r);
+    sd_gemm(r->ex, M, A, lda, &l->w, C, ldc, ep);
+    tock(r, kind, t0, 2.0 * M * l->w.N * l->w.K);
+}
+
+static void conv_op(run *r, const float *in, int H, int W, int Cin, int stride, const sd_lin *l,
+                    float *out, const sd_epilogue *ep)
+{
+    double t0 = tick(r);
+    sd_conv3x3(r->ex, in, r->B, H, W, Cin, stride, &l->w, out, ep);
+    int Ho = (H - 1) / stride + 1, Wo = (W - 1) / stride + 1;
+    tock(r, SD_OP_CONV3, t0, 2.0 * r->B * Ho * Wo * l->w.N * l->w.K);
+}
+
+static void attn_op(run *r, int heads, int dh, int Nq, int Nk, const float *q, int ldq,
+                    const float *k, int ldk, const float *v, int ldv, float *o, int ldo,
+                    float scale)
+{
+    double t0 = tick(r);
+    sd_attention(r->ex, r->B, heads, dh, Nq, Nk, q, ldq, k, ldk, v, ldv, o, ldo, scale);
+    tock(r, SD_OP_ATTN, t0, 4.0 * r->B * heads * (double)Nq * Nk * dh);
+}
+
 /* ResnetBlock2D: out = shortcut(x) + conv2(SiLU(GN(conv1(SiLU(GN(x))) + temb_proj))). */
 static void resnet_fwd(run *r, const sd_resnet *res, const tensor *x, float *out)
 {
     const sd_unet_config *c = &r->u->cfg;
     const int HW = x->H * x->W, M = r->B * HW;
     size_t mark = r->scratch_used;
-    float *t0 = scratch_alloc(r, numel(r, x->H, x->W, res->cin));
+    float *t0_buf = scratch_alloc(r, numel(r, x->H, x->W, res->cin));
     float *h = scratch_alloc(r, numel(r, x->H, x->W, res->cout));
     float *tp = scratch_alloc(r, (size_t)r->B * res->cout);
     float *sc = res->has_shortcut ? scratch_alloc(r, numel(r, x->H, x->W, res->cout)) : NULL;
     if (!r->dry) {
         const sd_exec *ex = r->ex;
+        double t0 = tick(r);
         sd_groupnorm(ex, x->p, r->B, HW, res->cin, c->norm_num_groups, c->norm_eps,
-                     res->norm1.gamma, res->norm1.beta, 1, t0);
+                     res->norm1.gamma, res->norm1.beta, 1, t0_buf);
+        tock(r, SD_OP_NORM, t0, 0);
         sd_epilogue ep_t = {.bias = res->temb.b};
-        sd_gemm(ex, r->B, r->temb_act, c->time_embed_dim, &res->temb.w, tp, res->cout, &ep_t);
+        gemm_op(r, SD_OP_LINEAR, r->B, r->temb_act, c->time_embed_dim, &res->temb, tp, res->cout,
+                &ep_t);
         sd_epilogue ep1 = {.bias = res->conv1.b, .group_add = tp, .group_rows = HW};
-        sd_conv3x3(ex, t0, r->B, x->H, x->W, res->cin, 1, &res->conv1.w, h, &ep1);
+        conv_op(r, t0_buf, x->H, x->W, res->cin, 1, &res->conv1, h, &ep1);
+        t0 = tick(r);
         sd_groupnorm(ex, h, r->B, HW, res->cout, c->norm_num_groups, c->norm_eps,
                      res->norm2.gamma, res->norm2.beta, 1, h);
+        tock(r, SD_OP_NORM, t0, 0);
         const float *resid = x->p;
         if (res->has_shortcut) {
             sd_epilogue ep_s = {.bias = res->shortcut.b};
-            sd_gemm(ex, M, x->p, res->cin, &res->shortcut.w, sc, res->cout, &ep_s);
+            gemm_op(r, SD_OP_CONV1, M, x->p, res->cin, &res->shortcut, sc, res->cout, &ep_s);
             resid = sc;
         }
         sd_epilogue ep2 = {.bias = res->conv2.b, .residual = resid, .ld_res = res->cout};
-        sd_conv3x3(ex, h, r->B, x->H, x->W, res->cout, 1, &res->conv2.w, out, &ep2);
+        conv_op(r, h, x->H, x->W, res->cout, 1, &res->conv2, out, &ep2);
     }
     r->scratch_used = mark;
 }
@@ -139,39 +192,49 @@ static void xformer_fwd(run *r, const sd_xformer *xf, tensor *x)
     float *kv = scratch_alloc(r, (size_t)r->B * L * 2 * C);
     if (!r->dry) {
         const sd_exec *ex = r->ex;
+        const sd_op_kind proj = c->use_linear_projection ? SD_OP_LINEAR : SD_OP_CONV1;
+        double tn = tick(r);
         sd_groupnorm(ex, x->p, r->B, HW, C, c->norm_num_groups, 1e-6f, xf->norm.gamma,
                      xf->norm.beta, 0, t0);
+        tock(r, SD_OP_NORM, tn, 0);
         sd_epilogue ep = {.bias = xf->proj_in.b};
-        sd_gemm(ex, M, t0, C, &xf->proj_in.w, h, C, &ep);
+        gemm_op(r, proj, M, t0, C, &xf->proj_in, h, C, &ep);
 
         /* self-attention */
+        tn = tick(r);
         sd_layernorm(ex, h, M, C, 1e-5f, xf->ln1.gamma, xf->ln1.beta, t0);
+        tock(r, SD_OP_NORM, tn, 0);
         sd_epilogue none = {0};
-        sd_gemm(ex, M, t0, C, &xf->qkv.w, big, 3 * C, &none);
-        sd_attention(ex, r->B, xf->heads, dh, HW, HW, big, 3 * C, big + C, 3 * C, big + 2 * C,
-                     3 * C, t0, C, scale);
+        gemm_op(r, SD_OP_LINEAR, M, t0, C, &xf->qkv, big, 3 * C, &none);
+        attn_op(r, xf->heads, dh, HW, HW, big, 3 * C, big + C, 3 * C, big + 2 * C, 3 * C, t0, C,
+                scale);
         sd_epilogue ep_o1 = {.bias = xf->out1.b, .residual = h, .ld_res = C};
-        sd_gemm(ex, M, t0, C, &xf->out1.w, h, C, &ep_o1);
+        gemm_op(r, SD_OP_LINEAR, M, t0, C, &xf->out1, h, C, &ep_o1);
 
         /* cross-attention on the context */
+        tn = tick(r);
         sd_layernorm(ex, h, M, C, 1e-5f, xf->ln2.gamma, xf->ln2.beta, t0);
-        sd_gemm(ex, M, t0, C, &xf->q2.w, big, C, &none);
-        sd_gemm(ex, r->B * L, r->context, D, &xf->kv2.w, kv, 2 * C, &none);
-        sd_attention(ex, r->B, xf->heads, dh, HW, L, big, C, kv, 2 * C, kv + C, 2 * C, t0, C,
-                     scale);
+        tock(r, SD_OP_NORM, tn, 0);
+        gemm_op(r, SD_OP_LINEAR, M, t0, C, &xf->q2, big, C, &none);
+        gemm_op(r, SD_OP_LINEAR, r->B * L, r->context, D, &xf->kv2, kv, 2 * C, &none);
+        attn_op(r, xf->heads, dh, HW, L, big, C, kv, 2 * C, kv + C, 2 * C, t0, C, scale);
         sd_epilogue ep_o2 = {.bias = xf->out2.b, .residual = h, .ld_res = C};
-        sd_gemm(ex, M, t0, C, &xf->out2.w, h, C, &ep_o2);
+        gemm_op(r, SD_OP_LINEAR, M, t0, C, &xf->out2, h, C, &ep_o2);
 
         /* GEGLU feed-forward */
+        tn = tick(r);
         sd_layernorm(ex, h, M, C, 1e-5f, xf->ln3.gamma, xf->ln3.beta, t0);
+        tock(r, SD_OP_NORM, tn, 0);
         sd_epilogue ep_f1 = {.bias = xf->ff1.b};
-        sd_gemm(ex, M, t0, C, &xf->ff1.w, big, 8 * C, &ep_f1);
+        gemm_op(r, SD_OP_LINEAR, M, t0, C, &xf->ff1, big, 8 * C, &ep_f1);
+        tn = tick(r);
         sd_geglu(ex, big, M, 4 * C, gate);
+        tock(r, SD_OP_NORM, tn, 0);
         sd_epilogue ep_f2 = {.bias = xf->ff2.b, .residual = h, .ld_res = C};
-        sd_gemm(ex, M, gate, 4 * C, &xf->ff2.w, h, C, &ep_f2);
+        gemm_op(r, SD_OP_LINEAR, M, gate, 4 * C, &xf->ff2, h, C, &ep_f2);
 
         sd_epilogue ep_po = {.bias = xf->proj_out.b, .residual = x->p, .ld_res = C};
-        sd_gemm(ex, M, h, C, &xf->proj_out.w, x->p, C, &ep_po);
+        gemm_op(r, proj, M, h, C, &xf->proj_out, x->p, C, &ep_po);
     }
     r->scratch_used = mark;
 }
@@ -181,7 +244,7 @@ static void conv3x3_fwd(run *r, const sd_lin *conv, const tensor *x, int stride,
     if (r->dry)
         return;
     sd_epilogue ep = {.bias = conv->b};
-    sd_conv3x3(r->ex, x->p, r->B, x->H, x->W, x->C, stride, &conv->w, out, &ep);
+    conv_op(r, x->p, x->H, x->W, x->C, stride, conv, out, &ep);
 }
 
 /* ---- the graph ---- */
@@ -230,10 +293,10 @@ static void run_graph(run *r, const float *x_in, const float *t, float *y_out)
         for (int b = 0; b < B; b++)
             sd_timestep_embedding(t[b], ch0, c->flip_sin_to_cos, c->freq_shift, tproj + b * ch0);
         sd_epilogue e1 = {.bias = u->time1.b};
-        sd_gemm(ex, B, tproj, ch0, &u->time1.w, tmid, tdim, &e1);
+        gemm_op(r, SD_OP_LINEAR, B, tproj, ch0, &u->time1, tmid, tdim, &e1);
         sd_silu(ex, tmid, tmid, (size_t)B * tdim);
         sd_epilogue e2 = {.bias = u->time2.b};
-        sd_gemm(ex, B, tmid, tdim, &u->time2.w, temb, tdim, &e2);
+        gemm_op(r, SD_OP_LINEAR, B, tmid, tdim, &u->time2, temb, tdim, &e2);
         sd_silu(ex, temb, temb_act, (size_t)B * tdim);
     }
     r->temb_act = temb_act;
@@ -317,11 +380,13 @@ static void run_graph(run *r, const float *x_in, const float *t, float *y_out)
             tensor cat = {scratch_alloc(r, numel(r, h.H, h.W, h.C + skip.C)), h.H, h.W,
                           h.C + skip.C};
             if (!r->dry) {
+                double t0 = tick(r);
                 size_t rows = (size_t)B * h.H * h.W;
                 for (size_t m = 0; m < rows; m++) {
                     memcpy(cat.p + m * cat.C, h.p + m * h.C, sizeof(float) * h.C);
                     memcpy(cat.p + m * cat.C + h.C, skip.p + m * skip.C, sizeof(float) * skip.C);
                 }
+                tock(r, SD_OP_NORM, t0, 0);
             }
             tensor o = {hidden(r, cur ^ 1, numel(r, h.H, h.W, res->cout)), h.H, h.W, res->cout};
             resnet_fwd(r, res, &cat, o.p);
@@ -338,8 +403,11 @@ static void run_graph(run *r, const float *x_in, const float *t, float *y_out)
             int Ho = next->H, Wo = next->W;
             size_t mark = r->scratch_used;
             tensor up = {scratch_alloc(r, numel(r, Ho, Wo, h.C)), Ho, Wo, h.C};
-            if (!r->dry)
+            if (!r->dry) {
+                double t0 = tick(r);
                 sd_upsample_nearest(ex, h.p, B, h.H, h.W, h.C, Ho, Wo, up.p);
+                tock(r, SD_OP_NORM, t0, 0);
+            }
             tensor o = {hidden(r, cur ^ 1, numel(r, Ho, Wo, h.C)), Ho, Wo, h.C};
             conv3x3_fwd(r, &blk->sample_conv, &up, 1, o.p);
             r->scratch_used = mark;
@@ -357,9 +425,12 @@ static void run_graph(run *r, const float *x_in, const float *t, float *y_out)
         tensor block_in = h;
         size_t mark = r->scratch_used;
         tensor n = {scratch_alloc(r, numel(r, h.H, h.W, h.C)), h.H, h.W, h.C};
-        if (!r->dry)
+        if (!r->dry) {
+            double t0 = tick(r);
             sd_groupnorm(ex, h.p, B, h.H * h.W, h.C, c->norm_num_groups, c->norm_eps,
                          u->norm_out.gamma, u->norm_out.beta, 0, n.p);
+            tock(r, SD_OP_NORM, t0, 0);
+        }
         emit_tensor(r, "conv_norm_out", &n);
         if (!r->dry)
             sd_silu(ex, n.p, n.p, numel(r, h.H, h.W, h.C));
@@ -409,9 +480,9 @@ void sd_plan_free(sd_plan *plan)
 
 void sd_unet_forward(const sd_unet *u, const sd_exec *ex, sd_plan *plan, const float *x,
                      const float *t, const float *context, float *out, sd_event_fn ev,
-                     void *ev_user)
+                     void *ev_user, sd_prof *prof)
 {
     run r = {.u = u, .ex = ex, .dry = 0, .B = plan->B, .L = plan->L, .plan = plan,
-             .ev = ev, .ev_user = ev_user, .context = context};
+             .ev = ev, .ev_user = ev_user, .prof = prof, .context = context};
     run_graph(&r, x, t, out);
 }

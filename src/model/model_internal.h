@@ -14,4 +14,7 @@ sdunet_status sd_model_forward_ev(sdunet_model *m, const float *sample, int batc
 sdunet_status sd_model_create(const sd_unet_config *cfg, const sd_weight_source *src,
                               const sdunet_options *opt, sdunet_model **out, sdunet_error *err);
 
+/* Accumulate per-op-kind time into prof during forwards (NULL: stop). */
+void sd_model_set_profile(sdunet_model *m, sd_prof *prof);
+
 #endif

@@ -121,11 +121,27 @@ void sd_unet_plan(const sd_unet *u, int B, int H, int W, int L, sd_plan *plan, s
 sdunet_status sd_plan_alloc(sd_plan *plan, sdunet_error *err);
 void sd_plan_free(sd_plan *plan);
 
+/* Time and work by op kind, accumulated over forwards when profiling. */
+typedef enum sd_op_kind {
+    SD_OP_CONV3,  /* 3x3 convolutions */
+    SD_OP_CONV1,  /* 1x1 convolutions: shortcuts, conv proj_in/proj_out */
+    SD_OP_LINEAR, /* q/k/v/out, GEGLU, time MLP, time_emb_proj (and linear projections) */
+    SD_OP_ATTN,   /* attention matmuls and softmax */
+    SD_OP_NORM,   /* norms, activations, concatenation, resize */
+    SD_OP_COUNT
+} sd_op_kind;
+
+typedef struct sd_prof {
+    double seconds[SD_OP_COUNT];
+    double flops[SD_OP_COUNT];
+    long calls[SD_OP_COUNT];
+} sd_prof;
+
 /* Forward on channels-last input x (B,H,W,in_channels) into out
  * (B,H,W,out_channels), with per-row timesteps t[B] and context (B,L,D). */
 void sd_unet_forward(const sd_unet *u, const sd_exec *ex, sd_plan *plan, const float *x,
                      const float *t, const float *context, float *out, sd_event_fn ev,
-                     void *ev_user);
+                     void *ev_user, sd_prof *prof);
 
 /* Sinusoidal timestep projection exactly as diffusers computes it (float32). */
 void sd_timestep_embedding(float t, int dim, int flip_sin_to_cos, int freq_shift, float *out);

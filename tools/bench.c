@@ -1,0 +1,159 @@
+/* sdunet bench: timed forwards with a breakdown by op kind. */
+#include "cli.h"
+
+#include "model/model_internal.h"
+#include "model/synth.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+static const char bench_help[] =
+    "usage: sdunet bench [--synthetic PRESET | --model PATH [--config FILE]]\n"
+    "                    [--batch B] [--height H] [--width W] [--context-len L]\n"
+    "                    [--runs N] [--warmup N] [--threads N]\n"
+    "\n"
+    "Times the UNet forward: after --warmup runs (default 1), --runs timed runs (default 3)\n"
+    "on synthetic inputs; prints the median and minimum time, GFLOP/s (multiply-adds x 2\n"
+    "of the convolutions, linear layers and attention matmuls), peak RSS and a breakdown\n"
+    "by op kind. Defaults: --synthetic sd15, batch 1, 64x64, 77 context tokens.\n"
+    "The last line is machine-readable:\n"
+    "  bench: precision=fp32 batch=1 height=64 width=64 threads=2 median_s=... min_s=...\n"
+    "         gflops=... peak_rss_mb=...   (one line)\n";
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double peak_rss_mb(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss / 1024.0; /* Linux reports KiB */
+}
+
+int cmd_bench(int argc, char **argv)
+{
+    opt o[] = {{.name = "--synthetic"}, {.name = "--model"}, {.name = "--config"},
+               {.name = "--batch"},     {.name = "--height"}, {.name = "--width"},
+               {.name = "--context-len"}, {.name = "--runs"}, {.name = "--warmup"},
+               {.name = "--threads"}};
+    const int no = sizeof o / sizeof o[0];
+    int help;
+    if (parse_opts(argc, argv, o, no, &help))
+        return 1;
+    if (help) {
+        fputs(bench_help, stdout);
+        return 0;
+    }
+    const char *model = get(o, no, "--model"), *synthetic = get(o, no, "--synthetic");
+    if (model && synthetic)
+        return die("give --model or --synthetic, not both");
+    if (!model && !synthetic)
+        synthetic = "sd15";
+    int B = 1, H = 64, W = 64, L = 77, runs = 3, warmup = 1, threads = 0;
+    if ((get(o, no, "--batch") && parse_int(get(o, no, "--batch"), "--batch", 1, 64, &B)) ||
+        (get(o, no, "--height") && parse_int(get(o, no, "--height"), "--height", 1, 1024, &H)) ||
+        (get(o, no, "--width") && parse_int(get(o, no, "--width"), "--width", 1, 1024, &W)) ||
+        (get(o, no, "--context-len") &&
+         parse_int(get(o, no, "--context-len"), "--context-len", 1, 4096, &L)) ||
+        (get(o, no, "--runs") && parse_int(get(o, no, "--runs"), "--runs", 1, 1000, &runs)) ||
+        (get(o, no, "--warmup") && parse_int(get(o, no, "--warmup"), "--warmup", 0, 100, &warmup)) ||
+        (get(o, no, "--threads") &&
+         parse_int(get(o, no, "--threads"), "--threads", 1, 1024, &threads)))
+        return 1;
+
+    sdunet_options opts;
+    sdunet_options_default(&opts);
+    opts.threads = threads;
+    sdunet_error err;
+    sdunet_model *m = NULL;
+    double t0 = now_s();
+    progress("loading %s...\n", synthetic ? synthetic : model);
+    sdunet_status st = synthetic ? sdunet_load_synthetic(synthetic, &opts, &m, &err)
+                                 : sdunet_load(model, get(o, no, "--config"), &opts, &m, &err);
+    if (st)
+        return die("%s", err.message);
+    double load_s = now_s() - t0;
+    sdunet_model_info info;
+    sdunet_get_info(m, &info);
+    const int C = info.in_channels, D = info.context_dim;
+    size_t ns = (size_t)B * C * H * W, nc = (size_t)B * L * D;
+    size_t nout = (size_t)B * info.out_channels * H * W;
+    float *sample = malloc(ns * sizeof(float)), *ctx = malloc(nc * sizeof(float));
+    float *out = malloc(nout * sizeof(float));
+    double *times = calloc((size_t)runs, sizeof(double));
+    int rc = 1;
+    if (!sample || !ctx || !out || !times) {
+        die("out of memory");
+        goto done;
+    }
+    sd_synth_fill(SD_SYNTH_SAMPLE_NAME, ns, sqrt(3.0), 0.0f, sample);
+    sd_synth_fill(SD_SYNTH_CONTEXT_NAME, nc, 1.0, 0.0f, ctx);
+    float ts[64];
+    for (int b = 0; b < B; b++)
+        ts[b] = 999.0f - 20.0f * b;
+    printf("sdunet bench: %s, %.1fM parameters, %s kernels, %d threads, load %.2f s\n",
+           synthetic ? synthetic : model, (double)info.n_params / 1e6, info.isa, info.threads,
+           load_s);
+    printf("input: batch %d, latent %dx%d, context %dx%d; %d warm-up + %d timed runs\n", B, H, W,
+           L, D, warmup, runs);
+    fflush(stdout);
+    sd_prof prof;
+    for (int i = 0; i < warmup + runs; i++) {
+        int timed = i >= warmup;
+        memset(&prof, 0, sizeof prof);
+        sd_model_set_profile(m, timed ? &prof : NULL);
+        double s = now_s();
+        if (sdunet_forward(m, sample, B, C, H, W, ts, B, ctx, L, D, out, &err)) {
+            die("%s", err.message);
+            goto done;
+        }
+        double dt = now_s() - s;
+        if (timed)
+            times[i - warmup] = dt;
+        progress("%s %d/%d: %.3f s\n", timed ? "run" : "warm-up", timed ? i - warmup + 1 : i + 1,
+                 timed ? runs : warmup, dt);
+    }
+    sd_model_set_profile(m, NULL);
+    /* the breakdown is from the last timed run */
+    static const char *const kind_name[SD_OP_COUNT] = {"3x3 conv", "1x1 conv", "linear",
+                                                        "attention", "norms+elementwise"};
+    double total_t = 0, total_f = 0;
+    for (int k = 0; k < SD_OP_COUNT; k++) {
+        total_t += prof.seconds[k];
+        total_f += prof.flops[k];
+    }
+    printf("\n%-18s %10s %7s %9s %10s %7s\n", "op kind", "time (s)", "share", "GFLOP", "GFLOP/s",
+           "calls");
+    for (int k = 0; k < SD_OP_COUNT; k++) {
+        double gf = prof.flops[k] / 1e9;
+        if (gf > 0)
+            printf("%-18s %10.3f %6.1f%% %9.1f %10.1f %7ld\n", kind_name[k], prof.seconds[k],
+                   100.0 * prof.seconds[k] / total_t, gf,
+                   prof.seconds[k] > 0 ? gf / prof.seconds[k] : 0.0, prof.calls[k]);
+        else
+            printf("%-18s %10.3f %6.1f%% %9s %10s %7ld\n", kind_name[k], prof.seconds[k],
+                   100.0 * prof.seconds[k] / total_t, "-", "-", prof.calls[k]);
+    }
+    printf("%-18s %10.3f %6.1f%% %9.1f %10.1f\n", "total", total_t, 100.0, total_f / 1e9,
+           total_t > 0 ? total_f / 1e9 / total_t : 0.0);
+    qsort(times, (size_t)runs, sizeof *times, cmp_double);
+    double median = runs % 2 ? times[runs / 2] : 0.5 * (times[runs / 2 - 1] + times[runs / 2]);
+    double gflops = total_f / 1e9 / median;
+    printf("\nbench: precision=fp32 batch=%d height=%d width=%d threads=%d median_s=%.3f "
+           "min_s=%.3f gflops=%.1f peak_rss_mb=%.0f\n",
+           B, H, W, info.threads, median, times[0], gflops, peak_rss_mb());
+    rc = 0;
+done:
+    free(sample);
+    free(ctx);
+    free(out);
+    free(times);
+    sdunet_free(m);
+    return rc;
+}
