@@ -49,6 +49,10 @@ typedef struct sdunet_options {
     int threads;        /* worker threads; 0 = SDUNET_THREADS env var, else online CPUs */
     int allow_nonfinite; /* 0 (default): NaN/Inf inputs are rejected with SDUNET_E_NONFINITE;
                             1: they are accepted and propagate to the output as IEEE rules say */
+    const char *variant; /* diffusers folders only: NULL (default) loads
+                            diffusion_pytorch_model.safetensors (or, when that is absent,
+                            the .fp16 one); "fp16" loads diffusion_pytorch_model.fp16.safetensors.
+                            Read during sdunet_load only. */
 } sdunet_options;
 
 /* Fills `opt` with the defaults. */
@@ -56,9 +60,19 @@ void sdunet_options_default(sdunet_options *opt);
 
 typedef struct sdunet_model sdunet_model;
 
-/* Loads a model from a weight file (safetensors, diffusers key layout, F32,
- * F16 or BF16). `config_path` is a diffusers config.json, or NULL to look for
- * config.json beside the weights. `opt` may be NULL for defaults. */
+/* Loads a model. `weights_path` is a weight file or a diffusers folder:
+ *   - safetensors or PyTorch .ckpt/.bin (zip format), tensors in F32, F16,
+ *     BF16 or F64, with diffusers names (down_blocks.0.resnets.0...) or the
+ *     original LDM names (model.diffusion_model.input_blocks...); a whole
+ *     single-file checkpoint works as it is: the VAE, text encoder, EMA
+ *     copies and other non-UNet tensors are ignored;
+ *   - a folder DIR holding unet/ (a diffusers pipeline) or being the UNet's
+ *     own folder: config.json and diffusion_pytorch_model.safetensors, or
+ *     diffusion_pytorch_model.VARIANT.safetensors with opt->variant.
+ * `config_path` is a diffusers config.json or a preset ("sd15", "sd21");
+ * NULL takes the config.json beside the weights, and without one infers the
+ * configuration from the tensor shapes (SDUNET_E_CONFIG when that is
+ * ambiguous). `opt` may be NULL for defaults. */
 sdunet_status sdunet_load(const char *weights_path, const char *config_path,
                           const sdunet_options *opt, sdunet_model **out, sdunet_error *err);
 

@@ -1,7 +1,7 @@
 /* The sampling loop (sdunet_sample) against a hand-written loop over the
  * public APIs, classifier-free guidance against two separate forwards, the
  * noise generator, and the `sdunet sample` command (its binary from
- * $SDUNET_BIN, default build/sdunet). */
+ * $SDUNET_BIN, else $BUILD/sdunet, else build/sdunet). */
 #include "check.h"
 #include "sdunet.h"
 #include "sdunet_sample.h"
@@ -431,8 +431,13 @@ static void test_errors(void)
 
 static const char *bin(void)
 {
+    static char path[512];
     const char *b = getenv("SDUNET_BIN");
-    return b && *b ? b : "build/sdunet";
+    if (b && *b)
+        return b;
+    const char *build = getenv("BUILD"); /* set by tests/run.sh via make */
+    snprintf(path, sizeof path, "%s/sdunet", build && *build ? build : "build");
+    return path;
 }
 
 static char g_tmp[256];                   /* per-process scratch prefix under /tmp */

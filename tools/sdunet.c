@@ -1,12 +1,14 @@
 /* sdunet: command-line front end.
- *   sdunet run | demo | synth | info | trace  (sdunet --help) */
+ *   sdunet run | demo | synth | info | convert | trace | sample  (sdunet --help) */
 #include "sdunet.h"
 
 #include "cli.h"
 
+#include "io/keymap.h"
 #include "io/npy.h"
 #include "io/tensorfile.h"
 #include "model/config.h"
+#include "model/infer.h"
 #include "model/model_internal.h"
 #include "model/synth.h"
 
@@ -103,14 +105,20 @@ static void print_skips(FILE *f, const skip_table *t)
 /* ---- run ---- */
 
 static const char run_help[] =
-    "usage: sdunet run (--model PATH [--config FILE|PRESET] | --synthetic PRESET)\n"
+    "usage: sdunet run (--model PATH [--config FILE|PRESET] [--variant NAME]\n"
+    "                   | --synthetic PRESET)\n"
     "                  --sample S.npy --timestep T[,T...] --context C.npy --out OUT.npy\n"
     "                  [--threads N] [--allow-nonfinite]\n"
     "\n"
     "One UNet forward: predicted noise for a noisy latent.\n"
-    "  --model PATH        safetensors weights (diffusers names; F32, F16 or BF16)\n"
+    "  --model PATH        weights: a safetensors or .ckpt file (diffusers or original LDM\n"
+    "                      names, F32/F16/BF16; a whole single-file checkpoint is fine, its\n"
+    "                      VAE, text encoder and EMA tensors are ignored), or a diffusers\n"
+    "                      folder (DIR/unet/ or the UNet's own folder)\n"
     "  --config FILE       diffusers config.json or a preset (default: config.json beside\n"
-    "                      the weights)\n"
+    "                      the weights, else inferred from the tensor shapes)\n"
+    "  --variant NAME      diffusers folder: load diffusion_pytorch_model.NAME.safetensors\n"
+    "                      (e.g. fp16)\n"
     "  --synthetic PRESET  deterministic synthetic weights (sd15, sd21, or a config.json)\n"
     "  --sample S.npy      noisy latent, (B, 4, H, W) float32/float16/float64\n"
     "  --timestep T        one timestep for every row, or one per row: 999,1\n"
@@ -119,13 +127,14 @@ static const char run_help[] =
     "  --threads N         worker threads (default: $SDUNET_THREADS or all online CPUs)\n"
     "  --allow-nonfinite   accept NaN/Inf inputs (default: rejected with an error)\n";
 
-static int load_model(const char *model, const char *config, const char *synthetic, int threads,
-                      int allow_nonfinite, sdunet_model **m)
+static int load_model(const char *model, const char *config, const char *variant,
+                      const char *synthetic, int threads, int allow_nonfinite, sdunet_model **m)
 {
     sdunet_options o;
     sdunet_options_default(&o);
     o.threads = threads;
     o.allow_nonfinite = allow_nonfinite;
+    o.variant = variant;
     sdunet_error err = {0};
     sdunet_status st;
     double t0 = now_s();
@@ -147,8 +156,10 @@ static int load_model(const char *model, const char *config, const char *synthet
 
 static int cmd_run(int argc, char **argv)
 {
-    opt o[] = {{.name = "--model"}, {.name = "--config"}, {.name = "--synthetic"}, {.name = "--sample"}, {.name = "--timestep"},
-               {.name = "--context"}, {.name = "--out"}, {.name = "--threads"}, {.name = "--allow-nonfinite", .is_flag = 1}};
+    opt o[] = {{.name = "--model"},     {.name = "--config"}, {.name = "--variant"},
+               {.name = "--synthetic"}, {.name = "--sample"}, {.name = "--timestep"},
+               {.name = "--context"},   {.name = "--out"},    {.name = "--threads"},
+               {.name = "--allow-nonfinite", .is_flag = 1}};
     const int no = sizeof o / sizeof o[0];
     int help;
     if (parse_opts(argc, argv, o, no, &help))
@@ -165,6 +176,8 @@ static int cmd_run(int argc, char **argv)
         return die("give exactly one of --model PATH or --synthetic PRESET (see --help)");
     if (synthetic && config)
         return die("--config goes with --model; --synthetic takes the preset or config itself");
+    if (synthetic && get(o, no, "--variant"))
+        return die("--variant goes with --model DIR (a diffusers folder)");
     if (!sample_p || !ctx_p || !ts || !out_p)
         return die("run needs --sample, --timestep, --context and --out (see --help)");
     int threads = 0;
@@ -218,7 +231,8 @@ static int cmd_run(int argc, char **argv)
             (long long)ss[0]);
         goto done;
     }
-    if (load_model(model, config, synthetic, threads, get(o, no, "--allow-nonfinite") != NULL, &m))
+    if (load_model(model, config, get(o, no, "--variant"), synthetic, threads,
+                   get(o, no, "--allow-nonfinite") != NULL, &m))
         goto done;
     sdunet_model_info info;
     sdunet_get_info(m, &info);
@@ -293,7 +307,7 @@ static int cmd_demo(int argc, char **argv)
             return 1;
     }
     sdunet_model *m = NULL;
-    if (load_model(NULL, NULL, preset, threads, 0, &m))
+    if (load_model(NULL, NULL, NULL, preset, threads, 0, &m))
         return 1;
     sdunet_model_info info;
     sdunet_get_info(m, &info);
@@ -514,13 +528,18 @@ static int cmd_synth(int argc, char **argv)
 /* ---- info ---- */
 
 static const char info_help[] =
-    "usage: sdunet info PATH [--config FILE|PRESET]\n"
+    "usage: sdunet info PATH [--config FILE|PRESET] [--variant NAME]\n"
     "\n"
-    "Describes a weight file: format, key layout, dtypes, tensor and parameter counts,\n"
-    "the configuration it loads with, and the tensors the model does not use.\n";
+    "Describes a weight file or diffusers folder: format, key layout (diffusers or\n"
+    "original LDM), dtypes, what else a single-file checkpoint holds (VAE, text encoder,\n"
+    "EMA copies, ...), the configuration inferred from the tensor shapes and the tensors\n"
+    "it came from, the configuration the model loads with (--config, else config.json\n"
+    "beside the weights, else the inferred one), and the tensors the model does not use.\n";
 
 typedef struct used_set {
     const sd_tensorfile *tf;
+    const sd_unet_config *cfg;
+    sd_layout layout;
     unsigned char *used;
 } used_set;
 
@@ -529,115 +548,409 @@ static void mark_used(void *user, const char *name, int ndim, const int64_t *sha
     (void)ndim;
     (void)shape;
     used_set *u = user;
-    const sd_tensor_info *t = sd_tensorfile_find(u->tf, name);
+    const sd_tensor_info *t = sd_find_unet_tensor(u->tf, u->cfg, u->layout, name);
     if (t)
         u->used[t - u->tf->tensors] = 1;
 }
 
+/* Whether a file name is a UNet name of the file's layout. */
+static int is_unet_name(const char *name, sd_layout layout)
+{
+    char buf[8];
+    if (layout == SD_LAYOUT_LDM)
+        return strncmp(name, SD_LDM_UNET_PREFIX, strlen(SD_LDM_UNET_PREFIX)) == 0;
+    /* With no config the map answers 0 for non-UNet names, -1 for UNet ones. */
+    return sd_diffusers_to_ldm(NULL, name, buf, sizeof buf) != 0;
+}
+
+/* What else a single-file checkpoint holds, by first name component. */
+static void print_contents(const sd_tensorfile *tf, sd_layout layout)
+{
+    enum { MAX_GROUPS = 16 };
+    char group[MAX_GROUPS][48];
+    size_t count[MAX_GROUPS] = {0}, n_groups = 0, unet = 0, other = 0;
+    for (size_t i = 0; i < tf->count; i++) {
+        const char *name = tf->tensors[i].name;
+        if (is_unet_name(name, layout)) {
+            unet++;
+            continue;
+        }
+        const char *dot = strchr(name, '.');
+        size_t len = dot ? (size_t)(dot - name) : strlen(name);
+        if (!dot || len >= sizeof group[0]) {
+            other++;
+            continue;
+        }
+        size_t g;
+        for (g = 0; g < n_groups; g++)
+            if (strlen(group[g]) == len && strncmp(group[g], name, len) == 0)
+                break;
+        if (g == n_groups) {
+            if (n_groups == MAX_GROUPS) {
+                other++;
+                continue;
+            }
+            memcpy(group[g], name, len);
+            group[g][len] = 0;
+            n_groups++;
+        }
+        count[g]++;
+    }
+    if (!n_groups && !other)
+        return;
+    printf("contents: UNet %zu", unet);
+    for (size_t g = 0; g < n_groups; g++)
+        printf(", %s.* %zu", group[g], count[g]);
+    if (other)
+        printf(", other %zu", other);
+    printf(" (only the UNet is loaded)\n");
+}
+
+static void print_config(const char *label, const sd_unet_config *cfg)
+{
+    printf("%s block_out_channels (", label);
+    for (int i = 0; i < cfg->n_blocks; i++)
+        printf("%s%d", i ? "," : "", cfg->block_out_channels[i]);
+    printf("), layers_per_block %d, heads (", cfg->layers_per_block);
+    for (int i = 0; i < cfg->n_blocks; i++)
+        printf("%s%d", i ? "," : "", cfg->heads[i]);
+    printf("), cross_attention_dim %d, %s projection, in/out channels %d/%d\n",
+           cfg->cross_attention_dim, cfg->use_linear_projection ? "linear" : "conv 1x1",
+           cfg->in_channels, cfg->out_channels);
+}
+
+/* Positional PATH (and OUT for convert) before the options. */
+static int positional(int argc, char **argv, int n, const char *cmd, const char *what)
+{
+    for (int i = 0; i < n; i++)
+        if (i >= argc || argv[i][0] == '-')
+            return die("%s needs %s (see --help)", cmd, what);
+    return 0;
+}
+
+static int wants_help(int argc, char **argv)
+{
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            return 1;
+    return 0;
+}
+
 static int cmd_info(int argc, char **argv)
 {
-    if (argc >= 1 && (strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0)) {
+    if (wants_help(argc, argv)) {
         fputs(info_help, stdout);
         return 0;
     }
-    if (argc < 1 || argv[0][0] == '-')
-        return die("info needs a weight file path (see --help)");
-    const char *path = argv[0];
-    opt o[] = {{.name = "--config"}};
-    int help;
-    if (parse_opts(argc - 1, argv + 1, o, 1, &help))
+    if (positional(argc, argv, 1, "info", "a weight file or folder path"))
         return 1;
-    if (help) {
-        fputs(info_help, stdout);
-        return 0;
-    }
+    const char *path = argv[0];
+    opt o[] = {{.name = "--config"}, {.name = "--variant"}};
+    const int no = sizeof o / sizeof o[0];
+    int help;
+    if (parse_opts(argc - 1, argv + 1, o, no, &help))
+        return 1;
     sdunet_error err;
-    sd_tensorfile *tf;
-    if (sd_tensorfile_open(path, &tf, &err))
+    sd_model_files *mf = calloc(1, sizeof *mf);
+    if (!mf)
+        return die("out of memory");
+    if (sd_model_files_open(path, get(o, no, "--variant"), mf, &err)) {
+        free(mf);
         return die("%s", err.message);
+    }
+    const sd_tensorfile *tf = mf->tf;
     size_t per_dtype[SD_DT_COUNT] = {0};
     uint64_t params = 0;
-    size_t n_ldm = 0, n_diff = 0;
     for (size_t i = 0; i < tf->count; i++) {
         per_dtype[tf->tensors[i].dtype]++;
         params += tf->tensors[i].numel;
-        if (strncmp(tf->tensors[i].name, "model.diffusion_model.", 22) == 0)
-            n_ldm++;
-        if (strncmp(tf->tensors[i].name, "down_blocks.", 12) == 0 ||
-            strncmp(tf->tensors[i].name, "conv_in.", 8) == 0)
-            n_diff++;
     }
-    printf("file: %s\nformat: %s\n", path, tf->format);
-    printf("layout: %s\n", n_ldm ? "ldm (CompVis, model.diffusion_model.*)"
-                           : n_diff ? "diffusers"
-                                    : "unknown");
+    if (mf->is_folder)
+        printf("folder: %s\n", path);
+    printf("file: %s\nformat: %s\n", mf->weights, tf->format);
+    printf("layout: %s\n", sd_layout_name(mf->layout));
     printf("tensors: %zu\nparameters: %llu\ndtypes:", tf->count, (unsigned long long)params);
     for (int d = 0; d < SD_DT_COUNT; d++)
         if (per_dtype[d])
             printf(" %s=%zu", sd_dtype_name((sd_dtype)d), per_dtype[d]);
     printf("\n");
     if (tf->metadata)
-        printf("metadata: %s\n", tf->metadata);
-    /* config */
-    const char *cfgp = get(o, 1, "--config");
-    char sib[4096];
-    if (!cfgp) {
-        const char *slash = strrchr(path, '/');
-        size_t dir = slash ? (size_t)(slash - path + 1) : 0;
-        if (dir + 12 < sizeof sib) {
-            memcpy(sib, path, dir);
-            memcpy(sib + dir, "config.json", 12);
-            FILE *f = fopen(sib, "rb");
-            if (f) {
-                fclose(f);
-                cfgp = sib;
-            }
-        }
+        printf("metadata: %.300s%s\n", tf->metadata, strlen(tf->metadata) > 300 ? "..." : "");
+    print_contents(tf, mf->layout);
+
+    /* What the shapes say, whether or not a config file overrides it. */
+    sd_unet_config inferred;
+    char report[SD_INFER_REPORT];
+    int have_inferred = 0;
+    if (mf->layout == SD_LAYOUT_LDM || mf->layout == SD_LAYOUT_DIFFUSERS) {
+        sdunet_status st = sd_config_infer(tf, mf->layout, &inferred, report, sizeof report, &err);
+        have_inferred = st == SDUNET_OK;
+        if (have_inferred)
+            print_config("inferred:", &inferred);
+        else
+            printf("inferred: not possible: %s\n", err.message);
+        fputs(report, stdout);
     }
+
     int rc = 0;
-    if (!cfgp) {
-        printf("config: none found (no config.json beside the file; pass --config)\n");
+    if (sd_model_files_config(mf, get(o, no, "--config"), &err)) {
+        printf("config: none: %s\n", err.message);
+        rc = 1;
     } else {
-        sd_unet_config cfg;
-        if (sd_config_load(cfgp, &cfg, &err)) {
-            printf("config: %s: %s\n", cfgp, err.message);
+        char label[4200];
+        snprintf(label, sizeof label, "config: %s%s:",
+                 mf->origin == SD_CONFIG_INFERRED ? "inferred from the tensor shapes" : mf->config,
+                 mf->origin == SD_CONFIG_EXPLICIT ? " (given)"
+                 : mf->origin == SD_CONFIG_BESIDE ? " (beside the weights)"
+                                                  : "");
+        print_config(label, &mf->cfg);
+        if (have_inferred && mf->origin != SD_CONFIG_INFERRED)
+            printf("inferred config %s\n", memcmp(&inferred, &mf->cfg, sizeof inferred) == 0
+                                               ? "agrees with it"
+                                               : "differs from it (the config file wins)");
+        used_set us = {.tf = tf, .cfg = &mf->cfg, .layout = mf->layout,
+                       .used = calloc(tf->count ? tf->count : 1, 1)};
+        sd_weight_source src = {.file = tf, .visit = mark_used, .visit_user = &us,
+                                .check_only = 1};
+        sd_unet u;
+        if (!us.used) {
+            rc = die("out of memory");
+        } else if (sd_unet_build(&u, &mf->cfg, &src, NULL, &err)) {
+            printf("loads: no: %s\n", err.message);
             rc = 1;
         } else {
-            printf("config: %s: block_out_channels (", cfgp);
-            for (int i = 0; i < cfg.n_blocks; i++)
-                printf("%s%d", i ? "," : "", cfg.block_out_channels[i]);
-            printf("), layers_per_block %d, heads (", cfg.layers_per_block);
-            for (int i = 0; i < cfg.n_blocks; i++)
-                printf("%s%d", i ? "," : "", cfg.heads[i]);
-            printf("), cross_attention_dim %d, %s projection\n", cfg.cross_attention_dim,
-                   cfg.use_linear_projection ? "linear" : "conv 1x1");
-            used_set us = {.tf = tf, .used = calloc(tf->count ? tf->count : 1, 1)};
-            sd_weight_source src = {.file = tf, .visit = mark_used, .visit_user = &us,
-                                    .check_only = 1};
-            sd_unet u;
-            if (!us.used) {
-                rc = die("out of memory");
-            } else if (sd_unet_build(&u, &cfg, &src, NULL, &err)) {
-                printf("loads: no: %s\n", err.message);
-                rc = 1;
-            } else {
-                printf("loads: yes (%.1fM parameters used)\n", (double)u.n_params / 1e6);
-                sd_unet_release(&u);
-            }
-            size_t unused = 0;
-            for (size_t i = 0; i < tf->count && us.used; i++)
-                if (!us.used[i])
-                    unused++;
-            printf("unused tensors: %zu\n", unused);
-            for (size_t i = 0, shown = 0; i < tf->count && us.used; i++)
-                if (!us.used[i] && shown++ < 20)
-                    printf("  %s\n", tf->tensors[i].name);
-            if (unused > 20)
-                printf("  ... and %zu more\n", unused - 20);
-            free(us.used);
+            printf("loads: yes (%.1fM parameters used)\n", (double)u.n_params / 1e6);
+            sd_unet_release(&u);
         }
+        /* Unused UNet-named tensors matter (a config that does not fit);
+         * the rest of a full checkpoint is expected to be unused. */
+        size_t unused = 0, unused_unet = 0;
+        for (size_t i = 0; i < tf->count && us.used; i++)
+            if (!us.used[i]) {
+                unused++;
+                unused_unet += is_unet_name(tf->tensors[i].name, mf->layout);
+            }
+        printf("unused tensors: %zu", unused);
+        if (unused)
+            printf(" (%zu with UNet names, %zu others)", unused_unet, unused - unused_unet);
+        printf("\n");
+        for (int pass = 0, shown = 0; pass < 2 && us.used; pass++)
+            for (size_t i = 0; i < tf->count && shown < 20; i++)
+                if (!us.used[i] && is_unet_name(tf->tensors[i].name, mf->layout) == !pass) {
+                    printf("  %s\n", tf->tensors[i].name);
+                    shown++;
+                }
+        if (unused > 20)
+            printf("  ... and %zu more\n", unused - 20);
+        free(us.used);
     }
-    sd_tensorfile_close(tf);
+    sd_model_files_close(mf);
+    free(mf);
+    return rc;
+}
+
+/* ---- convert ---- */
+
+static const char convert_help[] =
+    "usage: sdunet convert IN OUT.safetensors [--layout diffusers|ldm] [--dtype f32|f16|bf16]\n"
+    "                      [--config FILE|PRESET] [--variant NAME]\n"
+    "\n"
+    "Writes the UNet of a checkpoint as a safetensors file that diffusers and the\n"
+    "safetensors library read (__metadata__ first, keys sorted, header padded to 8 bytes).\n"
+    "UNet tensors only: the VAE, text encoder, EMA copies and scheduler buffers of a\n"
+    "single-file checkpoint are not written.\n"
+    "  IN                  a safetensors or .ckpt file (diffusers or LDM names) or a\n"
+    "                      diffusers folder\n"
+    "  --layout diffusers  diffusers UNet2DConditionModel names (default); put the file in a\n"
+    "                      folder as unet/diffusion_pytorch_model.safetensors with a config.json\n"
+    "  --layout ldm        original CompVis names under model.diffusion_model.\n"
+    "  --dtype T           f32, f16 or bf16 (rounded to nearest even); default: every tensor\n"
+    "                      keeps its dtype and its bytes\n"
+    "  --config FILE       config.json or preset (default: beside IN, else inferred)\n"
+    "  --variant NAME      IN is a diffusers folder: read diffusion_pytorch_model.NAME.*\n";
+
+typedef struct convert_list {
+    sd_tensor_info *t; /* output tensors */
+    char **from;       /* the diffusers name each was asked for */
+    void **owned;      /* converted data we allocated (NULL: t's data is the file's) */
+    size_t n, cap;
+    int oom;
+} convert_list;
+
+static void collect_convert(void *user, const char *name, int ndim, const int64_t *shape)
+{
+    (void)ndim;
+    (void)shape;
+    convert_list *l = user;
+    if (l->oom)
+        return;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 512;
+        sd_tensor_info *t = realloc(l->t, cap * sizeof *t);
+        if (t)
+            l->t = t;
+        char **f = realloc(l->from, cap * sizeof *f);
+        if (f)
+            l->from = f;
+        void **w = realloc(l->owned, cap * sizeof *w);
+        if (w)
+            l->owned = w;
+        if (!t || !f || !w) {
+            l->oom = 1;
+            return;
+        }
+        l->cap = cap;
+    }
+    memset(&l->t[l->n], 0, sizeof l->t[l->n]);
+    l->owned[l->n] = NULL;
+    if (!(l->from[l->n] = strdup(name))) {
+        l->oom = 1;
+        return;
+    }
+    l->n++;
+}
+
+static void free_convert(convert_list *l)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        free(l->owned[i]);
+        free(l->t[i].name);
+        free(l->from[i]);
+    }
+    free(l->t);
+    free(l->from);
+    free(l->owned);
+}
+
+static int parse_dtype(const char *s, sd_dtype *dt)
+{
+    if (strcmp(s, "f32") == 0)
+        *dt = SD_DT_F32;
+    else if (strcmp(s, "f16") == 0)
+        *dt = SD_DT_F16;
+    else if (strcmp(s, "bf16") == 0)
+        *dt = SD_DT_BF16;
+    else
+        return die("--dtype must be f32, f16 or bf16 (got '%s')", s);
+    return 0;
+}
+
+/* Fills out (name already set) from the file tensor src in dtype dt: the
+ * same bytes when the dtype is kept, else converted through float32 into a
+ * buffer returned in *owned. */
+static int convert_tensor(const sd_tensor_info *src, sd_dtype dt, sd_tensor_info *out,
+                          void **owned)
+{
+    out->dtype = dt;
+    out->ndim = src->ndim;
+    memcpy(out->shape, src->shape, sizeof out->shape);
+    out->numel = src->numel;
+    out->nbytes = src->numel * sd_dtype_size(dt);
+    if (dt == src->dtype) {
+        out->data = src->data;
+        return 0;
+    }
+    float *f = malloc(src->numel ? src->numel * sizeof(float) : 1);
+    if (!f)
+        return die("out of memory");
+    sdunet_error err;
+    if (sd_tensor_to_f32(src, f, &err)) {
+        free(f);
+        return die("%s", err.message);
+    }
+    if (dt != SD_DT_F32) {
+        uint16_t *h = (uint16_t *)f; /* narrow in place: element i written after read */
+        for (size_t k = 0; k < src->numel; k++)
+            h[k] = dt == SD_DT_F16 ? sd_f32_to_f16(f[k]) : sd_f32_to_bf16(f[k]);
+    }
+    out->data = f;
+    *owned = f;
+    return 0;
+}
+
+static int cmd_convert(int argc, char **argv)
+{
+    if (wants_help(argc, argv)) {
+        fputs(convert_help, stdout);
+        return 0;
+    }
+    if (positional(argc, argv, 2, "convert", "IN and OUT paths"))
+        return 1;
+    const char *in = argv[0], *outp = argv[1];
+    opt o[] = {{.name = "--layout"}, {.name = "--dtype"}, {.name = "--config"},
+               {.name = "--variant"}};
+    const int no = sizeof o / sizeof o[0];
+    int help;
+    if (parse_opts(argc - 2, argv + 2, o, no, &help))
+        return 1;
+    const char *lays = get(o, no, "--layout") ? get(o, no, "--layout") : "diffusers";
+    int to_ldm;
+    if (strcmp(lays, "diffusers") == 0)
+        to_ldm = 0;
+    else if (strcmp(lays, "ldm") == 0)
+        to_ldm = 1;
+    else
+        return die("--layout must be diffusers or ldm (got '%s')", lays);
+    sd_dtype want = SD_DT_F32;
+    int keep_dtype = !get(o, no, "--dtype");
+    if (!keep_dtype && parse_dtype(get(o, no, "--dtype"), &want))
+        return 1;
+
+    sdunet_error err;
+    sd_model_files *mf = calloc(1, sizeof *mf);
+    if (!mf)
+        return die("out of memory");
+    convert_list l = {0};
+    int rc = 1;
+    if (sd_model_files_open(in, get(o, no, "--variant"), mf, &err) ||
+        sd_model_files_config(mf, get(o, no, "--config"), &err)) {
+        die("%s", err.message);
+        goto done;
+    }
+    /* The model's own walk lists every tensor it needs and checks that the
+     * file has each with the right shape. */
+    sd_weight_source src = {.file = mf->tf, .visit = collect_convert, .visit_user = &l,
+                            .check_only = 1};
+    sd_unet u;
+    if (sd_unet_build(&u, &mf->cfg, &src, NULL, &err)) {
+        die("%s: %s", mf->weights, err.message);
+        goto done;
+    }
+    sd_unet_release(&u);
+    if (l.oom) {
+        die("out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < l.n; i++) {
+        const sd_tensor_info *t = sd_find_unet_tensor(mf->tf, &mf->cfg, mf->layout, l.from[i]);
+        char ldm[512];
+        if (!t) {
+            die("%s: no tensor for %s", mf->weights, l.from[i]);
+            goto done;
+        }
+        if (to_ldm && sd_diffusers_to_ldm(&mf->cfg, l.from[i], ldm, sizeof ldm) != 1) {
+            die("%s has no LDM name", l.from[i]);
+            goto done;
+        }
+        if (!(l.t[i].name = strdup(to_ldm ? ldm : l.from[i]))) {
+            die("out of memory");
+            goto done;
+        }
+        if (convert_tensor(t, keep_dtype ? t->dtype : want, &l.t[i], &l.owned[i]))
+            goto done;
+    }
+    if (sd_safetensors_write(outp, l.t, l.n, NULL, &err)) {
+        die("%s", err.message);
+        goto done;
+    }
+    printf("wrote %s: %zu UNet tensors, %s names, %s (from %s, config %s)\n", outp, l.n,
+           to_ldm ? "ldm" : "diffusers", keep_dtype ? "dtypes kept" : get(o, no, "--dtype"),
+           mf->weights, mf->origin == SD_CONFIG_INFERRED ? "inferred" : mf->config);
+    rc = 0;
+done:
+    free_convert(&l);
+    sd_model_files_close(mf);
+    free(mf);
     return rc;
 }
 
@@ -651,7 +964,9 @@ static const char main_help[] =
     "  run     one forward pass on .npy inputs\n"
     "  trace   block and skip-stack shapes for a configuration, without weights\n"
     "  synth   write deterministic synthetic weights to a safetensors file\n"
-    "  info    describe a weight file\n"
+    "  info    describe a weight file or diffusers folder, and the config it loads with\n"
+    "  convert rewrite a checkpoint's UNet as safetensors (diffusers or LDM names, f32/f16/bf16)\n"
+    "  bench   time the forward, with a breakdown by op kind\n"
     "  sample  the denoising loop: a latent from noise with a scheduler and guidance\n"
     "\n"
     "environment: SDUNET_THREADS (default thread count), SDUNET_ISA (force a kernel set:\n"
@@ -682,7 +997,11 @@ int main(int argc, char **argv)
         return cmd_synth(n, a);
     if (strcmp(cmd, "info") == 0)
         return cmd_info(n, a);
+    if (strcmp(cmd, "convert") == 0)
+        return cmd_convert(n, a);
     if (strcmp(cmd, "sample") == 0)
         return cmd_sample(n, a);
+    if (strcmp(cmd, "bench") == 0)
+        return cmd_bench(n, a);
     return die("unknown command '%s' (see sdunet --help)", cmd);
 }

@@ -238,8 +238,40 @@ sdunet_status sd_tensorfile_open(const char *path, sd_tensorfile **out, sdunet_e
         sd_tensorfile_close(tf);
         return rc;
     }
+#ifdef MADV_DONTNEED
+    /* The .ckpt reader checks the CRC of every storage, which maps the whole
+     * file into this process; drop those pages so that loading, which
+     * releases each tensor after use, never holds the file and the model at
+     * once. They stay in the page cache, so this costs no reads. */
+    madvise(map, size, MADV_DONTNEED);
+#endif
     *out = tf;
     return SDUNET_OK;
+}
+
+void sd_tensorfile_release(const sd_tensorfile *tf, const sd_tensor_info *t)
+{
+#ifdef MADV_DONTNEED
+    if (!tf || !t || !tf->map || !t->data || !t->nbytes)
+        return;
+    uintptr_t base = (uintptr_t)tf->map, a = (uintptr_t)t->data;
+    /* Owned copies (the .ckpt reader's non-contiguous views) are not ours. */
+    if (a < base || a - base > tf->map_size || t->nbytes > tf->map_size - (a - base))
+        return;
+    long pg = sysconf(_SC_PAGESIZE);
+    if (pg <= 0)
+        return;
+    /* Whole pages only: the first and last may hold a neighbour's bytes.
+     * Dropping them would be harmless (the next access faults them back
+     * in from the page cache) but would cost that neighbour a fault. */
+    uintptr_t mask = (uintptr_t)pg - 1;
+    uintptr_t lo = (a + mask) & ~mask, hi = (a + t->nbytes) & ~mask;
+    if (hi > lo)
+        madvise((void *)lo, hi - lo, MADV_DONTNEED);
+#else
+    (void)tf;
+    (void)t;
+#endif
 }
 
 const sd_tensor_info *sd_tensorfile_find(const sd_tensorfile *tf, const char *name)

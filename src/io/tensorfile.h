@@ -56,6 +56,14 @@ sdunet_status sd_tensorfile_open(const char *path, sd_tensorfile **out, sdunet_e
 const sd_tensor_info *sd_tensorfile_find(const sd_tensorfile *tf, const char *name);
 void sd_tensorfile_close(sd_tensorfile *tf);
 
+/* Drops the process's mapped pages of a tensor that has been consumed
+ * (converted and copied elsewhere), so loading a large file does not hold
+ * the file and the model in memory at once. Only whole pages inside the
+ * tensor's bytes are dropped; the data stays valid (the mapping is
+ * read-only and private, so a later access reads the file again). A no-op
+ * for tensors not in the mapping. */
+void sd_tensorfile_release(const sd_tensorfile *tf, const sd_tensor_info *t);
+
 /* Converts numel elements of a F32/F16/BF16/F64 tensor to float32 in dst
  * (F16 and BF16 exactly, F64 rounded to nearest). Other dtypes:
  * SDUNET_E_UNSUPPORTED. */

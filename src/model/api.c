@@ -3,6 +3,7 @@
  * the thread pool. */
 #include "io/tensorfile.h"
 #include "kernels/kernels.h"
+#include "model/infer.h"
 #include "model/unet.h"
 #include "model/model_internal.h"
 #include "runtime/pool.h"
@@ -23,7 +24,14 @@ struct sdunet_model {
     float *io;    /* channels-last input and output staging, sized with the plan */
     size_t io_floats;
     atomic_flag busy;
+    sd_prof *prof; /* time profile by op kind, or NULL */
 };
+
+void sd_model_set_profile(sdunet_model *m, sd_prof *prof)
+{
+    if (m)
+        m->prof = prof;
+}
 
 /* Upper bounds on input sizes: generous for real use, small enough that no
  * size computation can overflow. */
@@ -111,22 +119,6 @@ sdunet_status sdunet_load_synthetic(const char *config, const sdunet_options *op
     return sd_model_create(&cfg, &src, opt, out, err);
 }
 
-/* The config.json beside a weight file, if there is one. */
-static int sibling_config(const char *weights, char *out, size_t outlen)
-{
-    const char *slash = strrchr(weights, '/');
-    size_t dir = slash ? (size_t)(slash - weights + 1) : 0;
-    if (dir + sizeof "config.json" > outlen)
-        return 0;
-    memcpy(out, weights, dir);
-    memcpy(out + dir, "config.json", sizeof "config.json");
-    FILE *f = fopen(out, "rb");
-    if (!f)
-        return 0;
-    fclose(f);
-    return 1;
-}
-
 sdunet_status sdunet_load(const char *weights_path, const char *config_path,
                           const sdunet_options *opt, sdunet_model **out, sdunet_error *err)
 {
@@ -135,29 +127,21 @@ sdunet_status sdunet_load(const char *weights_path, const char *config_path,
     *out = NULL;
     if (!weights_path)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL weights path");
-    sd_unet_config cfg;
-    sdunet_status st;
-    char found[4096];
-    if (config_path) {
-        st = sd_config_load(config_path, &cfg, err);
-    } else if (sibling_config(weights_path, found, sizeof found)) {
-        st = sd_config_load(found, &cfg, err);
-    } else {
-        st = sd_fail(err, SDUNET_E_CONFIG,
-                     "%s: no config.json beside the weights; pass a config file or preset "
-                     "(sd15, sd21)",
-                     weights_path);
+    /* Large enough (three paths) that it lives on the heap. */
+    sd_model_files *mf = calloc(1, sizeof *mf);
+    if (!mf)
+        return sd_fail(err, SDUNET_E_NOMEM, "out of memory");
+    sdunet_status st = sd_model_files_open(weights_path, opt ? opt->variant : NULL, mf, err);
+    if (!st)
+        st = sd_model_files_config(mf, config_path, err);
+    if (!st) {
+        sd_weight_source src = {.file = mf->tf};
+        st = sd_model_create(&mf->cfg, &src, opt, out, err);
+        if (st && st != SDUNET_E_NOMEM)
+            sd_err_prefix(err, mf->weights);
     }
-    if (st)
-        return st;
-    sd_tensorfile *tf = NULL;
-    if ((st = sd_tensorfile_open(weights_path, &tf, err)))
-        return st;
-    sd_weight_source src = {.file = tf};
-    st = sd_model_create(&cfg, &src, opt, out, err);
-    sd_tensorfile_close(tf);
-    if (st && st != SDUNET_E_NOMEM)
-        sd_err_prefix(err, weights_path);
+    sd_model_files_close(mf);
+    free(mf);
     return st;
 }
 
@@ -292,7 +276,7 @@ sdunet_status sd_model_forward_ev(sdunet_model *m, const float *sample, int batc
         for (int b = 0; b < batch; b++)
             t[b] = timesteps[n_timesteps == 1 ? 0 : b];
         sd_exec ex = {.pool = m->pool, .kern = m->kern};
-        sd_unet_forward(&m->unet, &ex, plan, x, t, context, y, ev, ev_user);
+        sd_unet_forward(&m->unet, &ex, plan, x, t, context, y, ev, ev_user, m->prof);
         const int oc = c->out_channels;
         for (int b = 0; b < batch; b++)
             for (int ch = 0; ch < oc; ch++)

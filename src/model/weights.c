@@ -2,7 +2,14 @@
  * module tree, fetches each tensor by its diffusers name (from a file or the
  * synthetic generator), checks its shape, converts it to float32 and packs
  * it for the kernels. Missing and mismatched tensors are collected so one
- * error lists them all. */
+ * error lists them all.
+ *
+ * A file's names may be diffusers' or the original LDM ones
+ * (model.diffusion_model.*); the loader detects which and translates.
+ * Every other tensor in the file (VAE, text encoder, EMA copies, scheduler
+ * buffers) is never looked at. Once a tensor is packed its file pages are
+ * released, so a large file is not held in memory beside the model. */
+#include "io/keymap.h"
 #include "model/synth.h"
 #include "model/unet.h"
 
@@ -13,6 +20,8 @@
 
 typedef struct loader {
     const sd_weight_source *src;
+    const sd_unet_config *cfg;
+    sd_layout layout; /* of src->file when the loader maps names itself */
     const sd_kernels *kern;
     float *scratch;
     size_t scratch_cap;
@@ -60,9 +69,17 @@ static void zero(const loader *ld, float *dst, size_t n)
         memset(dst, 0, n * sizeof(float));
 }
 
-/* Fetches tensor `name` of the given shape into dst (numel floats). On a
- * missing or mismatched tensor, records it and fills dst with zeros. */
-static void fetch(loader *ld, const char *name, int ndim, const int64_t *shape, float *dst)
+static void shape_text(char *buf, size_t len, int ndim, const int64_t *shape)
+{
+    buf[0] = 0;
+    for (int i = 0; i < ndim; i++)
+        snprintf(buf + strlen(buf), len - strlen(buf), "%s%lld", i ? "," : "", (long long)shape[i]);
+}
+
+/* Finds file tensor `name` (a diffusers name) and checks its shape. On a
+ * missing or mismatched tensor, records it and returns NULL. Counts the
+ * parameters and calls visit either way. */
+static const sd_tensor_info *lookup(loader *ld, const char *name, int ndim, const int64_t *shape)
 {
     size_t n = 1;
     for (int i = 0; i < ndim; i++)
@@ -70,9 +87,57 @@ static void fetch(loader *ld, const char *name, int ndim, const int64_t *shape, 
     ld->n_params += (int64_t)n;
     if (ld->src->visit)
         ld->src->visit(ld->src->visit_user, name, ndim, shape);
-    if (ld->src->check_only && !ld->src->file)
-        return;
+    if (!ld->src->file)
+        return NULL;
+    char mapped[256];
+    const char *look = name;
+    if (ld->src->map_name) {
+        if (!ld->src->map_name(ld->src->map_user, name, mapped, sizeof mapped)) {
+            note_bad(ld, "no file name for %s", name);
+            return NULL;
+        }
+        look = mapped;
+    } else if (ld->layout == SD_LAYOUT_LDM) {
+        if (sd_diffusers_to_ldm(ld->cfg, name, mapped, sizeof mapped) != 1) {
+            note_bad(ld, "no LDM name for %s", name);
+            return NULL;
+        }
+        look = mapped;
+    }
+    const sd_tensor_info *t = sd_tensorfile_find(ld->src->file, look);
+    if (!t) {
+        /* Name both sides: the file's name to look for in the file, the
+         * diffusers name to look for in the model. */
+        if (look != name)
+            note_bad(ld, "missing %s (diffusers %s)", look, name);
+        else
+            note_bad(ld, "missing %s", look);
+        return NULL;
+    }
+    int ok = t->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++)
+        ok = t->shape[i] == shape[i];
+    if (!ok) {
+        char want[96], got[96];
+        shape_text(want, sizeof want, ndim, shape);
+        shape_text(got, sizeof got, t->ndim, t->shape);
+        note_bad(ld, "%s has shape (%s), expected (%s)", look, got, want);
+        return NULL;
+    }
+    return t;
+}
+
+/* Fetches tensor `name` of the given shape into dst (numel floats). On a
+ * missing or mismatched tensor, records it and fills dst with zeros. */
+static void fetch(loader *ld, const char *name, int ndim, const int64_t *shape, float *dst)
+{
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        n *= (size_t)shape[i];
     if (!ld->src->file) {
+        lookup(ld, name, ndim, shape);
+        if (ld->src->check_only)
+            return;
         sd_synth_weight_pool(name, ndim, shape, dst, ld->src->pool);
         if (ld->src->synth_round == SD_DT_F16)
             for (size_t i = 0; i < n; i++)
@@ -82,44 +147,32 @@ static void fetch(loader *ld, const char *name, int ndim, const int64_t *shape, 
                 dst[i] = sd_bf16_to_f32(sd_f32_to_bf16(dst[i]));
         return;
     }
-    char mapped[256];
-    const char *look = name;
-    if (ld->src->map_name) {
-        if (!ld->src->map_name(ld->src->map_user, name, mapped, sizeof mapped)) {
-            note_bad(ld, "no file name for %s", name);
-            zero(ld, dst, n);
-            return;
-        }
-        look = mapped;
-    }
-    const sd_tensor_info *t = sd_tensorfile_find(ld->src->file, look);
+    const sd_tensor_info *t = lookup(ld, name, ndim, shape);
     if (!t) {
-        note_bad(ld, "missing %s", look);
         zero(ld, dst, n);
         return;
     }
-    int ok = t->ndim == ndim;
-    for (int i = 0; ok && i < ndim; i++)
-        ok = t->shape[i] == shape[i];
-    if (!ok) {
-        char want[96] = "", got[96] = "";
-        for (int i = 0; i < ndim; i++)
-            snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", i ? "," : "",
-                     (long long)shape[i]);
-        for (int i = 0; i < t->ndim; i++)
-            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", i ? "," : "",
-                     (long long)t->shape[i]);
-        note_bad(ld, "%s has shape (%s), expected (%s)", look, got, want);
-        zero(ld, dst, n);
-        return;
-    }
-    sdunet_error e;
     if (ld->src->check_only)
         return;
+    sdunet_error e;
     if (sd_tensor_to_f32(t, dst, &e) != SDUNET_OK) {
-        note_bad(ld, "%s: %s", look, e.message);
+        note_bad(ld, "%s: %s", t->name, e.message);
         zero(ld, dst, n);
+        return;
     }
+    sd_tensorfile_release(ld->src->file, t);
+}
+
+/* A float32 file tensor the packer can read in place (no conversion, no
+ * copy): little-endian host, 4-byte aligned data. */
+static int usable_in_place(const sd_tensor_info *t)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return t->dtype == SD_DT_F32 && ((uintptr_t)t->data & 3) == 0;
+#else
+    (void)t;
+    return 0;
+#endif
 }
 
 static float *fetch_vec(loader *ld, const char *name, int n)
@@ -154,15 +207,39 @@ static void load_lin_multi(loader *ld, sd_lin *l, const char *const *prefixes, i
 {
     int taps = kind == LIN_CONV3 ? 9 : 1;
     size_t part = (size_t)N_part * (size_t)Cin * (size_t)taps;
-    float *w = scratch(ld, part * (size_t)parts); /* untouched pages cost nothing when check_only */
-    if (!w)
-        return;
     char name[256];
-    for (int p = 0; p < parts; p++) {
-        snprintf(name, sizeof name, "%s.weight", prefixes[p]);
-        int64_t shape[4] = {N_part, Cin, kind == LIN_CONV3 ? 3 : 1, kind == LIN_CONV3 ? 3 : 1};
-        fetch(ld, name, kind == LIN_LINEAR ? 2 : 4, shape, w + part * (size_t)p);
+    int64_t shape[4] = {N_part, Cin, kind == LIN_CONV3 ? 3 : 1, kind == LIN_CONV3 ? 3 : 1};
+    const int ndim = kind == LIN_LINEAR ? 2 : 4;
+    /* A lone float32 tensor is packed straight from the file mapping: no
+     * scratch copy of the largest tensors (118 MB for SD1.5's widest conv). */
+    const float *w_in = NULL;
+    const sd_tensor_info *direct = NULL;
+    float *w = NULL;
+    if (parts == 1 && ld->src->file && !ld->src->check_only && !ld->fatal) {
+        snprintf(name, sizeof name, "%s.weight", prefixes[0]);
+        direct = lookup(ld, name, ndim, shape);
+        if (direct && usable_in_place(direct)) {
+            w_in = direct->data;
+        } else if (direct) {
+            if (!(w = scratch(ld, part)))
+                return;
+            sdunet_error e;
+            if (sd_tensor_to_f32(direct, w, &e) != SDUNET_OK) {
+                note_bad(ld, "%s: %s", direct->name, e.message);
+                zero(ld, w, part);
+            }
+        }
+    } else {
+        w = scratch(ld, part * (size_t)parts); /* untouched pages cost nothing when check_only */
+        if (!w)
+            return;
+        for (int p = 0; p < parts; p++) {
+            snprintf(name, sizeof name, "%s.weight", prefixes[p]);
+            fetch(ld, name, ndim, shape, w + part * (size_t)p);
+        }
     }
+    if (!w_in)
+        w_in = w;
     if (with_bias) {
         l->b = sd_alloc((size_t)N_part * (size_t)parts * sizeof(float));
         if (!l->b) {
@@ -172,14 +249,17 @@ static void load_lin_multi(loader *ld, sd_lin *l, const char *const *prefixes, i
         }
         for (int p = 0; p < parts; p++) {
             snprintf(name, sizeof name, "%s.bias", prefixes[p]);
-            int64_t shape[1] = {N_part};
-            fetch(ld, name, 1, shape, l->b + (size_t)N_part * p);
+            int64_t bshape[1] = {N_part};
+            fetch(ld, name, 1, bshape, l->b + (size_t)N_part * p);
         }
     }
-    if (ld->fatal || ld->src->check_only)
+    /* Once a tensor is missing the build fails: packing more is wasted. */
+    if (ld->fatal || ld->src->check_only || ld->n_bad || !w_in)
         return;
-    if (sd_pack(ld->kern, w, N_part * parts, Cin, taps, &l->w) != SDUNET_OK)
+    if (sd_pack(ld->kern, w_in, N_part * parts, Cin, taps, &l->w) != SDUNET_OK)
         ld->fatal = sd_fail(ld->err, SDUNET_E_NOMEM, "out of memory packing weights");
+    if (direct)
+        sd_tensorfile_release(ld->src->file, direct);
 }
 
 static void load_lin(loader *ld, sd_lin *l, const char *prefix, int N, int Cin,
@@ -264,8 +344,19 @@ sdunet_status sd_unet_build(sd_unet *u, const sd_unet_config *cfg, const sd_weig
     if (c->layers_per_block < 1 || c->layers_per_block > SD_MAX_LAYERS)
         return sd_fail(err, SDUNET_E_CONFIG, "layers_per_block %d out of range 1..%d",
                        c->layers_per_block, SD_MAX_LAYERS);
-    loader L = {.src = src, .kern = kern, .err = err};
+    loader L = {.src = src, .cfg = c, .kern = kern, .err = err};
     loader *ld = src ? &L : NULL;
+    if (src && src->file && !src->map_name) {
+        L.layout = sd_detect_layout(src->file);
+        if (L.layout == SD_LAYOUT_MIXED)
+            return sd_fail(err, SDUNET_E_WEIGHTS,
+                           "the file has both diffusers and LDM (model.diffusion_model.*) UNet "
+                           "names; refusing to guess which to use");
+        if (L.layout == SD_LAYOUT_UNKNOWN)
+            return sd_fail(err, SDUNET_E_WEIGHTS,
+                           "no UNet tensors (neither diffusers names such as conv_in.weight nor "
+                           "LDM names under model.diffusion_model.)");
+    }
     int nb = c->n_blocks, lpb = c->layers_per_block, temb = c->time_embed_dim;
     int ch0 = c->block_out_channels[0];
     char p[160];
