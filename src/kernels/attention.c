@@ -20,8 +20,8 @@
 #include <math.h>
 #include <string.h>
 
-#define BQ_TARGET 64        /* queries per task: 4 panels of 16 */
-#define BK_TARGET 256       /* keys per block (rounded to a multiple of mr) */
+#define BQ_TARGET 64           /* queries per task: 4 panels of 16 */
+#define BK_TARGET 256          /* keys per block (rounded to a multiple of mr) */
 #define PACK_BUDGET (2u << 20) /* floats of packed K/V held at once (8 MiB) */
 
 typedef struct {
@@ -42,7 +42,7 @@ typedef struct {
  * past `valid` read as zero) into mr-row panels of len steps. len may
  * exceed the zero row, so it goes in SD_KC_MAX pieces. */
 static void pack_rows_strided(const float *base, size_t ld, int valid, int count, int mr, int len,
-                              float *dst)
+                              const sd_kernels *kern, float *dst)
 {
     const float *r[16];
     for (int p = 0; p * mr < count; p++) {
@@ -53,7 +53,10 @@ static void pack_rows_strided(const float *base, size_t ld, int valid, int count
                 int row = p * mr + i;
                 r[i] = row < valid ? base + (size_t)row * ld + d0 : sd_zero_row;
             }
-            sd_pack_rows(r, mr, n, dp + (size_t)d0 * mr);
+            if (mr == kern->mr)
+                kern->pack_panel(r, n, dp + (size_t)d0 * mr);
+            else
+                sd_pack_rows(r, mr, n, dp + (size_t)d0 * mr);
         }
     }
 }
@@ -72,7 +75,7 @@ static void attn_pack(void *ctx, int64_t task, int thread)
     float *Kp = j->packed + (size_t)bhi * j->per_bh, *Vp = Kp + j->kp_size;
 
     pack_rows_strided(j->k + (size_t)(b * j->Nk + k0) * j->ldk + (size_t)h * dh, (size_t)j->ldk, nk,
-                      nk, mr, dh, Kp + (size_t)k0 * dh);
+                      nk, mr, dh, j->kern, Kp + (size_t)k0 * dh);
     for (int key = k0; key < k0 + nk; key++) {
         const float *vr = j->v + (size_t)(b * j->Nk + key) * j->ldv + (size_t)h * dh;
         for (int cp = 0; cp * mr < dh; cp++) {
@@ -110,14 +113,14 @@ static void attn_block(void *ctx, int64_t task, int thread)
     const float *Kp = j->packed + (size_t)bhi * j->per_bh, *Vp = Kp + j->kp_size;
 
     float *qB = j->scratch + (size_t)thread * j->per_thread; /* qpan x dh x nr: Q^T panels */
-    float *sT = qB + (size_t)BQ * dh;                         /* qpan x BK x nr: S^T, then P^T */
-    float *acc = sT + (size_t)BQ * BK;                        /* dhm x ldacc: O^T */
-    float *mrun = acc + (size_t)dhm * BQ;                     /* running max of s*scale */
+    float *sT = qB + (size_t)BQ * dh;                        /* qpan x BK x nr: S^T, then P^T */
+    float *acc = sT + (size_t)BQ * BK;                       /* dhm x ldacc: O^T */
+    float *mrun = acc + (size_t)dhm * BQ;                    /* running max of s*scale */
     float *mnew = mrun + BQ, *colsum = mnew + BQ, *corr = colsum + BQ;
     double *lrun = (double *)(corr + BQ); /* running sum (BQ is even: 8-byte aligned) */
 
-    pack_rows_strided(j->q + (size_t)(b * j->Nq + q0) * j->ldq + (size_t)h * dh, (size_t)j->ldq,
-                      nq, qpan * nr, nr, dh, qB);
+    pack_rows_strided(j->q + (size_t)(b * j->Nq + q0) * j->ldq + (size_t)h * dh, (size_t)j->ldq, nq,
+                      qpan * nr, nr, dh, kern, qB);
     for (int i = 0; i < ldacc; i++) {
         mrun[i] = -INFINITY;
         lrun[i] = 0.0;
@@ -211,8 +214,20 @@ void sd_attention(const sd_exec *ex, int batch, int heads, int dh, int Nq, int N
     }
     const sd_kernels *kern = ex->kern;
     const int mr = kern->mr, nr = kern->nr;
-    attn_job j = {.kern = kern, .heads = heads, .dh = dh, .Nq = Nq, .Nk = Nk, .q = q, .k = k,
-                  .v = v, .ldq = ldq, .ldk = ldk, .ldv = ldv, .ldo = ldo, .o = o, .scale = scale};
+    attn_job j = {.kern = kern,
+                  .heads = heads,
+                  .dh = dh,
+                  .Nq = Nq,
+                  .Nk = Nk,
+                  .q = q,
+                  .k = k,
+                  .v = v,
+                  .ldq = ldq,
+                  .ldk = ldk,
+                  .ldv = ldv,
+                  .ldo = ldo,
+                  .o = o,
+                  .scale = scale};
     /* Query blocks: up to BQ_TARGET, a multiple of nr, balanced. */
     int qblocks = (Nq + BQ_TARGET - 1) / BQ_TARGET;
     j.bq = ((Nq + qblocks - 1) / qblocks + nr - 1) / nr * nr;

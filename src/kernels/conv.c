@@ -14,9 +14,11 @@ typedef struct {
     int H, W, Cin, stride, Ho, Wo;
 } conv_src;
 
-static void pack_conv(const void *src, int m0, int rows, int k0, int kc, int mr, float *dst)
+static void pack_conv(const void *src, int m0, int rows, int k0, int kc, const sd_kernels *kern,
+                      float *dst)
 {
     const conv_src *s = src;
+    const int mr = kern->mr;
     const int Cin = s->Cin, HWo = s->Ho * s->Wo;
     const int tap_first = k0 / Cin, tap_last = (k0 + kc - 1) / Cin;
     int by[16], yy[16], xx[16]; /* per row of the panel: batch*H, y*stride-1, x*stride-1 */
@@ -47,7 +49,7 @@ static void pack_conv(const void *src, int m0, int rows, int k0, int kc, int mr,
                 else
                     r[i] = s->in + ((size_t)(by[i] + iy) * s->W + ix) * Cin + c0;
             }
-            sd_pack_rows(r, mr, ke - ks, dp + (size_t)(ks - k0) * mr);
+            kern->pack_panel(r, ke - ks, dp + (size_t)(ks - k0) * mr);
         }
     }
 }

@@ -10,6 +10,7 @@
 /* ---- SiLU ---- */
 
 typedef struct {
+    const sd_kernels *kern;
     const float *x;
     float *y;
     size_t n;
@@ -20,22 +21,21 @@ static void silu_task(void *ctx, int64_t t, int thread)
     (void)thread;
     const silu_job *j = ctx;
     size_t i0 = (size_t)t * CHUNK, i1 = i0 + CHUNK < j->n ? i0 + CHUNK : j->n;
-    /* x / (1 + e^-x): no cancellation anywhere; -inf/inf saturate to -0 / x. */
-    for (size_t i = i0; i < i1; i++)
-        j->y[i] = j->x[i] / (1.0f + expf(-j->x[i]));
+    j->kern->silu(j->x + i0, j->y + i0, i1 - i0);
 }
 
 void sd_silu(const sd_exec *ex, const float *x, float *y, size_t n)
 {
     if (n == 0)
         return;
-    silu_job j = {x, y, n};
+    silu_job j = {ex->kern, x, y, n};
     sd_pool_run(ex->pool, (int64_t)((n + CHUNK - 1) / CHUNK), silu_task, &j);
 }
 
 /* ---- GEGLU ---- */
 
 typedef struct {
+    const sd_kernels *kern;
     const float *x;
     float *y;
     int M, F, rows_per_task;
@@ -48,20 +48,8 @@ static void geglu_task(void *ctx, int64_t t, int thread)
     int r0 = (int)t * j->rows_per_task;
     int r1 = r0 + j->rows_per_task < j->M ? r0 + j->rows_per_task : j->M;
     for (int r = r0; r < r1; r++) {
-        const float *h = j->x + (size_t)r * 2 * j->F, *g = h + j->F;
-        float *yr = j->y + (size_t)r * j->F;
-        /* gelu(g) = g/2 * (1 + erf(g/sqrt2)) = g/2 * erfc(-g/sqrt2): erfc keeps
-         * full relative precision where 1 + erf would cancel (g << 0). Out
-         * there erfc's relative slope ~2z^2 also magnifies the rounding of
-         * z = -g/sqrt2, so that tail (a few % of gates) goes through double. */
-        for (int f = 0; f < j->F; f++) {
-            float gf = g[f], e;
-            if (gf >= -1.5f)
-                e = erfcf(-gf * 0.70710678118654752f);
-            else
-                e = (float)erfc(-(double)gf * 0.70710678118654752);
-            yr[f] = h[f] * (0.5f * gf * e);
-        }
+        const float *h = j->x + (size_t)r * 2 * j->F;
+        j->kern->gelu_mul(h, h + j->F, j->y + (size_t)r * j->F, j->F);
     }
 }
 
@@ -70,7 +58,7 @@ void sd_geglu(const sd_exec *ex, const float *x, int M, int F, float *y)
     if (M <= 0 || F <= 0)
         return;
     int rpt = CHUNK / F > 0 ? CHUNK / F : 1;
-    geglu_job j = {x, y, M, F, rpt};
+    geglu_job j = {ex->kern, x, y, M, F, rpt};
     sd_pool_run(ex->pool, (M + rpt - 1) / rpt, geglu_task, &j);
 }
 

@@ -4,10 +4,11 @@
  * Blocking follows the BLIS scheme. B (weights) is packed once at load into
  * nr-column panels, k-major, so any K block of a panel is a contiguous
  * kc x nr slab that stays in L1 while it is swept over the mr-row
- * micro-panels of the packed A block (mc x kc, sized for L2). Each K block's
- * partial sums are formed in registers from zero and then added into C:
- * float32 error then grows with K/kc additions instead of K, which is what
- * keeps a 2880-term dot product close to the double reference.
+ * micro-panels of the packed A block (mc x kc, sized for L2). Partial sums
+ * are formed in registers from zero over runs of SD_MICRO_SUB (64) k steps
+ * and then added into C: float32 rounding error then grows like
+ * sqrt(64 + K/64) rather than sqrt(K), which keeps a 2880-term dot product
+ * about 2x closer to the double reference than one long register sum.
  *
  * Threads take independent (m-block, n-block) output tiles and run all K
  * blocks of a tile themselves, so no two threads ever write the same C
@@ -27,34 +28,74 @@ const float sd_zero_row[SD_KC_MAX];
 #define P_MR 4
 #define P_NR 16
 
-/* Plain loops over a local accumulator tile; compilers vectorise the j loop
- * (and keep the 4x16 tile in registers where the ISA has enough of them).
- * Like the AVX2 kernel, the tile restarts from zero every SD_MICRO_SUB steps
- * and those partial sums are added up, for accuracy. */
+/* Sums one run of len k steps for columns [h, h+8) into t (4 x 16 tile):
+ * t = (first ? 0 : t) + A B. GCC and Clang get generic 4-float vectors (SSE2,
+ * NEON, or scalar code where there is no SIMD): eight accumulators plus
+ * operands fit 16 registers, and -O2 keeps them there, which it does not do
+ * for an array tile. Other compilers get the plain loops. */
+#if defined(__GNUC__)
+typedef float sd_v4 __attribute__((vector_size(16)));
+
+static inline sd_v4 v4_load(const float *p)
+{
+    sd_v4 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static void portable_run(int len, const float *a, const float *b, int h, float (*t)[P_NR],
+                         int first)
+{
+    sd_v4 c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
+    for (int k = 0; k < len; k++, a += P_MR, b += P_NR) {
+        sd_v4 b0 = v4_load(b + h), b1 = v4_load(b + h + 4);
+        c00 += a[0] * b0;
+        c01 += a[0] * b1;
+        c10 += a[1] * b0;
+        c11 += a[1] * b1;
+        c20 += a[2] * b0;
+        c21 += a[2] * b1;
+        c30 += a[3] * b0;
+        c31 += a[3] * b1;
+    }
+    const sd_v4 acc[P_MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}};
+    for (int i = 0; i < P_MR; i++)
+        for (int q = 0; q < 2; q++) {
+            sd_v4 v = acc[i][q];
+            if (!first)
+                v = v4_load(&t[i][h + 4 * q]) + v;
+            memcpy(&t[i][h + 4 * q], &v, sizeof v);
+        }
+}
+#else
+static void portable_run(int len, const float *a, const float *b, int h, float (*t)[P_NR],
+                         int first)
+{
+    float acc[P_MR][8] = {{0}};
+    for (int k = 0; k < len; k++, a += P_MR, b += P_NR)
+        for (int i = 0; i < P_MR; i++)
+            for (int j = 0; j < 8; j++)
+                acc[i][j] += a[i] * b[h + j];
+    for (int i = 0; i < P_MR; i++)
+        for (int j = 0; j < 8; j++)
+            t[i][h + j] = first ? acc[i][j] : t[i][h + j] + acc[i][j];
+}
+#endif
+
+/* The 16 columns go as two halves of 8; like the AVX2 kernel, the sums
+ * restart every SD_MICRO_SUB steps and those partial sums are added up. */
 static void micro_portable(int kc, const float *restrict a, const float *restrict b,
                            float *restrict c, int ldc, int accumulate, int rows, int cols)
 {
-    float tot[P_MR][P_NR], acc[P_MR][P_NR];
-    int k0 = 0;
-    do {
-        const int len = kc - k0 < SD_MICRO_SUB ? kc - k0 : SD_MICRO_SUB;
-        for (int i = 0; i < P_MR; i++)
-            for (int j = 0; j < P_NR; j++)
-                acc[i][j] = 0.0f;
-        for (int k = k0; k < k0 + len; k++) {
-            const float *bk = b + (size_t)k * P_NR;
-            const float *ak = a + (size_t)k * P_MR;
-            for (int i = 0; i < P_MR; i++) {
-                float ai = ak[i];
-                for (int j = 0; j < P_NR; j++)
-                    acc[i][j] += ai * bk[j];
-            }
-        }
-        for (int i = 0; i < P_MR; i++)
-            for (int j = 0; j < P_NR; j++)
-                tot[i][j] = k0 == 0 ? acc[i][j] : tot[i][j] + acc[i][j];
-        k0 += len;
-    } while (k0 < kc);
+    float tot[P_MR][P_NR];
+    for (int h = 0; h < P_NR; h += 8) {
+        int k0 = 0;
+        do {
+            const int len = kc - k0 < SD_MICRO_SUB ? kc - k0 : SD_MICRO_SUB;
+            portable_run(len, a + (size_t)k0 * P_MR, b + (size_t)k0 * P_NR, h, tot, k0 == 0);
+            k0 += len;
+        } while (k0 < kc);
+    }
     for (int i = 0; i < rows; i++) {
         float *ci = c + (size_t)i * ldc;
         if (accumulate)
@@ -93,12 +134,43 @@ static void softmax_cols_portable(float *restrict s, int rows, float scale, floa
     }
 }
 
+static void silu_portable(const float *x, float *y, size_t n)
+{
+    /* x / (1 + e^-x): no cancellation anywhere; large |x| saturates to -0 or x. */
+    for (size_t i = 0; i < n; i++)
+        y[i] = x[i] / (1.0f + expf(-x[i]));
+}
+
+static void gelu_mul_portable(const float *h, const float *g, float *y, int n)
+{
+    /* gelu(g) = g/2 * (1 + erf(g/sqrt2)) = g/2 * erfc(-g/sqrt2): erfc keeps
+     * full relative precision where 1 + erf would cancel (g << 0). Out
+     * there erfc's relative slope ~2z^2 also magnifies the rounding of
+     * z = -g/sqrt2, so that tail (a few % of gates) goes through double. */
+    for (int f = 0; f < n; f++) {
+        float gf = g[f], e;
+        if (gf >= -1.5f)
+            e = erfcf(-gf * 0.70710678118654752f);
+        else
+            e = (float)erfc(-(double)gf * 0.70710678118654752);
+        y[f] = h[f] * (0.5f * gf * e);
+    }
+}
+
+static void pack_panel_portable(const float *const *rows, int len, float *dst)
+{
+    sd_pack_rows(rows, P_MR, len, dst);
+}
+
 static const sd_kernels kernels_portable = {
     .name = "portable",
     .mr = P_MR,
     .nr = P_NR,
     .micro = micro_portable,
+    .pack_panel = pack_panel_portable,
     .softmax_cols = softmax_cols_portable,
+    .silu = silu_portable,
+    .gelu_mul = gelu_mul_portable,
 };
 
 #if SD_HAVE_X86
@@ -137,7 +209,7 @@ sdunet_status sd_pack(const sd_kernels *kern, const float *w, int N, int Cin, in
     memset(out, 0, sizeof *out);
     const int nr = kern->nr;
     size_t K = (size_t)Cin * (size_t)taps;
-    if (N <= 0 || Cin <= 0 || taps <= 0 || K > INT32_MAX)
+    if (N <= 0 || Cin <= 0 || taps <= 0 || K > INT32_MAX || nr > 64)
         return SDUNET_E_INVALID_ARG;
     size_t panels = ((size_t)N + nr - 1) / nr, n1, bytes;
     if (!sd_mul_size(panels, K, &n1) || !sd_mul_size(n1, (size_t)nr * sizeof(float), &bytes))
@@ -145,21 +217,23 @@ sdunet_status sd_pack(const sd_kernels *kern, const float *w, int N, int Cin, in
     float *d = sd_alloc(bytes);
     if (!d)
         return SDUNET_E_NOMEM;
+    /* Output order: each (ci, tap) step writes one contiguous nr-float row of
+     * the panel, reading the nr weight rows sequentially (16 streams). */
+    const float *wr[64];
     for (size_t p = 0; p < panels; p++) {
         float *dp = d + p * K * nr;
-        for (int j = 0; j < nr; j++) {
-            size_t n = p * nr + j;
-            if (n >= (size_t)N) {
-                for (size_t k = 0; k < K; k++)
-                    dp[k * nr + j] = 0.0f;
-                continue;
+        int valid = N - (int)(p * nr) < nr ? N - (int)(p * nr) : nr;
+        for (int j = 0; j < valid; j++)
+            wr[j] = w + (p * nr + j) * K;
+        for (int ci = 0; ci < Cin; ci++)
+            for (int t = 0; t < taps; t++) {
+                float *row = dp + ((size_t)t * Cin + ci) * nr;
+                size_t src = (size_t)ci * taps + t;
+                for (int j = 0; j < valid; j++)
+                    row[j] = wr[j][src];
+                for (int j = valid; j < nr; j++)
+                    row[j] = 0.0f;
             }
-            /* w[n][ci][tap] -> B[tap*Cin + ci][n] */
-            const float *wn = w + n * K;
-            for (int ci = 0; ci < Cin; ci++)
-                for (int t = 0; t < taps; t++)
-                    dp[((size_t)t * Cin + ci) * nr + j] = wn[(size_t)ci * taps + t];
-        }
     }
     out->K = (int)K;
     out->N = N;
@@ -183,8 +257,8 @@ void sd_pack_rows(const float *const *rows, int mr, int len, float *dst)
     /* Fixed-mr cases let the compiler unroll the inner loop into one
      * contiguous store run per k. */
     if (mr == 6) {
-        const float *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3],
-                    *r4 = rows[4], *r5 = rows[5];
+        const float *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3], *r4 = rows[4],
+                    *r5 = rows[5];
         for (int k = 0; k < len; k++, dst += 6) {
             dst[0] = r0[k];
             dst[1] = r1[k];
@@ -213,26 +287,28 @@ typedef struct {
     int lda;
 } plain_a;
 
-static void pack_plain(const void *src, int m0, int rows, int k0, int kc, int mr, float *dst)
+static void pack_plain(const void *src, int m0, int rows, int k0, int kc, const sd_kernels *kern,
+                       float *dst)
 {
     const plain_a *s = src;
+    const int mr = kern->mr;
     const float *r[16];
     for (int p = 0; p * mr < rows; p++) {
         for (int i = 0; i < mr; i++) {
             int m = p * mr + i;
             r[i] = m < rows ? s->A + (size_t)(m0 + m) * s->lda + k0 : sd_zero_row;
         }
-        sd_pack_rows(r, mr, kc, dst + (size_t)p * kc * mr);
+        kern->pack_panel(r, kc, dst + (size_t)p * kc * mr);
     }
 }
 
 /* ---- the blocked driver ---- */
 
 #ifndef KC_TARGET
-#define KC_TARGET 384 /* B micro-panel kc x 16 floats ~ 24 KiB: L1 */
+#define KC_TARGET 256 /* B micro-panel kc x 16 floats = 16 KiB: L1 with an A micro-panel */
 #endif
 #ifndef MC_TARGET
-#define MC_TARGET 144 /* A block mc x kc ~ 216 KiB: L2 */
+#define MC_TARGET 144 /* A block mc x kc = 144 KiB: L2 beside the C block */
 #endif
 #define MR_MAX 16
 
@@ -248,35 +324,50 @@ typedef struct {
     size_t scratch_per_thread;
 } gemm_job;
 
-/* C tile (rows x cols at c) = (accumulate ? c : 0) + t + bias + group_add + residual,
- * t being a full mr x nr tile with row stride nr. Adds happen left to right,
- * the order the header documents. */
+/* One row of the epilogue: c = (accumulate ? c : 0) + t + bias + g + r, the
+ * adds left to right (the order the header documents); NULL terms skipped.
+ * Called with n == 16 for full tiles: the fixed trip count lets -O2
+ * vectorise it. */
+static inline void epilogue_row(float *c, const float *t, const float *bias, const float *g,
+                                const float *r, int accumulate, int n)
+{
+    float v[16];
+    if (accumulate)
+        for (int q = 0; q < n; q++)
+            v[q] = c[q] + t[q];
+    else
+        for (int q = 0; q < n; q++)
+            v[q] = t[q];
+    if (bias)
+        for (int q = 0; q < n; q++)
+            v[q] += bias[q];
+    if (g)
+        for (int q = 0; q < n; q++)
+            v[q] += g[q];
+    if (r)
+        for (int q = 0; q < n; q++)
+            v[q] += r[q];
+    for (int q = 0; q < n; q++)
+        c[q] = v[q];
+}
+
+/* Applies the epilogue to a rows x cols tile at C[m][n] from t, a full tile
+ * of row stride nr (<= 16). */
 static void epilogue_tile(const gemm_job *j, const float *t, int nr, int m, int n, int rows,
                           int cols, int accumulate)
 {
     const sd_epilogue *ep = j->ep;
     const int N = j->B->N;
+    const float *bias = ep->bias ? ep->bias + n : NULL;
     for (int i = 0; i < rows; i++) {
         float *c = j->C + (size_t)(m + i) * j->ldc + n;
-        const float *ti = t + (size_t)i * nr;
-        float v[16]; /* cols <= nr <= 16 */
-        for (int q = 0; q < cols; q++)
-            v[q] = accumulate ? c[q] + ti[q] : ti[q];
-        if (ep->bias)
-            for (int q = 0; q < cols; q++)
-                v[q] += ep->bias[n + q];
-        if (ep->group_add) {
-            const float *g = ep->group_add + (size_t)((m + i) / ep->group_rows) * N + n;
-            for (int q = 0; q < cols; q++)
-                v[q] += g[q];
-        }
-        if (ep->residual) {
-            const float *r = ep->residual + (size_t)(m + i) * ep->ld_res + n;
-            for (int q = 0; q < cols; q++)
-                v[q] += r[q];
-        }
-        for (int q = 0; q < cols; q++)
-            c[q] = v[q];
+        const float *g =
+            ep->group_add ? ep->group_add + (size_t)((m + i) / ep->group_rows) * N + n : NULL;
+        const float *r = ep->residual ? ep->residual + (size_t)(m + i) * ep->ld_res + n : NULL;
+        if (cols == 16)
+            epilogue_row(c, t + (size_t)i * nr, bias, g, r, accumulate, 16);
+        else
+            epilogue_row(c, t + (size_t)i * nr, bias, g, r, accumulate, cols);
     }
 }
 
@@ -296,7 +387,7 @@ static void gemm_task(void *ctx, int64_t task, int thread)
     for (int kb = 0; kb < j->nkb; kb++) {
         const int k0 = kb * j->kc, kc = K - k0 < j->kc ? K - k0 : j->kc;
         const int last = kb == j->nkb - 1;
-        j->a->pack(j->a->src, m0, mrows, k0, kc, mr, apack);
+        j->a->pack(j->a->src, m0, mrows, k0, kc, kern, apack);
         for (int jn = 0; jn < ncols; jn += nr) {
             const int n = n0 + jn, cols = N - n < nr ? N - n : nr;
             const float *bp = j->B->data + (size_t)(n / nr) * K * nr + (size_t)k0 * nr;
@@ -324,8 +415,8 @@ void sd_gemm_run(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_packed
     if (M <= 0 || B->N <= 0)
         return;
     if (B->nr != kern->nr || kern->mr > MR_MAX || kern->nr > 16) {
-        fprintf(stderr, "sdunet: weights packed for nr=%d used with kernel set %s (nr=%d)\n",
-                B->nr, kern->name, kern->nr);
+        fprintf(stderr, "sdunet: weights packed for nr=%d used with kernel set %s (nr=%d)\n", B->nr,
+                kern->name, kern->nr);
         abort();
     }
     static const sd_epilogue no_ep;
@@ -349,11 +440,14 @@ void sd_gemm_run(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_packed
         j.res_in_c = 1;
     }
 
-    /* m blocks: MC_TARGET rows (a multiple of mr), fewer when M is small. */
-    int mc = (MC_TARGET / mr) * mr;
-    if (M < mc)
-        mc = (M + mr - 1) / mr * mr;
-    int mblocks = (M + mc - 1) / mc;
+    /* m blocks: about MC_TARGET rows, a multiple of mr, all the same size;
+     * with few blocks, their count is rounded up to a multiple of the thread
+     * count so the last wave of tiles is not half empty. */
+    int mblocks = (M + MC_TARGET - 1) / MC_TARGET;
+    if (threads > 1 && mblocks > 1 && mblocks < 16 * threads)
+        mblocks = (mblocks + threads - 1) / threads * threads;
+    int mc = ((M + mblocks - 1) / mblocks + mr - 1) / mr * mr;
+    mblocks = (M + mc - 1) / mc;
     /* n blocks: all of N unless that leaves threads idle; then split N into
      * whole panels until there are ~3 tiles per thread. */
     int npanels = (N + nr - 1) / nr;

@@ -9,26 +9,27 @@
 
 #include <math.h>
 
-/* Sum of n floats (row stride ld, `w` per row) in double with four
- * independent chains, so the adds pipeline without reassociating floats. */
-static double sum_rows(const float *x, int rows, int w, size_t ld, double shift)
+/* Sum of a rows x w block (row stride ld) in double with four independent
+ * chains, so the adds pipeline; in double the order hardly matters. */
+static double sum_rows(const float *x, int rows, int w, size_t ld)
 {
     double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     for (int r = 0; r < rows; r++) {
         const float *xr = x + (size_t)r * ld;
         int c = 0;
         for (; c + 4 <= w; c += 4) {
-            s0 += (double)xr[c] - shift;
-            s1 += (double)xr[c + 1] - shift;
-            s2 += (double)xr[c + 2] - shift;
-            s3 += (double)xr[c + 3] - shift;
+            s0 += xr[c];
+            s1 += xr[c + 1];
+            s2 += xr[c + 2];
+            s3 += xr[c + 3];
         }
         for (; c < w; c++)
-            s0 += (double)xr[c] - shift;
+            s0 += xr[c];
     }
     return (s0 + s1) + (s2 + s3);
 }
 
+/* Sum of (x - mean)^2 over the same kind of block. */
 static double sumsq_rows(const float *x, int rows, int w, size_t ld, double mean)
 {
     double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
@@ -51,14 +52,13 @@ static double sumsq_rows(const float *x, int rows, int w, size_t ld, double mean
     return (s0 + s1) + (s2 + s3);
 }
 
-static inline float silu_f(float v) { return v / (1.0f + expf(-v)); }
-
 /* ---- GroupNorm ---- */
 
 #define GN_CHUNK 64 /* groups whose statistics are held at once (stack) */
 #define ROWS_PER_TASK 64
 
 typedef struct {
+    const sd_kernels *kern;
     const float *x; /* this batch item */
     float *y;
     int HW, C, cpg, g0, ng;
@@ -75,7 +75,7 @@ static void gn_stats(void *ctx, int64_t t, int thread)
     int g = j->g0 + (int)t;
     const float *xg = j->x + (size_t)g * j->cpg;
     double n = (double)j->HW * j->cpg;
-    double mean = sum_rows(xg, j->HW, j->cpg, (size_t)j->C, 0.0) / n;
+    double mean = sum_rows(xg, j->HW, j->cpg, (size_t)j->C) / n;
     double var = sumsq_rows(xg, j->HW, j->cpg, (size_t)j->C, mean) / n;
     j->mean[t] = mean;
     j->rstd[t] = 1.0 / sqrt(var + (double)j->eps);
@@ -92,10 +92,12 @@ static void gn_apply(void *ctx, int64_t t, int thread)
         for (int gi = 0; gi < j->ng; gi++) {
             double mean = j->mean[gi], rstd = j->rstd[gi];
             int cs = (j->g0 + gi) * j->cpg;
-            for (int c = cs; c < cs + j->cpg; c++) {
-                float v = (float)((xr[c] - mean) * (rstd * j->gamma[c]) + j->beta[c]);
-                yr[c] = j->silu ? silu_f(v) : v;
-            }
+            for (int c = cs; c < cs + j->cpg; c++)
+                yr[c] = (float)((xr[c] - mean) * (rstd * j->gamma[c]) + j->beta[c]);
+        }
+        if (j->silu) {
+            int c0 = j->g0 * j->cpg, c1 = (j->g0 + j->ng) * j->cpg;
+            j->kern->silu(yr + c0, yr + c0, (size_t)(c1 - c0));
         }
     }
 }
@@ -105,7 +107,13 @@ void sd_groupnorm(const sd_exec *ex, const float *x, int batch, int HW, int C, i
 {
     if (batch <= 0 || HW <= 0 || C <= 0 || G <= 0)
         return;
-    gn_job j = {.HW = HW, .C = C, .cpg = C / G, .eps = eps, .gamma = gamma, .beta = beta,
+    gn_job j = {.kern = ex->kern,
+                .HW = HW,
+                .C = C,
+                .cpg = C / G,
+                .eps = eps,
+                .gamma = gamma,
+                .beta = beta,
                 .silu = silu};
     for (int b = 0; b < batch; b++) {
         j.x = x + (size_t)b * HW * C;
@@ -136,7 +144,7 @@ static void ln_task(void *ctx, int64_t t, int thread)
     for (int r = r0; r < r1; r++) {
         const float *xr = j->x + (size_t)r * j->C;
         float *yr = j->y + (size_t)r * j->C;
-        double mean = sum_rows(xr, 1, j->C, 0, 0.0) / j->C;
+        double mean = sum_rows(xr, 1, j->C, 0) / j->C;
         double var = sumsq_rows(xr, 1, j->C, 0, mean) / j->C;
         double rstd = 1.0 / sqrt(var + (double)j->eps);
         for (int c = 0; c < j->C; c++)

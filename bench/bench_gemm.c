@@ -1,0 +1,165 @@
+/* GFLOP/s of the GEMM, the 3x3 convolution and attention at UNet shapes.
+ * Usage: bench_gemm [threads...] (default: 1 and all CPUs); SD_KERNELS=portable
+ * picks the kernel set, SD_BENCH_FILTER=text runs only the cases whose
+ * "kind shape" label contains it, SD_BENCH_SECONDS=s sets the time per case. Each case runs until
+ * ~0.3 s have passed and reports the best repetition (1 thread: per CPU second, see now()). */
+#include "kernels/kernels.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* One thread: this thread's CPU time, so other load on the machine (time
+ * slices lost to other processes) does not count. Several: wall time. */
+static int g_cpu_clock;
+static double g_seconds = 0.3; /* per case and thread count; SD_BENCH_SECONDS */
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(g_cpu_clock ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static float *rnd(size_t n, unsigned seed)
+{
+    float *p = sd_alloc(sizeof(float) * (n ? n : 1));
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    unsigned s = seed * 2654435761u + 1;
+    for (size_t i = 0; i < n; i++) {
+        s = s * 1664525u + 1013904223u;
+        p[i] = (float)((s >> 8) * (1.0 / 8388608.0) - 1.0);
+    }
+    return p;
+}
+
+typedef struct {
+    const char *kind;
+    int a, b, c, d; /* gemm: M N K; conv: H W Cin Cout; attn: N heads dh Nk */
+} bench_case;
+
+static double run_case(const sd_exec *ex, const bench_case *bc)
+{
+    double flops, best = 1e30;
+    sd_packed P = {0};
+    float *A = NULL, *C = NULL, *k = NULL, *v = NULL;
+    if (strcmp(bc->kind, "gemm") == 0) {
+        int M = bc->a, N = bc->b, K = bc->c;
+        float *w = rnd((size_t)N * K, 1);
+        if (sd_pack(ex->kern, w, N, K, 1, &P) != SDUNET_OK)
+            exit(1);
+        sd_free(w);
+        A = rnd((size_t)M * K, 2);
+        C = rnd((size_t)M * N, 3);
+        flops = 2.0 * M * N * K;
+    } else if (strcmp(bc->kind, "conv") == 0) {
+        int H = bc->a, W = bc->b, Cin = bc->c, N = bc->d;
+        float *w = rnd((size_t)N * Cin * 9, 1);
+        if (sd_pack(ex->kern, w, N, Cin, 9, &P) != SDUNET_OK)
+            exit(1);
+        sd_free(w);
+        A = rnd((size_t)H * W * Cin, 2);
+        C = rnd((size_t)H * W * N, 3);
+        flops = 2.0 * H * W * N * 9.0 * Cin;
+    } else {
+        int Nq = bc->a, heads = bc->b, dh = bc->c, Nk = bc->d;
+        A = rnd((size_t)Nq * heads * dh, 2);
+        k = rnd((size_t)Nk * heads * dh, 4);
+        v = rnd((size_t)Nk * heads * dh, 5);
+        C = rnd((size_t)Nq * heads * dh, 3);
+        flops = 4.0 * Nq * Nk * dh * heads;
+    }
+    float *bias = rnd(8192, 6);
+    double start = now();
+    int reps = 0;
+    do {
+        double t0 = now();
+        if (strcmp(bc->kind, "gemm") == 0) {
+            sd_epilogue ep = {.bias = bias}; /* a Linear / 1x1 conv */
+            sd_gemm(ex, bc->a, A, bc->c, &P, C, bc->b, &ep);
+        } else if (strcmp(bc->kind, "conv") == 0) {
+            sd_epilogue ep = {.bias = bias, .residual = C, .ld_res = bc->d}; /* resnet conv2 */
+            sd_conv3x3(ex, A, 1, bc->a, bc->b, bc->c, 1, &P, C, &ep);
+        } else {
+            int ld = bc->b * bc->c;
+            sd_attention(ex, 1, bc->b, bc->c, bc->a, bc->d, A, ld, k, ld, v, ld, C, ld,
+                         1.0f / sqrtf((float)bc->c));
+        }
+        double t = now() - t0;
+        best = t < best ? t : best;
+        reps++;
+    } while (now() - start < g_seconds || reps < 2);
+    sd_packed_free(&P);
+    sd_free(bias);
+    sd_free(A);
+    sd_free(C);
+    sd_free(k);
+    sd_free(v);
+    return flops / best * 1e-9;
+}
+
+int main(int argc, char **argv)
+{
+    const sd_kernels *kern = sd_kernels_select(getenv("SD_KERNELS"));
+    if (!kern) {
+        fprintf(stderr, "kernel set %s unavailable\n", getenv("SD_KERNELS"));
+        return 1;
+    }
+    if (getenv("SD_BENCH_SECONDS"))
+        g_seconds = atof(getenv("SD_BENCH_SECONDS"));
+    int threads[8], nt = 0;
+    for (int i = 1; i < argc && nt < 8; i++)
+        threads[nt++] = atoi(argv[i]);
+    if (nt == 0) {
+        threads[nt++] = 1;
+        if (sd_cpu_count() > 1)
+            threads[nt++] = sd_cpu_count();
+    }
+    static const bench_case cases[] = {
+        {"gemm", 4096, 320, 2880, 0}, {"gemm", 1024, 640, 5760, 0}, {"gemm", 4096, 320, 320, 0},
+        {"gemm", 4096, 2560, 320, 0}, {"gemm", 4096, 320, 1280, 0}, {"gemm", 256, 1280, 11520, 0},
+        {"gemm", 64, 1280, 11520, 0}, {"gemm", 77, 320, 768, 0},    {"conv", 64, 64, 320, 320},
+        {"conv", 32, 32, 640, 640},   {"conv", 8, 8, 1280, 1280},   {"attn", 4096, 8, 40, 4096},
+        {"attn", 4096, 8, 40, 77},    {"attn", 1024, 8, 80, 1024},  {"attn", 256, 8, 160, 256},
+    };
+    printf("kernel set: %s\n%-6s %-22s", kern->name, "kind", "shape");
+    for (int t = 0; t < nt; t++)
+        printf("  %2d thr GF/s", threads[t]);
+    printf("\n");
+    sd_pool *pools[8];
+    for (int t = 0; t < nt; t++)
+        if (sd_pool_create(threads[t], &pools[t], NULL) != SDUNET_OK)
+            return 1;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const bench_case *bc = &cases[c];
+        char shape[64];
+        if (strcmp(bc->kind, "gemm") == 0)
+            snprintf(shape, sizeof shape, "M%d N%d K%d", bc->a, bc->b, bc->c);
+        else if (strcmp(bc->kind, "conv") == 0)
+            snprintf(shape, sizeof shape, "%dx%dx%d->%d", bc->a, bc->b, bc->c, bc->d);
+        else
+            snprintf(shape, sizeof shape, "Nq%d h%d dh%d Nk%d", bc->a, bc->b, bc->c, bc->d);
+        const char *filter = getenv("SD_BENCH_FILTER"); /* substring of "kind shape" */
+        char label[96];
+        snprintf(label, sizeof label, "%s %s", bc->kind, shape);
+        if (filter && !strstr(label, filter))
+            continue;
+        printf("%-6s %-22s", bc->kind, shape);
+        fflush(stdout);
+        for (int t = 0; t < nt; t++) {
+            sd_exec ex = {pools[t], kern};
+            g_cpu_clock = threads[t] == 1;
+            printf("  %11.1f", run_case(&ex, bc));
+            fflush(stdout);
+        }
+        printf("\n");
+    }
+    for (int t = 0; t < nt; t++)
+        sd_pool_destroy(pools[t]);
+    return 0;
+}
