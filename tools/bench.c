@@ -67,17 +67,11 @@ int cmd_bench(int argc, char **argv)
          parse_int(get(o, no, "--threads"), "--threads", 1, 1024, &threads)))
         return 1;
 
-    sdunet_options opts;
-    sdunet_options_default(&opts);
-    opts.threads = threads;
     sdunet_error err;
     sdunet_model *m = NULL;
     double t0 = now_s();
-    progress("loading %s...\n", synthetic ? synthetic : model);
-    sdunet_status st = synthetic ? sdunet_load_synthetic(synthetic, &opts, &m, &err)
-                                 : sdunet_load(model, get(o, no, "--config"), &opts, &m, &err);
-    if (st)
-        return die("%s", err.message);
+    if (load_model(model, get(o, no, "--config"), NULL, synthetic, threads, 0, &m))
+        return 1;
     double load_s = now_s() - t0;
     sdunet_model_info info;
     sdunet_get_info(m, &info);

@@ -1,6 +1,8 @@
 /* Helpers shared by the CLI's commands: errors, timing, option parsing. */
 #include "cli.h"
 
+#include "sdunet.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -106,5 +108,45 @@ int parse_timesteps(const char *s, float *out, int cap, int *n)
             return die("--timestep: '%s' is not a comma-separated list of numbers", s);
         p = end + 1;
     }
+}
+
+
+void print_checksum(const float *y, size_t n)
+{
+    double sum = 0, sq = 0, mx = 0;
+    for (size_t i = 0; i < n; i++) {
+        sum += y[i];
+        sq += (double)y[i] * y[i];
+        if (fabs(y[i]) > mx)
+            mx = fabs(y[i]);
+    }
+    printf("checksum: sum=%.9g l2=%.9g max_abs=%.9g\n", sum, sqrt(sq), mx);
+}
+
+int load_model(const char *model, const char *config, const char *variant,
+                      const char *synthetic, int threads, int allow_nonfinite, sdunet_model **m)
+{
+    sdunet_options o;
+    sdunet_options_default(&o);
+    o.threads = threads;
+    o.allow_nonfinite = allow_nonfinite;
+    o.variant = variant;
+    sdunet_error err = {0};
+    sdunet_status st;
+    double t0 = now_s();
+    if (synthetic) {
+        progress("generating synthetic weights (%s)...\n", synthetic);
+        st = sdunet_load_synthetic(synthetic, &o, m, &err);
+    } else {
+        progress("loading %s...\n", model);
+        st = sdunet_load(model, config, &o, m, &err);
+    }
+    if (st)
+        return die("%s", err.message);
+    sdunet_model_info info;
+    sdunet_get_info(*m, &info);
+    progress("model ready in %.2f s: %.1fM parameters, %d threads, %s kernels\n",
+            now_s() - t0, (double)info.n_params / 1e6, info.threads, info.isa);
+    return 0;
 }
 

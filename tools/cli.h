@@ -32,6 +32,14 @@ int parse_int(const char *s, const char *what, int lo, int hi, int *out);
 /* Comma-separated finite numbers, at most cap. */
 int parse_timesteps(const char *s, float *out, int cap, int *n);
 
+/* Loads a model from a file (model, config, variant) or synthetic weights,
+ * reporting progress on a terminal and the error on failure (returns 1). */
+struct sdunet_model;
+int load_model(const char *model, const char *config, const char *variant, const char *synthetic,
+               int threads, int allow_nonfinite, struct sdunet_model **m);
+/* Prints "checksum: sum=... l2=... max_abs=..." for an output on stdout. */
+void print_checksum(const float *y, size_t n);
+
 int cmd_sample(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 

@@ -145,18 +145,6 @@ static int read_context(const char *path, const char *what, float **data, int64_
     return 0;
 }
 
-static void print_checksum(const float *y, size_t n)
-{
-    double sum = 0, sq = 0, mx = 0;
-    for (size_t i = 0; i < n; i++) {
-        sum += y[i];
-        sq += (double)y[i] * y[i];
-        if (fabs(y[i]) > mx)
-            mx = fabs(y[i]);
-    }
-    printf("checksum: sum=%.9g l2=%.9g max_abs=%.9g\n", sum, sqrt(sq), mx);
-}
-
 int cmd_sample(int argc, char **argv)
 {
     opt o[] = {{.name = "--model"},     {.name = "--config"}, {.name = "--synthetic"},
@@ -280,27 +268,10 @@ int cmd_sample(int argc, char **argv)
     }
 
     /* The model. */
-    sdunet_options mo;
-    sdunet_options_default(&mo);
-    mo.threads = threads;
-    double t_load = now_s();
-    if (synthetic) {
-        progress("generating synthetic weights (%s)...\n", synthetic);
-        if (sdunet_load_synthetic(synthetic, &mo, &m, &err)) {
-            die("%s", err.message);
-            goto done;
-        }
-    } else {
-        progress("loading %s...\n", model_p);
-        if (sdunet_load(model_p, config, &mo, &m, &err)) {
-            die("%s", err.message);
-            goto done;
-        }
-    }
+    if (load_model(model_p, config, NULL, synthetic, threads, 0, &m))
+        goto done;
     sdunet_model_info info;
     sdunet_get_info(m, &info);
-    progress("model ready in %.2f s: %.1fM parameters, %d threads, %s kernels\n", now_s() - t_load,
-             (double)info.n_params / 1e6, info.threads, info.isa);
     const int C = info.in_channels;
     if (info.out_channels != C) {
         die("the model maps %d channels to %d; sampling needs equal counts", C, info.out_channels);

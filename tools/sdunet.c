@@ -20,18 +20,6 @@
 #include <string.h>
 #include <time.h>
 
-static void print_checksum(const float *y, size_t n)
-{
-    double sum = 0, sq = 0, mx = 0;
-    for (size_t i = 0; i < n; i++) {
-        sum += y[i];
-        sq += (double)y[i] * y[i];
-        if (fabs(y[i]) > mx)
-            mx = fabs(y[i]);
-    }
-    printf("checksum: sum=%.9g l2=%.9g max_abs=%.9g\n", sum, sqrt(sq), mx);
-}
-
 /* ---- trace printing (shared by trace and demo) ---- */
 
 typedef struct trace_printer {
@@ -126,33 +114,6 @@ static const char run_help[] =
     "  --out OUT.npy       predicted noise, (B, 4, H, W) float32\n"
     "  --threads N         worker threads (default: $SDUNET_THREADS or all online CPUs)\n"
     "  --allow-nonfinite   accept NaN/Inf inputs (default: rejected with an error)\n";
-
-static int load_model(const char *model, const char *config, const char *variant,
-                      const char *synthetic, int threads, int allow_nonfinite, sdunet_model **m)
-{
-    sdunet_options o;
-    sdunet_options_default(&o);
-    o.threads = threads;
-    o.allow_nonfinite = allow_nonfinite;
-    o.variant = variant;
-    sdunet_error err = {0};
-    sdunet_status st;
-    double t0 = now_s();
-    if (synthetic) {
-        progress("generating synthetic weights (%s)...\n", synthetic);
-        st = sdunet_load_synthetic(synthetic, &o, m, &err);
-    } else {
-        progress("loading %s...\n", model);
-        st = sdunet_load(model, config, &o, m, &err);
-    }
-    if (st)
-        return die("%s", err.message);
-    sdunet_model_info info;
-    sdunet_get_info(*m, &info);
-    progress("model ready in %.2f s: %.1fM parameters, %d threads, %s kernels\n",
-            now_s() - t0, (double)info.n_params / 1e6, info.threads, info.isa);
-    return 0;
-}
 
 static int cmd_run(int argc, char **argv)
 {
