@@ -36,6 +36,12 @@ int t_small_only(void);
 double t_rel_l2_f32_f64(const float *a, const double *ref, size_t n);
 double t_rel_l2_f32(const float *a, const float *ref, size_t n);
 
+/* A whole file, malloc'd and NUL-terminated (free with free); NULL if it
+ * cannot be read. *size gets the byte count. */
+void *t_read_file(const char *path, size_t *size);
+/* Writes n bytes; 0 on success. */
+int t_write_file(const char *path, const void *data, size_t n);
+
 /* Deterministic pseudo-random floats in [-1, 1) for kernel tests. */
 void t_fill_random(float *x, size_t n, unsigned long long seed);
 

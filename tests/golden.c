@@ -9,26 +9,6 @@
 #include <stdio.h>
 #include <string.h>
 
-static char *read_text(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf)
-        buf[n] = 0;
-    *len = (size_t)n;
-    return buf;
-}
-
 int golden_load(const char *name, golden_case *g)
 {
     memset(g, 0, sizeof *g);
@@ -57,7 +37,7 @@ int golden_load(const char *name, golden_case *g)
     g->n_out = (size_t)(sh[0] * sh[1] * sh[2] * sh[3]);
     snprintf(p, sizeof p, "%s/manifest.json", g->dir);
     size_t len;
-    char *text = read_text(p, &len);
+    char *text = t_read_file(p, &len);
     sd_json *j = NULL;
     if (!text || sd_json_parse(text, len, &j, &err)) {
         free(text);

@@ -14,24 +14,6 @@
 
 /* ------------------------------------------------------------- helpers */
 
-static unsigned char *read_file(const char *path, size_t *size)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *buf = malloc(n > 0 ? (size_t)n : 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    *size = (size_t)n;
-    return buf;
-}
-
 typedef struct buf {
     unsigned char *p;
     size_t n, cap;
@@ -397,7 +379,7 @@ static unsigned char *central_of(unsigned char *p, size_t n, const char *name)
 
 static unsigned char *micro_copy(size_t *n)
 {
-    unsigned char *p = read_file(t_data("micro/weights-ldm.ckpt"), n);
+    unsigned char *p = t_read_file(t_data("micro/weights-ldm.ckpt"), n);
     if (!p) {
         fprintf(stderr, "test_ckpt: cannot read micro/weights-ldm.ckpt\n");
         exit(2);
@@ -506,7 +488,7 @@ static void micro_config(sd_unet_config *c)
 static void check_oracle(const sd_unet_config *cfg, const char *label)
 {
     size_t len;
-    unsigned char *text = read_file(t_data("micro/ldm-keymap.json"), &len);
+    unsigned char *text = t_read_file(t_data("micro/ldm-keymap.json"), &len);
     CHECK(text != NULL, "cannot read ldm-keymap.json");
     if (!text)
         return;

@@ -14,31 +14,11 @@
 #include <stdio.h>
 #include <string.h>
 
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    if (b)
-        b[n] = 0;
-    *len = (size_t)n;
-    return b;
-}
-
 /* ---- synthetic generator: bit-exact against synth-vectors.json ---- */
 static void test_synth_vectors(void)
 {
     size_t len;
-    char *text = slurp(t_data("synth-vectors.json"), &len);
+    char *text = t_read_file(t_data("synth-vectors.json"), &len);
     CHECK(text != NULL, "cannot read synth-vectors.json");
     if (!text)
         return;

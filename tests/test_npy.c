@@ -23,33 +23,6 @@ static const char *tmp_path(const char *name)
     return buf;
 }
 
-static unsigned char *read_file(const char *path, size_t *size)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *buf = malloc(n > 0 ? (size_t)n : 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    *size = (size_t)n;
-    return buf;
-}
-
-static int write_file(const char *path, const void *data, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return -1;
-    size_t w = n ? fwrite(data, 1, n, f) : 0;
-    return (fclose(f) == 0 && w == n) ? 0 : -1;
-}
-
 /* Builds a .npy image: magic, version, header length field (2 or 4 bytes),
  * the dict padded with spaces + '\n' to a multiple of 64, then data. */
 static unsigned char *build_npy(int major, const char *dict, const void *data, size_t data_len,
@@ -124,7 +97,7 @@ static void test_read_sample(void)
           (long long)shape[2], (long long)shape[3]);
     /* Compare with the raw payload, which starts at byte 128. */
     size_t size;
-    unsigned char *raw = read_file(t_data("tiny/sample.npy"), &size);
+    unsigned char *raw = t_read_file(t_data("tiny/sample.npy"), &size);
     CHECK(raw && size == 128 + 1024 * 4, "file size %zu", size);
     if (raw && size == 128 + 4096)
         CHECK(memcmp(raw + 128, data, 4096) == 0, "payload");
@@ -163,7 +136,7 @@ static void test_read_expected_f64(void)
     CHECK(ndim == 4 && shape[0] == 1 && shape[1] == 4 && shape[2] == 16 && shape[3] == 16,
           "shape");
     size_t size;
-    unsigned char *raw = read_file(path, &size);
+    unsigned char *raw = t_read_file(path, &size);
     CHECK(raw && size == 128 + 1024 * 8 && memcmp(raw + 128, d, 8192) == 0, "exact payload");
     free(raw);
     st = sd_npy_read_f32(path, &f, &ndim, shape, &err);
@@ -197,7 +170,7 @@ static void test_roundtrip(void)
         sdunet_status st = sd_npy_write_f32(path, v, cases[c].ndim, cases[c].shape, &err);
         CHECK(st == SDUNET_OK, "write: %s", err.message);
         size_t size;
-        unsigned char *raw = read_file(path, &size);
+        unsigned char *raw = t_read_file(path, &size);
         CHECK(raw && size >= 10, "read raw");
         if (raw) {
             size_t hl = (size_t)(raw[8] | (raw[9] << 8));
@@ -251,7 +224,7 @@ static void test_f16_f64_files(void)
     unsigned char *buf =
         build_npy(1, "{'descr': '<f2', 'fortran_order': False, 'shape': (2, 3), }", h, 12, &size);
     const char *path = tmp_path("h.npy");
-    write_file(path, buf, size);
+    t_write_file(path, buf, size);
     free(buf);
     float *f = NULL;
     double *d = NULL;
@@ -274,7 +247,7 @@ static void test_f16_f64_files(void)
     for (int major = 2; major <= 3; major++) {
         buf = build_npy(major, "{ 'shape':(3,),'fortran_order' :False,\"descr\":'<f8' }", v, 24,
                         &size);
-        write_file(path, buf, size);
+        t_write_file(path, buf, size);
         free(buf);
         f = NULL;
         d = NULL;
@@ -414,18 +387,18 @@ static void test_file_errors(void)
     CHECK(strstr(err.message, missing) != NULL, "path in message: %s", err.message);
     CHECK(sd_npy_read_f64(missing, &d, &ndim, shape, &err) == SDUNET_E_IO, "missing f64");
     const char *path = tmp_path("empty.npy");
-    write_file(path, "", 0);
+    t_write_file(path, "", 0);
     CHECK(sd_npy_read_f32(path, &data, &ndim, shape, &err) == SDUNET_E_FORMAT, "empty: %s",
           err.message);
-    write_file(path, "\x93NUMPY\x01\x00\x76\x00{'descr'", 17);
+    t_write_file(path, "\x93NUMPY\x01\x00\x76\x00{'descr'", 17);
     CHECK(sd_npy_read_f32(path, &data, &ndim, shape, &err) == SDUNET_E_FORMAT &&
               strncmp(err.message, path, strlen(path)) == 0,
           "truncated file: %s", err.message);
     /* Truncated data of a real file. */
     size_t size;
-    unsigned char *raw = read_file(t_data("tiny/sample.npy"), &size);
+    unsigned char *raw = t_read_file(t_data("tiny/sample.npy"), &size);
     if (raw) {
-        write_file(path, raw, size - 1);
+        t_write_file(path, raw, size - 1);
         CHECK(sd_npy_read_f32(path, &data, &ndim, shape, &err) == SDUNET_E_FORMAT &&
                   strstr(err.message, "truncated"),
               "truncated data: %s", err.message);

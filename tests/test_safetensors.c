@@ -31,33 +31,6 @@ static const char *tmp_path(const char *name)
     return buf;
 }
 
-static unsigned char *read_file(const char *path, size_t *size)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *buf = malloc(n > 0 ? (size_t)n : 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    *size = (size_t)n;
-    return buf;
-}
-
-static int write_file(const char *path, const void *data, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return -1;
-    size_t w = n ? fwrite(data, 1, n, f) : 0;
-    return (fclose(f) == 0 && w == n) ? 0 : -1;
-}
-
 /* Builds "u64 declared_len + header text + data" in memory. */
 static unsigned char *build_raw(uint64_t declared_len, const char *header, const void *data,
                                 size_t data_len, size_t *size)
@@ -463,7 +436,7 @@ static void test_write_roundtrip(void)
     CHECK(access(tmpname, F_OK) != 0, "temporary file left behind");
 
     size_t size;
-    unsigned char *raw = read_file(path, &size);
+    unsigned char *raw = t_read_file(path, &size);
     CHECK(raw != NULL && size >= 8, "read back");
     if (!raw)
         return;
@@ -514,7 +487,7 @@ static void test_write_roundtrip(void)
     /* Default metadata. */
     st = sd_safetensors_write(path, t, 2, NULL, &err);
     CHECK(st == SDUNET_OK, "%s", err.message);
-    raw = read_file(path, &size);
+    raw = t_read_file(path, &size);
     CHECK(raw && memcmp(raw + 8, "{\"__metadata__\":{\"format\":\"pt\"},\"alpha\":", 40) == 0,
           "default metadata: %.48s", raw ? (char *)raw + 8 : "");
     free(raw);
@@ -546,7 +519,7 @@ static void test_rewrite_reference(void)
         sdunet_status st = sd_safetensors_write(path, tf->tensors, tf->count, tf->metadata, &err);
         CHECK(st == SDUNET_OK, "%s", err.message);
         size_t size;
-        unsigned char *raw = read_file(path, &size);
+        unsigned char *raw = t_read_file(path, &size);
         CHECK(raw && size == tf->map_size && memcmp(raw, tf->map, size) == 0,
               "%s: rewritten file differs (%zu vs %zu bytes)", files[f], size, tf->map_size);
         free(raw);
@@ -799,7 +772,7 @@ static void test_bad_lengths(void)
 static void test_truncated_real(void)
 {
     size_t size;
-    unsigned char *raw = read_file(t_data("micro/weights.safetensors"), &size);
+    unsigned char *raw = t_read_file(t_data("micro/weights.safetensors"), &size);
     CHECK(raw != NULL, "read micro file");
     if (!raw)
         return;
@@ -817,7 +790,7 @@ static void test_truncated_real(void)
     const char *path = tmp_path("truncated.safetensors");
     size_t file_cuts[] = {0, 5, 200, 8 + hl + 10, size - 1};
     for (size_t i = 0; i < sizeof file_cuts / sizeof file_cuts[0]; i++) {
-        CHECK(write_file(path, raw, file_cuts[i]) == 0, "write");
+        CHECK(t_write_file(path, raw, file_cuts[i]) == 0, "write");
         sd_tensorfile *tf = (sd_tensorfile *)0x1;
         sdunet_status st = sd_tensorfile_open(path, &tf, &err);
         CHECK(st == SDUNET_E_FORMAT, "file cut at %zu: %d (%s)", file_cuts[i], (int)st,
@@ -848,17 +821,17 @@ static void test_open_errors(void)
     size_t size;
     unsigned char *buf = build("{\"a\":{\"dtype\":\"Q4\",\"shape\":[2],\"data_offsets\":[0,1]}}",
                                8, &size);
-    write_file(path, buf, size);
+    t_write_file(path, buf, size);
     free(buf);
     CHECK(sd_tensorfile_open(path, &tf, &err) == SDUNET_E_FORMAT && strstr(err.message, "Q4"),
           "Q4 via file: %s", err.message);
     buf = build_raw((uint64_t)1 << 63, "{}", NULL, 0, &size);
-    write_file(path, buf, size);
+    t_write_file(path, buf, size);
     free(buf);
     CHECK(sd_tensorfile_open(path, &tf, &err) == SDUNET_E_FORMAT, "2^63 via file: %s",
           err.message);
     /* A zip file goes to the .ckpt reader. */
-    write_file(path, "PK\x03\x04\0\0\0\0\0\0\0\0", 12);
+    t_write_file(path, "PK\x03\x04\0\0\0\0\0\0\0\0", 12);
     sdunet_status st = sd_tensorfile_open(path, &tf, &err);
     CHECK(st != SDUNET_OK, "bogus zip accepted");
     CHECK(strncmp(err.message, path, strlen(path)) == 0, "ckpt message has path: %s",

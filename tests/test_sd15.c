@@ -12,24 +12,6 @@
 
 static sdunet_model *g_model;
 
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return b;
-}
-
 typedef struct stats_ctx {
     const sd_json *tensors;
     int compared, failed;
@@ -86,7 +68,7 @@ static void test_sd15_64(void)
     golden_case g;
     CHECK(golden_load("sd15-64", &g) == 0, "load case");
     size_t len;
-    char *text = slurp(t_data("sd15-64/trace.json"), &len);
+    char *text = t_read_file(t_data("sd15-64/trace.json"), &len);
     sd_json *tj = NULL;
     sdunet_error err;
     CHECK(text && sd_json_parse(text, len, &tj, &err) == SDUNET_OK, "trace.json");

@@ -75,3 +75,33 @@ void t_fill_random(float *x, size_t n, unsigned long long seed)
         x[i] = (float)((double)(s >> 40) * (1.0 / 8388608.0) - 1.0);
     }
 }
+
+void *t_read_file(const char *path, size_t *size)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *buf = NULL;
+    long n = -1;
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0)
+        buf = malloc((size_t)n + 1);
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        buf = NULL;
+    }
+    fclose(f);
+    if (buf) {
+        buf[n] = 0;
+        *size = (size_t)n;
+    }
+    return buf;
+}
+
+int t_write_file(const char *path, const void *data, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    size_t w = n ? fwrite(data, 1, n, f) : 0;
+    return (fclose(f) == 0 && w == n) ? 0 : -1;
+}
