@@ -18,7 +18,9 @@ static const struct {
     [SD_DT_F32] = {"F32", 4},  [SD_DT_F16] = {"F16", 2}, [SD_DT_BF16] = {"BF16", 2},
     [SD_DT_F64] = {"F64", 8},  [SD_DT_I64] = {"I64", 8}, [SD_DT_I32] = {"I32", 4},
     [SD_DT_I16] = {"I16", 2},  [SD_DT_I8] = {"I8", 1},   [SD_DT_U8] = {"U8", 1},
-    [SD_DT_BOOL] = {"BOOL", 1},
+    [SD_DT_BOOL] = {"BOOL", 1}, [SD_DT_U16] = {"U16", 2}, [SD_DT_U32] = {"U32", 4},
+    [SD_DT_U64] = {"U64", 8},   [SD_DT_F8_E4M3] = {"F8_E4M3", 1},
+    [SD_DT_F8_E5M2] = {"F8_E5M2", 1},
 };
 
 size_t sd_dtype_size(sd_dtype dt)

@@ -19,6 +19,12 @@ typedef enum sd_dtype {
     SD_DT_I8,
     SD_DT_U8,
     SD_DT_BOOL,
+    /* Read and carried (a real checkpoint may hold them) but never converted. */
+    SD_DT_U16,
+    SD_DT_U32,
+    SD_DT_U64,
+    SD_DT_F8_E4M3,
+    SD_DT_F8_E5M2,
     SD_DT_COUNT
 } sd_dtype;
 
