@@ -665,8 +665,8 @@ static void test_bad_headers(void)
                   "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8]}}", 16);
     expect_format("three offsets",
                   "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8,8]}}", 16);
-    expect_format("unknown dtype F8_E4M3",
-                  "{\"a\":{\"dtype\":\"F8_E4M3\",\"shape\":[2],\"data_offsets\":[0,2]}}", 16);
+    expect_format("unknown dtype Q4_0",
+                  "{\"a\":{\"dtype\":\"Q4_0\",\"shape\":[2],\"data_offsets\":[0,2]}}", 16);
     expect_format("unknown dtype Q4",
                   "{\"a\":{\"dtype\":\"Q4\",\"shape\":[2],\"data_offsets\":[0,2]}}", 16);
     expect_format("dtype not a string",
