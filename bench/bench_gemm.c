@@ -152,7 +152,7 @@ int main(int argc, char **argv)
         printf("%-6s %-22s", bc->kind, shape);
         fflush(stdout);
         for (int t = 0; t < nt; t++) {
-            sd_exec ex = {pools[t], kern};
+            sd_exec ex = {.pool = pools[t], .kern = kern, .ws = NULL};
             g_cpu_clock = threads[t] == 1;
             printf("  %11.1f", run_case(&ex, bc));
             fflush(stdout);

@@ -47,7 +47,7 @@ static double rel_l2_2d(const float *a, int lda, const float *ref, int ldr, int 
 #define FOR_EACH_EXEC(ex)                                                                          \
     for (int si_ = 0; si_ < g_nsets; si_++)                                                        \
         for (int pi_ = 0; pi_ < 2; pi_++)                                                          \
-            for (sd_exec ex = {g_pools[pi_], g_sets[si_]}, *once_ = &ex; once_; once_ = NULL)
+            for (sd_exec ex = {.pool = g_pools[pi_], .kern = g_sets[si_], .ws = NULL}, *once_ = &ex; once_; once_ = NULL)
 
 #define WHERE(ex) (ex).kern->name, sd_pool_size((ex).pool)
 
@@ -497,7 +497,7 @@ static void test_upsample(void)
     /* PyTorch computes the source index in float: 2 -> 82, dst 41 reads
      * source 0 (41 * (2/82.f) = 0.99999994), not the rational floor 1. */
     float x[2] = {1, 2}, y[82];
-    sd_exec ex = {NULL, sd_kernels_select("portable")};
+    sd_exec ex = {.pool = NULL, .kern = sd_kernels_select("portable"), .ws = NULL};
     sd_upsample_nearest(&ex, x, 1, 1, 2, 1, 1, 82, y);
     CHECK(y[40] == 1 && y[41] == 1 && y[42] == 2, "pytorch float rule %g %g %g", y[40], y[41],
           y[42]);

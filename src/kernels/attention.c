@@ -246,11 +246,11 @@ void sd_attention(const sd_exec *ex, int batch, int heads, int dh, int Nq, int N
     group = group < 1 ? 1 : (group > nbh ? nbh : group);
     size_t tile = (size_t)j.bq * dh + (size_t)j.bq * j.bk + (size_t)j.dhm * j.bq + 6 * (size_t)j.bq;
     j.per_thread = (tile + 15) & ~(size_t)15;
-    j.packed = sd_alloc(j.per_bh * group * sizeof(float));
-    j.scratch = sd_alloc(j.per_thread * threads * sizeof(float));
+    j.packed = sd_ws_get(ex, 1, j.per_bh * group * sizeof(float));
+    j.scratch = sd_ws_get(ex, 2, j.per_thread * threads * sizeof(float));
     if (!j.packed || !j.scratch) {
-        sd_free(j.packed);
-        sd_free(j.scratch);
+        sd_ws_put(ex, 1, j.packed);
+        sd_ws_put(ex, 2, j.scratch);
         attn_streaming(&j, batch);
         return;
     }
@@ -259,6 +259,6 @@ void sd_attention(const sd_exec *ex, int batch, int heads, int dh, int Nq, int N
         sd_pool_run(ex->pool, (int64_t)n * j.kchunks, attn_pack, &j);
         sd_pool_run(ex->pool, (int64_t)n * j.qblocks, attn_block, &j);
     }
-    sd_free(j.packed);
-    sd_free(j.scratch);
+    sd_ws_put(ex, 1, j.packed);
+    sd_ws_put(ex, 2, j.scratch);
 }

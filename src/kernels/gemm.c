@@ -242,6 +242,37 @@ sdunet_status sd_pack(const sd_kernels *kern, const float *w, int N, int Cin, in
     return SDUNET_OK;
 }
 
+void *sd_ws_get(const sd_exec *ex, int slot, size_t bytes)
+{
+    sd_workspace *ws = ex ? ex->ws : NULL;
+    if (!ws || slot < 0 || slot >= SD_WS_SLOTS)
+        return sd_alloc(bytes);
+    if (ws->cap[slot] < bytes) {
+        sd_free(ws->buf[slot]);
+        ws->buf[slot] = sd_alloc(bytes);
+        ws->cap[slot] = ws->buf[slot] ? bytes : 0;
+    }
+    return ws->buf[slot];
+}
+
+void sd_ws_put(const sd_exec *ex, int slot, void *p)
+{
+    sd_workspace *ws = ex ? ex->ws : NULL;
+    if (!ws || slot < 0 || slot >= SD_WS_SLOTS || p != ws->buf[slot])
+        sd_free(p);
+}
+
+void sd_workspace_free(sd_workspace *ws)
+{
+    if (!ws)
+        return;
+    for (int i = 0; i < SD_WS_SLOTS; i++) {
+        sd_free(ws->buf[i]);
+        ws->buf[i] = NULL;
+        ws->cap[i] = 0;
+    }
+}
+
 void sd_packed_free(sd_packed *p)
 {
     if (!p)
@@ -467,7 +498,7 @@ void sd_gemm_run(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_packed
      * micro-panel on the stack and one thread: slower, never wrong. */
     _Alignas(64) float fallback[MR_MAX * SD_KC_MAX];
     j.scratch_per_thread = ((size_t)mc * (j.kc > 0 ? j.kc : 1) + 15) & ~(size_t)15;
-    j.scratch = sd_alloc(j.scratch_per_thread * threads * sizeof(float));
+    j.scratch = sd_ws_get(ex, 0, j.scratch_per_thread * threads * sizeof(float));
     sd_pool *pool = ex->pool;
     if (!j.scratch) {
         j.mc = mr;
@@ -477,7 +508,7 @@ void sd_gemm_run(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_packed
     }
     sd_pool_run(pool, (int64_t)j.mblocks * nblocks, gemm_task, &j);
     if (j.scratch != fallback)
-        sd_free(j.scratch);
+        sd_ws_put(ex, 0, j.scratch);
 }
 
 void sd_gemm(const sd_exec *ex, int M, const float *A, int lda, const sd_packed *B, float *C,

@@ -49,10 +49,27 @@ typedef struct sd_kernels {
 const sd_kernels *sd_kernels_select(const char *force);
 
 /* Execution context passed to every kernel. */
+/* Scratch memory kept between kernel calls (grow-only, one buffer per
+ * slot), so a forward does not map and fault in fresh pages for every op. */
+#define SD_WS_SLOTS 4
+typedef struct sd_workspace {
+    void *buf[SD_WS_SLOTS];
+    size_t cap[SD_WS_SLOTS];
+} sd_workspace;
+void sd_workspace_free(sd_workspace *ws); /* frees the buffers, not ws itself */
+
 typedef struct sd_exec {
     sd_pool *pool; /* NULL: run on the calling thread */
     const sd_kernels *kern;
+    sd_workspace *ws; /* NULL: scratch is allocated per call */
 } sd_exec;
+
+/* At least `bytes` of 64-byte aligned scratch for slot (0: GEMM/conv
+ * A blocks; 1, 2: attention), from the workspace when the exec has one,
+ * else freshly allocated. NULL on allocation failure. Give it back with
+ * sd_ws_put. Slots let one kernel hold several buffers at once. */
+void *sd_ws_get(const sd_exec *ex, int slot, size_t bytes);
+void sd_ws_put(const sd_exec *ex, int slot, void *p);
 
 /* Weights packed for the GEMM: logical B[K][N], N = output features. */
 typedef struct sd_packed {

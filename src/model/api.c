@@ -25,6 +25,7 @@ struct sdunet_model {
     size_t io_floats;
     atomic_flag busy;
     sd_prof *prof; /* time profile by op kind, or NULL */
+    sd_workspace ws; /* kernel scratch kept between forwards */
 };
 
 void sd_model_set_profile(sdunet_model *m, sd_prof *prof)
@@ -186,6 +187,7 @@ void sdunet_free(sdunet_model *m)
         return;
     sd_unet_release(&m->unet);
     sd_plan_free(&m->plan);
+    sd_workspace_free(&m->ws);
     sd_free(m->io);
     sd_pool_destroy(m->pool);
     free(m);
@@ -275,7 +277,7 @@ sdunet_status sd_model_forward_ev(sdunet_model *m, const float *sample, int batc
                     x[((size_t)b * hw + p) * channels + ch] = sample[((size_t)b * channels + ch) * hw + p];
         for (int b = 0; b < batch; b++)
             t[b] = timesteps[n_timesteps == 1 ? 0 : b];
-        sd_exec ex = {.pool = m->pool, .kern = m->kern};
+        sd_exec ex = {.pool = m->pool, .kern = m->kern, .ws = &m->ws};
         sd_unet_forward(&m->unet, &ex, plan, x, t, context, y, ev, ev_user, m->prof);
         const int oc = c->out_channels;
         for (int b = 0; b < batch; b++)
