@@ -58,11 +58,13 @@ test: test-build
 
 asan:
 	$(MAKE) BUILD=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test-build
-	SDUNET_TEST_SMALL=1 BUILD=build-asan sh tests/run.sh $(TEST_SRCS:tests/%.c=build-asan/tests/%)
+	SDUNET_TEST_SMALL=1 BUILD=build-asan SDUNET_BIN=build-asan/sdunet \
+		sh tests/run.sh $(TEST_SRCS:tests/%.c=build-asan/tests/%)
 
 ubsan:
 	$(MAKE) BUILD=build-ubsan OPT=-O1 SAN="-fsanitize=undefined -fno-sanitize-recover=all" test-build
-	SDUNET_TEST_SMALL=1 BUILD=build-ubsan sh tests/run.sh $(TEST_SRCS:tests/%.c=build-ubsan/tests/%)
+	SDUNET_TEST_SMALL=1 BUILD=build-ubsan SDUNET_BIN=build-ubsan/sdunet \
+		sh tests/run.sh $(TEST_SRCS:tests/%.c=build-ubsan/tests/%)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
@@ -79,3 +81,80 @@ clean:
 	rm -rf build build-asan build-ubsan
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# ---- Hardening (README "Hardening"): fuzzing, ThreadSanitizer, Valgrind --------------------
+# make fuzz [FUZZ_SECONDS=60] [FUZZ_JOBS=1]: builds the libFuzzer harnesses in fuzz/ with clang
+# (address + undefined), seeds their corpora from tests/data and runs each harness for
+# FUZZ_SECONDS; any crash, leak, timeout, out-of-memory or broken invariant fails the target
+# and leaves the input in $(FUZZ_BUILD)/artifacts/<harness>/ (keep it in
+# fuzz/regressions/<harness>/ once fixed: `make test` replays that folder).
+FUZZ_CC        ?= clang
+FUZZ_BUILD     ?= build-fuzz
+FUZZ_SECONDS   ?= 60
+FUZZ_JOBS      ?= 1
+FUZZ_HARNESSES  = safetensors json npy ckpt pickle load
+FUZZ_SAN        = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_CFLAGS     = $(CSTD) $(WARN) -O1 -g -Iinclude -Isrc $(FUZZ_SAN)
+
+.PHONY: fuzz fuzz-build tsan valgrind
+
+# The library is rebuilt by a sub-make with coverage instrumentation in its own folder.
+fuzz-build:
+	@mkdir -p $(FUZZ_BUILD)
+	$(MAKE) CC=$(FUZZ_CC) BUILD=$(FUZZ_BUILD)/lib OPT=-O1 \
+		SAN="$(FUZZ_SAN) -fsanitize=fuzzer-no-link \
+		-fsanitize-coverage-ignorelist=fuzz/coverage-ignore.txt" $(FUZZ_BUILD)/lib/libsdunet.a
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c fuzz/targets.c \
+		-o $(FUZZ_BUILD)/targets.o
+	for h in $(FUZZ_HARNESSES); do \
+		$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer fuzz/fuzz_$$h.c $(FUZZ_BUILD)/targets.o \
+			$(FUZZ_BUILD)/lib/libsdunet.a $(LDLIBS) -o $(FUZZ_BUILD)/fuzz_$$h || exit 1; \
+	done
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link fuzz/corpus.c $(FUZZ_BUILD)/targets.o \
+		$(FUZZ_BUILD)/lib/libsdunet.a $(LDLIBS) -o $(FUZZ_BUILD)/mkcorpus
+
+fuzz: fuzz-build
+	rm -rf $(FUZZ_BUILD)/seeds
+	$(FUZZ_BUILD)/mkcorpus tests/data $(FUZZ_BUILD)/seeds
+	sh fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_JOBS) $(FUZZ_HARNESSES)
+
+# make tsan: ThreadSanitizer on the programs that run models on several threads: the misuse
+# tests (two threads on one model, the tiny case at 2 and 4 threads) and the golden small
+# cases with SDUNET_THREADS=4.
+TSAN_CC    ?= $(CC)
+TSAN_BUILD ?= build-tsan
+TSAN_TESTS  = test_misuse test_model
+
+tsan:
+	$(MAKE) CC=$(TSAN_CC) BUILD=$(TSAN_BUILD) OPT=-O1 SAN="-fsanitize=thread" \
+		$(TSAN_TESTS:%=$(TSAN_BUILD)/tests/%)
+	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" SDUNET_TEST_SMALL=1 SDUNET_THREADS=4 \
+		BUILD=$(TSAN_BUILD) sh tests/run.sh $(TSAN_TESTS:%=$(TSAN_BUILD)/tests/%)
+
+# make valgrind: memcheck (leaks included) on the portable kernels: the tiny case through the
+# CLI (npy in, synthetic weights, forward on 2 threads, npy out), the misuse and numerical
+# hazard tests, and the fuzz regression inputs. Each runs through a wrapper script so
+# tests/run.sh can count it.
+VG_BUILD ?= build-valgrind
+VALGRIND ?= valgrind -q --error-exitcode=1 --leak-check=full --track-origins=yes
+VG_TESTS  = test_misuse test_fuzz_regressions
+VG_TINY   = run --synthetic tests/data/tiny/config.json --sample tests/data/tiny/sample.npy \
+	--timestep 981 --context tests/data/tiny/context.npy --out $(VG_BUILD)/tiny-eps.npy --threads 2
+
+valgrind:
+	$(MAKE) BUILD=$(VG_BUILD) OPT=-O1 $(VG_BUILD)/sdunet $(VG_TESTS:%=$(VG_BUILD)/tests/%)
+	@mkdir -p $(VG_BUILD)/vg
+	@for t in $(VG_TESTS); do \
+		printf '#!/bin/sh\nexec %s %s\n' "$(VALGRIND)" "$(VG_BUILD)/tests/$$t" \
+			>$(VG_BUILD)/vg/$$t; \
+	done
+	@printf '#!/bin/sh\n%s %s %s && echo "ok - sdunet run tiny"\n' "$(VALGRIND)" \
+		"$(VG_BUILD)/sdunet" "$(VG_TINY)" >$(VG_BUILD)/vg/sdunet_run_tiny
+	@chmod +x $(VG_BUILD)/vg/*
+	SDUNET_ISA=portable BUILD=$(VG_BUILD) sh tests/run.sh $(VG_BUILD)/vg/sdunet_run_tiny \
+		$(VG_TESTS:%=$(VG_BUILD)/vg/%)
+
+.PHONY: clean-hardening
+clean: clean-hardening
+clean-hardening:
+	rm -rf $(FUZZ_BUILD) $(TSAN_BUILD) $(VG_BUILD)

@@ -94,13 +94,16 @@ static void skip_ws(parser *ps)
  * or a run of scalar characters, every key is a string, and decoded string
  * bytes never exceed the raw bytes between the quotes. Malformed text may
  * make these loose but the parser only accepts what the same tokenisation
- * saw, and the pools are bounds-checked anyway. */
+ * saw, and the pools are bounds-checked anyway. *too_deep is the offset of
+ * the first bracket past SD_JSON_MAX_DEPTH (SIZE_MAX if none): such a text
+ * is refused before the pools are sized by its bracket count. */
 static void prescan(const unsigned char *p, size_t len, size_t *values, size_t *strings,
-                    size_t *bytes)
+                    size_t *bytes, size_t *too_deep)
 {
     size_t nv = 0, ns = 0, nb = 0;
     int in_run = 0;
-    size_t i = 0;
+    size_t i = 0, depth = 0;
+    *too_deep = SIZE_MAX;
     while (i < len) {
         unsigned char c = p[i];
         if (c == '"') {
@@ -124,8 +127,13 @@ static void prescan(const unsigned char *p, size_t len, size_t *values, size_t *
         if (scalar && !in_run)
             nv++;
         in_run = scalar;
-        if (c == '[' || c == '{')
+        if (c == '[' || c == '{') {
             nv++;
+            if (++depth > SD_JSON_MAX_DEPTH && *too_deep == SIZE_MAX)
+                *too_deep = i;
+        } else if ((c == ']' || c == '}') && depth > 0) {
+            depth--;
+        }
         i++;
     }
     *values = nv + ns;
@@ -742,9 +750,11 @@ sdunet_status sd_json_parse(const char *text, size_t len, sd_json **out, sdunet_
     ps.len = len;
     ps.err = err;
 
-    size_t n_values = 0, n_strings = 0, n_bytes = 0;
+    size_t n_values = 0, n_strings = 0, n_bytes = 0, too_deep = SIZE_MAX;
     if (len)
-        prescan(ps.p, len, &n_values, &n_strings, &n_bytes);
+        prescan(ps.p, len, &n_values, &n_strings, &n_bytes, &too_deep);
+    if (too_deep != SIZE_MAX)
+        return fail_at(&ps, too_deep, "nesting deeper than the limit");
 
     json_doc *doc = sd_calloc(1, sizeof *doc);
     size_t node_bytes, key_bytes;

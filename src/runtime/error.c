@@ -5,6 +5,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Messages quote names from files (JSON keys, tensor and entry names) and
+ * paths, which may hold any character: control characters become '?' so a
+ * message is always one printable line. */
+static void one_line(char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7F)
+            *s = '?';
+}
+
 sdunet_status sd_fail(sdunet_error *err, sdunet_status code, const char *fmt, ...)
 {
     if (err) {
@@ -12,6 +22,7 @@ sdunet_status sd_fail(sdunet_error *err, sdunet_status code, const char *fmt, ..
         va_start(ap, fmt);
         vsnprintf(err->message, sizeof err->message, fmt, ap);
         va_end(ap);
+        one_line(err->message);
         err->code = code;
     }
     return code;
@@ -34,6 +45,7 @@ void sd_err_prefix(sdunet_error *err, const char *prefix)
         m = room;
     memcpy(tmp + p + 2, err->message, m);
     tmp[p + 2 + m] = 0;
+    one_line(tmp);
     memcpy(err->message, tmp, sizeof tmp);
 }
 

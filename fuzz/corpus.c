@@ -1,0 +1,702 @@
+/* Seed corpora for the fuzz harnesses, from the golden test files:
+ *
+ *     corpus DATA_DIR OUT_DIR     (DATA_DIR is tests/data)
+ *
+ * writes OUT_DIR/<harness>/<seed> for every harness in targets.h. Besides
+ * the golden files as they are, it writes small seeds that reach deep into
+ * each reader quickly: slices of the golden safetensors (a few tensors cut
+ * down to a few elements: same names, dtypes and header layout), their
+ * headers alone as JSON, the pickle extracted from the golden .ckpt, and hand-built
+ * pickles that use every opcode and global the reader knows against the
+ * storages of the pickle harness's wrapper archive. Existing seeds are
+ * overwritten; nothing else in OUT_DIR is touched. */
+#include "targets.h"
+
+#include "io/json.h"
+#include "io/tensorfile.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static const char *g_data, *g_out;
+static int g_failed, g_written;
+
+static void fail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "corpus: ");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    g_failed = 1;
+}
+
+static uint8_t *slurp(const char *path, size_t *size)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fail("%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    uint8_t *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 65536;
+            uint8_t *nb = realloc(buf, cap);
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                fail("%s: out of memory", path);
+                return NULL;
+            }
+            buf = nb;
+        }
+        size_t r = fread(buf + n, 1, cap - n, f);
+        n += r;
+        if (r == 0)
+            break;
+    }
+    fclose(f);
+    *size = n;
+    return buf;
+}
+
+static void seed(const char *harness, const char *name, const void *data, size_t size)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", g_out, harness);
+    if (mkdir(path, 0755) != 0 && errno != EEXIST) {
+        fail("%s: %s", path, strerror(errno));
+        return;
+    }
+    snprintf(path, sizeof path, "%s/%s/%s", g_out, harness, name);
+    FILE *f = fopen(path, "wb");
+    if (!f || (size && fwrite(data, 1, size, f) != size) || fclose(f) != 0) {
+        fail("%s: cannot write", path);
+        return;
+    }
+    g_written++;
+}
+
+static void seed_str(const char *harness, const char *name, const char *s)
+{
+    seed(harness, name, s, strlen(s));
+}
+
+/* A golden file copied as a seed under its own name with a case prefix. */
+static void seed_file(const char *harness, const char *rel)
+{
+    char path[1024], name[256];
+    snprintf(path, sizeof path, "%s/%s", g_data, rel);
+    snprintf(name, sizeof name, "%s", rel);
+    for (char *p = name; *p; p++)
+        if (*p == '/')
+            *p = '-';
+    size_t n;
+    uint8_t *b = slurp(path, &n);
+    if (b)
+        seed(harness, name, b, n);
+    free(b);
+}
+
+/* ---------------------------------------------------------- safetensors */
+
+/* The first SLICE tensors of a golden file (in name order), each
+ * dimension cut to at most 2 and the data taken from the start of the
+ * original tensor: a valid file with the real names, dtypes, metadata and
+ * header layout in a few KB, so each execution is fast. Also its header
+ * alone, for the JSON harness. (The load harness gets the golden files
+ * whole: only those build a model.) */
+#define SLICE 16
+
+static void slice_safetensors(const char *rel)
+{
+    char path[1024], name[256], tmp[1100];
+    snprintf(path, sizeof path, "%s/%s", g_data, rel);
+    sd_tensorfile *tf = NULL;
+    sdunet_error err;
+    if (sd_tensorfile_open(path, &tf, &err) != SDUNET_OK) {
+        fail("%s", err.message);
+        return;
+    }
+    size_t n = tf->count < SLICE ? tf->count : SLICE;
+    sd_tensor_info t[SLICE];
+    for (size_t i = 0; i < n; i++) {
+        t[i] = tf->tensors[i];
+        t[i].numel = 1;
+        for (int d = 0; d < t[i].ndim; d++) {
+            if (t[i].shape[d] > 2)
+                t[i].shape[d] = 2;
+            t[i].numel *= (size_t)t[i].shape[d];
+        }
+        t[i].nbytes = t[i].numel * sd_dtype_size(t[i].dtype);
+    }
+    snprintf(tmp, sizeof tmp, "%s/.slice.safetensors", g_out);
+    if (sd_safetensors_write(tmp, t, n, tf->metadata, &err) != SDUNET_OK) {
+        fail("%s: cannot write the slice: %s", rel, err.message);
+        sd_tensorfile_close(tf);
+        return;
+    }
+    sd_tensorfile_close(tf);
+    size_t size;
+    uint8_t *b = slurp(tmp, &size);
+    remove(tmp);
+    if (!b)
+        return;
+    snprintf(name, sizeof name, "slice-%s", strrchr(rel, '/') + 1);
+    seed("safetensors", name, b, size);
+    uint64_t h = 0;
+    for (int i = 7; size >= 8 && i >= 0; i--)
+        h = h << 8 | b[i];
+    if (size >= 8 && h <= size - 8) {
+        snprintf(name, sizeof name, "header-%s.json", strrchr(rel, '/') + 1);
+        seed("json", name, b + 8, (size_t)h);
+    }
+    free(b);
+}
+
+static void small_safetensors(void)
+{
+    static const float f32[4] = {1.0f, -2.5f, 3e-39f, 65504.0f};
+    static const uint16_t f16[3] = {0x3C00, 0x8001, 0x7BFF};
+    static const uint16_t bf16[1] = {0x3F80};
+    static const double f64[2] = {1e300, -0.0};
+    sd_tensor_info t[] = {
+        {.name = "a.f32", .dtype = SD_DT_F32, .ndim = 2, .shape = {2, 2}, .numel = 4,
+         .data = f32, .nbytes = sizeof f32},
+        {.name = "b.f16", .dtype = SD_DT_F16, .ndim = 1, .shape = {3}, .numel = 3, .data = f16,
+         .nbytes = sizeof f16},
+        {.name = "c.bf16.scalar", .dtype = SD_DT_BF16, .ndim = 0, .numel = 1, .data = bf16,
+         .nbytes = sizeof bf16},
+        {.name = "d.empty", .dtype = SD_DT_I64, .ndim = 2, .shape = {0, 5}, .numel = 0,
+         .data = NULL, .nbytes = 0},
+        {.name = "e.f64", .dtype = SD_DT_F64, .ndim = 1, .shape = {2}, .numel = 2, .data = f64,
+         .nbytes = sizeof f64},
+    };
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s/.small.safetensors", g_out);
+    sdunet_error err;
+    if (sd_safetensors_write(tmp, t, sizeof t / sizeof t[0],
+                             "{\"format\":\"pt\",\"note\":\"caf\\u00e9 \\ud83d\\ude00\"}",
+                             &err) != SDUNET_OK) {
+        fail("%s", err.message);
+        return;
+    }
+    size_t n;
+    uint8_t *b = slurp(tmp, &n);
+    if (b)
+        seed("safetensors", "small-dtypes.safetensors", b, n);
+    free(b);
+    remove(tmp);
+}
+
+/* -------------------------------------------------------------- pickles */
+
+typedef struct pk {
+    uint8_t *b;
+    size_t n, cap;
+} pk;
+
+static void pk_bytes(pk *p, const void *s, size_t n)
+{
+    if (p->n + n > p->cap) {
+        size_t cap = p->cap ? p->cap : 256;
+        while (cap < p->n + n)
+            cap *= 2;
+        uint8_t *nb = realloc(p->b, cap);
+        if (!nb) {
+            fail("out of memory");
+            return;
+        }
+        p->b = nb;
+        p->cap = cap;
+    }
+    memcpy(p->b + p->n, s, n);
+    p->n += n;
+}
+
+static void pk_op(pk *p, uint8_t op) { pk_bytes(p, &op, 1); }
+
+static void pk_str(pk *p, const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 256) {
+        pk_op(p, 0x8c); /* SHORT_BINUNICODE */
+        pk_op(p, (uint8_t)n);
+    } else {
+        uint8_t h[5] = {'X', (uint8_t)n, (uint8_t)(n >> 8), (uint8_t)(n >> 16),
+                        (uint8_t)(n >> 24)};
+        pk_bytes(p, h, 5);
+    }
+    pk_bytes(p, s, n);
+}
+
+/* BINUNICODE always (protocol 2 has no SHORT_BINUNICODE). */
+static void pk_str2(pk *p, const char *s)
+{
+    size_t n = strlen(s);
+    uint8_t h[5] = {'X', (uint8_t)n, (uint8_t)(n >> 8), (uint8_t)(n >> 16), (uint8_t)(n >> 24)};
+    pk_bytes(p, h, 5);
+    pk_bytes(p, s, n);
+}
+
+static void pk_int(pk *p, long v)
+{
+    if (v >= 0 && v < 256) {
+        uint8_t h[2] = {'K', (uint8_t)v};
+        pk_bytes(p, h, 2);
+    } else if (v >= 0 && v < 65536) {
+        uint8_t h[3] = {'M', (uint8_t)v, (uint8_t)(v >> 8)};
+        pk_bytes(p, h, 3);
+    } else {
+        uint32_t u = (uint32_t)v;
+        uint8_t h[5] = {'J', (uint8_t)u, (uint8_t)(u >> 8), (uint8_t)(u >> 16), (uint8_t)(u >> 24)};
+        pk_bytes(p, h, 5);
+    }
+}
+
+static void pk_global(pk *p, const char *mod, const char *name)
+{
+    pk_op(p, 'c');
+    pk_bytes(p, mod, strlen(mod));
+    pk_op(p, '\n');
+    pk_bytes(p, name, strlen(name));
+    pk_op(p, '\n');
+}
+
+static void pk_put(pk *p, uint8_t idx)
+{
+    uint8_t h[2] = {'q', idx};
+    pk_bytes(p, h, 2);
+}
+
+static void pk_get(pk *p, uint8_t idx)
+{
+    uint8_t h[2] = {'h', idx};
+    pk_bytes(p, h, 2);
+}
+
+static void pk_tuple_ints(pk *p, const long *v, int n)
+{
+    if (n == 0) {
+        pk_op(p, ')');
+        return;
+    }
+    if (n > 3)
+        pk_op(p, '(');
+    for (int i = 0; i < n; i++)
+        pk_int(p, v[i]);
+    pk_op(p, n > 3 ? 't' : (uint8_t)(0x84 + n));
+}
+
+/* torch.save's tensor: _rebuild_tensor_v2(persistent storage, offset,
+ * size, stride, requires_grad, backward_hooks). `memo` >= 0 stores the
+ * storage in that memo slot; `reuse` >= 0 takes the storage from one. */
+static void pk_tensor(pk *p, int proto2, const char *storage_type, const char *key, long numel,
+                      long offset, const long *size, const long *stride, int ndim, int memo,
+                      int reuse)
+{
+    void (*str)(pk *, const char *) = proto2 ? pk_str2 : pk_str;
+    pk_global(p, "torch._utils", "_rebuild_tensor_v2");
+    pk_op(p, '(');
+    if (reuse >= 0) {
+        pk_get(p, (uint8_t)reuse);
+    } else {
+        pk_op(p, '(');
+        str(p, "storage");
+        pk_global(p, "torch", storage_type);
+        str(p, key);
+        str(p, "cpu");
+        pk_int(p, numel);
+        pk_op(p, 't');
+        pk_op(p, 'Q'); /* BINPERSID */
+        if (memo >= 0)
+            pk_put(p, (uint8_t)memo);
+    }
+    pk_int(p, offset);
+    pk_tuple_ints(p, size, ndim);
+    pk_tuple_ints(p, stride, ndim);
+    pk_op(p, 0x89); /* NEWFALSE */
+    pk_global(p, "collections", "OrderedDict");
+    pk_op(p, ')');
+    pk_op(p, 'R');
+    pk_op(p, 't');
+    pk_op(p, 'R');
+}
+
+static void pk_ordered_dict(pk *p)
+{
+    pk_global(p, "collections", "OrderedDict");
+    pk_op(p, ')');
+    pk_op(p, 'R');
+}
+
+static void seed_pickle(const char *name, const pk *p)
+{
+    char n[256];
+    snprintf(n, sizeof n, "%s.pkl", name);
+    seed("pickle", n, p->b, p->n);
+    size_t zn = 0;
+    uint8_t *z = sd_fuzz_wrap_pickle(p->b, p->n, &zn);
+    if (!z) {
+        fail("cannot wrap %s", name);
+        return;
+    }
+    snprintf(n, sizeof n, "%s.ckpt", name);
+    seed("ckpt", n, z, zn);
+    free(z);
+}
+
+/* Protocol 2, as torch.save writes a diffusers-style state dict: an
+ * OrderedDict, a contiguous F32 tensor, a transposed F16 view (copied by
+ * the reader), a BF16 tensor at an offset, two tensors sharing a storage
+ * through the memo. */
+static void pickle_state_dict(void)
+{
+    pk p = {0};
+    pk_op(&p, 0x80);
+    pk_op(&p, 2);
+    pk_ordered_dict(&p);
+    pk_put(&p, 0);
+    pk_op(&p, '(');
+    long s1[] = {32}, r1[] = {1};
+    pk_str2(&p, "conv_in.bias");
+    pk_tensor(&p, 1, "FloatStorage", "0", 64, 0, s1, r1, 1, 1, -1);
+    long s2[] = {2, 3}, r2[] = {1, 2};
+    pk_str2(&p, "conv_in.weight");
+    pk_tensor(&p, 1, "HalfStorage", "1", 128, 0, s2, r2, 2, -1, -1);
+    long s3[] = {2, 2, 1, 3}, r3[] = {6, 3, 3, 1};
+    pk_str2(&p, "down_blocks.0.resnets.0.conv1.weight");
+    pk_tensor(&p, 1, "BFloat16Storage", "2", 128, 5, s3, r3, 4, -1, -1);
+    long s4[] = {4, 4}, r4[] = {4, 1};
+    pk_str2(&p, "conv_out.bias.shared");
+    pk_tensor(&p, 1, "FloatStorage", "0", 64, 32, s4, r4, 2, -1, 1);
+    long s5[] = {0}, r5[] = {1};
+    pk_str2(&p, "empty");
+    pk_tensor(&p, 1, "DoubleStorage", "3", 32, 0, s5, r5, 1, -1, -1);
+    pk_op(&p, 'u');
+    pk_op(&p, '.');
+    seed_pickle("state-dict-p2", &p);
+    free(p.b);
+}
+
+/* An original-SD style checkpoint: {"state_dict": ..., Lightning
+ * bookkeeping with numpy scalars and the ModelCheckpoint class as a key},
+ * LDM names, _rebuild_parameter, LONG1, BINFLOAT, lists, BUILD. */
+static void pickle_lightning(void)
+{
+    pk p = {0};
+    pk_op(&p, 0x80);
+    pk_op(&p, 2);
+    pk_op(&p, '}');
+    pk_put(&p, 0);
+    pk_op(&p, '(');
+    pk_str2(&p, "epoch");
+    pk_int(&p, 6);
+    pk_str2(&p, "global_step");
+    uint8_t long1[] = {0x8a, 5, 0x10, 0x32, 0x54, 0x76, 0x01};
+    pk_bytes(&p, long1, sizeof long1);
+    pk_str2(&p, "lr");
+    uint8_t flt[] = {'G', 0x3f, 0x1a, 0x36, 0xe2, 0xeb, 0x1c, 0x43, 0x2d};
+    pk_bytes(&p, flt, sizeof flt);
+    pk_str2(&p, "callbacks");
+    pk_op(&p, '}');
+    pk_global(&p, "pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint");
+    pk_op(&p, '}');
+    pk_str2(&p, "best_model_score");
+    pk_global(&p, "numpy.core.multiarray", "scalar");
+    pk_global(&p, "numpy", "dtype");
+    pk_str2(&p, "f8");
+    pk_op(&p, 0x89);
+    pk_op(&p, 0x88);
+    pk_op(&p, 0x87);
+    pk_op(&p, 'R');
+    pk_put(&p, 2);
+    pk_op(&p, '(');
+    pk_int(&p, 3);
+    pk_str2(&p, "<");
+    pk_op(&p, 'N');
+    pk_op(&p, 'N');
+    pk_op(&p, 'N');
+    pk_int(&p, -1);
+    pk_int(&p, -1);
+    pk_int(&p, 0);
+    pk_op(&p, 't');
+    pk_op(&p, 'b'); /* BUILD: the dtype's state, dropped */
+    pk_global(&p, "_codecs", "encode");
+    pk_str2(&p, "\xc3\xa1\x01\x02\x03\x04\x05\x06");
+    pk_str2(&p, "latin1");
+    pk_op(&p, 0x86);
+    pk_op(&p, 'R');
+    pk_op(&p, 0x86);
+    pk_op(&p, 'R');
+    pk_op(&p, 's');
+    pk_op(&p, 's');
+    pk_str2(&p, "history");
+    pk_op(&p, ']');
+    pk_op(&p, '(');
+    pk_int(&p, 1);
+    pk_int(&p, 70000);
+    pk_op(&p, 'N');
+    pk_op(&p, 'e');
+    pk_int(&p, 100000);
+    pk_op(&p, 'a');
+    pk_str2(&p, "state_dict");
+    pk_ordered_dict(&p);
+    pk_op(&p, '(');
+    long s1[] = {32}, r1[] = {1};
+    pk_str2(&p, "model.diffusion_model.input_blocks.0.0.bias");
+    pk_global(&p, "torch._utils", "_rebuild_parameter");
+    pk_tensor(&p, 1, "FloatStorage", "4", 64, 0, s1, r1, 1, 3, -1);
+    pk_op(&p, 0x89);
+    pk_ordered_dict(&p);
+    pk_op(&p, 0x87);
+    pk_op(&p, 'R');
+    long s2[] = {4, 1, 1, 8}, r2[] = {8, 8, 8, 1};
+    pk_str2(&p, "model.diffusion_model.middle_block.1.proj_in.weight");
+    pk_tensor(&p, 1, "FloatStorage", "5", 64, 0, s2, r2, 4, -1, -1);
+    long s3[] = {2, 2}, r3[] = {0, 1};
+    pk_str2(&p, "first_stage_model.encoder.broadcast");
+    pk_tensor(&p, 1, "HalfStorage", "6", 128, 1, s3, r3, 2, -1, -1);
+    pk_str2(&p, "cond_stage_model.ids");
+    long s4[] = {8}, r4[] = {1};
+    pk_tensor(&p, 1, "LongStorage", "7", 32, 0, s4, r4, 1, -1, -1);
+    pk_op(&p, 'u');
+    pk_op(&p, 'u');
+    pk_op(&p, '.');
+    seed_pickle("lightning-p2", &p);
+    free(p.b);
+}
+
+/* Protocol 4: FRAME, SHORT_BINUNICODE, MEMOIZE, STACK_GLOBAL, BINGET of a
+ * memoized global, TUPLE1, empty tuples, POP, POP_MARK, SHORT_BINBYTES. */
+static void pickle_proto4(void)
+{
+    pk body = {0};
+    pk_op(&body, '}');
+    pk_op(&body, 0x94); /* memo 0 */
+    pk_str(&body, "junk");
+    pk_op(&body, '0'); /* POP */
+    pk_op(&body, '(');
+    pk_int(&body, 1);
+    pk_op(&body, '1'); /* POP_MARK */
+    uint8_t bytes[] = {'C', 3, 'a', 'b', 'c'};
+    pk_bytes(&body, bytes, sizeof bytes);
+    pk_op(&body, '0');
+    pk_op(&body, '(');
+    pk_str(&body, "w");
+    pk_str(&body, "torch._utils");
+    pk_op(&body, 0x94);
+    pk_str(&body, "_rebuild_tensor_v2");
+    pk_op(&body, 0x94);
+    pk_op(&body, 0x93);
+    pk_op(&body, 0x94); /* memo 3: the global, reused below */
+    pk_op(&body, '(');
+    pk_op(&body, '(');
+    pk_str(&body, "storage");
+    pk_str(&body, "torch");
+    pk_str(&body, "IntStorage");
+    pk_op(&body, 0x93);
+    pk_str(&body, "0");
+    pk_str(&body, "cpu");
+    pk_int(&body, 64);
+    pk_op(&body, 't');
+    pk_op(&body, 'Q');
+    pk_op(&body, 0x94);
+    pk_int(&body, 0);
+    long s[] = {8}, r[] = {1};
+    pk_tuple_ints(&body, s, 1);
+    pk_tuple_ints(&body, r, 1);
+    pk_op(&body, 0x89);
+    pk_op(&body, '}');
+    pk_op(&body, 't');
+    pk_op(&body, 'R');
+    pk_str(&body, "v");
+    uint8_t get3[] = {'j', 3, 0, 0, 0}; /* LONG_BINGET */
+    pk_bytes(&body, get3, sizeof get3);
+    pk_op(&body, '(');
+    uint8_t get4[] = {'h', 4};
+    pk_bytes(&body, get4, sizeof get4);
+    pk_int(&body, 8);
+    long s2[] = {2, 2, 2}, r2[] = {4, 2, 1};
+    pk_tuple_ints(&body, s2, 3);
+    pk_tuple_ints(&body, r2, 3);
+    pk_op(&body, 0x88);
+    pk_op(&body, 'N');
+    pk_op(&body, 't');
+    pk_op(&body, 'R');
+    pk_op(&body, 'u');
+    pk_op(&body, '.');
+    pk p = {0};
+    pk_op(&p, 0x80);
+    pk_op(&p, 4);
+    uint8_t frame[9] = {0x95};
+    for (int i = 0; i < 8; i++)
+        frame[1 + i] = (uint8_t)((uint64_t)body.n >> (8 * i));
+    pk_bytes(&p, frame, sizeof frame);
+    pk_bytes(&p, body.b, body.n);
+    seed_pickle("proto4", &p);
+    free(body.b);
+    free(p.b);
+}
+
+/* data.pkl of the golden checkpoint, found through its central directory. */
+static void extract_pickle(const char *rel)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", g_data, rel);
+    size_t n;
+    uint8_t *b = slurp(path, &n);
+    if (!b)
+        return;
+#define RD16(p) ((unsigned)(p)[0] | (unsigned)(p)[1] << 8)
+#define RD32(p) ((uint32_t)RD16(p) | (uint32_t)RD16((p) + 2) << 16)
+    int found = 0;
+    for (size_t e = n >= 22 ? n - 22 : 0; e > 0 && !found; e--) {
+        if (RD32(b + e) != 0x06054b50u)
+            continue;
+        size_t cd = RD32(b + e + 16), count = RD16(b + e + 10);
+        for (size_t k = 0; k < count && cd + 46 <= e; k++) {
+            const uint8_t *h = b + cd;
+            size_t nl = RD16(h + 28), xl = RD16(h + 30), cl = RD16(h + 32);
+            size_t size = RD32(h + 20), lho = RD32(h + 42);
+            if (nl >= 9 && memcmp(h + 46 + nl - 9, "/data.pkl", 9) == 0 && lho + 30 <= n) {
+                size_t at = lho + 30 + RD16(b + lho + 26) + RD16(b + lho + 28);
+                if (at <= n && size <= n - at) {
+                    seed("pickle", "golden-micro-ldm.pkl", b + at, size);
+                    found = 1;
+                }
+                break;
+            }
+            cd += 46 + nl + xl + cl;
+        }
+    }
+#undef RD16
+#undef RD32
+    if (!found)
+        fail("%s: no data.pkl found", rel);
+    free(b);
+}
+
+/* ------------------------------------------------------------ JSON, npy */
+
+static void small_json(void)
+{
+    seed_str("json", "numbers.json",
+             "[0, -0, -0.0, 1e308, -1.7976931348623157e308, 4.9e-324, 2.2250738585072011e-308,"
+             " 123456789012345678901234567890, -9223372036854775808, 9223372036854775807,"
+             " 0.1e1, 1E-2, 1.5e+3, 3.141592653589793238462643383279]");
+    seed_str("json", "strings.json",
+             "{\"a\": \"caf\\u00e9\", \"\\ud83d\\ude00\": \"\\\"\\\\\\/\\b\\f\\n\\r\\t\","
+             " \"utf8\": \"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\", \"e\": [], \"o\": {},"
+             " \"t\": [true, false, null]}");
+    char deep[2 * SD_JSON_MAX_DEPTH + 1];
+    for (int i = 0; i < SD_JSON_MAX_DEPTH; i++) {
+        deep[i] = '[';
+        deep[2 * SD_JSON_MAX_DEPTH - 1 - i] = ']';
+    }
+    deep[2 * SD_JSON_MAX_DEPTH] = 0;
+    seed_str("json", "deepest.json", deep);
+    seed_str("json", "config-sd21-like.json",
+             "{\"block_out_channels\": [320, 640, 1280, 1280], \"cross_attention_dim\": 1024,"
+             " \"attention_head_dim\": [5, 10, 20, 20], \"use_linear_projection\": true,"
+             " \"down_block_types\": [\"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\","
+             " \"CrossAttnDownBlock2D\", \"DownBlock2D\"], \"up_block_types\": [\"UpBlock2D\","
+             " \"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\"],"
+             " \"sample_size\": 96, \"norm_eps\": 1e-05}");
+}
+
+/* A .npy with the given version and header dict, padded as numpy pads. */
+static void npy_seed(const char *name, int major, const char *dict, const void *data, size_t n)
+{
+    size_t len_bytes = major == 1 ? 2 : 4, prefix = 8 + len_bytes;
+    size_t dl = strlen(dict), hlen = dl + 1;
+    hlen += (64 - (prefix + hlen) % 64) % 64;
+    size_t total = prefix + hlen + n;
+    uint8_t *b = malloc(total);
+    if (!b) {
+        fail("out of memory");
+        return;
+    }
+    memcpy(b, "\x93NUMPY", 6);
+    b[6] = (uint8_t)major;
+    b[7] = 0;
+    for (size_t i = 0; i < len_bytes; i++)
+        b[8 + i] = (uint8_t)(hlen >> (8 * i));
+    memcpy(b + prefix, dict, dl);
+    memset(b + prefix + dl, ' ', hlen - dl - 1);
+    b[prefix + hlen - 1] = '\n';
+    if (n)
+        memcpy(b + prefix + hlen, data, n);
+    seed("npy", name, b, total);
+    free(b);
+}
+
+static void small_npy(void)
+{
+    static const uint16_t h[6] = {0x3C00, 0xC000, 0x0001, 0x7BFF, 0x7C00, 0x8000};
+    static const float f[1] = {2.5f};
+    static const double d[3] = {1e-310, 3.4e38, -7.0};
+    npy_seed("f16-2x3-v1.npy", 1, "{'descr': '<f2', 'fortran_order': False, 'shape': (2, 3), }",
+             h, sizeof h);
+    npy_seed("f4-scalar-v2.npy", 2, "{'descr': '<f4', 'fortran_order': False, 'shape': (), }", f,
+             sizeof f);
+    npy_seed("f8-3-v3.npy", 3, "{\"shape\": (3,), \"descr\": \"<f8\", \"fortran_order\": False}",
+             d, sizeof d);
+    npy_seed("empty-v1.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 4), }",
+             NULL, 0);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s DATA_DIR OUT_DIR\n", argv[0]);
+        return 2;
+    }
+    g_data = argv[1];
+    g_out = argv[2];
+    if (mkdir(g_out, 0755) != 0 && errno != EEXIST) {
+        fail("%s: %s", g_out, strerror(errno));
+        return 1;
+    }
+    static const char *const st[] = {"micro/weights.safetensors", "micro/weights-fp16.safetensors",
+                                     "micro/weights-bf16.safetensors",
+                                     "micro/weights-ldm.safetensors"};
+    for (size_t i = 0; i < sizeof st / sizeof st[0]; i++) {
+        seed_file("load", st[i]);
+        slice_safetensors(st[i]);
+    }
+    /* The golden .ckpt (4.5 MB) goes to the load harness only: as a raw zip
+     * seed it made every ckpt execution 40x slower for no zip feature the
+     * small archives below lack; its pickle is a pickle seed. */
+    seed_file("load", "micro/weights-ldm.ckpt");
+    extract_pickle("micro/weights-ldm.ckpt");
+    pickle_state_dict();
+    pickle_lightning();
+    pickle_proto4();
+    small_safetensors();
+
+    static const char *const js[] = {"micro/config.json", "tiny/config.json",
+                                     "tiny-sd2/config.json", "micro/manifest.json"};
+    for (size_t i = 0; i < sizeof js / sizeof js[0]; i++)
+        seed_file("json", js[i]);
+    seed("json", "micro-config-embedded.json", sd_fuzz_micro_config,
+         strlen(sd_fuzz_micro_config));
+    small_json();
+
+    static const char *const np[] = {"micro/sample.npy", "micro/context.npy",
+                                     "micro/expected_f64.npy", "tiny-sd2/context.npy"};
+    for (size_t i = 0; i < sizeof np / sizeof np[0]; i++)
+        seed_file("npy", np[i]);
+    small_npy();
+
+    if (!g_failed)
+        printf("corpus: %d seeds in %s\n", g_written, g_out);
+    return g_failed;
+}
