@@ -75,7 +75,7 @@ install: all
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|0.1.0|' sdunet.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/sdunet.pc
 
 format:
-	clang-format -i include/*.h src/*.h src/*/*.[ch] tools/*.c tests/*.[ch]
+	clang-format -i include/*.h src/*.h src/*/*.[ch] tools/*.[ch] tests/*.[ch] fuzz/*.[ch] bench/*.c
 
 clean:
 	rm -rf build build-asan build-ubsan

@@ -168,15 +168,39 @@ static void small_safetensors(void)
     static const uint16_t bf16[1] = {0x3F80};
     static const double f64[2] = {1e300, -0.0};
     sd_tensor_info t[] = {
-        {.name = "a.f32", .dtype = SD_DT_F32, .ndim = 2, .shape = {2, 2}, .numel = 4,
-         .data = f32, .nbytes = sizeof f32},
-        {.name = "b.f16", .dtype = SD_DT_F16, .ndim = 1, .shape = {3}, .numel = 3, .data = f16,
+        {.name = "a.f32",
+         .dtype = SD_DT_F32,
+         .ndim = 2,
+         .shape = {2, 2},
+         .numel = 4,
+         .data = f32,
+         .nbytes = sizeof f32},
+        {.name = "b.f16",
+         .dtype = SD_DT_F16,
+         .ndim = 1,
+         .shape = {3},
+         .numel = 3,
+         .data = f16,
          .nbytes = sizeof f16},
-        {.name = "c.bf16.scalar", .dtype = SD_DT_BF16, .ndim = 0, .numel = 1, .data = bf16,
+        {.name = "c.bf16.scalar",
+         .dtype = SD_DT_BF16,
+         .ndim = 0,
+         .numel = 1,
+         .data = bf16,
          .nbytes = sizeof bf16},
-        {.name = "d.empty", .dtype = SD_DT_I64, .ndim = 2, .shape = {0, 5}, .numel = 0,
-         .data = NULL, .nbytes = 0},
-        {.name = "e.f64", .dtype = SD_DT_F64, .ndim = 1, .shape = {2}, .numel = 2, .data = f64,
+        {.name = "d.empty",
+         .dtype = SD_DT_I64,
+         .ndim = 2,
+         .shape = {0, 5},
+         .numel = 0,
+         .data = NULL,
+         .nbytes = 0},
+        {.name = "e.f64",
+         .dtype = SD_DT_F64,
+         .ndim = 1,
+         .shape = {2},
+         .numel = 2,
+         .data = f64,
          .nbytes = sizeof f64},
     };
     char tmp[1100];
@@ -221,7 +245,10 @@ static void pk_bytes(pk *p, const void *s, size_t n)
     p->n += n;
 }
 
-static void pk_op(pk *p, uint8_t op) { pk_bytes(p, &op, 1); }
+static void pk_op(pk *p, uint8_t op)
+{
+    pk_bytes(p, &op, 1);
+}
 
 static void pk_str(pk *p, const char *s)
 {
@@ -230,8 +257,7 @@ static void pk_str(pk *p, const char *s)
         pk_op(p, 0x8c); /* SHORT_BINUNICODE */
         pk_op(p, (uint8_t)n);
     } else {
-        uint8_t h[5] = {'X', (uint8_t)n, (uint8_t)(n >> 8), (uint8_t)(n >> 16),
-                        (uint8_t)(n >> 24)};
+        uint8_t h[5] = {'X', (uint8_t)n, (uint8_t)(n >> 8), (uint8_t)(n >> 16), (uint8_t)(n >> 24)};
         pk_bytes(p, h, 5);
     }
     pk_bytes(p, s, n);
@@ -643,14 +669,14 @@ static void small_npy(void)
     static const uint16_t h[6] = {0x3C00, 0xC000, 0x0001, 0x7BFF, 0x7C00, 0x8000};
     static const float f[1] = {2.5f};
     static const double d[3] = {1e-310, 3.4e38, -7.0};
-    npy_seed("f16-2x3-v1.npy", 1, "{'descr': '<f2', 'fortran_order': False, 'shape': (2, 3), }",
-             h, sizeof h);
+    npy_seed("f16-2x3-v1.npy", 1, "{'descr': '<f2', 'fortran_order': False, 'shape': (2, 3), }", h,
+             sizeof h);
     npy_seed("f4-scalar-v2.npy", 2, "{'descr': '<f4', 'fortran_order': False, 'shape': (), }", f,
              sizeof f);
-    npy_seed("f8-3-v3.npy", 3, "{\"shape\": (3,), \"descr\": \"<f8\", \"fortran_order\": False}",
-             d, sizeof d);
-    npy_seed("empty-v1.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 4), }",
-             NULL, 0);
+    npy_seed("f8-3-v3.npy", 3, "{\"shape\": (3,), \"descr\": \"<f8\", \"fortran_order\": False}", d,
+             sizeof d);
+    npy_seed("empty-v1.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 4), }", NULL,
+             0);
 }
 
 int main(int argc, char **argv)
@@ -686,8 +712,7 @@ int main(int argc, char **argv)
                                      "tiny-sd2/config.json", "micro/manifest.json"};
     for (size_t i = 0; i < sizeof js / sizeof js[0]; i++)
         seed_file("json", js[i]);
-    seed("json", "micro-config-embedded.json", sd_fuzz_micro_config,
-         strlen(sd_fuzz_micro_config));
+    seed("json", "micro-config-embedded.json", sd_fuzz_micro_config, strlen(sd_fuzz_micro_config));
     small_json();
 
     static const char *const np[] = {"micro/sample.npy", "micro/context.npy",

@@ -80,8 +80,8 @@ static const sd_unet_config *micro_config(void)
     static int state; /* 0 not tried, 1 ok, -1 failed */
     if (state == 0) {
         sdunet_error err;
-        state = sd_config_parse(sd_fuzz_micro_config, strlen(sd_fuzz_micro_config), &cfg,
-                                &err) == SDUNET_OK
+        state = sd_config_parse(sd_fuzz_micro_config, strlen(sd_fuzz_micro_config), &cfg, &err) ==
+                        SDUNET_OK
                     ? 1
                     : -1;
     }
@@ -198,8 +198,7 @@ static int walk_json(const sd_json *j, int depth)
     case SD_JSON_NULL:
     case SD_JSON_BOOL:
     case SD_JSON_NUMBER: return 0;
-    case SD_JSON_STRING:
-        return j->string && strlen(j->string) == j->len ? 0 : -1;
+    case SD_JSON_STRING: return j->string && strlen(j->string) == j->len ? 0 : -1;
     case SD_JSON_ARRAY:
     case SD_JSON_OBJECT:
         if (j->len && !j->items)
@@ -513,7 +512,11 @@ int sd_fuzz_load(const uint8_t *data, size_t size)
 }
 
 const sd_fuzz_harness sd_fuzz_harnesses[] = {
-    {"safetensors", sd_fuzz_safetensors}, {"json", sd_fuzz_json}, {"npy", sd_fuzz_npy},
-    {"ckpt", sd_fuzz_ckpt},               {"pickle", sd_fuzz_pickle}, {"load", sd_fuzz_load},
+    {"safetensors", sd_fuzz_safetensors},
+    {"json", sd_fuzz_json},
+    {"npy", sd_fuzz_npy},
+    {"ckpt", sd_fuzz_ckpt},
+    {"pickle", sd_fuzz_pickle},
+    {"load", sd_fuzz_load},
 };
 const size_t sd_fuzz_n_harnesses = sizeof sd_fuzz_harnesses / sizeof sd_fuzz_harnesses[0];

@@ -46,7 +46,7 @@ typedef struct sdunet_error {
 const char *sdunet_status_string(sdunet_status code);
 
 typedef struct sdunet_options {
-    int threads;        /* worker threads; 0 = SDUNET_THREADS env var, else online CPUs */
+    int threads;         /* worker threads; 0 = SDUNET_THREADS env var, else online CPUs */
     int allow_nonfinite; /* 0 (default): NaN/Inf inputs are rejected with SDUNET_E_NONFINITE;
                             1: they are accepted and propagate to the output as IEEE rules say */
     const char *variant; /* diffusers folders only: NULL (default) loads

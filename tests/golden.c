@@ -136,9 +136,9 @@ double golden_run(sdunet_model *m, const golden_case *g, int check_trace, double
     float *out = malloc(g->n_out * sizeof(float));
     sdunet_error err;
     trace_ctx tc = {.g = g};
-    sdunet_status st = sd_model_forward_ev(m, g->sample, g->B, g->C, g->H, g->W, g->t, g->nt,
-                                           g->context, g->L, g->D, out,
-                                           check_trace ? on_event : NULL, &tc, &err);
+    sdunet_status st =
+        sd_model_forward_ev(m, g->sample, g->B, g->C, g->H, g->W, g->t, g->nt, g->context, g->L,
+                            g->D, out, check_trace ? on_event : NULL, &tc, &err);
     if (st) {
         printf("  forward failed: %s\n", err.message);
         free(out);

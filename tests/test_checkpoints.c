@@ -443,8 +443,8 @@ static void check_infers(const sd_unet_config *cfg, const char *label)
         sdunet_status st = sd_config_infer(&tf, ldm ? SD_LAYOUT_LDM : SD_LAYOUT_DIFFUSERS, &got,
                                            report, sizeof report, &err);
         CHECK(st == SDUNET_OK, "%s (%s): %s", label, ldm ? "ldm" : "diffusers", err.message);
-        CHECK(st || memcmp(&got, cfg, sizeof got) == 0, "%s (%s): inferred config differs",
-              label, ldm ? "ldm" : "diffusers");
+        CHECK(st || memcmp(&got, cfg, sizeof got) == 0, "%s (%s): inferred config differs", label,
+              ldm ? "ldm" : "diffusers");
         CHECK(strstr(report, "attn2.to_k.weight") && strstr(report, "proj_in.weight"),
               "%s: report names its tensors: %s", label, report);
         tl_free(&l);
@@ -694,12 +694,9 @@ static void test_diffusers_folders(void)
     struct {
         const char *path, *variant;
         const float *want;
-    } ok[] = {{tmp("pipe"), NULL, want},
-              {tmp("pipe/unet"), NULL, want},
-              {tmp("pipe"), "fp16", want16},
-              {tmp("pipe/unet"), "fp16", want16},
-              {tmp("fp16only"), NULL, want16},
-              {tmp("fp16only"), "fp16", want16}};
+    } ok[] = {{tmp("pipe"), NULL, want},       {tmp("pipe/unet"), NULL, want},
+              {tmp("pipe"), "fp16", want16},   {tmp("pipe/unet"), "fp16", want16},
+              {tmp("fp16only"), NULL, want16}, {tmp("fp16only"), "fp16", want16}};
     for (size_t k = 0; k < sizeof ok / sizeof ok[0]; k++) {
         sdunet_model *mm = load(ok[k].path, NULL, ok[k].variant, SDUNET_OK, NULL);
         if (!mm)
@@ -712,8 +709,8 @@ static void test_diffusers_folders(void)
     }
     load(tmp("pipe"), NULL, "bf16", SDUNET_E_IO, "diffusion_pytorch_model.bf16.safetensors");
     load(tmp("pipe"), NULL, "../fp16", SDUNET_E_INVALID_ARG, "variant");
-    load(tmp("pipe/unet/diffusion_pytorch_model.safetensors"), NULL, "fp16",
-         SDUNET_E_INVALID_ARG, "variant");
+    load(tmp("pipe/unet/diffusion_pytorch_model.safetensors"), NULL, "fp16", SDUNET_E_INVALID_ARG,
+         "variant");
     load(tmp("single"), NULL, NULL, SDUNET_E_IO, "no UNet weights");
     /* No config.json and nothing to infer the heads from (cross width 16). */
     load(tmp("noconf"), NULL, NULL, SDUNET_E_CONFIG, "--config");
@@ -783,8 +780,8 @@ static void test_convert_round_trips(void)
     char want[600];
     snprintf(want, sizeof want, "%s/weights.safetensors", m);
     CHECK(same_tensors(want, tmp("rt-diff.safetensors")), "ldm -> diffusers");
-    snprintf(a, sizeof a, "%s %s --layout ldm --config %s/config.json",
-             tmp("rt-diff.safetensors"), tmp("rt-ldm.safetensors"), m);
+    snprintf(a, sizeof a, "%s %s --layout ldm --config %s/config.json", tmp("rt-diff.safetensors"),
+             tmp("rt-ldm.safetensors"), m);
     convert_ok(a);
     snprintf(want, sizeof want, "%s/weights-ldm.safetensors", m);
     CHECK(same_tensors(want, tmp("rt-ldm.safetensors")), "ldm -> diffusers -> ldm");
@@ -829,8 +826,8 @@ static void test_convert_round_trips(void)
     snprintf(a, sizeof a, "%s %s --dtype f16 --layout ldm --config %s/config.json",
              tmp("rt-wide.safetensors"), tmp("rt-narrow.safetensors"), m);
     convert_ok(a);
-    snprintf(a, sizeof a, "%s %s --dtype f16 --config %s/config.json",
-             tmp("rt-narrow.safetensors"), tmp("rt-back.safetensors"), m);
+    snprintf(a, sizeof a, "%s %s --dtype f16 --config %s/config.json", tmp("rt-narrow.safetensors"),
+             tmp("rt-back.safetensors"), m);
     convert_ok(a);
     snprintf(want, sizeof want, "%s/weights-fp16.safetensors", m);
     CHECK(same_tensors(want, tmp("rt-back.safetensors")), "f16 -> f32 -> f16");

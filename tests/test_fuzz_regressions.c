@@ -105,12 +105,16 @@ static void replay_current(void)
  * a valid checkpoint: a one-tensor state dict must load through it. */
 static void test_pickle_wrapper(void)
 {
-    static const uint8_t pkl[] =
-        "\x80\x02}q\x00X\x01\x00\x00\x00w"
-        "ctorch._utils\n_rebuild_tensor_v2\n(("
-        "X\x07\x00\x00\x00storage" "ctorch\nFloatStorage\n"
-        "X\x01\x00\x00\x00" "3" "X\x03\x00\x00\x00" "cpu" "K\x40tQ"
-        "K\x02K\x03K\x04\x86K\x04K\x01\x86\x89)tRs.";
+    static const uint8_t pkl[] = "\x80\x02}q\x00X\x01\x00\x00\x00w"
+                                 "ctorch._utils\n_rebuild_tensor_v2\n(("
+                                 "X\x07\x00\x00\x00storage"
+                                 "ctorch\nFloatStorage\n"
+                                 "X\x01\x00\x00\x00"
+                                 "3"
+                                 "X\x03\x00\x00\x00"
+                                 "cpu"
+                                 "K\x40tQ"
+                                 "K\x02K\x03K\x04\x86K\x04K\x01\x86\x89)tRs.";
     size_t zn = 0;
     uint8_t *zip = sd_fuzz_wrap_pickle(pkl, sizeof pkl - 1, &zn);
     CHECK(zip != NULL, "wrap failed");

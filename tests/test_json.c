@@ -22,13 +22,15 @@ static void expect_bad_n(const char *text, size_t len, const char *label)
     CHECK(st == SDUNET_E_FORMAT, "%s: status %d (%s)", label, (int)st, err.message);
     CHECK(err.code == SDUNET_E_FORMAT, "%s: err.code %d", label, (int)err.code);
     CHECK(j == NULL, "%s: out not cleared", label);
-    CHECK(strstr(err.message, "byte") != NULL, "%s: message has no offset: %s", label,
-          err.message);
+    CHECK(strstr(err.message, "byte") != NULL, "%s: message has no offset: %s", label, err.message);
     if (st == SDUNET_OK)
         sd_json_free(j);
 }
 
-static void expect_bad(const char *text) { expect_bad_n(text, strlen(text), text); }
+static void expect_bad(const char *text)
+{
+    expect_bad_n(text, strlen(text), text);
+}
 
 static void test_scalars(void)
 {
@@ -266,7 +268,8 @@ static void test_depth(void)
     size_t big = 100000;
     char *deep = malloc(big);
     for (size_t i = 0; i < big; i++)
-        deep[i] = (i % 5 == 0) ? '{' : (i % 5 == 1 ? '"' : (i % 5 == 2 ? 'a' : (i % 5 == 3 ? '"' : ':')));
+        deep[i] =
+            (i % 5 == 0) ? '{' : (i % 5 == 1 ? '"' : (i % 5 == 2 ? 'a' : (i % 5 == 3 ? '"' : ':')));
     expect_bad_n(deep, big, "100000 bytes of nested objects");
     memset(deep, '[', big);
     expect_bad_n(deep, big, "100000 open brackets");
@@ -358,8 +361,7 @@ static void test_messages(void)
     sd_json *j = NULL;
     sdunet_error err = {0};
     sd_json_parse("[1, 2, 01]", 10, &j, &err);
-    CHECK(strstr(err.message, "leading zero") && strstr(err.message, "byte 7"), "%s",
-          err.message);
+    CHECK(strstr(err.message, "leading zero") && strstr(err.message, "byte 7"), "%s", err.message);
     sd_json_parse("{\"k\":1,\"k\":2}", 13, &j, &err);
     CHECK(strstr(err.message, "duplicate") && strstr(err.message, "\"k\""), "%s", err.message);
     CHECK(sd_json_parse(NULL, 3, &j, &err) == SDUNET_E_INVALID_ARG, "NULL text");

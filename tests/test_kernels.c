@@ -47,7 +47,9 @@ static double rel_l2_2d(const float *a, int lda, const float *ref, int ldr, int 
 #define FOR_EACH_EXEC(ex)                                                                          \
     for (int si_ = 0; si_ < g_nsets; si_++)                                                        \
         for (int pi_ = 0; pi_ < 2; pi_++)                                                          \
-            for (sd_exec ex = {.pool = g_pools[pi_], .kern = g_sets[si_], .ws = NULL}, *once_ = &ex; once_; once_ = NULL)
+            for (sd_exec ex = {.pool = g_pools[pi_], .kern = g_sets[si_], .ws = NULL},             \
+                         *once_ = &ex;                                                             \
+                 once_; once_ = NULL)
 
 #define WHERE(ex) (ex).kern->name, sd_pool_size((ex).pool)
 

@@ -227,8 +227,8 @@ static int st_header_over(input *in)
     /* A file that really has 100 MB + 1 of header: refused by its length
      * before a byte of it is read. The pages are never touched. */
     size_t n = 8 + (size_t)100 * 1000 * 1000 + 1 + 64;
-    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                   -1, 0);
+    void *p =
+        mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED)
         return 0;
     in->p = p;
@@ -303,8 +303,8 @@ static int npy_huge(input *in)
 static int npy_overflow(input *in)
 {
     return npy_header_image(
-        in, "{'descr': '<f8', 'fortran_order': False, 'shape': (4294967296, 4294967296), }", 1,
-        0, 64);
+        in, "{'descr': '<f8', 'fortran_order': False, 'shape': (4294967296, 4294967296), }", 1, 0,
+        64);
 }
 
 static int npy_header_claim(input *in)
@@ -332,8 +332,14 @@ static int json_deep(input *in, char open, char close, const char *between)
     return 1;
 }
 
-static int json_deep_arrays(input *in) { return json_deep(in, '[', ']', ""); }
-static int json_deep_objects(input *in) { return json_deep(in, '{', '}', "\"a\":"); }
+static int json_deep_arrays(input *in)
+{
+    return json_deep(in, '[', ']', "");
+}
+static int json_deep_objects(input *in)
+{
+    return json_deep(in, '{', '}', "\"a\":");
+}
 
 static int pk_marks(input *in)
 {
@@ -350,20 +356,25 @@ static int pk_memo_nest(input *in)
     /* L0, memo 0; then per level: new list, memo 1, APPEND it to the
      * previous one, POP that, BINGET 1 (the new one back on top): lists
      * nested a million deep with a stack of two. The result is a list. */
-    static const char unit[] = "]q\x01" "a0h\x01";
+    static const char unit[] = "]q\x01"
+                               "a0h\x01";
     return pickle_ckpt(in, "]q\x00", 3, unit, sizeof unit - 1, 1000000, "0h\x00.", 4);
 }
 
 static int pk_storage_claim(input *in)
 {
     /* One tensor whose storage claims 1e12 floats; the entry has 256 bytes. */
-    static const char pkl[] =
-        "}X\x01\x00\x00\x00w"
-        "ctorch._utils\n_rebuild_tensor_v2\n(("
-        "X\x07\x00\x00\x00storage" "ctorch\nFloatStorage\n"
-        "X\x01\x00\x00\x00" "0" "X\x03\x00\x00\x00" "cpu"
-        "\x8a\x06\x00\x10\xa5\xd4\xe8\x00" "tQ"
-        "K\x00K\x01\x85K\x01\x85\x89)tRs.";
+    static const char pkl[] = "}X\x01\x00\x00\x00w"
+                              "ctorch._utils\n_rebuild_tensor_v2\n(("
+                              "X\x07\x00\x00\x00storage"
+                              "ctorch\nFloatStorage\n"
+                              "X\x01\x00\x00\x00"
+                              "0"
+                              "X\x03\x00\x00\x00"
+                              "cpu"
+                              "\x8a\x06\x00\x10\xa5\xd4\xe8\x00"
+                              "tQ"
+                              "K\x00K\x01\x85K\x01\x85\x89)tRs.";
     return pickle_ckpt(in, "", 0, "", 0, 0, pkl, sizeof pkl - 1);
 }
 
@@ -371,12 +382,16 @@ static int pk_broadcast(input *in)
 {
     /* A (1e6, 1e6) view with strides (0, 0) of one stored float: 4 TB if
      * it were expanded. */
-    static const char pkl[] =
-        "}X\x01\x00\x00\x00w"
-        "ctorch._utils\n_rebuild_tensor_v2\n(("
-        "X\x07\x00\x00\x00storage" "ctorch\nFloatStorage\n"
-        "X\x01\x00\x00\x00" "0" "X\x03\x00\x00\x00" "cpu" "K\x01tQ"
-        "K\x00J\x40\x42\x0f\x00J\x40\x42\x0f\x00\x86K\x00K\x00\x86\x89)tRs.";
+    static const char pkl[] = "}X\x01\x00\x00\x00w"
+                              "ctorch._utils\n_rebuild_tensor_v2\n(("
+                              "X\x07\x00\x00\x00storage"
+                              "ctorch\nFloatStorage\n"
+                              "X\x01\x00\x00\x00"
+                              "0"
+                              "X\x03\x00\x00\x00"
+                              "cpu"
+                              "K\x01tQ"
+                              "K\x00J\x40\x42\x0f\x00J\x40\x42\x0f\x00\x86K\x00K\x00\x86\x89)tRs.";
     return pickle_ckpt(in, "", 0, "", 0, 0, pkl, sizeof pkl - 1);
 }
 
@@ -391,12 +406,11 @@ static const limit_case cases[] = {
      st_header_over},
     {"safetensors with 1,000,001 tensors", R_SAFETENSORS, SDUNET_E_FORMAT, "limit 1000000", 512,
      st_million},
-    {"safetensors 10 MB header of 5e6 numbers", R_SAFETENSORS, SDUNET_E_FORMAT,
-     "not a JSON object", 1024, st_flat_numbers},
+    {"safetensors 10 MB header of 5e6 numbers", R_SAFETENSORS, SDUNET_E_FORMAT, "not a JSON object",
+     1024, st_flat_numbers},
     {"npy shape of 1e15 elements", R_NPY, SDUNET_E_FORMAT, "truncated data", 16, npy_huge},
     {"npy shape whose size overflows", R_NPY, SDUNET_E_FORMAT, "overflows", 16, npy_overflow},
-    {"npy header length of 4 GB", R_NPY, SDUNET_E_FORMAT, "truncated header", 16,
-     npy_header_claim},
+    {"npy header length of 4 GB", R_NPY, SDUNET_E_FORMAT, "truncated header", 16, npy_header_claim},
     {"JSON arrays nested 1e6 deep", R_JSON, SDUNET_E_FORMAT, "nesting deeper", 16,
      json_deep_arrays},
     {"JSON objects nested 1e6 deep", R_JSON, SDUNET_E_FORMAT, "nesting deeper", 16,
@@ -540,8 +554,8 @@ static void run_case(const limit_case *c)
     CHECK(r.built, "%s: could not build the input", c->name);
     if (!r.built)
         return;
-    printf("  # %-52s -> %s in %.2f s, +%ld KB peak: %s\n", c->name,
-           sdunet_status_string(r.st), r.seconds, r.grew_kb, r.message);
+    printf("  # %-52s -> %s in %.2f s, +%ld KB peak: %s\n", c->name, sdunet_status_string(r.st),
+           r.seconds, r.grew_kb, r.message);
     CHECK(r.st == c->want, "%s: status %s, expected %s (%s)", c->name, sdunet_status_string(r.st),
           sdunet_status_string(c->want), r.message);
     CHECK(strstr(r.message, c->needle) != NULL, "%s: message lacks '%s': %s", c->name, c->needle,

@@ -187,11 +187,10 @@ static void test_null_sched_api(void)
     CHECK(sdunet_cfg_combine(NULL, y, 7.5, 16, o) == SDUNET_E_INVALID_ARG, "cfg NULL uncond");
     CHECK(sdunet_cfg_combine(x, NULL, 7.5, 16, o) == SDUNET_E_INVALID_ARG, "cfg NULL cond");
     CHECK(sdunet_cfg_combine(x, y, 7.5, 16, NULL) == SDUNET_E_INVALID_ARG, "cfg NULL out");
-    CHECK(sdunet_cfg_combine_f64(NULL, yd, 7.5, 16, od) == SDUNET_E_INVALID_ARG,
-          "cfg_f64 NULL");
+    CHECK(sdunet_cfg_combine_f64(NULL, yd, 7.5, 16, od) == SDUNET_E_INVALID_ARG, "cfg_f64 NULL");
 
-    static const char *const names[] = {"ddim",           "euler", "euler_a", "dpmpp_2m",
-                                        "dpmpp_2m_karras", "pndm",  "lms",     "unipc"};
+    static const char *const names[] = {"ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras",
+                                        "pndm", "lms",   "unipc"};
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
         CHECK(sdunet_sched_create(names[k], NULL, &s, &e) == SDUNET_OK, "%s: %s", names[k],
               e.message);
@@ -214,8 +213,8 @@ static void test_null_sched_api(void)
         if (sdunet_sched_step_needs_noise(s, 0))
             CHECK(sdunet_sched_step(s, 0, y, x, 16, NULL, o, &e) == SDUNET_E_INVALID_ARG,
                   "%s: step needing noise given NULL", names[k]);
-        CHECK(sdunet_sched_step(s, -1, y, x, 16, x, o, &e) == SDUNET_E_INVALID_ARG,
-              "%s: step -1", names[k]);
+        CHECK(sdunet_sched_step(s, -1, y, x, 16, x, o, &e) == SDUNET_E_INVALID_ARG, "%s: step -1",
+              names[k]);
         CHECK(sdunet_sched_step(s, 1 << 30, y, x, 16, x, o, &e) == SDUNET_E_INVALID_ARG,
               "%s: step past the end", names[k]);
         CHECK(isnan(sdunet_sched_timestep(s, -1)) && isnan(sdunet_sched_timestep(s, 1 << 30)),
@@ -399,8 +398,8 @@ static void *forward_a(void *arg)
 {
     busy_ctx *c = arg;
     io *b = c->b;
-    c->st = sd_model_forward_ev(c->m, b->x, 1, 4, b->H, b->W, &b->t, 1, b->ctx, b->L, b->D,
-                                c->out, hold_forward, c, &c->e);
+    c->st = sd_model_forward_ev(c->m, b->x, 1, 4, b->H, b->W, &b->t, 1, b->ctx, b->L, b->D, c->out,
+                                hold_forward, c, &c->e);
     atomic_store(&c->inside, 1); /* in case no event fired at all */
     return NULL;
 }
@@ -428,8 +427,8 @@ static void test_busy_while_running(void)
     while (!atomic_load(&c.inside) && now_s() < end)
         nap();
     sdunet_status st = io_run(m, &b, out_b, &e);
-    CHECK(st == SDUNET_E_BUSY, "second forward during the first: %s (%s)",
-          sdunet_status_string(st), e.message);
+    CHECK(st == SDUNET_E_BUSY, "second forward during the first: %s (%s)", sdunet_status_string(st),
+          e.message);
     CHECK(st != SDUNET_E_BUSY || one_line(&e), "busy message: %s", e.message);
     st = sdunet_set_threads(m, 3, &e);
     CHECK(st == SDUNET_E_BUSY, "set_threads during a forward: %s", sdunet_status_string(st));
@@ -502,8 +501,8 @@ static void test_concurrent_forwards(void)
         race_ctx c[2];
         pthread_t th[2];
         for (int k = 0; k < 2; k++) {
-            c[k] = (race_ctx){.m = pass == 0 || k == 0 ? m : m2, .b = &b, .ref = ref, .iters = 4,
-                              .go = &go};
+            c[k] = (race_ctx){
+                .m = pass == 0 || k == 0 ? m : m2, .b = &b, .ref = ref, .iters = 4, .go = &go};
             CHECK(pthread_create(&th[k], NULL, hammer, &c[k]) == 0, "thread");
         }
         atomic_store(&go, 1);
@@ -602,8 +601,7 @@ static void test_nonfinite_inputs(void)
             sdunet_status st = io_run(strict, &b, b.out, &e);
             CHECK(st == SDUNET_E_NONFINITE, "%s in the %s: %s", names[k], wn[w],
                   sdunet_status_string(st));
-            CHECK(strstr(e.message, wn[w]) != NULL, "message names the %s: %s", wn[w],
-                  e.message);
+            CHECK(strstr(e.message, wn[w]) != NULL, "message names the %s: %s", wn[w], e.message);
             CHECK(b.out[0] == 12345.0f, "a refused call leaves the output alone");
             st = io_run(lax, &b, b.out, &e);
             CHECK(st == SDUNET_OK, "allowed %s in the %s: %s", names[k], wn[w], e.message);

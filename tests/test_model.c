@@ -91,7 +91,8 @@ static void test_config_presets(void)
     char p[256];
     snprintf(p, sizeof p, "%s/config.json", t_data("tiny-sd2"));
     sd_config_load(p, &c, &err);
-    CHECK(c.heads[0] == 2 && c.heads[1] == 4 && c.use_linear_projection && c.cross_attention_dim == 48,
+    CHECK(c.heads[0] == 2 && c.heads[1] == 4 && c.use_linear_projection &&
+              c.cross_attention_dim == 48,
           "tiny-sd2 values");
     snprintf(p, sizeof p, "%s/config.json", t_data("sd15-64"));
     sd_unet_config a, b;
@@ -113,16 +114,18 @@ static void test_config_errors(void)
 {
     expect_config_error("{\"addition_embed_type\": \"text_time\"}", "addition_embed_type");
     expect_config_error("{\"transformer_layers_per_block\": 2}", "transformer_layers_per_block");
-    expect_config_error("{\"down_block_types\": [\"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\","
-                        "\"CrossAttnDownBlock2D\", \"SimpleDownBlock2D\"]}",
-                        "SimpleDownBlock2D");
+    expect_config_error(
+        "{\"down_block_types\": [\"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\","
+        "\"CrossAttnDownBlock2D\", \"SimpleDownBlock2D\"]}",
+        "SimpleDownBlock2D");
     expect_config_error("{\"some_new_feature\": 3}", "some_new_feature");
     expect_config_error("{\"block_out_channels\": [320, 640]}", "down_block_types");
     expect_config_error("{\"attention_head_dim\": [8, 8]}", "attention_head_dim");
     expect_config_error("{\"norm_num_groups\": 7}", "divisible");
     expect_config_error("{\"layers_per_block\": \"2\"}", "layers_per_block");
     expect_config_error("{\"class_embed_type\": \"timestep\"}", "class_embed_type");
-    expect_config_error("{\"mid_block_type\": \"UNetMidBlock2DSimpleCrossAttn\"}", "mid_block_type");
+    expect_config_error("{\"mid_block_type\": \"UNetMidBlock2DSimpleCrossAttn\"}",
+                        "mid_block_type");
     expect_config_error("[1, 2]", "object");
     expect_config_error("{\"in_channels\": 4,", "config");
     /* unknown keys that are null or false are accepted */
@@ -167,10 +170,22 @@ static void run_case(const char *name, const char *weights_case)
     golden_free(&g);
 }
 
-static void test_micro(void) { run_case("micro", "micro"); }
-static void test_tiny(void) { run_case("tiny", "tiny"); }
-static void test_tiny_b2_odd(void) { run_case("tiny-b2-odd", "tiny"); }
-static void test_tiny_sd2(void) { run_case("tiny-sd2", "tiny-sd2"); }
+static void test_micro(void)
+{
+    run_case("micro", "micro");
+}
+static void test_tiny(void)
+{
+    run_case("tiny", "tiny");
+}
+static void test_tiny_b2_odd(void)
+{
+    run_case("tiny-b2-odd", "tiny");
+}
+static void test_tiny_sd2(void)
+{
+    run_case("tiny-sd2", "tiny-sd2");
+}
 
 /* ---- weight files ---- */
 static void test_micro_f32_file(void)
@@ -216,8 +231,9 @@ static void check_half_file(const char *file, sd_dtype dt)
         golden_run(s, &g, 0, NULL, b);
         double same = t_rel_l2_f32(a, b, g.n_out);
         printf("  %s: vs rounded-weight model %.3g, vs float64 reference %.3g\n", file, same, rel);
-        CHECK(memcmp(a, b, g.n_out * 4) == 0, "%s: output differs from the model with rounded "
-                                              "weights (%.3g)",
+        CHECK(memcmp(a, b, g.n_out * 4) == 0,
+              "%s: output differs from the model with rounded "
+              "weights (%.3g)",
               file, same);
         CHECK(rel < 2e-2, "%s: far from the reference (%.3g)", file, rel);
         free(a);
@@ -228,8 +244,14 @@ static void check_half_file(const char *file, sd_dtype dt)
     golden_free(&g);
 }
 
-static void test_micro_fp16_file(void) { check_half_file("weights-fp16.safetensors", SD_DT_F16); }
-static void test_micro_bf16_file(void) { check_half_file("weights-bf16.safetensors", SD_DT_BF16); }
+static void test_micro_fp16_file(void)
+{
+    check_half_file("weights-fp16.safetensors", SD_DT_F16);
+}
+static void test_micro_bf16_file(void)
+{
+    check_half_file("weights-bf16.safetensors", SD_DT_BF16);
+}
 
 /* A weight file missing a tensor, or with one of the wrong shape, is a
  * clear error naming it. */
@@ -292,9 +314,11 @@ static void test_forward_bad_input(void)
     sdunet_error e;
     CHECK(sdunet_forward(m, x, B, C, H, W, &t, 1, ctx, L, D, out, &e) == SDUNET_OK, "%s",
           e.message);
-    CHECK(sdunet_forward(m, x, B, 3, H, W, &t, 1, ctx, L, D, out, &e) == SDUNET_E_SHAPE, "channels");
+    CHECK(sdunet_forward(m, x, B, 3, H, W, &t, 1, ctx, L, D, out, &e) == SDUNET_E_SHAPE,
+          "channels");
     CHECK(strstr(e.message, "channels") != NULL, "%s", e.message);
-    CHECK(sdunet_forward(m, x, B, C, H, W, &t, 1, ctx, L, 15, out, &e) == SDUNET_E_SHAPE, "ctx width");
+    CHECK(sdunet_forward(m, x, B, C, H, W, &t, 1, ctx, L, 15, out, &e) == SDUNET_E_SHAPE,
+          "ctx width");
     CHECK(sdunet_forward(m, x, B, C, 0, W, &t, 1, ctx, L, D, out, &e) == SDUNET_E_SHAPE, "H=0");
     CHECK(sdunet_forward(m, x, B, C, H, 0, &t, 1, ctx, L, D, out, &e) == SDUNET_E_SHAPE, "W=0");
     CHECK(sdunet_forward(m, x, 0, C, H, W, &t, 1, ctx, L, D, out, &e) == SDUNET_E_SHAPE, "B=0");

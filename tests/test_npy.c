@@ -133,8 +133,7 @@ static void test_read_expected_f64(void)
     CHECK(st == SDUNET_OK, "%s", err.message);
     if (st)
         return;
-    CHECK(ndim == 4 && shape[0] == 1 && shape[1] == 4 && shape[2] == 16 && shape[3] == 16,
-          "shape");
+    CHECK(ndim == 4 && shape[0] == 1 && shape[1] == 4 && shape[2] == 16 && shape[3] == 16, "shape");
     size_t size;
     unsigned char *raw = t_read_file(path, &size);
     CHECK(raw && size == 128 + 1024 * 8 && memcmp(raw + 128, d, 8192) == 0, "exact payload");
@@ -209,8 +208,7 @@ static void test_roundtrip(void)
           "negative dim");
     int64_t s9[9] = {1, 1, 1, 1, 1, 1, 1, 1, 1};
     float one = 1;
-    CHECK(sd_npy_write_f32(tmp_path("x.npy"), &one, 9, s9, &err) == SDUNET_E_INVALID_ARG,
-          "9 dims");
+    CHECK(sd_npy_write_f32(tmp_path("x.npy"), &one, 9, s9, &err) == SDUNET_E_INVALID_ARG, "9 dims");
     CHECK(sd_npy_write_f32("/nonexistent-dir/x.npy", &one, 0, NULL, &err) == SDUNET_E_IO &&
               strstr(err.message, "/nonexistent-dir/x.npy"),
           "unwritable: %s", err.message);
@@ -347,11 +345,9 @@ static void test_bad_inputs(void)
                 "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296), }",
                 16);
     expect_dict("shape overflow with elem size", SDUNET_E_FORMAT,
-                "{'descr': '<f8', 'fortran_order': False, 'shape': (4611686018427387904,), }",
-                16);
+                "{'descr': '<f8', 'fortran_order': False, 'shape': (4611686018427387904,), }", 16);
     expect_dict("dim beyond int64", SDUNET_E_FORMAT,
-                "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999,), }",
-                16);
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999,), }", 16);
     expect_dict("negative dim", SDUNET_E_FORMAT,
                 "{'descr': '<f4', 'fortran_order': False, 'shape': (-4,), }", 16);
     expect_dict("9 dims", SDUNET_E_FORMAT,

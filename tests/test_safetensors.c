@@ -56,8 +56,7 @@ static unsigned char *build(const char *header, size_t data_len, size_t *size)
 
 /* Parses a buffer into a heap table; returns the status, and the table
  * through *out when it succeeded (else it is closed). */
-static sdunet_status parse_buf(const void *buf, size_t size, sd_tensorfile **out,
-                               sdunet_error *err)
+static sdunet_status parse_buf(const void *buf, size_t size, sd_tensorfile **out, sdunet_error *err)
 {
     sd_tensorfile *tf = calloc(1, sizeof *tf);
     /* Garbage in the fields parse must overwrite. */
@@ -121,12 +120,12 @@ static void test_dtypes(void)
         const char *name;
         sd_dtype dt;
         size_t size;
-    } cases[] = {{"F64", SD_DT_F64, 8},  {"F32", SD_DT_F32, 4}, {"F16", SD_DT_F16, 2},
-                 {"BF16", SD_DT_BF16, 2}, {"I64", SD_DT_I64, 8}, {"I32", SD_DT_I32, 4},
-                 {"I16", SD_DT_I16, 2},  {"I8", SD_DT_I8, 1},   {"U8", SD_DT_U8, 1},
-                 {"BOOL", SD_DT_BOOL, 1}, {"U16", SD_DT_U16, 2}, {"U32", SD_DT_U32, 4},
-                 {"U64", SD_DT_U64, 8}, {"F8_E4M3", SD_DT_F8_E4M3, 1},
-                 {"F8_E5M2", SD_DT_F8_E5M2, 1}};
+    } cases[] = {
+        {"F64", SD_DT_F64, 8},   {"F32", SD_DT_F32, 4},         {"F16", SD_DT_F16, 2},
+        {"BF16", SD_DT_BF16, 2}, {"I64", SD_DT_I64, 8},         {"I32", SD_DT_I32, 4},
+        {"I16", SD_DT_I16, 2},   {"I8", SD_DT_I8, 1},           {"U8", SD_DT_U8, 1},
+        {"BOOL", SD_DT_BOOL, 1}, {"U16", SD_DT_U16, 2},         {"U32", SD_DT_U32, 4},
+        {"U64", SD_DT_U64, 8},   {"F8_E4M3", SD_DT_F8_E4M3, 1}, {"F8_E5M2", SD_DT_F8_E5M2, 1}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         sd_dtype dt = SD_DT_COUNT;
         CHECK(sd_dtype_parse(cases[i].name, &dt) == 0 && dt == cases[i].dt, "%s", cases[i].name);
@@ -411,9 +410,8 @@ static void test_write_roundtrip(void)
     sd_tensor_info t[7];
     memset(t, 0, sizeof t);
     const char *names[7] = {"zeta.weight", "alpha", "mid.\"quoted\"\\name", "b.i64", "u8",
-                            "scalar", "empty"};
-    sd_dtype dts[7] = {SD_DT_F32, SD_DT_F16, SD_DT_BF16, SD_DT_I64, SD_DT_U8, SD_DT_F64,
-                       SD_DT_F32};
+                            "scalar",      "empty"};
+    sd_dtype dts[7] = {SD_DT_F32, SD_DT_F16, SD_DT_BF16, SD_DT_I64, SD_DT_U8, SD_DT_F64, SD_DT_F32};
     const void *datas[7] = {f32v, f16v, f16v, i64v, u8v, f64v, NULL};
     int ndims[7] = {2, 1, 1, 1, 1, 0, 3};
     int64_t shapes[7][3] = {{2, 3}, {3}, {3}, {2}, {5}, {0}, {4, 0, 2}};
@@ -475,10 +473,9 @@ static void test_write_roundtrip(void)
             CHECK(r->dtype == w->dtype && r->ndim == w->ndim && r->nbytes == w->nbytes &&
                       r->numel == w->numel,
                   "%s header fields", r->name);
-            CHECK(memcmp(r->shape, w->shape, sizeof w->shape[0] * (size_t)w->ndim) == 0,
-                  "%s shape", r->name);
-            CHECK(w->nbytes == 0 || memcmp(r->data, w->data, w->nbytes) == 0, "%s bytes",
+            CHECK(memcmp(r->shape, w->shape, sizeof w->shape[0] * (size_t)w->ndim) == 0, "%s shape",
                   r->name);
+            CHECK(w->nbytes == 0 || memcmp(r->data, w->data, w->nbytes) == 0, "%s bytes", r->name);
             CHECK(region + at + r->nbytes <= raw + size, "%s in file", r->name);
         }
         CHECK(off == size - 8 - hl, "data region size");
@@ -556,8 +553,8 @@ static void test_write_errors(void)
     CHECK(sd_safetensors_write(path, t, 2, NULL, &err) == SDUNET_E_INVALID_ARG,
           "duplicate names: %s", err.message);
     t[1].name = "__metadata__";
-    CHECK(sd_safetensors_write(path, t, 2, NULL, &err) == SDUNET_E_INVALID_ARG,
-          "reserved name: %s", err.message);
+    CHECK(sd_safetensors_write(path, t, 2, NULL, &err) == SDUNET_E_INVALID_ARG, "reserved name: %s",
+          err.message);
     t[1].name = "bad\xFFutf8";
     CHECK(sd_safetensors_write(path, t, 2, NULL, &err) == SDUNET_E_INVALID_ARG,
           "invalid UTF-8 name: %s", err.message);
@@ -567,8 +564,8 @@ static void test_write_errors(void)
           "nbytes mismatch: %s", err.message);
     t[1].nbytes = 8;
     t[1].shape[0] = -2;
-    CHECK(sd_safetensors_write(path, t, 2, NULL, &err) == SDUNET_E_INVALID_ARG,
-          "negative dim: %s", err.message);
+    CHECK(sd_safetensors_write(path, t, 2, NULL, &err) == SDUNET_E_INVALID_ARG, "negative dim: %s",
+          err.message);
     t[1].shape[0] = 2;
     t[1].data = NULL;
     CHECK(sd_safetensors_write(path, t, 2, NULL, &err) == SDUNET_E_INVALID_ARG, "NULL data: %s",
@@ -576,8 +573,7 @@ static void test_write_errors(void)
     t[1].data = v;
     CHECK(access(path, F_OK) != 0, "a failed write created the file");
 
-    CHECK(sd_safetensors_write("/nonexistent-dir/x.safetensors", t, 2, NULL, &err) ==
-              SDUNET_E_IO,
+    CHECK(sd_safetensors_write("/nonexistent-dir/x.safetensors", t, 2, NULL, &err) == SDUNET_E_IO,
           "unwritable dir: %s", err.message);
     CHECK(strstr(err.message, "/nonexistent-dir/x.safetensors") != NULL, "path in message: %s",
           err.message);
@@ -649,20 +645,19 @@ static void test_bad_headers(void)
                   "{\"a\":{" GOOD_ENTRY "},\"b\":{\"dtype\":\"F32\",\"shape\":[2],"
                   "\"data_offsets\":[4,12]}}",
                   16);
-    expect_format("identical offsets",
-                  "{\"a\":{" GOOD_ENTRY "},\"b\":{" GOOD_ENTRY "}}", 16);
+    expect_format("identical offsets", "{\"a\":{" GOOD_ENTRY "},\"b\":{" GOOD_ENTRY "}}", 16);
     expect_format("offsets not matching shape",
                   "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 16);
     expect_format("offsets not matching dtype",
                   "{\"a\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[0,8]}}", 16);
-    expect_format("begin > end",
-                  "{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,0]}}", 16);
+    expect_format("begin > end", "{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,0]}}",
+                  16);
     expect_format("negative offset",
                   "{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[-8,0]}}", 16);
     expect_format("float offset",
                   "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0.0,8]}}", 16);
-    expect_format("one offset",
-                  "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8]}}", 16);
+    expect_format("one offset", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8]}}",
+                  16);
     expect_format("three offsets",
                   "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8,8]}}", 16);
     expect_format("unknown dtype Q4_0",
@@ -752,8 +747,8 @@ static void test_bad_lengths(void)
      * when the buffer is that big: an untouched anonymous mapping costs no
      * memory, and the parser must not read it. */
     size_t big = 100000001 + 8 + 16;
-    unsigned char *map = mmap(NULL, big, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                              -1, 0);
+    unsigned char *map =
+        mmap(NULL, big, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (map != MAP_FAILED) {
         uint64_t n = 100000001;
         for (int i = 0; i < 8; i++)
@@ -779,8 +774,20 @@ static void test_truncated_real(void)
     if (!raw)
         return;
     size_t hl = (size_t)le64(raw);
-    size_t cuts[] = {0, 1, 7, 8, 9, 100, 8 + hl / 2, 8 + hl - 1, 8 + hl, 8 + hl + 1,
-                     8 + hl + 1000, size / 2, size - 4, size - 1};
+    size_t cuts[] = {0,
+                     1,
+                     7,
+                     8,
+                     9,
+                     100,
+                     8 + hl / 2,
+                     8 + hl - 1,
+                     8 + hl,
+                     8 + hl + 1,
+                     8 + hl + 1000,
+                     size / 2,
+                     size - 4,
+                     size - 1};
     sdunet_error err = {0};
     for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
         sdunet_status st = parse_buf(raw, cuts[i], NULL, &err);
@@ -821,8 +828,8 @@ static void test_open_errors(void)
     /* Hostile headers through a file. */
     const char *path = tmp_path("hostile.safetensors");
     size_t size;
-    unsigned char *buf = build("{\"a\":{\"dtype\":\"Q4\",\"shape\":[2],\"data_offsets\":[0,1]}}",
-                               8, &size);
+    unsigned char *buf =
+        build("{\"a\":{\"dtype\":\"Q4\",\"shape\":[2],\"data_offsets\":[0,1]}}", 8, &size);
     t_write_file(path, buf, size);
     free(buf);
     CHECK(sd_tensorfile_open(path, &tf, &err) == SDUNET_E_FORMAT && strstr(err.message, "Q4"),
@@ -830,14 +837,12 @@ static void test_open_errors(void)
     buf = build_raw((uint64_t)1 << 63, "{}", NULL, 0, &size);
     t_write_file(path, buf, size);
     free(buf);
-    CHECK(sd_tensorfile_open(path, &tf, &err) == SDUNET_E_FORMAT, "2^63 via file: %s",
-          err.message);
+    CHECK(sd_tensorfile_open(path, &tf, &err) == SDUNET_E_FORMAT, "2^63 via file: %s", err.message);
     /* A zip file goes to the .ckpt reader. */
     t_write_file(path, "PK\x03\x04\0\0\0\0\0\0\0\0", 12);
     sdunet_status st = sd_tensorfile_open(path, &tf, &err);
     CHECK(st != SDUNET_OK, "bogus zip accepted");
-    CHECK(strncmp(err.message, path, strlen(path)) == 0, "ckpt message has path: %s",
-          err.message);
+    CHECK(strncmp(err.message, path, strlen(path)) == 0, "ckpt message has path: %s", err.message);
     unlink(path);
 }
 

@@ -19,7 +19,10 @@ void t_run(const char *name, void (*fn)(void))
     fflush(stdout);
 }
 
-int t_summary(void) { return t_total_failed ? 1 : 0; }
+int t_summary(void)
+{
+    return t_total_failed ? 1 : 0;
+}
 
 const char *t_data(const char *rel)
 {

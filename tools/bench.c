@@ -38,9 +38,9 @@ static double peak_rss_mb(void)
 
 int cmd_bench(int argc, char **argv)
 {
-    opt o[] = {{.name = "--synthetic"}, {.name = "--model"}, {.name = "--config"},
-               {.name = "--batch"},     {.name = "--height"}, {.name = "--width"},
-               {.name = "--context-len"}, {.name = "--runs"}, {.name = "--warmup"},
+    opt o[] = {{.name = "--synthetic"},   {.name = "--model"},  {.name = "--config"},
+               {.name = "--batch"},       {.name = "--height"}, {.name = "--width"},
+               {.name = "--context-len"}, {.name = "--runs"},   {.name = "--warmup"},
                {.name = "--threads"}};
     const int no = sizeof o / sizeof o[0];
     int help;
@@ -62,7 +62,8 @@ int cmd_bench(int argc, char **argv)
         (get(o, no, "--context-len") &&
          parse_int(get(o, no, "--context-len"), "--context-len", 1, 4096, &L)) ||
         (get(o, no, "--runs") && parse_int(get(o, no, "--runs"), "--runs", 1, 1000, &runs)) ||
-        (get(o, no, "--warmup") && parse_int(get(o, no, "--warmup"), "--warmup", 0, 100, &warmup)) ||
+        (get(o, no, "--warmup") &&
+         parse_int(get(o, no, "--warmup"), "--warmup", 0, 100, &warmup)) ||
         (get(o, no, "--threads") &&
          parse_int(get(o, no, "--threads"), "--threads", 1, 1024, &threads)))
         return 1;
@@ -94,8 +95,8 @@ int cmd_bench(int argc, char **argv)
     printf("sdunet bench: %s, %.1fM parameters, %s kernels, %d threads, load %.2f s\n",
            synthetic ? synthetic : model, (double)info.n_params / 1e6, info.isa, info.threads,
            load_s);
-    printf("input: batch %d, latent %dx%d, context %dx%d; %d warm-up + %d timed runs\n", B, H, W,
-           L, D, warmup, runs);
+    printf("input: batch %d, latent %dx%d, context %dx%d; %d warm-up + %d timed runs\n", B, H, W, L,
+           D, warmup, runs);
     fflush(stdout);
     sd_prof prof;
     for (int i = 0; i < warmup + runs; i++) {
@@ -116,7 +117,7 @@ int cmd_bench(int argc, char **argv)
     sd_model_set_profile(m, NULL);
     /* the breakdown is from the last timed run */
     static const char *const kind_name[SD_OP_COUNT] = {"3x3 conv", "1x1 conv", "linear",
-                                                        "attention", "norms+elementwise"};
+                                                       "attention", "norms+elementwise"};
     double total_t = 0, total_f = 0;
     for (int k = 0; k < SD_OP_COUNT; k++) {
         total_t += prof.seconds[k];

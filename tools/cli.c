@@ -110,7 +110,6 @@ int parse_timesteps(const char *s, float *out, int cap, int *n)
     }
 }
 
-
 void print_checksum(const float *y, size_t n)
 {
     double sum = 0, sq = 0, mx = 0;
@@ -123,8 +122,8 @@ void print_checksum(const float *y, size_t n)
     printf("checksum: sum=%.9g l2=%.9g max_abs=%.9g\n", sum, sqrt(sq), mx);
 }
 
-int load_model(const char *model, const char *config, const char *variant,
-                      const char *synthetic, int threads, int allow_nonfinite, sdunet_model **m)
+int load_model(const char *model, const char *config, const char *variant, const char *synthetic,
+               int threads, int allow_nonfinite, sdunet_model **m)
 {
     sdunet_options o;
     sdunet_options_default(&o);
@@ -145,8 +144,7 @@ int load_model(const char *model, const char *config, const char *variant,
         return die("%s", err.message);
     sdunet_model_info info;
     sdunet_get_info(*m, &info);
-    progress("model ready in %.2f s: %.1fM parameters, %d threads, %s kernels\n",
-            now_s() - t0, (double)info.n_params / 1e6, info.threads, info.isa);
+    progress("model ready in %.2f s: %.1fM parameters, %d threads, %s kernels\n", now_s() - t0,
+             (double)info.n_params / 1e6, info.threads, info.isa);
     return 0;
 }
-

@@ -117,10 +117,11 @@ static const char run_help[] =
 
 static int cmd_run(int argc, char **argv)
 {
-    opt o[] = {{.name = "--model"},     {.name = "--config"}, {.name = "--variant"},
-               {.name = "--synthetic"}, {.name = "--sample"}, {.name = "--timestep"},
-               {.name = "--context"},   {.name = "--out"},    {.name = "--threads"},
-               {.name = "--allow-nonfinite", .is_flag = 1}};
+    opt o[] = {{.name = "--model"},   {.name = "--config"},
+               {.name = "--variant"}, {.name = "--synthetic"},
+               {.name = "--sample"},  {.name = "--timestep"},
+               {.name = "--context"}, {.name = "--out"},
+               {.name = "--threads"}, {.name = "--allow-nonfinite", .is_flag = 1}};
     const int no = sizeof o / sizeof o[0];
     int help;
     if (parse_opts(argc, argv, o, no, &help))
@@ -142,8 +143,8 @@ static int cmd_run(int argc, char **argv)
     if (!sample_p || !ctx_p || !ts || !out_p)
         return die("run needs --sample, --timestep, --context and --out (see --help)");
     int threads = 0;
-    if (get(o, no, "--threads") && parse_int(get(o, no, "--threads"), "--threads", 1, 1024,
-                                              &threads))
+    if (get(o, no, "--threads") &&
+        parse_int(get(o, no, "--threads"), "--threads", 1, 1024, &threads))
         return 1;
     float tsv[1024];
     int nts;
@@ -204,8 +205,8 @@ static int cmd_run(int argc, char **argv)
         goto done;
     }
     progress("forward: sample (%lld,%lld,%lld,%lld), context (%lld,%lld,%lld)...\n",
-            (long long)ss[0], (long long)ss[1], (long long)ss[2], (long long)ss[3],
-            (long long)cs[0], (long long)cs[1], (long long)cs[2]);
+             (long long)ss[0], (long long)ss[1], (long long)ss[2], (long long)ss[3],
+             (long long)cs[0], (long long)cs[1], (long long)cs[2]);
     double t0 = now_s();
     if (sdunet_forward(m, sample, (int)ss[0], (int)ss[1], (int)ss[2], (int)ss[3], tsv, nts, ctx,
                        (int)cs[1], (int)cs[2], out, &err)) {
@@ -243,8 +244,8 @@ static const char demo_help[] =
 
 static int cmd_demo(int argc, char **argv)
 {
-    opt o[] = {{.name = "--synthetic"}, {.name = "--batch"}, {.name = "--height"}, {.name = "--width"}, {.name = "--timestep"},
-               {.name = "--threads"}};
+    opt o[] = {{.name = "--synthetic"}, {.name = "--batch"},    {.name = "--height"},
+               {.name = "--width"},     {.name = "--timestep"}, {.name = "--threads"}};
     const int no = sizeof o / sizeof o[0];
     int help;
     if (parse_opts(argc, argv, o, no, &help))
@@ -273,7 +274,8 @@ static int cmd_demo(int argc, char **argv)
     sdunet_model_info info;
     sdunet_get_info(m, &info);
     const int L = 77, D = info.context_dim, C = info.in_channels;
-    size_t ns = (size_t)B * C * H * W, nc = (size_t)B * L * D, no_ = (size_t)B * info.out_channels * H * W;
+    size_t ns = (size_t)B * C * H * W, nc = (size_t)B * L * D,
+           no_ = (size_t)B * info.out_channels * H * W;
     float *sample = malloc(ns * sizeof(float)), *ctx = malloc(nc * sizeof(float));
     float *out = malloc(no_ * sizeof(float));
     int rc = 1;
@@ -320,7 +322,11 @@ static const char trace_help[] =
 
 static int cmd_trace(int argc, char **argv)
 {
-    opt o[] = {{.name = "--config"}, {.name = "--batch"}, {.name = "--height"}, {.name = "--width"}, {.name = "--context-len"}};
+    opt o[] = {{.name = "--config"},
+               {.name = "--batch"},
+               {.name = "--height"},
+               {.name = "--width"},
+               {.name = "--context-len"}};
     const int no = sizeof o / sizeof o[0];
     int help;
     if (parse_opts(argc, argv, o, no, &help))
@@ -669,10 +675,11 @@ static int cmd_info(int argc, char **argv)
             printf("inferred config %s\n", memcmp(&inferred, &mf->cfg, sizeof inferred) == 0
                                                ? "agrees with it"
                                                : "differs from it (the config file wins)");
-        used_set us = {.tf = tf, .cfg = &mf->cfg, .layout = mf->layout,
+        used_set us = {.tf = tf,
+                       .cfg = &mf->cfg,
+                       .layout = mf->layout,
                        .used = calloc(tf->count ? tf->count : 1, 1)};
-        sd_weight_source src = {.file = tf, .visit = mark_used, .visit_user = &us,
-                                .check_only = 1};
+        sd_weight_source src = {.file = tf, .visit = mark_used, .visit_user = &us, .check_only = 1};
         sd_unet u;
         if (!us.used) {
             rc = die("out of memory");
@@ -799,8 +806,7 @@ static int parse_dtype(const char *s, sd_dtype *dt)
 /* Fills out (name already set) from the file tensor src in dtype dt: the
  * same bytes when the dtype is kept, else converted through float32 into a
  * buffer returned in *owned. */
-static int convert_tensor(const sd_tensor_info *src, sd_dtype dt, sd_tensor_info *out,
-                          void **owned)
+static int convert_tensor(const sd_tensor_info *src, sd_dtype dt, sd_tensor_info *out, void **owned)
 {
     out->dtype = dt;
     out->ndim = src->ndim;
@@ -838,8 +844,8 @@ static int cmd_convert(int argc, char **argv)
     if (positional(argc, argv, 2, "convert", "IN and OUT paths"))
         return 1;
     const char *in = argv[0], *outp = argv[1];
-    opt o[] = {{.name = "--layout"}, {.name = "--dtype"}, {.name = "--config"},
-               {.name = "--variant"}};
+    opt o[] = {
+        {.name = "--layout"}, {.name = "--dtype"}, {.name = "--config"}, {.name = "--variant"}};
     const int no = sizeof o / sizeof o[0];
     int help;
     if (parse_opts(argc - 2, argv + 2, o, no, &help))
@@ -870,8 +876,8 @@ static int cmd_convert(int argc, char **argv)
     }
     /* The model's own walk lists every tensor it needs and checks that the
      * file has each with the right shape. */
-    sd_weight_source src = {.file = mf->tf, .visit = collect_convert, .visit_user = &l,
-                            .check_only = 1};
+    sd_weight_source src = {
+        .file = mf->tf, .visit = collect_convert, .visit_user = &l, .check_only = 1};
     sd_unet u;
     if (sd_unet_build(&u, &mf->cfg, &src, NULL, &err)) {
         die("%s: %s", mf->weights, err.message);

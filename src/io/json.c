@@ -82,7 +82,10 @@ static int grow(void **buf, size_t *cap, size_t need, size_t elem, size_t max)
     return 1;
 }
 
-static int is_ws(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+static int is_ws(unsigned char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
 
 static void skip_ws(parser *ps)
 {
@@ -485,8 +488,8 @@ static sdunet_status parse_number(parser *ps, sd_json *v)
         if (neg && v->integer == 0)
             d = -0.0;
     } else if (!fast_decimal(p, int_start, int_end, frac_start, frac_end, exp10, neg, &d)) {
-        sdunet_status st = slow_decimal(ps, int_start, int_end, frac_start, frac_end, exp10, neg,
-                                        &d);
+        sdunet_status st =
+            slow_decimal(ps, int_start, int_end, frac_start, frac_end, exp10, neg, &d);
         if (st)
             return st;
     }
@@ -697,9 +700,7 @@ static sdunet_status parse_value(parser *ps, size_t slot, int depth)
         *slot_ptr(ps, slot) = tmp;
         return SDUNET_OK;
     }
-    case '"':
-        v->type = SD_JSON_STRING;
-        return parse_string(ps, &v->string, &v->len);
+    case '"': v->type = SD_JSON_STRING; return parse_string(ps, &v->string, &v->len);
     case 't':
         if (!match_word(ps, "true"))
             break;

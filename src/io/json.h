@@ -17,14 +17,14 @@ typedef enum sd_json_type {
 typedef struct sd_json sd_json;
 struct sd_json {
     sd_json_type type;
-    int boolean;        /* BOOL */
-    double number;      /* NUMBER */
-    int is_int;         /* NUMBER written without fraction/exponent and fits int64 */
-    int64_t integer;    /* valid when is_int */
-    char *string;       /* STRING: UTF-8, NUL-terminated (may contain no NULs: \u0000 is rejected) */
-    size_t len;         /* STRING: byte length; ARRAY/OBJECT: element count */
-    sd_json *items;     /* ARRAY elements / OBJECT values */
-    char **keys;        /* OBJECT keys, in file order (duplicates rejected) */
+    int boolean;     /* BOOL */
+    double number;   /* NUMBER */
+    int is_int;      /* NUMBER written without fraction/exponent and fits int64 */
+    int64_t integer; /* valid when is_int */
+    char *string;    /* STRING: UTF-8, NUL-terminated (may contain no NULs: \u0000 is rejected) */
+    size_t len;      /* STRING: byte length; ARRAY/OBJECT: element count */
+    sd_json *items;  /* ARRAY elements / OBJECT values */
+    char **keys;     /* OBJECT keys, in file order (duplicates rejected) */
 };
 
 #define SD_JSON_MAX_DEPTH 64

@@ -89,8 +89,7 @@ static int lx_word(lexer *lx, const char *w)
     /* Must not run on into an identifier ("Falsey"). */
     if (lx->pos + n < lx->len) {
         char c = lx->p[lx->pos + n];
-        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-            c == '_')
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_')
             return 0;
     }
     lx->pos += n;
@@ -126,8 +125,7 @@ static int lx_int(lexer *lx, int64_t *out)
 
 static sdunet_status bad_header(sdunet_error *err, const char *what, size_t at)
 {
-    return sd_fail(err, SDUNET_E_FORMAT, "npy: malformed header: %s at header byte %zu", what,
-                   at);
+    return sd_fail(err, SDUNET_E_FORMAT, "npy: malformed header: %s at header byte %zu", what, at);
 }
 
 static sdunet_status parse_shape(lexer *lx, npy_header *h, sdunet_error *err)
@@ -185,8 +183,9 @@ static sdunet_status parse_dict(const char *text, size_t len, npy_header *h, sdu
             /* A list here is a structured dtype. */
             lx_ws(&lx);
             if (lx.pos < lx.len && lx.p[lx.pos] == '[')
-                return sd_fail(err, SDUNET_E_UNSUPPORTED, "npy: structured dtypes are not "
-                                                          "supported");
+                return sd_fail(err, SDUNET_E_UNSUPPORTED,
+                               "npy: structured dtypes are not "
+                               "supported");
             if (!lx_string(&lx, h->descr, sizeof h->descr))
                 return bad_header(err, "quoted descr expected", lx.pos);
         } else if (strcmp(key, "fortran_order") == 0) {
@@ -219,7 +218,9 @@ static sdunet_status parse_dict(const char *text, size_t len, npy_header *h, sdu
         return bad_header(err, "trailing characters after the dict", lx.pos);
     if (!have_descr || !have_fortran || !have_shape)
         return sd_fail(err, SDUNET_E_FORMAT, "npy: header lacks the '%s' key",
-                       !have_descr ? "descr" : !have_fortran ? "fortran_order" : "shape");
+                       !have_descr     ? "descr"
+                       : !have_fortran ? "fortran_order"
+                                       : "shape");
 
     const char *d = h->descr;
     char order = d[0];
@@ -430,8 +431,8 @@ static int write_all(int fd, const void *buf, size_t n)
     return 0;
 }
 
-sdunet_status sd_npy_write_f32(const char *path, const float *data, int ndim,
-                               const int64_t *shape, sdunet_error *err)
+sdunet_status sd_npy_write_f32(const char *path, const float *data, int ndim, const int64_t *shape,
+                               sdunet_error *err)
 {
     if (!path || (ndim > 0 && !shape))
         return sd_fail(err, SDUNET_E_INVALID_ARG, "npy write: NULL argument");
@@ -453,8 +454,7 @@ sdunet_status sd_npy_write_f32(const char *path, const float *data, int ndim,
     char head[512];
     int n = snprintf(head + 10, 300, "{'descr': '<f4', 'fortran_order': False, 'shape': (");
     for (int i = 0; i < ndim; i++)
-        n += snprintf(head + 10 + n, 300 - (size_t)n, i ? ", %lld" : "%lld",
-                      (long long)shape[i]);
+        n += snprintf(head + 10 + n, 300 - (size_t)n, i ? ", %lld" : "%lld", (long long)shape[i]);
     n += snprintf(head + 10 + n, 300 - (size_t)n, ndim == 1 ? ",), }" : "), }");
     size_t total = 10 + (size_t)n + 1;
     size_t padded = (total + NPY_ALIGN - 1) / NPY_ALIGN * NPY_ALIGN;

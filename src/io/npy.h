@@ -19,7 +19,7 @@ sdunet_status sd_npy_parse_f32(const void *buf, size_t size, float **data, int *
                                int64_t shape[SD_MAX_DIMS], sdunet_error *err);
 
 /* Writes a float32 little-endian C-order .npy (version 1.0). */
-sdunet_status sd_npy_write_f32(const char *path, const float *data, int ndim,
-                               const int64_t *shape, sdunet_error *err);
+sdunet_status sd_npy_write_f32(const char *path, const float *data, int ndim, const int64_t *shape,
+                               sdunet_error *err);
 
 #endif

@@ -65,7 +65,10 @@ static void sb_put(strbuf *b, const char *s, size_t n)
     b->p[b->len] = '\0';
 }
 
-static void sb_puts(strbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
+static void sb_puts(strbuf *b, const char *s)
+{
+    sb_put(b, s, strlen(s));
+}
 
 static void sb_u64(strbuf *b, uint64_t v)
 {
@@ -214,20 +217,24 @@ static sdunet_status parse_entry(const char *name, const sd_json *e, const unsig
     const sd_json *offs = sd_json_get(e, "data_offsets");
     if (!dt || !shape || !offs)
         return sd_fail(err, SDUNET_E_FORMAT, "safetensors: tensor \"%.200s\" lacks the %s field",
-                       name, !dt ? "dtype" : !shape ? "shape" : "data_offsets");
+                       name,
+                       !dt      ? "dtype"
+                       : !shape ? "shape"
+                                : "data_offsets");
     if (e->len != 3)
         return sd_fail(err, SDUNET_E_FORMAT,
                        "safetensors: tensor \"%.200s\" has fields other than dtype, shape, "
                        "data_offsets",
                        name);
     if (dt->type != SD_JSON_STRING || sd_dtype_parse(dt->string, &t->dtype) != 0)
-        return sd_fail(err, SDUNET_E_FORMAT, "safetensors: tensor \"%.200s\" has unknown dtype %s%.40s%s",
-                       name, dt->type == SD_JSON_STRING ? "\"" : "",
+        return sd_fail(err, SDUNET_E_FORMAT,
+                       "safetensors: tensor \"%.200s\" has unknown dtype %s%.40s%s", name,
+                       dt->type == SD_JSON_STRING ? "\"" : "",
                        dt->type == SD_JSON_STRING ? dt->string : "(not a string)",
                        dt->type == SD_JSON_STRING ? "\"" : "");
     if (shape->type != SD_JSON_ARRAY)
-        return sd_fail(err, SDUNET_E_FORMAT, "safetensors: tensor \"%.200s\": shape is not an array",
-                       name);
+        return sd_fail(err, SDUNET_E_FORMAT,
+                       "safetensors: tensor \"%.200s\": shape is not an array", name);
     if (shape->len > SD_MAX_DIMS)
         return sd_fail(err, SDUNET_E_FORMAT,
                        "safetensors: tensor \"%.200s\" has %zu dimensions (at most %d supported)",
@@ -250,8 +257,8 @@ static sdunet_status parse_entry(const char *name, const sd_json *e, const unsig
     /* A zero dimension makes the product 0 whatever the others are; any
      * overflow on the way still marks the shape as unrepresentable. */
     if (overflow || !sd_mul_size(numel, sd_dtype_size(t->dtype), &nbytes))
-        return sd_fail(err, SDUNET_E_FORMAT,
-                       "safetensors: tensor \"%.200s\": shape size overflows", name);
+        return sd_fail(err, SDUNET_E_FORMAT, "safetensors: tensor \"%.200s\": shape size overflows",
+                       name);
     if (offs->type != SD_JSON_ARRAY || offs->len != 2)
         return sd_fail(err, SDUNET_E_FORMAT,
                        "safetensors: tensor \"%.200s\": data_offsets is not a [begin, end] pair",
@@ -568,8 +575,8 @@ sdunet_status sd_safetensors_write(const char *path, const sd_tensor_info *tenso
     if (!path || (!tensors && n))
         return sd_fail(err, SDUNET_E_INVALID_ARG, "safetensors write: NULL argument");
     if (n > ST_MAX_TENSORS)
-        return sd_fail(err, SDUNET_E_INVALID_ARG, "safetensors write: %zu tensors (limit %zu)",
-                       n, ST_MAX_TENSORS);
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "safetensors write: %zu tensors (limit %zu)", n,
+                       ST_MAX_TENSORS);
     for (size_t i = 0; i < n; i++) {
         sdunet_status st = check_tensor_arg(&tensors[i], i, err);
         if (st)
@@ -583,9 +590,9 @@ sdunet_status sd_safetensors_write(const char *path, const sd_tensor_info *tenso
     qsort(sorted, n, sizeof *sorted, cmp_tensor_ptr);
     for (size_t i = 1; i < n; i++)
         if (strcmp(sorted[i - 1]->name, sorted[i]->name) == 0) {
-            sdunet_status st = sd_fail(err, SDUNET_E_INVALID_ARG,
-                                       "safetensors write: duplicate tensor name \"%.200s\"",
-                                       sorted[i]->name);
+            sdunet_status st =
+                sd_fail(err, SDUNET_E_INVALID_ARG,
+                        "safetensors write: duplicate tensor name \"%.200s\"", sorted[i]->name);
             sd_free(sorted);
             return st;
         }

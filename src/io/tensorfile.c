@@ -15,12 +15,11 @@ static const struct {
     const char *name;
     size_t size;
 } dtype_table[SD_DT_COUNT] = {
-    [SD_DT_F32] = {"F32", 4},  [SD_DT_F16] = {"F16", 2}, [SD_DT_BF16] = {"BF16", 2},
-    [SD_DT_F64] = {"F64", 8},  [SD_DT_I64] = {"I64", 8}, [SD_DT_I32] = {"I32", 4},
-    [SD_DT_I16] = {"I16", 2},  [SD_DT_I8] = {"I8", 1},   [SD_DT_U8] = {"U8", 1},
-    [SD_DT_BOOL] = {"BOOL", 1}, [SD_DT_U16] = {"U16", 2}, [SD_DT_U32] = {"U32", 4},
-    [SD_DT_U64] = {"U64", 8},   [SD_DT_F8_E4M3] = {"F8_E4M3", 1},
-    [SD_DT_F8_E5M2] = {"F8_E5M2", 1},
+    [SD_DT_F32] = {"F32", 4},   [SD_DT_F16] = {"F16", 2},         [SD_DT_BF16] = {"BF16", 2},
+    [SD_DT_F64] = {"F64", 8},   [SD_DT_I64] = {"I64", 8},         [SD_DT_I32] = {"I32", 4},
+    [SD_DT_I16] = {"I16", 2},   [SD_DT_I8] = {"I8", 1},           [SD_DT_U8] = {"U8", 1},
+    [SD_DT_BOOL] = {"BOOL", 1}, [SD_DT_U16] = {"U16", 2},         [SD_DT_U32] = {"U32", 4},
+    [SD_DT_U64] = {"U64", 8},   [SD_DT_F8_E4M3] = {"F8_E4M3", 1}, [SD_DT_F8_E5M2] = {"F8_E5M2", 1},
 };
 
 size_t sd_dtype_size(sd_dtype dt)
@@ -83,7 +82,10 @@ float sd_f16_to_f32(uint16_t h)
     return bits_to_f32(sign | ((exp + 112) << 23) | (man << 13));
 }
 
-float sd_bf16_to_f32(uint16_t b) { return bits_to_f32((uint32_t)b << 16); }
+float sd_bf16_to_f32(uint16_t b)
+{
+    return bits_to_f32((uint32_t)b << 16);
+}
 
 uint16_t sd_f32_to_f16(float f)
 {
@@ -94,7 +96,7 @@ uint16_t sd_f32_to_f16(float f)
         return (uint16_t)(sign | 0x7E00 | ((x >> 13) & 0x3FF));
     if (x >= 0x477FF000u) /* >= 65520 rounds past the largest half (65504) */
         return (uint16_t)(sign | 0x7C00);
-    if (x < 0x38800000u) { /* below 2^-14: half subnormal or zero */
+    if (x < 0x38800000u) {    /* below 2^-14: half subnormal or zero */
         if (x <= 0x33000000u) /* <= 2^-25: rounds (to even) to zero */
             return sign;
         uint32_t e = x >> 23;
@@ -127,12 +129,14 @@ uint16_t sd_f32_to_bf16(float f)
 
 /* Loads assemble little-endian values byte by byte, so the data may be at
  * any alignment and the host may be of either byte order. */
-static uint16_t load_le16(const unsigned char *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint16_t load_le16(const unsigned char *p)
+{
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
 
 static uint32_t load_le32(const unsigned char *p)
 {
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
-           ((uint32_t)p[3] << 24);
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
 static uint64_t load_le64(const unsigned char *p)

@@ -35,24 +35,24 @@ const char *sd_dtype_name(sd_dtype dt);
 int sd_dtype_parse(const char *s, sd_dtype *out);
 
 typedef struct sd_tensor_info {
-    char *name;                  /* owned, NUL-terminated */
+    char *name; /* owned, NUL-terminated */
     sd_dtype dtype;
-    int ndim;                    /* 0..SD_MAX_DIMS */
+    int ndim; /* 0..SD_MAX_DIMS */
     int64_t shape[SD_MAX_DIMS];
-    size_t numel;                /* product of shape (1 for ndim 0) */
-    const void *data;            /* little-endian, C order, contiguous; inside the mapping
-                                    or an owned buffer; never NULL when numel > 0 */
-    size_t nbytes;               /* numel * sd_dtype_size(dtype), checked against the file */
+    size_t numel;     /* product of shape (1 for ndim 0) */
+    const void *data; /* little-endian, C order, contiguous; inside the mapping
+                         or an owned buffer; never NULL when numel > 0 */
+    size_t nbytes;    /* numel * sd_dtype_size(dtype), checked against the file */
 } sd_tensor_info;
 
 typedef struct sd_tensorfile {
-    const char *format;          /* "safetensors" */
-    void *map;                   /* mmap'd file (or NULL) */
+    const char *format; /* "safetensors" */
+    void *map;          /* mmap'd file (or NULL) */
     size_t map_size;
-    sd_tensor_info *tensors;     /* sorted by name (strcmp) for binary search */
+    sd_tensor_info *tensors; /* sorted by name (strcmp) for binary search */
     size_t count;
-    char *metadata;              /* raw JSON text of __metadata__ or NULL (owned) */
-    void **owned;                /* extra owned buffers, freed at close */
+    char *metadata; /* raw JSON text of __metadata__ or NULL (owned) */
+    void **owned;   /* extra owned buffers, freed at close */
     size_t n_owned;
 } sd_tensorfile;
 

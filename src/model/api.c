@@ -24,7 +24,7 @@ struct sdunet_model {
     float *io;    /* channels-last input and output staging, sized with the plan */
     size_t io_floats;
     atomic_flag busy;
-    sd_prof *prof; /* time profile by op kind, or NULL */
+    sd_prof *prof;   /* time profile by op kind, or NULL */
     sd_workspace ws; /* kernel scratch kept between forwards */
 };
 
@@ -214,8 +214,11 @@ sdunet_status sd_model_forward_ev(sdunet_model *m, const float *sample, int batc
 {
     if (!m || !sample || !timesteps || !context || !out)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL %s",
-                       !m ? "model" : !sample ? "sample" : !timesteps ? "timesteps"
-                                              : !context ? "context" : "output");
+                       !m           ? "model"
+                       : !sample    ? "sample"
+                       : !timesteps ? "timesteps"
+                       : !context   ? "context"
+                                    : "output");
     const sd_unet_config *c = &m->unet.cfg;
     if (batch < 1 || batch > SD_MAX_BATCH)
         return sd_fail(err, SDUNET_E_SHAPE, "batch %d out of range 1..%d", batch, SD_MAX_BATCH);
@@ -232,12 +235,13 @@ sdunet_status sd_model_forward_ev(sdunet_model *m, const float *sample, int batc
         return sd_fail(err, SDUNET_E_SHAPE, "context width %d; the model takes %d", context_dim,
                        c->cross_attention_dim);
     if (n_timesteps != 1 && n_timesteps != batch)
-        return sd_fail(err, SDUNET_E_SHAPE, "%d timesteps for batch %d (give 1 or %d)",
-                       n_timesteps, batch, batch);
+        return sd_fail(err, SDUNET_E_SHAPE, "%d timesteps for batch %d (give 1 or %d)", n_timesteps,
+                       batch, batch);
     size_t hw = (size_t)height * width, n_in = (size_t)batch * channels * hw;
     size_t n_out = (size_t)batch * c->out_channels * hw;
     size_t n_ctx = (size_t)batch * context_len * context_dim;
-    if (overlaps(out, n_out * 4, sample, n_in * 4) || overlaps(out, n_out * 4, context, n_ctx * 4) ||
+    if (overlaps(out, n_out * 4, sample, n_in * 4) ||
+        overlaps(out, n_out * 4, context, n_ctx * 4) ||
         overlaps(out, n_out * 4, timesteps, (size_t)n_timesteps * 4))
         return sd_fail(err, SDUNET_E_INVALID_ARG, "output buffer overlaps an input");
     if (!m->allow_nonfinite) {
@@ -274,7 +278,8 @@ sdunet_status sd_model_forward_ev(sdunet_model *m, const float *sample, int batc
         for (int b = 0; b < batch; b++)
             for (int ch = 0; ch < channels; ch++)
                 for (size_t p = 0; p < hw; p++)
-                    x[((size_t)b * hw + p) * channels + ch] = sample[((size_t)b * channels + ch) * hw + p];
+                    x[((size_t)b * hw + p) * channels + ch] =
+                        sample[((size_t)b * channels + ch) * hw + p];
         for (int b = 0; b < batch; b++)
             t[b] = timesteps[n_timesteps == 1 ? 0 : b];
         sd_exec ex = {.pool = m->pool, .kern = m->kern, .ws = &m->ws};

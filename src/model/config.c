@@ -138,20 +138,54 @@ static sdunet_status expect_int_or_list(const sd_json *root, const char *key, in
 }
 
 /* Keys we read or check; any other key must be null/false or start with '_'. */
-static const char *const known_keys[] = {
-    "act_fn", "addition_embed_type", "addition_embed_type_num_heads", "addition_time_embed_dim",
-    "attention_head_dim", "attention_type", "block_out_channels", "center_input_sample",
-    "class_embed_type", "class_embeddings_concat", "conv_in_kernel", "conv_out_kernel",
-    "cross_attention_dim", "cross_attention_norm", "down_block_types", "downsample_padding",
-    "dropout", "dual_cross_attention", "encoder_hid_dim", "encoder_hid_dim_type",
-    "flip_sin_to_cos", "freq_shift", "in_channels", "layers_per_block",
-    "mid_block_only_cross_attention", "mid_block_scale_factor", "mid_block_type", "norm_eps",
-    "norm_num_groups", "num_attention_heads", "num_class_embeds", "only_cross_attention",
-    "out_channels", "projection_class_embeddings_input_dim", "resnet_out_scale_factor",
-    "resnet_skip_time_act", "resnet_time_scale_shift", "reverse_transformer_layers_per_block",
-    "sample_size", "time_cond_proj_dim", "time_embedding_act_fn", "time_embedding_dim",
-    "time_embedding_type", "timestep_post_act", "transformer_layers_per_block", "up_block_types",
-    "upcast_attention", "use_linear_projection"};
+static const char *const known_keys[] = {"act_fn",
+                                         "addition_embed_type",
+                                         "addition_embed_type_num_heads",
+                                         "addition_time_embed_dim",
+                                         "attention_head_dim",
+                                         "attention_type",
+                                         "block_out_channels",
+                                         "center_input_sample",
+                                         "class_embed_type",
+                                         "class_embeddings_concat",
+                                         "conv_in_kernel",
+                                         "conv_out_kernel",
+                                         "cross_attention_dim",
+                                         "cross_attention_norm",
+                                         "down_block_types",
+                                         "downsample_padding",
+                                         "dropout",
+                                         "dual_cross_attention",
+                                         "encoder_hid_dim",
+                                         "encoder_hid_dim_type",
+                                         "flip_sin_to_cos",
+                                         "freq_shift",
+                                         "in_channels",
+                                         "layers_per_block",
+                                         "mid_block_only_cross_attention",
+                                         "mid_block_scale_factor",
+                                         "mid_block_type",
+                                         "norm_eps",
+                                         "norm_num_groups",
+                                         "num_attention_heads",
+                                         "num_class_embeds",
+                                         "only_cross_attention",
+                                         "out_channels",
+                                         "projection_class_embeddings_input_dim",
+                                         "resnet_out_scale_factor",
+                                         "resnet_skip_time_act",
+                                         "resnet_time_scale_shift",
+                                         "reverse_transformer_layers_per_block",
+                                         "sample_size",
+                                         "time_cond_proj_dim",
+                                         "time_embedding_act_fn",
+                                         "time_embedding_dim",
+                                         "time_embedding_type",
+                                         "timestep_post_act",
+                                         "transformer_layers_per_block",
+                                         "up_block_types",
+                                         "upcast_attention",
+                                         "use_linear_projection"};
 
 static sdunet_status parse_root(const sd_json *root, sd_unet_config *c, sdunet_error *err)
 {
@@ -178,18 +212,31 @@ static sdunet_status parse_root(const sd_json *root, sd_unet_config *c, sdunet_e
     set_sd1_family(c, 320, 640, 1280, 1280);
 
     /* Features outside the SD1/SD2 family must be off. */
-    static const char *const must_be_off[] = {
-        "addition_embed_type", "addition_time_embed_dim", "class_embed_type", "num_class_embeds",
-        "encoder_hid_dim", "encoder_hid_dim_type", "time_cond_proj_dim", "time_embedding_dim",
-        "time_embedding_act_fn", "timestep_post_act", "projection_class_embeddings_input_dim",
-        "cross_attention_norm", "reverse_transformer_layers_per_block", "num_attention_heads",
-        "center_input_sample", "dual_cross_attention", "resnet_skip_time_act",
-        "class_embeddings_concat", "mid_block_only_cross_attention"};
+    static const char *const must_be_off[] = {"addition_embed_type",
+                                              "addition_time_embed_dim",
+                                              "class_embed_type",
+                                              "num_class_embeds",
+                                              "encoder_hid_dim",
+                                              "encoder_hid_dim_type",
+                                              "time_cond_proj_dim",
+                                              "time_embedding_dim",
+                                              "time_embedding_act_fn",
+                                              "timestep_post_act",
+                                              "projection_class_embeddings_input_dim",
+                                              "cross_attention_norm",
+                                              "reverse_transformer_layers_per_block",
+                                              "num_attention_heads",
+                                              "center_input_sample",
+                                              "dual_cross_attention",
+                                              "resnet_skip_time_act",
+                                              "class_embeddings_concat",
+                                              "mid_block_only_cross_attention"};
     for (size_t i = 0; i < sizeof must_be_off / sizeof must_be_off[0]; i++) {
         const sd_json *v = sd_json_get(root, must_be_off[i]);
         if (!json_is_null_or_false(v))
-            return sd_fail(err, SDUNET_E_CONFIG, "config: '%s' is set; unsupported (SD1.x/SD2.x "
-                                                 "UNets only)",
+            return sd_fail(err, SDUNET_E_CONFIG,
+                           "config: '%s' is set; unsupported (SD1.x/SD2.x "
+                           "UNets only)",
                            must_be_off[i]);
     }
     if ((st = expect_string(root, "act_fn", "silu", err)) ||
@@ -317,10 +364,10 @@ static sdunet_status parse_root(const sd_json *root, sd_unet_config *c, sdunet_e
         } else if (ahd->type == SD_JSON_ARRAY && (int)ahd->len == c->n_blocks) {
             for (int i = 0; i < c->n_blocks; i++) {
                 const sd_json *v = &ahd->items[i];
-                if (v->type != SD_JSON_NUMBER || !v->is_int || v->integer < 1 ||
-                    v->integer > 4096)
-                    return sd_fail(err, SDUNET_E_CONFIG,
-                                   "config: 'attention_head_dim' entries must be positive integers");
+                if (v->type != SD_JSON_NUMBER || !v->is_int || v->integer < 1 || v->integer > 4096)
+                    return sd_fail(
+                        err, SDUNET_E_CONFIG,
+                        "config: 'attention_head_dim' entries must be positive integers");
                 c->heads[i] = (int)v->integer;
             }
         } else {
@@ -352,8 +399,9 @@ static sdunet_status parse_root(const sd_json *root, sd_unet_config *c, sdunet_e
         /* up block i runs at channels block_out_channels[n-1-i] with heads[n-1-i] */
         int j = c->n_blocks - 1 - i;
         if (c->up_has_attn[i] && c->block_out_channels[j] % c->heads[j] != 0)
-            return sd_fail(err, SDUNET_E_CONFIG, "config: up block %d channels not divisible by "
-                                                 "heads",
+            return sd_fail(err, SDUNET_E_CONFIG,
+                           "config: up block %d channels not divisible by "
+                           "heads",
                            i);
     }
     return SDUNET_OK;

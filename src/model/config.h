@@ -10,11 +10,11 @@
 
 typedef struct sd_unet_config {
     int in_channels, out_channels;
-    int n_blocks;                        /* len(block_out_channels) */
+    int n_blocks; /* len(block_out_channels) */
     int block_out_channels[SD_MAX_BLOCKS];
-    int down_has_attn[SD_MAX_BLOCKS];    /* CrossAttnDownBlock2D (1) or DownBlock2D (0) */
-    int up_has_attn[SD_MAX_BLOCKS];      /* CrossAttnUpBlock2D (1) or UpBlock2D (0) */
-    int heads[SD_MAX_BLOCKS];            /* attention heads per down block (up blocks reverse it) */
+    int down_has_attn[SD_MAX_BLOCKS]; /* CrossAttnDownBlock2D (1) or DownBlock2D (0) */
+    int up_has_attn[SD_MAX_BLOCKS];   /* CrossAttnUpBlock2D (1) or UpBlock2D (0) */
+    int heads[SD_MAX_BLOCKS];         /* attention heads per down block (up blocks reverse it) */
     int layers_per_block;
     int cross_attention_dim;
     int norm_num_groups;
@@ -22,8 +22,8 @@ typedef struct sd_unet_config {
     int use_linear_projection;
     int flip_sin_to_cos;
     int freq_shift;
-    int mid_has_attn;                    /* UNetMidBlock2DCrossAttn */
-    int time_embed_dim;                  /* 4 * block_out_channels[0] */
+    int mid_has_attn;   /* UNetMidBlock2DCrossAttn */
+    int time_embed_dim; /* 4 * block_out_channels[0] */
 } sd_unet_config;
 
 /* Built-in presets: "sd15" (SD1.5) and "sd21" (SD2.1). */

@@ -23,7 +23,7 @@ typedef struct run {
     size_t skip_used, scratch_used, scratch_peak, hidden_need;
     sd_event_fn ev;
     void *ev_user;
-    sd_prof *prof; /* NULL: no timing */
+    sd_prof *prof;         /* NULL: no timing */
     const float *temb_act; /* SiLU(time embedding), (B, time_embed_dim) */
     const float *context;  /* (B, L, D) */
 } run;
@@ -64,8 +64,13 @@ static void emit_tensor(run *r, const char *name, const tensor *t)
 {
     if (!r->ev)
         return;
-    sd_event e = {.kind = SD_EV_TENSOR, .name = name, .data = r->dry ? NULL : t->p,
-                  .B = r->B, .H = t->H, .W = t->W, .C = t->C};
+    sd_event e = {.kind = SD_EV_TENSOR,
+                  .name = name,
+                  .data = r->dry ? NULL : t->p,
+                  .B = r->B,
+                  .H = t->H,
+                  .W = t->W,
+                  .C = t->C};
     r->ev(r->ev_user, &e);
 }
 
@@ -73,8 +78,16 @@ static void emit_block(run *r, const char *name, const tensor *in, const tensor 
 {
     if (!r->ev)
         return;
-    sd_event e = {.kind = SD_EV_BLOCK, .name = name, .B = r->B, .H = out->H, .W = out->W,
-                  .C = out->C, .in_B = r->B, .in_H = in->H, .in_W = in->W, .in_C = in->C};
+    sd_event e = {.kind = SD_EV_BLOCK,
+                  .name = name,
+                  .B = r->B,
+                  .H = out->H,
+                  .W = out->W,
+                  .C = out->C,
+                  .in_B = r->B,
+                  .in_H = in->H,
+                  .in_W = in->W,
+                  .in_C = in->C};
     r->ev(r->ev_user, &e);
 }
 
@@ -82,7 +95,12 @@ static void emit_skip(run *r, sd_event_kind kind, int index, const char *name, c
 {
     if (!r->ev)
         return;
-    sd_event e = {.kind = kind, .name = name, .B = r->B, .H = t->H, .W = t->W, .C = t->C,
+    sd_event e = {.kind = kind,
+                  .name = name,
+                  .B = r->B,
+                  .H = t->H,
+                  .W = t->W,
+                  .C = t->C,
                   .skip_index = index};
     r->ev(r->ev_user, &e);
 }
@@ -103,7 +121,10 @@ static double mono_now(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static double tick(const run *r) { return r->prof ? mono_now() : 0; }
+static double tick(const run *r)
+{
+    return r->prof ? mono_now() : 0;
+}
 
 static void tock(run *r, sd_op_kind kind, double t0, double flops)
 {
@@ -162,8 +183,8 @@ static void resnet_fwd(run *r, const sd_resnet *res, const tensor *x, float *out
         sd_epilogue ep1 = {.bias = res->conv1.b, .group_add = tp, .group_rows = HW};
         conv_op(r, t0_buf, x->H, x->W, res->cin, 1, &res->conv1, h, &ep1);
         t0 = tick(r);
-        sd_groupnorm(ex, h, r->B, HW, res->cout, c->norm_num_groups, c->norm_eps,
-                     res->norm2.gamma, res->norm2.beta, 1, h);
+        sd_groupnorm(ex, h, r->B, HW, res->cout, c->norm_num_groups, c->norm_eps, res->norm2.gamma,
+                     res->norm2.beta, 1, h);
         tock(r, SD_OP_NORM, t0, 0);
         const float *resid = x->p;
         if (res->has_shortcut) {
@@ -482,7 +503,15 @@ void sd_unet_forward(const sd_unet *u, const sd_exec *ex, sd_plan *plan, const f
                      const float *t, const float *context, float *out, sd_event_fn ev,
                      void *ev_user, sd_prof *prof)
 {
-    run r = {.u = u, .ex = ex, .dry = 0, .B = plan->B, .L = plan->L, .plan = plan,
-             .ev = ev, .ev_user = ev_user, .prof = prof, .context = context};
+    run r = {.u = u,
+             .ex = ex,
+             .dry = 0,
+             .B = plan->B,
+             .L = plan->L,
+             .plan = plan,
+             .ev = ev,
+             .ev_user = ev_user,
+             .prof = prof,
+             .context = context};
     run_graph(&r, x, t, out);
 }

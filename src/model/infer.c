@@ -152,12 +152,12 @@ static sdunet_status infer_structure(ictx *c)
         if (up + 1 != nb * per)
             return structure_error(c, "output_blocks do not mirror input_blocks");
         if (first_op > 0)
-            rep(c, "  blocks: %d, layers per block %d: input_blocks 0..%d, first downsampler "
-                   "%s%d.0.op.weight\n",
+            rep(c,
+                "  blocks: %d, layers per block %d: input_blocks 0..%d, first downsampler "
+                "%s%d.0.op.weight\n",
                 nb, L, M, in, first_op);
         else
-            rep(c, "  blocks: 1, layers per block %d: input_blocks 0..%d, no downsampler\n", L,
-                M);
+            rep(c, "  blocks: 1, layers per block %d: input_blocks 0..%d, no downsampler\n", L, M);
     } else {
         nb = max_index(tf, "down_blocks.") + 1;
         L = max_index(tf, "down_blocks.0.resnets.") + 1;
@@ -166,8 +166,9 @@ static sdunet_status infer_structure(ictx *c)
         if (max_index(tf, "up_blocks.") + 1 != nb ||
             max_index(tf, "up_blocks.0.resnets.") + 1 != L + 1)
             return structure_error(c, "up_blocks do not mirror down_blocks");
-        rep(c, "  blocks: %d, layers per block %d: down_blocks.0..%d, "
-               "down_blocks.0.resnets.0..%d\n",
+        rep(c,
+            "  blocks: %d, layers per block %d: down_blocks.0..%d, "
+            "down_blocks.0.resnets.0..%d\n",
             nb, L, nb - 1, L - 1);
     }
     if (nb > SD_MAX_BLOCKS)
@@ -225,9 +226,8 @@ sdunet_status sd_config_infer(const sd_tensorfile *tf, sd_layout layout, sd_unet
                        "several transformer layers per attention block (transformer_blocks.1, as "
                        "in SDXL): unsupported");
     if ((layout == SD_LAYOUT_LDM && max_index(tf, SD_LDM_UNET_PREFIX "label_emb.") >= 0) ||
-        (layout == SD_LAYOUT_DIFFUSERS &&
-         (any_name_contains(tf, "add_embedding.", ".") ||
-          any_name_contains(tf, "class_embedding.", "."))))
+        (layout == SD_LAYOUT_DIFFUSERS && (any_name_contains(tf, "add_embedding.", ".") ||
+                                           any_name_contains(tf, "class_embedding.", "."))))
         return sd_fail(err, SDUNET_E_CONFIG,
                        "class or added embeddings (label_emb / add_embedding, as in SDXL): "
                        "unsupported");
@@ -256,8 +256,9 @@ sdunet_status sd_config_infer(const sd_tensorfile *tf, sd_layout layout, sd_unet
         if (!t)
             return missing(&c, buf2, "block channels");
         if (t->ndim != 4 || t->shape[0] < 1 || t->shape[0] > 65536)
-            return sd_fail(err, SDUNET_E_CONFIG, "cannot infer the block channels: %s is not a "
-                                                 "conv weight",
+            return sd_fail(err, SDUNET_E_CONFIG,
+                           "cannot infer the block channels: %s is not a "
+                           "conv weight",
                            t->name);
         p->block_out_channels[i] = (int)t->shape[0];
     }
@@ -286,8 +287,8 @@ sdunet_status sd_config_infer(const sd_tensorfile *tf, sd_layout layout, sd_unet
         return missing(&c, "time_embedding.linear_1.weight", "time embedding");
     if (te->ndim != 2 || te->shape[0] != 4 * (int64_t)ch0 || te->shape[1] != ch0)
         return sd_fail(err, SDUNET_E_CONFIG,
-                       "time embedding %s is not (%d, %d) as in SD1.x/SD2.x: unsupported",
-                       te->name, 4 * ch0, ch0);
+                       "time embedding %s is not (%d, %d) as in SD1.x/SD2.x: unsupported", te->name,
+                       4 * ch0, ch0);
     p->time_embed_dim = 4 * ch0;
 
     const char *mid_k = "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight";
@@ -333,8 +334,7 @@ sdunet_status sd_config_infer(const sd_tensorfile *tf, sd_layout layout, sd_unet
                                i, ch);
         }
         list_ints(list, sizeof list, p->heads, nb);
-        rep(&c, "  heads (%s): SD2.x family (cross-attention width 1024: head size 64)\n",
-            list);
+        rep(&c, "  heads (%s): SD2.x family (cross-attention width 1024: head size 64)\n", list);
     } else {
         return sd_fail(err, SDUNET_E_CONFIG,
                        "cannot infer the attention heads: cross-attention width %d is neither "
@@ -442,8 +442,8 @@ sdunet_status sd_model_files_open(const char *path, const char *variant, sd_mode
     if (variant && !*variant)
         variant = NULL; /* "" reads as no variant, like NULL */
     if (variant && !valid_variant(variant))
-        return sd_fail(err, SDUNET_E_INVALID_ARG,
-                       "variant '%.64s' is not a plain name like fp16", variant);
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "variant '%.64s' is not a plain name like fp16",
+                       variant);
     struct stat st;
     if (stat(path, &st) != 0)
         return sd_fail(err, SDUNET_E_IO, "%s: cannot open: %s", path, strerror(errno));

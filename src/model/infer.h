@@ -38,14 +38,14 @@ typedef enum sd_config_origin {
 } sd_config_origin;
 
 typedef struct sd_model_files {
-    char weights[4096];       /* the weight file opened (inside the folder for a folder) */
-    char beside[4096];        /* config.json in the weights' folder, "" if there is none */
-    int is_folder;            /* the path given was a diffusers folder */
+    char weights[4096]; /* the weight file opened (inside the folder for a folder) */
+    char beside[4096];  /* config.json in the weights' folder, "" if there is none */
+    int is_folder;      /* the path given was a diffusers folder */
     sd_tensorfile *tf;
     sd_layout layout;
     sd_config_origin origin;
-    char config[4096];        /* the config file or preset used ("" when inferred) */
-    sd_unet_config cfg;       /* valid once origin != SD_CONFIG_NONE */
+    char config[4096];            /* the config file or preset used ("" when inferred) */
+    sd_unet_config cfg;           /* valid once origin != SD_CONFIG_NONE */
     char report[SD_INFER_REPORT]; /* inference report when origin == SD_CONFIG_INFERRED */
 } sd_model_files;
 

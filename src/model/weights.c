@@ -262,8 +262,8 @@ static void load_lin_multi(loader *ld, sd_lin *l, const char *const *prefixes, i
         sd_tensorfile_release(ld->src->file, direct);
 }
 
-static void load_lin(loader *ld, sd_lin *l, const char *prefix, int N, int Cin,
-                     enum lin_kind kind, int with_bias)
+static void load_lin(loader *ld, sd_lin *l, const char *prefix, int N, int Cin, enum lin_kind kind,
+                     int with_bias)
 {
     load_lin_multi(ld, l, &prefix, 1, N, Cin, kind, with_bias);
 }

@@ -89,4 +89,7 @@ void *sd_calloc(size_t n, size_t size)
     return p;
 }
 
-void sd_free(void *p) { free(p); }
+void sd_free(void *p)
+{
+    free(p);
+}

@@ -19,7 +19,7 @@ struct sd_pool {
     void *ctx;
     int64_t ntasks;
     atomic_llong next;
-    int active;         /* workers still inside the current job */
+    int active; /* workers still inside the current job */
     unsigned long generation;
     int quit;
 };
@@ -122,7 +122,10 @@ void sd_pool_destroy(sd_pool *p)
     free(p);
 }
 
-int sd_pool_size(const sd_pool *p) { return p ? p->size : 1; }
+int sd_pool_size(const sd_pool *p)
+{
+    return p ? p->size : 1;
+}
 
 void sd_pool_run(sd_pool *p, int64_t ntasks, sd_task_fn fn, void *ctx)
 {

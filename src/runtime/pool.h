@@ -12,7 +12,7 @@ typedef struct sd_pool sd_pool;
 typedef void (*sd_task_fn)(void *ctx, int64_t task, int thread);
 
 sdunet_status sd_pool_create(int nthreads, sd_pool **out, sdunet_error *err);
-void sd_pool_destroy(sd_pool *pool); /* NULL is a no-op */
+void sd_pool_destroy(sd_pool *pool);   /* NULL is a no-op */
 int sd_pool_size(const sd_pool *pool); /* 1 for NULL */
 
 /* Runs fn(ctx, t, thread) for t = 0..ntasks-1 across the pool and returns
