@@ -6,6 +6,7 @@
  * padded with spaces and ended by '\n', then the raw array data. The dict is
  * parsed by a small tokenizer that accepts exactly the literal forms numpy
  * writes (any key order, any spacing, trailing commas). */
+#include "io/fileio.h"
 #include "io/npy.h"
 
 #include <errno.h>
@@ -410,27 +411,6 @@ sdunet_status sd_npy_read_f64(const char *path, double **data, int *ndim,
     return st;
 }
 
-static int write_all(int fd, const void *buf, size_t n)
-{
-    const unsigned char *p = buf;
-    while (n) {
-        size_t chunk = n < ((size_t)1 << 30) ? n : ((size_t)1 << 30);
-        ssize_t w = write(fd, p, chunk);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        if (w == 0) {
-            errno = EIO;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 sdunet_status sd_npy_write_f32(const char *path, const float *data, int ndim, const int64_t *shape,
                                sdunet_error *err)
 {
@@ -470,9 +450,9 @@ sdunet_status sd_npy_write_f32(const char *path, const float *data, int ndim, co
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
         return sd_fail(err, SDUNET_E_IO, "%s: cannot create: %s", path, strerror(errno));
-    int bad = write_all(fd, head, padded);
+    int bad = sd_write_all(fd, head, padded);
     if (!bad && host_is_le()) {
-        bad = nbytes ? write_all(fd, data, nbytes) : 0;
+        bad = nbytes ? sd_write_all(fd, data, nbytes) : 0;
     } else if (!bad) {
         /* Big-endian host: byte-swap through a small buffer. */
         unsigned char tmp[4096];
@@ -484,7 +464,7 @@ sdunet_status sd_npy_write_f32(const char *path, const float *data, int ndim, co
                 for (int j = 0; j < 4; j++)
                     tmp[k + (size_t)j] = (unsigned char)(u >> (8 * j));
             }
-            bad = write_all(fd, tmp, k);
+            bad = sd_write_all(fd, tmp, k);
         }
     }
     int e = errno;

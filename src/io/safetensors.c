@@ -6,6 +6,7 @@
  * every tensor's bytes must lie inside the data region without overlapping
  * another tensor's. */
 #include "io/json.h"
+#include "io/fileio.h"
 #include "io/tensorfile.h"
 
 #include <errno.h>
@@ -442,28 +443,6 @@ static int cmp_tensor_ptr(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
-/* write(2) until done, in chunks a 32-bit size_t or a picky kernel accepts. */
-static int write_all(int fd, const void *buf, size_t n)
-{
-    const unsigned char *p = buf;
-    while (n) {
-        size_t chunk = n < ((size_t)1 << 30) ? n : ((size_t)1 << 30);
-        ssize_t w = write(fd, p, chunk);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        if (w == 0) {
-            errno = EIO;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 static sdunet_status check_tensor_arg(const sd_tensor_info *t, size_t i, sdunet_error *err)
 {
     if (!t->name)
@@ -622,10 +601,10 @@ sdunet_status sd_safetensors_write(const char *path, const sd_tensor_info *tenso
     uint64_t hl = sb.len;
     for (int i = 0; i < 8; i++)
         len8[i] = (unsigned char)(hl >> (8 * i));
-    if (write_all(fd, len8, 8) || write_all(fd, sb.p, sb.len))
+    if (sd_write_all(fd, len8, 8) || sd_write_all(fd, sb.p, sb.len))
         goto io_error;
     for (size_t i = 0; i < n; i++)
-        if (sorted[i]->nbytes && write_all(fd, sorted[i]->data, sorted[i]->nbytes))
+        if (sorted[i]->nbytes && sd_write_all(fd, sorted[i]->data, sorted[i]->nbytes))
             goto io_error;
     /* Flush before the rename so a crash cannot leave a complete-looking
      * name pointing at incomplete data. */
