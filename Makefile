@@ -25,6 +25,9 @@ TEST_SRCS = $(wildcard tests/test_*.c)
 TEST_BINS = $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 TEST_SUPPORT = $(filter-out $(TEST_SRCS),$(wildcard tests/*.c))
 
+# Keep intermediate objects (test support files) instead of deleting them after the link.
+.SECONDARY:
+
 .PHONY: all lib test test-build asan ubsan install clean format bench
 all: $(BUILD)/libsdunet.a $(BUILD)/libsdunet.so $(BUILD)/sdunet
 
