@@ -59,6 +59,8 @@ void sd_conv3x3(const sd_exec *ex, const float *in, int batch, int H, int W, int
 {
     if (batch <= 0 || H <= 0 || W <= 0)
         return;
+    /* Internal invariant (the model derives Cin from the packed weights),
+     * as in sd_gemm_run: only a library bug gets here. */
     if (Wp->K != 9 * Cin || stride < 1) {
         fprintf(stderr, "sdunet: conv3x3 weights have K=%d, expected 9*%d (stride %d)\n", Wp->K,
                 Cin, stride);

@@ -445,6 +445,9 @@ void sd_gemm_run(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_packed
     const sd_kernels *kern = ex->kern;
     if (M <= 0 || B->N <= 0)
         return;
+    /* Internal invariant, not input validation: the model packs and runs
+     * with one kernel set, so only a bug in the library gets here; failing
+     * loudly beats computing garbage. No input reaches it (fuzzed). */
     if (B->nr != kern->nr || kern->mr > MR_MAX || kern->nr > 16) {
         fprintf(stderr, "sdunet: weights packed for nr=%d used with kernel set %s (nr=%d)\n", B->nr,
                 kern->name, kern->nr);
