@@ -40,4 +40,11 @@ void *sd_alloc(size_t bytes);
 void *sd_calloc(size_t n, size_t size);
 void sd_free(void *p);
 
+/* Grows an sd_alloc'd array (*arr, *cap elements of elsize bytes) to hold at
+ * least `need` elements: doubling from 16, but never past `max` when
+ * max >= need (keeps buffers proportional to an input's own bound). The
+ * contents are kept. 1 on success; 0 on overflow or allocation failure,
+ * leaving the array unchanged. */
+int sd_grow(void **arr, size_t *cap, size_t need, size_t elsize, size_t max);
+
 #endif

@@ -70,32 +70,6 @@ static uint32_t crc_compute(const ck_crc *c, const uint8_t *p, size_t n)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Growable arrays from sd_alloc (which has no realloc). */
-
-static int grow(void **arr, size_t *cap, size_t need, size_t elsize)
-{
-    if (need <= *cap)
-        return 1;
-    size_t ncap = *cap ? *cap : 16;
-    while (ncap < need) {
-        if (ncap > SIZE_MAX / 2)
-            return 0;
-        ncap *= 2;
-    }
-    size_t bytes;
-    if (!sd_mul_size(ncap, elsize, &bytes))
-        return 0;
-    void *p = sd_alloc(bytes);
-    if (!p)
-        return 0;
-    if (*cap)
-        memcpy(p, *arr, *cap * elsize);
-    sd_free(*arr);
-    *arr = p;
-    *cap = ncap;
-    return 1;
-}
-
 /* Copies at most 80 bytes of untrusted text into buf for an error message,
  * replacing anything that is not printable ASCII. */
 static const char *show(char *buf, size_t bufsize, const void *s, size_t n)
@@ -654,7 +628,7 @@ static sdunet_status new_obj(ck_vm *vm, int kind, int32_t *out)
 {
     if (vm->nobj >= SD_CKPT_MAX_OBJECTS)
         return too_many(vm);
-    if (!grow((void **)&vm->obj, &vm->cap_obj, vm->nobj + 1, sizeof *vm->obj))
+    if (!sd_grow((void **)&vm->obj, &vm->cap_obj, vm->nobj + 1, sizeof *vm->obj, SIZE_MAX))
         return vm_nomem(vm);
     ck_obj *o = &vm->obj[vm->nobj];
     memset(o, 0, sizeof *o);
@@ -670,7 +644,7 @@ static sdunet_status push(ck_vm *vm, int32_t id)
         return sd_fail(vm->c->err, SDUNET_E_FORMAT,
                        "ckpt: pickle stack deeper than %d entries (offset %zu)", SD_CKPT_MAX_STACK,
                        vm->op_pos);
-    if (!grow((void **)&vm->stack, &vm->cap_stack, vm->sp + 1, sizeof *vm->stack))
+    if (!sd_grow((void **)&vm->stack, &vm->cap_stack, vm->sp + 1, sizeof *vm->stack, SIZE_MAX))
         return vm_nomem(vm);
     vm->stack[vm->sp++] = id;
     return SDUNET_OK;
@@ -712,7 +686,7 @@ static sdunet_status append_node(ck_vm *vm, int32_t cont, int32_t key, int32_t v
 {
     if (vm->nnode >= SD_CKPT_MAX_OBJECTS)
         return too_many(vm);
-    if (!grow((void **)&vm->node, &vm->cap_node, vm->nnode + 1, sizeof *vm->node))
+    if (!sd_grow((void **)&vm->node, &vm->cap_node, vm->nnode + 1, sizeof *vm->node, SIZE_MAX))
         return vm_nomem(vm);
     int32_t id = (int32_t)vm->nnode++;
     vm->node[id] = (ck_node){key, val, -1};
@@ -764,7 +738,7 @@ static sdunet_status memo_put(ck_vm *vm, uint64_t idx)
         return vm_bad(vm, msg);
     }
     size_t old = vm->cap_memo;
-    if (!grow((void **)&vm->memo, &vm->cap_memo, (size_t)idx + 1, sizeof *vm->memo))
+    if (!sd_grow((void **)&vm->memo, &vm->cap_memo, (size_t)idx + 1, sizeof *vm->memo, SIZE_MAX))
         return vm_nomem(vm);
     for (size_t k = old; k < vm->cap_memo; k++)
         vm->memo[k] = -1;
@@ -854,7 +828,7 @@ static sdunet_status persistent_load(ck_vm *vm, int32_t pid)
     sdunet_status st = check_crc(vm->c, en);
     if (st)
         return st;
-    if (!grow((void **)&vm->st, &vm->cap_st, vm->nst + 1, sizeof *vm->st))
+    if (!sd_grow((void **)&vm->st, &vm->cap_st, vm->nst + 1, sizeof *vm->st, SIZE_MAX))
         return vm_nomem(vm);
     vm->st[vm->nst] = (ck_storage){dt, en, (uint64_t)num->v};
     return push_new(vm, K_STORAGE, (int64_t)vm->nst++);
@@ -921,7 +895,7 @@ static sdunet_status rebuild_tensor(ck_vm *vm, int32_t args)
         return vm_bad(vm, "tensor storage offset past the end of its storage");
     }
     t.numel = numel;
-    if (!grow((void **)&vm->ten, &vm->cap_ten, vm->nten + 1, sizeof *vm->ten))
+    if (!sd_grow((void **)&vm->ten, &vm->cap_ten, vm->nten + 1, sizeof *vm->ten, SIZE_MAX))
         return vm_nomem(vm);
     vm->ten[vm->nten] = t;
     return push_new(vm, K_TENSOR, (int64_t)vm->nten++);
@@ -1034,7 +1008,8 @@ static sdunet_status vm_run(ck_vm *vm, int32_t *result)
                 return sd_fail(vm->c->err, SDUNET_E_FORMAT,
                                "ckpt: pickle nests more than %d MARKs (offset %zu)",
                                SD_CKPT_MAX_MARKS, vm->op_pos);
-            if (!grow((void **)&vm->marks, &vm->cap_marks, vm->nmarks + 1, sizeof *vm->marks))
+            if (!sd_grow((void **)&vm->marks, &vm->cap_marks, vm->nmarks + 1, sizeof *vm->marks,
+                         SIZE_MAX))
                 return vm_nomem(vm);
             vm->marks[vm->nmarks++] = vm->sp;
             break;

@@ -54,34 +54,6 @@ static sdunet_status fail_nomem(parser *ps)
                    ps->len);
 }
 
-/* Grows a temporary stack geometrically, but never past `max` (the
- * pre-scan bound), so it stays proportional to the input. */
-static int grow(void **buf, size_t *cap, size_t need, size_t elem, size_t max)
-{
-    if (need <= *cap)
-        return 1;
-    size_t ncap = *cap ? *cap : 16;
-    while (ncap < need) {
-        if (ncap > SIZE_MAX / 2)
-            return 0;
-        ncap *= 2;
-    }
-    if (ncap > max && max >= need)
-        ncap = max;
-    size_t bytes;
-    if (!sd_mul_size(ncap, elem, &bytes))
-        return 0;
-    void *nb = sd_alloc(bytes);
-    if (!nb)
-        return 0;
-    if (*cap)
-        memcpy(nb, *buf, *cap * elem);
-    sd_free(*buf);
-    *buf = nb;
-    *cap = ncap;
-    return 1;
-}
-
 static int is_ws(unsigned char c)
 {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r';
@@ -576,8 +548,8 @@ static sdunet_status parse_array(parser *ps, sd_json *v, int depth)
         return SDUNET_OK;
     }
     for (;;) {
-        if (!grow((void **)&ps->vstack, &ps->cap_vstack, ps->n_vstack + 1, sizeof *ps->vstack,
-                  ps->cap_nodes))
+        if (!sd_grow((void **)&ps->vstack, &ps->cap_vstack, ps->n_vstack + 1, sizeof *ps->vstack,
+                     ps->cap_nodes))
             return fail_nomem(ps);
         size_t child = ps->n_vstack++;
         memset(&ps->vstack[child], 0, sizeof ps->vstack[child]);
@@ -619,10 +591,10 @@ static sdunet_status parse_object(parser *ps, sd_json *v, int depth)
             return fail_at(ps, open_at, "unterminated object");
         if (ps->p[ps->pos] != '"')
             return fail_at(ps, ps->pos, "string key expected");
-        if (!grow((void **)&ps->kstack, &ps->cap_kstack, ps->n_kstack + 1, sizeof *ps->kstack,
-                  ps->cap_keys) ||
-            !grow((void **)&ps->vstack, &ps->cap_vstack, ps->n_vstack + 1, sizeof *ps->vstack,
-                  ps->cap_nodes))
+        if (!sd_grow((void **)&ps->kstack, &ps->cap_kstack, ps->n_kstack + 1, sizeof *ps->kstack,
+                     ps->cap_keys) ||
+            !sd_grow((void **)&ps->vstack, &ps->cap_vstack, ps->n_vstack + 1, sizeof *ps->vstack,
+                     ps->cap_nodes))
             return fail_nomem(ps);
         char *key;
         size_t key_len;

@@ -93,3 +93,29 @@ void sd_free(void *p)
 {
     free(p);
 }
+
+int sd_grow(void **arr, size_t *cap, size_t need, size_t elsize, size_t max)
+{
+    if (need <= *cap)
+        return 1;
+    size_t ncap = *cap ? *cap : 16;
+    while (ncap < need) {
+        if (ncap > SIZE_MAX / 2)
+            return 0;
+        ncap *= 2;
+    }
+    if (ncap > max && max >= need)
+        ncap = max;
+    size_t bytes;
+    if (!sd_mul_size(ncap, elsize, &bytes))
+        return 0;
+    void *p = sd_alloc(bytes);
+    if (!p)
+        return 0;
+    if (*cap)
+        memcpy(p, *arr, *cap * elsize);
+    sd_free(*arr);
+    *arr = p;
+    *cap = ncap;
+    return 1;
+}
