@@ -1,8 +1,9 @@
 /* GFLOP/s of the GEMM, the 3x3 convolution and attention at UNet shapes.
  * Usage: bench_gemm [threads...] (default: 1 and all CPUs); SD_KERNELS=portable
- * picks the kernel set, SD_BENCH_FILTER=text runs only the cases whose
- * "kind shape" label contains it, SD_BENCH_SECONDS=s sets the time per case. Each case runs until
- * ~0.3 s have passed and reports the best repetition (1 thread: per CPU second, see now()). */
+ * picks the kernel set, SD_CONV=direct|winograd the 3x3 method, SD_BENCH_FILTER=text runs only the
+ * cases whose "kind shape" label contains it, SD_BENCH_SECONDS=s sets the time per case. Each case
+ * runs until ~0.3 s have passed and reports the best repetition (1 thread: per CPU second, see
+ * now()). */
 #include "kernels/kernels.h"
 
 #include <math.h>
@@ -110,6 +111,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "kernel set %s unavailable\n", getenv("SD_KERNELS"));
         return 1;
     }
+    /* SD_CONV=direct|winograd forces the 3x3 method (default: as a model picks) */
+    const char *conv_env = getenv("SD_CONV");
+    sd_conv_algo conv_algo = !conv_env                         ? SD_CONV_AUTO
+                             : strcmp(conv_env, "direct") == 0 ? SD_CONV_DIRECT
+                                                               : SD_CONV_WINOGRAD;
     if (getenv("SD_BENCH_SECONDS"))
         g_seconds = atof(getenv("SD_BENCH_SECONDS"));
     int threads[8], nt = 0;
@@ -124,7 +130,8 @@ int main(int argc, char **argv)
         {"gemm", 4096, 320, 2880, 0}, {"gemm", 1024, 640, 5760, 0}, {"gemm", 4096, 320, 320, 0},
         {"gemm", 4096, 2560, 320, 0}, {"gemm", 4096, 320, 1280, 0}, {"gemm", 256, 1280, 11520, 0},
         {"gemm", 64, 1280, 11520, 0}, {"gemm", 77, 320, 768, 0},    {"conv", 64, 64, 320, 320},
-        {"conv", 32, 32, 640, 640},   {"conv", 8, 8, 1280, 1280},   {"attn", 4096, 8, 40, 4096},
+        {"conv", 32, 32, 640, 640},   {"conv", 16, 16, 1280, 1280}, {"conv", 16, 16, 2560, 1280},
+        {"conv", 64, 64, 960, 320},   {"conv", 8, 8, 1280, 1280},   {"attn", 4096, 8, 40, 4096},
         {"attn", 4096, 8, 40, 77},    {"attn", 1024, 8, 80, 1024},  {"attn", 256, 8, 160, 256},
     };
     printf("kernel set: %s\n%-6s %-22s", kern->name, "kind", "shape");
@@ -152,10 +159,12 @@ int main(int argc, char **argv)
         printf("%-6s %-22s", bc->kind, shape);
         fflush(stdout);
         for (int t = 0; t < nt; t++) {
-            sd_exec ex = {.pool = pools[t], .kern = kern, .ws = NULL};
+            sd_workspace ws = {0}; /* as in a model: scratch kept between calls */
+            sd_exec ex = {.pool = pools[t], .kern = kern, .ws = &ws, .conv = conv_algo};
             g_cpu_clock = threads[t] == 1;
             printf("  %11.1f", run_case(&ex, bc));
             fflush(stdout);
+            sd_workspace_free(&ws);
         }
         printf("\n");
     }

@@ -265,15 +265,24 @@ static void conv_case(int batch, int H, int W, int Cin, int N, int stride, int w
     fill(res, (size_t)M * N, seed + 4, 1, 0);
     sd_epilogue ep = {bias, grp, Ho * Wo, res, N};
     sd_ref_conv3x3(in, batch, H, W, Cin, stride, w, N, ref, with_ep ? &ep : NULL);
+    static const char *const algo_name[] = {"auto", "direct", "winograd"};
     FOR_EACH_EXEC(ex)
     {
         sd_packed P;
         CHECK(sd_pack(ex.kern, w, N, Cin, 9, &P) == SDUNET_OK, "pack");
-        fill(out, (size_t)M * N, seed + 5, 1, 0);
-        sd_conv3x3(&ex, in, batch, H, W, Cin, stride, &P, out, with_ep ? &ep : NULL);
-        double e = t_rel_l2_f32(out, ref, (size_t)M * N);
-        CHECK(e < BAR, "%s/%d threads b=%d %dx%d Cin=%d N=%d s=%d ep=%d: rel L2 %.3g", WHERE(ex),
-              batch, H, W, Cin, N, stride, with_ep, e);
+        /* Both methods, each with and without a workspace (Winograd's
+         * buffers come from it; per-call allocation otherwise). */
+        sd_workspace ws = {0};
+        for (int v = 0; v < 4; v++) {
+            ex.conv = v < 2 ? SD_CONV_DIRECT : SD_CONV_WINOGRAD;
+            ex.ws = v & 1 ? &ws : NULL;
+            fill(out, (size_t)M * N, seed + 5, 1, 0);
+            sd_conv3x3(&ex, in, batch, H, W, Cin, stride, &P, out, with_ep ? &ep : NULL);
+            double e = t_rel_l2_f32(out, ref, (size_t)M * N);
+            CHECK(e < BAR, "%s/%d threads %s b=%d %dx%d Cin=%d N=%d s=%d ep=%d: rel L2 %.3g",
+                  WHERE(ex), algo_name[ex.conv], batch, H, W, Cin, N, stride, with_ep, e);
+        }
+        sd_workspace_free(&ws);
         sd_packed_free(&P);
     }
     sd_free(in);
@@ -298,6 +307,10 @@ static void test_conv(void)
     conv_case(2, 9, 7, 64, 40, 1, 1, seed++);
     conv_case(1, 6, 5, 150, 19, 2, 1, seed++);
     conv_case(1, 6, 5, 150, 19, 1, 0, seed++);
+    /* Winograd at sizes where the automatic choice takes it too: several
+     * output-channel panels, odd H and W (partial 2x2 tiles), batch 2. */
+    conv_case(2, 17, 11, 48, 40, 1, 1, seed++);
+    conv_case(1, 16, 16, 64, 96, 1, 0, seed++);
 }
 
 /* ---- norms ---- */

@@ -66,6 +66,10 @@ void sd_conv3x3(const sd_exec *ex, const float *in, int batch, int H, int W, int
                 Cin, stride);
         abort();
     }
+    if (stride == 1 && ex->conv != SD_CONV_DIRECT &&
+        (ex->conv == SD_CONV_WINOGRAD || sd_winograd_pays(batch, H, W, Cin, Wp->N)) &&
+        sd_conv3x3_winograd(ex, in, batch, H, W, Cin, Wp, out, ep))
+        return;
     conv_src s = {in, H, W, Cin, stride, (H - 1) / stride + 1, (W - 1) / stride + 1};
     sd_gemm_src src = {pack_conv, &s};
     sd_gemm_run(ex, batch * s.Ho * s.Wo, &src, Wp, out, Wp->N, ep);

@@ -51,21 +51,29 @@ const sd_kernels *sd_kernels_select(const char *force);
 /* Execution context passed to every kernel. */
 /* Scratch memory kept between kernel calls (grow-only, one buffer per
  * slot), so a forward does not map and fault in fresh pages for every op. */
-#define SD_WS_SLOTS 4
+#define SD_WS_SLOTS 7
 typedef struct sd_workspace {
     void *buf[SD_WS_SLOTS];
     size_t cap[SD_WS_SLOTS];
 } sd_workspace;
 void sd_workspace_free(sd_workspace *ws); /* frees the buffers, not ws itself */
 
+/* How sd_conv3x3 computes stride-1 convolutions. */
+typedef enum {
+    SD_CONV_AUTO = 0, /* Winograd where sd_winograd_pays, else direct */
+    SD_CONV_DIRECT,   /* implicit GEMM only */
+    SD_CONV_WINOGRAD, /* Winograd for every stride-1 call (tests) */
+} sd_conv_algo;
+
 typedef struct sd_exec {
     sd_pool *pool; /* NULL: run on the calling thread */
     const sd_kernels *kern;
     sd_workspace *ws; /* NULL: scratch is allocated per call */
+    sd_conv_algo conv;
 } sd_exec;
 
 /* At least `bytes` of 64-byte aligned scratch for slot (0: GEMM/conv
- * A blocks; 1, 2: attention), from the workspace when the exec has one,
+ * A blocks; 1, 2: attention; 4, 5, 6: Winograd), from the workspace when the exec has one,
  * else freshly allocated. NULL on allocation failure. Give it back with
  * sd_ws_put. Slots let one kernel hold several buffers at once. */
 void *sd_ws_get(const sd_exec *ex, int slot, size_t bytes);
@@ -111,6 +119,14 @@ void sd_gemm(const sd_exec *ex, int M, const float *A, int lda, const sd_packed 
  * Epilogue rows are output pixels (m = (b*Ho + y)*Wo + x). */
 void sd_conv3x3(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin, int stride,
                 const sd_packed *Wp, float *out, const sd_epilogue *ep);
+
+/* Winograd F(2x2, 3x3) form of sd_conv3x3 for stride 1 (winograd.c), same
+ * arguments and result. Returns 0 without touching `out` if it cannot run
+ * (no workspace memory); the caller then uses the direct method. */
+int sd_conv3x3_winograd(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
+                        const sd_packed *Wp, float *out, const sd_epilogue *ep);
+/* Whether SD_CONV_AUTO picks Winograd for this stride-1 shape. */
+int sd_winograd_pays(int batch, int H, int W, int Cin, int N);
 
 /* GroupNorm over channels-last x (batch, HW, C): G groups of C/G channels,
  * statistics over HW x C/G (accumulated in double), then gamma/beta and

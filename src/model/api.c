@@ -17,6 +17,7 @@
 struct sdunet_model {
     sd_unet unet;
     const sd_kernels *kern;
+    sd_conv_algo conv; /* SDUNET_CONV: auto (default), direct or winograd */
     sd_pool *pool;
     int threads;
     int allow_nonfinite;
@@ -76,6 +77,10 @@ static sdunet_status model_new(const sdunet_options *opt, sdunet_model **out, sd
     m->kern = sd_kernels_select(getenv("SDUNET_ISA"));
     if (!m->kern)
         m->kern = sd_kernels_select(NULL);
+    const char *conv = getenv("SDUNET_CONV");
+    m->conv = conv && strcmp(conv, "direct") == 0     ? SD_CONV_DIRECT
+              : conv && strcmp(conv, "winograd") == 0 ? SD_CONV_WINOGRAD
+                                                      : SD_CONV_AUTO;
     m->threads = opt->threads ? opt->threads : default_threads();
     sdunet_status st = sd_pool_create(m->threads, &m->pool, err);
     if (st) {
@@ -282,7 +287,7 @@ sdunet_status sd_model_forward_ev(sdunet_model *m, const float *sample, int batc
                         sample[((size_t)b * channels + ch) * hw + p];
         for (int b = 0; b < batch; b++)
             t[b] = timesteps[n_timesteps == 1 ? 0 : b];
-        sd_exec ex = {.pool = m->pool, .kern = m->kern, .ws = &m->ws};
+        sd_exec ex = {.pool = m->pool, .kern = m->kern, .ws = &m->ws, .conv = m->conv};
         sd_unet_forward(&m->unet, &ex, plan, x, t, context, y, ev, ev_user, m->prof);
         const int oc = c->out_channels;
         for (int b = 0; b < batch; b++)
