@@ -133,7 +133,7 @@ static void attn_block(void *ctx, int64_t task, int thread)
             /* S^T tile rows past nk hold zero-key scores; nothing reads them. */
             for (int p = 0; p < kpan; p++)
                 kern->micro(dh, Kp + (size_t)(k0 + p * mr) * dh, qB + (size_t)jq * dh * nr,
-                            st + (size_t)p * mr * nr, nr, 0, mr, nr);
+                            st + (size_t)p * mr * nr, nr, 0, mr, nr, NULL);
 
             /* Online softmax, one query per lane. */
             float *mo = mrun + jq * nr, *mx = mnew + jq * nr;
@@ -153,7 +153,7 @@ static void attn_block(void *ctx, int64_t task, int thread)
         for (int jq = 0; jq < qpan; jq++)
             for (int cp = 0; cp < dhm / mr; cp++)
                 kern->micro(nk, Vp + ((size_t)cp * j->Nk + k0) * mr, sT + (size_t)jq * BK * nr,
-                            acc + (size_t)cp * mr * ldacc + jq * nr, ldacc, kb > 0, mr, nr);
+                            acc + (size_t)cp * mr * ldacc + jq * nr, ldacc, kb > 0, mr, nr, NULL);
     }
 
     for (int i = 0; i < nq; i++) {

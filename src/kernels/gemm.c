@@ -84,8 +84,30 @@ static void portable_run(int len, const float *a, const float *b, int h, float (
 
 /* The 16 columns go as two halves of 8; like the AVX2 kernel, the sums
  * restart every SD_MICRO_SUB steps and those partial sums are added up. */
+void sd_tile_store(const float *t, int ldt, float *c, int ldc, int accumulate, int rows, int cols,
+                   const sd_tile_ep *te)
+{
+    for (int i = 0; i < rows; i++) {
+        float *ci = c + (size_t)i * ldc;
+        const float *ti = t + (size_t)i * ldt;
+        const float *bias = te ? te->bias : NULL, *g = te ? te->g[i] : NULL,
+                    *r = te ? te->r[i] : NULL;
+        for (int j = 0; j < cols; j++) {
+            float v = accumulate ? ci[j] + ti[j] : ti[j];
+            if (bias)
+                v += bias[j];
+            if (g)
+                v += g[j];
+            if (r)
+                v += r[j];
+            ci[j] = v;
+        }
+    }
+}
+
 static void micro_portable(int kc, const float *restrict a, const float *restrict b,
-                           float *restrict c, int ldc, int accumulate, int rows, int cols)
+                           float *restrict c, int ldc, int accumulate, int rows, int cols,
+                           const sd_tile_ep *te)
 {
     float tot[P_MR][P_NR];
     for (int h = 0; h < P_NR; h += 8) {
@@ -96,15 +118,7 @@ static void micro_portable(int kc, const float *restrict a, const float *restric
             k0 += len;
         } while (k0 < kc);
     }
-    for (int i = 0; i < rows; i++) {
-        float *ci = c + (size_t)i * ldc;
-        if (accumulate)
-            for (int j = 0; j < cols; j++)
-                ci[j] = ci[j] + tot[i][j];
-        else
-            for (int j = 0; j < cols; j++)
-                ci[j] = tot[i][j];
-    }
+    sd_tile_store(&tot[0][0], P_NR, c, ldc, accumulate, rows, cols, te);
 }
 
 static void softmax_cols_portable(float *restrict s, int rows, float scale, float *restrict m,
@@ -341,7 +355,7 @@ static void pack_plain(const void *src, int m0, int rows, int k0, int kc, const 
 #ifndef MC_TARGET
 #define MC_TARGET 144 /* A block mc x kc = 144 KiB: L2 beside the C block */
 #endif
-#define MR_MAX 16
+#define MR_MAX SD_MR_MAX
 
 typedef struct {
     const sd_kernels *kern;
@@ -355,53 +369,6 @@ typedef struct {
     size_t scratch_per_thread;
 } gemm_job;
 
-/* One row of the epilogue: c = (accumulate ? c : 0) + t + bias + g + r, the
- * adds left to right (the order the header documents); NULL terms skipped.
- * Called with n == 16 for full tiles: the fixed trip count lets -O2
- * vectorise it. */
-static inline void epilogue_row(float *c, const float *t, const float *bias, const float *g,
-                                const float *r, int accumulate, int n)
-{
-    float v[16];
-    if (accumulate)
-        for (int q = 0; q < n; q++)
-            v[q] = c[q] + t[q];
-    else
-        for (int q = 0; q < n; q++)
-            v[q] = t[q];
-    if (bias)
-        for (int q = 0; q < n; q++)
-            v[q] += bias[q];
-    if (g)
-        for (int q = 0; q < n; q++)
-            v[q] += g[q];
-    if (r)
-        for (int q = 0; q < n; q++)
-            v[q] += r[q];
-    for (int q = 0; q < n; q++)
-        c[q] = v[q];
-}
-
-/* Applies the epilogue to a rows x cols tile at C[m][n] from t, a full tile
- * of row stride nr (<= 16). */
-static void epilogue_tile(const gemm_job *j, const float *t, int nr, int m, int n, int rows,
-                          int cols, int accumulate)
-{
-    const sd_epilogue *ep = j->ep;
-    const int N = j->B->N;
-    const float *bias = ep->bias ? ep->bias + n : NULL;
-    for (int i = 0; i < rows; i++) {
-        float *c = j->C + (size_t)(m + i) * j->ldc + n;
-        const float *g =
-            ep->group_add ? ep->group_add + (size_t)((m + i) / ep->group_rows) * N + n : NULL;
-        const float *r = ep->residual ? ep->residual + (size_t)(m + i) * ep->ld_res + n : NULL;
-        if (cols == 16)
-            epilogue_row(c, t + (size_t)i * nr, bias, g, r, accumulate, 16);
-        else
-            epilogue_row(c, t + (size_t)i * nr, bias, g, r, accumulate, cols);
-    }
-}
-
 static void gemm_task(void *ctx, int64_t task, int thread)
 {
     const gemm_job *j = ctx;
@@ -411,9 +378,10 @@ static void gemm_task(void *ctx, int64_t task, int thread)
     const int mb = (int)(task % j->mblocks), nb = (int)(task / j->mblocks);
     const int m0 = mb * j->mc, mrows = j->M - m0 < j->mc ? j->M - m0 : j->mc;
     const int n0 = nb * j->nc, ncols = N - n0 < j->nc ? N - n0 : j->nc;
-    const int has_ep = j->ep->bias || j->ep->group_add || j->ep->residual;
+    const sd_epilogue *ep = j->ep;
+    const int has_ep = ep->bias || ep->group_add || ep->residual;
     float *apack = j->scratch + (size_t)thread * j->scratch_per_thread;
-    _Alignas(64) float tile[MR_MAX * 16];
+    sd_tile_ep te;
 
     for (int kb = 0; kb < j->nkb; kb++) {
         const int k0 = kb * j->kc, kc = K - k0 < j->kc ? K - k0 : j->kc;
@@ -428,12 +396,19 @@ static void gemm_task(void *ctx, int64_t task, int thread)
                 float *c = j->C + (size_t)m * j->ldc + n;
                 const int accumulate = kb > 0 || j->res_in_c;
                 if (!last || !has_ep) {
-                    kern->micro(kc, ap, bp, c, j->ldc, accumulate, rows, cols);
-                } else {
-                    /* Into a private tile first: the residual may alias C. */
-                    kern->micro(kc, ap, bp, tile, nr, 0, mr, nr);
-                    epilogue_tile(j, tile, nr, m, n, rows, cols, accumulate);
+                    kern->micro(kc, ap, bp, c, j->ldc, accumulate, rows, cols, NULL);
+                    continue;
                 }
+                /* The epilogue is added as the microkernel stores the tile
+                 * (a residual aliasing C is read before C is written). */
+                te.bias = ep->bias ? ep->bias + n : NULL;
+                for (int i = 0; i < rows; i++) {
+                    te.g[i] = ep->group_add
+                                  ? ep->group_add + (size_t)((m + i) / ep->group_rows) * N + n
+                                  : NULL;
+                    te.r[i] = ep->residual ? ep->residual + (size_t)(m + i) * ep->ld_res + n : NULL;
+                }
+                kern->micro(kc, ap, bp, c, j->ldc, accumulate, rows, cols, &te);
             }
         }
     }

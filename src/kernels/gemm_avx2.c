@@ -23,15 +23,48 @@ static inline void store_row(float *c, __m256 lo, __m256 hi, int accumulate)
     _mm256_storeu_ps(c + 8, hi);
 }
 
-static void micro_6x16(int kc, const float *restrict a, const float *restrict b, float *restrict c,
-                       int ldc, int accumulate, int rows, int cols)
+/* The last store of a full tile with an epilogue: the runs so far are in
+ * t (when prev), then c = (accumulate ? c : 0) + (t + acc) + bias + g + r,
+ * the order of sd_tile_store. The residual row may be c itself: both are
+ * loaded before the store. */
+static inline void store_row_ep(float *c, const float *t, __m256 lo, __m256 hi, int prev,
+                                int accumulate, const float *bias, const float *g, const float *r)
 {
-    /* A partial tile is accumulated in a local tile and copied at the end. */
-    const int full = rows == MR && cols == NR;
+    if (prev) {
+        lo = _mm256_add_ps(_mm256_load_ps(t), lo);
+        hi = _mm256_add_ps(_mm256_load_ps(t + 8), hi);
+    }
+    if (accumulate) {
+        lo = _mm256_add_ps(_mm256_loadu_ps(c), lo);
+        hi = _mm256_add_ps(_mm256_loadu_ps(c + 8), hi);
+    }
+    if (bias) {
+        lo = _mm256_add_ps(lo, _mm256_loadu_ps(bias));
+        hi = _mm256_add_ps(hi, _mm256_loadu_ps(bias + 8));
+    }
+    if (g) {
+        lo = _mm256_add_ps(lo, _mm256_loadu_ps(g));
+        hi = _mm256_add_ps(hi, _mm256_loadu_ps(g + 8));
+    }
+    if (r) {
+        lo = _mm256_add_ps(lo, _mm256_loadu_ps(r));
+        hi = _mm256_add_ps(hi, _mm256_loadu_ps(r + 8));
+    }
+    _mm256_storeu_ps(c, lo);
+    _mm256_storeu_ps(c + 8, hi);
+}
+
+static void micro_6x16(int kc, const float *restrict a, const float *restrict b, float *c, int ldc,
+                       int accumulate, int rows, int cols, const sd_tile_ep *te)
+{
+    /* A partial tile, or one with an epilogue (whose residual may be C
+     * itself, so C must not hold partial sums), is summed in a local tile;
+     * others are summed in C. */
+    const int full = rows == MR && cols == NR, direct = full && !te;
     _Alignas(32) float t[MR * NR];
-    float *dst = full ? c : t;
-    const size_t ld = full ? (size_t)ldc : NR;
-    int add = full && accumulate;
+    float *dst = direct ? c : t;
+    const size_t ld = direct ? (size_t)ldc : NR;
+    int add = direct && accumulate;
     if (full) /* the first flush below then finds C in L1 */
         for (int i = 0; i < MR; i++) {
             _mm_prefetch((const char *)(c + (size_t)i * ldc), _MM_HINT_T0);
@@ -92,6 +125,24 @@ static void micro_6x16(int kc, const float *restrict a, const float *restrict b,
             b += NR;
         }
 #undef STEP
+        k0 += len;
+        if (k0 >= kc && full && te) {
+            const float *bias = te->bias;
+            const size_t l = (size_t)ldc;
+            store_row_ep(c + 0 * l, t + 0 * NR, c00, c01, add, accumulate, bias, te->g[0],
+                         te->r[0]);
+            store_row_ep(c + 1 * l, t + 1 * NR, c10, c11, add, accumulate, bias, te->g[1],
+                         te->r[1]);
+            store_row_ep(c + 2 * l, t + 2 * NR, c20, c21, add, accumulate, bias, te->g[2],
+                         te->r[2]);
+            store_row_ep(c + 3 * l, t + 3 * NR, c30, c31, add, accumulate, bias, te->g[3],
+                         te->r[3]);
+            store_row_ep(c + 4 * l, t + 4 * NR, c40, c41, add, accumulate, bias, te->g[4],
+                         te->r[4]);
+            store_row_ep(c + 5 * l, t + 5 * NR, c50, c51, add, accumulate, bias, te->g[5],
+                         te->r[5]);
+            return;
+        }
         store_row(dst + 0 * ld, c00, c01, add);
         store_row(dst + 1 * ld, c10, c11, add);
         store_row(dst + 2 * ld, c20, c21, add);
@@ -99,21 +150,10 @@ static void micro_6x16(int kc, const float *restrict a, const float *restrict b,
         store_row(dst + 4 * ld, c40, c41, add);
         store_row(dst + 5 * ld, c50, c51, add);
         add = 1;
-        k0 += len;
     } while (k0 < kc);
 
-    if (full)
-        return;
-    for (int i = 0; i < rows; i++) {
-        float *ci = c + (size_t)i * ldc;
-        const float *ti = t + i * NR;
-        if (accumulate)
-            for (int j = 0; j < cols; j++)
-                ci[j] = ci[j] + ti[j];
-        else
-            for (int j = 0; j < cols; j++)
-                ci[j] = ti[j];
-    }
+    if (!full)
+        sd_tile_store(t, NR, c, ldc, accumulate, rows, cols, te);
 }
 
 /* 6-row A micro-panel: 8 k at a time, the 6 x 8 block is transposed in

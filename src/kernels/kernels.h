@@ -18,6 +18,22 @@
 #include "common.h"
 #include "runtime/pool.h"
 
+/* Epilogue terms for one microkernel tile at C[m][n] (see sd_epilogue):
+ * bias at column n; per tile row i, the group_add and residual rows at
+ * column n. Any may be NULL. */
+#define SD_MR_MAX 16
+typedef struct sd_tile_ep {
+    const float *bias;
+    const float *g[SD_MR_MAX];
+    const float *r[SD_MR_MAX];
+} sd_tile_ep;
+
+/* c[i][j] = (accumulate ? c[i][j] : 0) + t[i][j] (+ bias[j] + g[i][j] +
+ * r[i][j] when te is given), left to right, for i < rows, j < cols. r[i]
+ * may alias c's row: each element is read before it is written. */
+void sd_tile_store(const float *t, int ldt, float *c, int ldc, int accumulate, int rows, int cols,
+                   const sd_tile_ep *te);
+
 /* A kernel set chosen at run time from the CPU's features. */
 typedef struct sd_kernels {
     const char *name; /* "avx2", "portable" */
@@ -25,9 +41,11 @@ typedef struct sd_kernels {
     /* C[mr x nr] (row stride ldc) = (accumulate ? C : 0) + Apanel * Bpanel,
      * Apanel: kc steps of mr floats (packed column-major by k),
      * Bpanel: kc steps of nr floats. rows/cols < mr/nr store a partial tile.
-     * The product is summed in fp32 in runs of SD_MICRO_SUB steps. */
+     * The product is summed in fp32 in runs of SD_MICRO_SUB steps. With te
+     * (else NULL) the epilogue terms are added as the tile is stored, as
+     * sd_tile_store does. */
     void (*micro)(int kc, const float *a, const float *b, float *c, int ldc, int accumulate,
-                  int rows, int cols);
+                  int rows, int cols, const sd_tile_ep *te);
     /* Packs mr rows into one A micro-panel: dst[k*mr + i] = rows[i][k], k < len. */
     void (*pack_panel)(const float *const *rows, int len, float *dst);
     /* Online-softmax step on a rows x nr block (row stride nr) whose columns
