@@ -33,17 +33,55 @@
 #include <string.h>
 
 /* Workspace bounds (bytes) for each of V, U and Mt. */
+#ifndef WG_V_BYTES
 #define WG_V_BYTES (24u << 20)
+#endif
+#ifndef WG_U_BYTES
 #define WG_U_BYTES (24u << 20)
+#endif
+#ifndef WG_M_BYTES
 #define WG_M_BYTES (24u << 20)
-#define WG_LANES 8 /* channels transformed together: one AVX2 vector */
+#endif
 
-int sd_winograd_pays(int batch, int H, int W, int Cin, int N)
+/* The transforms work on 8 channels at a time as one GNU C vector (AVX2
+ * where this file is built for it, two SSE halves otherwise); compilers
+ * without vector extensions get the direct method instead. */
+#if defined(__GNUC__)
+#define WG_HAVE 1
+typedef float wv __attribute__((vector_size(32)));
+
+/* Loads and stores through pointers (a vector passed by value would change
+ * the ABI where AVX is not enabled). */
+static inline void wv_ld(wv *v, const float *p)
 {
-    /* Below ~64 tiles the per-call weight transform costs more than the
-     * GEMM work it saves; tiny channel counts do not fill a microkernel. */
-    long tiles = (long)batch * ((H + 1) / 2) * ((W + 1) / 2);
-    return Cin >= 32 && N >= 32 && tiles >= 64;
+    memcpy(v, p, sizeof *v);
+}
+static inline void wv_st(float *p, const wv *v)
+{
+    memcpy(p, v, sizeof *v);
+}
+
+/* n <= 8 lanes: the rest read as zero / are not written. */
+static inline void wv_ld_n(wv *v, const float *p, int n)
+{
+    if (n == 8) {
+        wv_ld(v, p);
+        return;
+    }
+    float t[8] = {0};
+    memcpy(t, p, sizeof(float) * (size_t)n);
+    wv_ld(v, t);
+}
+
+static inline void wv_st_n(float *p, const wv *v, int n)
+{
+    if (n == 8) {
+        wv_st(p, v);
+        return;
+    }
+    float t[8];
+    wv_st(t, v);
+    memcpy(p, t, sizeof(float) * (size_t)n);
 }
 
 /* ---- input transform: V = B^T d B, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] ---- */
@@ -69,29 +107,31 @@ static void in_tile(void *ctx, int64_t task, int thread)
                                  ? NULL
                                  : j->in + (((size_t)b * j->H + y) * j->W + x) * Cin;
         }
-    float *restrict v = j->V + (size_t)task * 16 * Cin;
-    for (int c0 = 0; c0 < Cin; c0 += WG_LANES) {
-        const int n = Cin - c0 < WG_LANES ? Cin - c0 : WG_LANES;
-        float d[16][WG_LANES], r[16][WG_LANES];
+    float *v = j->V + (size_t)task * 16 * Cin;
+    const wv zero = {0};
+    for (int c0 = 0; c0 < Cin; c0 += 8) {
+        const int n = Cin - c0 < 8 ? Cin - c0 : 8;
+        wv d[16], r[16];
         for (int p = 0; p < 16; p++)
-            for (int l = 0; l < WG_LANES; l++)
-                d[p][l] = src[p] && l < n ? src[p][c0 + l] : 0.0f;
-        for (int k = 0; k < 4; k++) /* rows: B^T d */
-            for (int l = 0; l < WG_LANES; l++) {
-                r[0 + k][l] = d[0 + k][l] - d[8 + k][l];
-                r[4 + k][l] = d[4 + k][l] + d[8 + k][l];
-                r[8 + k][l] = d[8 + k][l] - d[4 + k][l];
-                r[12 + k][l] = d[4 + k][l] - d[12 + k][l];
-            }
-        for (int i = 0; i < 4; i++) /* columns: (B^T d) B */
-            for (int l = 0; l < WG_LANES; l++) {
-                d[4 * i + 0][l] = r[4 * i + 0][l] - r[4 * i + 2][l];
-                d[4 * i + 1][l] = r[4 * i + 1][l] + r[4 * i + 2][l];
-                d[4 * i + 2][l] = r[4 * i + 2][l] - r[4 * i + 1][l];
-                d[4 * i + 3][l] = r[4 * i + 1][l] - r[4 * i + 3][l];
-            }
+            if (src[p])
+                wv_ld_n(&d[p], src[p] + c0, n);
+            else
+                d[p] = zero;
+        for (int k = 0; k < 4; k++) { /* rows: B^T d */
+            r[0 + k] = d[0 + k] - d[8 + k];
+            r[4 + k] = d[4 + k] + d[8 + k];
+            r[8 + k] = d[8 + k] - d[4 + k];
+            r[12 + k] = d[4 + k] - d[12 + k];
+        }
+        for (int i = 0; i < 4; i++) { /* columns: (B^T d) B */
+            const wv *q = r + 4 * i;
+            d[4 * i + 0] = q[0] - q[2];
+            d[4 * i + 1] = q[1] + q[2];
+            d[4 * i + 2] = q[2] - q[1];
+            d[4 * i + 3] = q[1] - q[3];
+        }
         for (int p = 0; p < 16; p++)
-            memcpy(v + (size_t)p * Cin + c0, d[p], sizeof(float) * (size_t)n);
+            wv_st_n(v + (size_t)p * Cin + c0, &d[p], n);
     }
 }
 
@@ -112,31 +152,31 @@ static void w_panel(void *ctx, int64_t task, int thread)
     const float *wp = j->Wp->data + (size_t)p * K * nr;
     const size_t ad_stride = (size_t)j->np * Cin * nr;
     float *u = j->U + (size_t)task * Cin * nr;
-    for (int ci = 0; ci < Cin; ci++) {
-        float g[9][16], t[12][16], o[16][16];
-        for (int tap = 0; tap < 9; tap++)
-            memcpy(g[tap], wp + ((size_t)tap * Cin + ci) * nr, sizeof g[tap]);
-        /* G g (4 x 3): rows 0..3; the halving is exact. */
-        for (int kx = 0; kx < 3; kx++)
-            for (int l = 0; l < nr; l++) {
-                float s = g[0 + kx][l] + g[6 + kx][l];
-                t[0 + kx][l] = g[0 + kx][l];
-                t[3 + kx][l] = 0.5f * (s + g[3 + kx][l]);
-                t[6 + kx][l] = 0.5f * (s - g[3 + kx][l]);
-                t[9 + kx][l] = g[6 + kx][l];
+    const wv half = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
+    for (int ci = 0; ci < Cin; ci++)
+        for (int h = 0; h < nr; h += 8) {
+            wv g[9], t[12];
+            for (int tap = 0; tap < 9; tap++)
+                wv_ld(&g[tap], wp + ((size_t)tap * Cin + ci) * nr + h);
+            /* G g (4 x 3); the halving is exact. */
+            for (int kx = 0; kx < 3; kx++) {
+                wv s = g[0 + kx] + g[6 + kx];
+                t[0 + kx] = g[0 + kx];
+                t[3 + kx] = half * (s + g[3 + kx]);
+                t[6 + kx] = half * (s - g[3 + kx]);
+                t[9 + kx] = g[6 + kx];
             }
-        /* (G g) G^T (4 x 4) */
-        for (int a = 0; a < 4; a++)
-            for (int l = 0; l < nr; l++) {
-                float s = t[3 * a + 0][l] + t[3 * a + 2][l];
-                o[4 * a + 0][l] = t[3 * a + 0][l];
-                o[4 * a + 1][l] = 0.5f * (s + t[3 * a + 1][l]);
-                o[4 * a + 2][l] = 0.5f * (s - t[3 * a + 1][l]);
-                o[4 * a + 3][l] = t[3 * a + 2][l];
+            /* (G g) G^T (4 x 4), stored per position ad */
+            float *o = u + (size_t)ci * nr + h;
+            for (int a = 0; a < 4; a++) {
+                const wv *q = t + 3 * a;
+                wv s = q[0] + q[2], u1 = half * (s + q[1]), u2 = half * (s - q[1]);
+                wv_st(o + (4 * a + 0) * ad_stride, &q[0]);
+                wv_st(o + (4 * a + 1) * ad_stride, &u1);
+                wv_st(o + (4 * a + 2) * ad_stride, &u2);
+                wv_st(o + (4 * a + 3) * ad_stride, &q[2]);
             }
-        for (int ad = 0; ad < 16; ad++)
-            memcpy(u + ad * ad_stride + (size_t)ci * nr, o[ad], sizeof o[ad]);
-    }
+        }
 }
 
 /* ---- output transform: Y = A^T M A, A^T = [1 1 1 0; 0 1 -1 -1], then the epilogue ---- */
@@ -156,60 +196,70 @@ static void out_tile(void *ctx, int64_t task, int thread)
     const int b = t / per, rem = t - b * per, ty = rem / j->tw, tx = rem - ty * j->tw;
     const float *m = j->Mt + (size_t)task * 16 * j->nbp;
     const sd_epilogue *ep = j->ep;
-    for (int c0 = 0; c0 < j->nb; c0 += WG_LANES) {
-        const int n = j->nb - c0 < WG_LANES ? j->nb - c0 : WG_LANES;
-        float s[8][WG_LANES], y[4][WG_LANES];
-        for (int k = 0; k < 4; k++) /* rows: A^T M */
-            for (int l = 0; l < WG_LANES; l++) {
-                const float *m0 = m + (size_t)(0 + k) * j->nbp + c0,
-                            *m1 = m + (size_t)(4 + k) * j->nbp + c0,
-                            *m2 = m + (size_t)(8 + k) * j->nbp + c0,
-                            *m3 = m + (size_t)(12 + k) * j->nbp + c0;
-                float v0 = l < n ? m0[l] : 0.0f, v1 = l < n ? m1[l] : 0.0f;
-                float v2 = l < n ? m2[l] : 0.0f, v3 = l < n ? m3[l] : 0.0f;
-                s[k][l] = v0 + v1 + v2;
-                s[4 + k][l] = v1 - v2 - v3;
+    size_t row[4]; /* output pixel of tile position (i, k), or SIZE_MAX past the edge */
+    for (int i = 0; i < 2; i++)
+        for (int k = 0; k < 2; k++) {
+            const int oy = 2 * ty + i, ox = 2 * tx + k;
+            row[2 * i + k] =
+                oy < j->H && ox < j->W ? ((size_t)b * j->H + oy) * j->W + ox : (size_t)-1;
+        }
+    /* Columns past nb in Mt were never written: their lanes are computed
+     * (nbp is a multiple of 16, so the loads stay inside the row) and dropped. */
+    for (int c0 = 0; c0 < j->nb; c0 += 8) {
+        const int n = j->nb - c0 < 8 ? j->nb - c0 : 8, col = j->n0 + c0;
+        wv s[8], y[4];
+        for (int k = 0; k < 4; k++) { /* rows: A^T M */
+            wv v0, v1, v2, v3;
+            wv_ld(&v0, m + (size_t)(0 + k) * j->nbp + c0);
+            wv_ld(&v1, m + (size_t)(4 + k) * j->nbp + c0);
+            wv_ld(&v2, m + (size_t)(8 + k) * j->nbp + c0);
+            wv_ld(&v3, m + (size_t)(12 + k) * j->nbp + c0);
+            s[k] = v0 + v1 + v2;
+            s[4 + k] = v1 - v2 - v3;
+        }
+        for (int i = 0; i < 2; i++) { /* columns: (A^T M) A */
+            const wv *q = s + 4 * i;
+            y[2 * i + 0] = q[0] + q[1] + q[2];
+            y[2 * i + 1] = q[1] - q[2] - q[3];
+        }
+        for (int p = 0; p < 4; p++) {
+            if (row[p] == (size_t)-1)
+                continue;
+            /* Same order as the GEMM epilogue: acc + bias + group + residual. */
+            wv v = y[p], e;
+            if (ep && ep->bias) {
+                wv_ld_n(&e, ep->bias + col, n);
+                v += e;
             }
-        for (int i = 0; i < 2; i++) /* columns: (A^T M) A */
-            for (int l = 0; l < WG_LANES; l++) {
-                const float *r = &s[4 * i][0];
-                y[2 * i + 0][l] = r[0 * WG_LANES + l] + r[1 * WG_LANES + l] + r[2 * WG_LANES + l];
-                y[2 * i + 1][l] = r[1 * WG_LANES + l] - r[2 * WG_LANES + l] - r[3 * WG_LANES + l];
+            if (ep && ep->group_add) {
+                wv_ld_n(&e, ep->group_add + (row[p] / (size_t)ep->group_rows) * N + col, n);
+                v += e;
             }
-        for (int i = 0; i < 2; i++)
-            for (int k = 0; k < 2; k++) {
-                const int oy = 2 * ty + i, ox = 2 * tx + k;
-                if (oy >= j->H || ox >= j->W)
-                    continue;
-                const size_t row = ((size_t)b * j->H + oy) * j->W + ox;
-                const int col = j->n0 + c0;
-                float *o = j->out + row * N + col;
-                const float *bias = ep && ep->bias ? ep->bias + col : NULL;
-                const float *g = ep && ep->group_add
-                                     ? ep->group_add + (row / (size_t)ep->group_rows) * N + col
-                                     : NULL;
-                const float *res =
-                    ep && ep->residual ? ep->residual + row * ep->ld_res + col : NULL;
-                /* Same order as the GEMM epilogue: acc + bias + group + residual. */
-                for (int l = 0; l < n; l++) {
-                    float v = y[2 * i + k][l];
-                    if (bias)
-                        v += bias[l];
-                    if (g)
-                        v += g[l];
-                    if (res)
-                        v += res[l];
-                    o[l] = v;
-                }
+            if (ep && ep->residual) {
+                wv_ld_n(&e, ep->residual + row[p] * ep->ld_res + col, n);
+                v += e;
             }
+            wv_st_n(j->out + row[p] * N + col, &v, n);
+        }
     }
+}
+#else
+#define WG_HAVE 0
+#endif
+
+int sd_winograd_pays(int batch, int H, int W, int Cin, int N)
+{
+    /* Below ~64 tiles the per-call weight transform costs more than the
+     * GEMM work it saves; tiny channel counts do not fill a microkernel. */
+    long tiles = (long)batch * ((H + 1) / 2) * ((W + 1) / 2);
+    return WG_HAVE && Cin >= 32 && N >= 32 && tiles >= 64;
 }
 
 int sd_conv3x3_winograd(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
                         const sd_packed *Wp, float *out, const sd_epilogue *ep)
 {
     const int nr = 16, N = Wp->N;
-    if (Wp->nr != nr || Wp->K != 9 * Cin || batch <= 0 || H <= 0 || W <= 0)
+    if (!WG_HAVE || Wp->nr != nr || Wp->K != 9 * Cin || batch <= 0 || H <= 0 || W <= 0)
         return 0;
     const int th = (H + 1) / 2, tw = (W + 1) / 2;
     const long tiles_l = (long)batch * th * tw;
