@@ -69,7 +69,7 @@ const sd_kernels *sd_kernels_select(const char *force);
 /* Execution context passed to every kernel. */
 /* Scratch memory kept between kernel calls (grow-only, one buffer per
  * slot), so a forward does not map and fault in fresh pages for every op. */
-#define SD_WS_SLOTS 7
+#define SD_WS_SLOTS 6
 typedef struct sd_workspace {
     void *buf[SD_WS_SLOTS];
     size_t cap[SD_WS_SLOTS];
@@ -91,7 +91,7 @@ typedef struct sd_exec {
 } sd_exec;
 
 /* At least `bytes` of 64-byte aligned scratch for slot (0: GEMM/conv
- * A blocks; 1, 2: attention; 4, 5, 6: Winograd), from the workspace when the exec has one,
+ * A blocks; 1, 2: attention; 4, 5: Winograd), from the workspace when the exec has one,
  * else freshly allocated. NULL on allocation failure. Give it back with
  * sd_ws_put. Slots let one kernel hold several buffers at once. */
 void *sd_ws_get(const sd_exec *ex, int slot, size_t bytes);

@@ -7,8 +7,7 @@
  * element-wise, summed over input channels. Summed over channels, that is 16
  * independent GEMMs (one per transformed position "ad"):
  *     M_ad[tile][n] = sum_ci V_ad[tile][ci] * U_ad[ci][n],
- * run on the same packed-panel GEMM as everything else, at 4/9 of the direct
- * method's multiply count (2.25x fewer FLOPs).
+ * run on the GEMM microkernel, at 4/9 of the direct method's multiply count.
  *
  * The transform matrices hold only 0, +-1 and +-1/2, so every transform is
  * a short signed sum; the extra rounding costs about 1.5x the direct
@@ -18,30 +17,29 @@
  * error and are not used.
  *
  * Memory: the transformed weights are 16/9 the size of the 3x3 weights,
- * which are most of the UNet (2.2 of its 3.4 GB), so they are not kept:
- * each call transforms the packed direct weights into a bounded workspace,
- * a chunk of output channels at a time (reading 9 and writing 16 floats per
- * weight pair, a few ms against tens of ms of GEMM saved). Tiles are taken
- * in blocks so that the transformed inputs and outputs stay bounded too.
+ * which are most of the UNet (2.2 of its 3.4 GB), so they are never stored.
+ * Each thread transforms one 16-channel output panel and one K block of the
+ * packed direct weights at a time into a 256 KiB L2 buffer (16 positions x
+ * kc x 16), runs the 16 products for every tile of the block against it, and
+ * finishes that panel's outputs from an L2-sized accumulator: the only large
+ * buffer is the transformed input of a block of tiles, written once, already
+ * in the microkernel's A-panel layout, and read once per output panel.
  *
- * Layouts (per block of TB tiles and chunk of nb output channels):
- *   V [tile][ad][Cin]   transformed input patches (GEMM A, row stride 16 Cin)
- *   U [ad] packed panels of Cin x nb (GEMM B, the same panel layout as sd_pack)
- *   Mt[tile][ad][nbp]   products (GEMM C, row stride 16 nbp) */
+ * Layouts, for a block of TB tiles (TBp rounded up to whole mr panels):
+ *   V   [ad][tile panel][Cin][mr]       transformed inputs (A micro-panels)
+ *   Ub  [ad][kc][16]    per thread      transformed weights (B micro-panels)
+ *   Acc [ad][TBp][16]   per thread      products for one output panel */
 #include "kernels/kernels.h"
 
 #include <string.h>
 
-/* Workspace bounds (bytes) for each of V, U and Mt. */
 #ifndef WG_V_BYTES
-#define WG_V_BYTES (24u << 20)
+#define WG_V_BYTES (12u << 20) /* transformed inputs of one tile block: L3 */
 #endif
-#ifndef WG_U_BYTES
-#define WG_U_BYTES (24u << 20)
+#ifndef WG_TB_MAX
+#define WG_TB_MAX 128 /* tiles per block: a 128 KiB accumulator per thread */
 #endif
-#ifndef WG_M_BYTES
-#define WG_M_BYTES (24u << 20)
-#endif
+#define WG_KC 256 /* K block: 16 x 256 x 16 transformed weights = 256 KiB */
 
 /* The transforms work on 8 channels at a time as one GNU C vector (AVX2
  * where this file is built for it, two SSE halves otherwise); compilers
@@ -88,158 +86,200 @@ static inline void wv_st_n(float *p, const wv *v, int n)
 
 typedef struct {
     const float *in;
-    int H, W, Cin, th, tw;
-    int t0;   /* first tile of the block */
-    float *V; /* [tile - t0][16][Cin] */
+    int H, W, Cin, th, tw, mr;
+    int t0, nt;     /* the block's first tile and tile count */
+    size_t ad_step; /* floats per position in V: panels x Cin x mr */
+    float *V;
 } in_job;
 
-static void in_tile(void *ctx, int64_t task, int thread)
+/* One tile panel: mr tiles (rows past the block are zero), all channels. */
+static void in_panel(void *ctx, int64_t task, int thread)
 {
     (void)thread;
     const in_job *j = ctx;
-    const int Cin = j->Cin, t = j->t0 + (int)task, per = j->th * j->tw;
-    const int b = t / per, rem = t - b * per, ty = rem / j->tw, tx = rem - ty * j->tw;
-    const float *src[16];
-    for (int i = 0; i < 4; i++)
-        for (int k = 0; k < 4; k++) {
-            int y = 2 * ty - 1 + i, x = 2 * tx - 1 + k;
-            src[i * 4 + k] = y < 0 || y >= j->H || x < 0 || x >= j->W
-                                 ? NULL
-                                 : j->in + (((size_t)b * j->H + y) * j->W + x) * Cin;
-        }
-    float *v = j->V + (size_t)task * 16 * Cin;
+    const int Cin = j->Cin, mr = j->mr, per = j->th * j->tw;
     const wv zero = {0};
+    const float *src[SD_MR_MAX][16];
+    for (int r = 0; r < mr; r++) {
+        const int tb = (int)task * mr + r, t = j->t0 + tb;
+        const int b = t / per, rem = t - b * per, ty = rem / j->tw, tx = rem - ty * j->tw;
+        for (int i = 0; i < 4; i++)
+            for (int k = 0; k < 4; k++) {
+                int y = 2 * ty - 1 + i, x = 2 * tx - 1 + k;
+                src[r][i * 4 + k] = tb >= j->nt || y < 0 || y >= j->H || x < 0 || x >= j->W
+                                        ? NULL
+                                        : j->in + (((size_t)b * j->H + y) * j->W + x) * Cin;
+            }
+    }
+    float *vp = j->V + (size_t)task * Cin * mr;
     for (int c0 = 0; c0 < Cin; c0 += 8) {
         const int n = Cin - c0 < 8 ? Cin - c0 : 8;
-        wv d[16], r[16];
-        for (int p = 0; p < 16; p++)
-            if (src[p])
-                wv_ld_n(&d[p], src[p] + c0, n);
-            else
-                d[p] = zero;
-        for (int k = 0; k < 4; k++) { /* rows: B^T d */
-            r[0 + k] = d[0 + k] - d[8 + k];
-            r[4 + k] = d[4 + k] + d[8 + k];
-            r[8 + k] = d[8 + k] - d[4 + k];
-            r[12 + k] = d[4 + k] - d[12 + k];
+        float out[16][8][SD_MR_MAX]; /* [ad][channel][tile] */
+        for (int r = 0; r < mr; r++) {
+            wv d[16], q[16];
+            for (int p = 0; p < 16; p++) {
+                if (src[r][p])
+                    wv_ld_n(&d[p], src[r][p] + c0, n);
+                else
+                    d[p] = zero;
+            }
+            for (int k = 0; k < 4; k++) { /* rows: B^T d */
+                q[0 + k] = d[0 + k] - d[8 + k];
+                q[4 + k] = d[4 + k] + d[8 + k];
+                q[8 + k] = d[8 + k] - d[4 + k];
+                q[12 + k] = d[4 + k] - d[12 + k];
+            }
+            for (int i = 0; i < 4; i++) { /* columns: (B^T d) B */
+                const wv *e = q + 4 * i;
+                d[4 * i + 0] = e[0] - e[2];
+                d[4 * i + 1] = e[1] + e[2];
+                d[4 * i + 2] = e[2] - e[1];
+                d[4 * i + 3] = e[1] - e[3];
+            }
+            for (int p = 0; p < 16; p++)
+                for (int l = 0; l < 8; l++)
+                    out[p][l][r] = d[p][l];
         }
-        for (int i = 0; i < 4; i++) { /* columns: (B^T d) B */
-            const wv *q = r + 4 * i;
-            d[4 * i + 0] = q[0] - q[2];
-            d[4 * i + 1] = q[1] + q[2];
-            d[4 * i + 2] = q[2] - q[1];
-            d[4 * i + 3] = q[1] - q[3];
+        /* Channels c0.. of all mr tiles are one contiguous run of the panel. */
+        for (int p = 0; p < 16; p++) {
+            float *dst = vp + p * j->ad_step + (size_t)c0 * mr;
+            for (int l = 0; l < n; l++)
+                memcpy(dst + (size_t)l * mr, out[p][l], sizeof(float) * (size_t)mr);
         }
-        for (int p = 0; p < 16; p++)
-            wv_st_n(v + (size_t)p * Cin + c0, &d[p], n);
     }
 }
 
-/* ---- weight transform: U = G g G^T, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1] ---- */
+/* ---- weights: U = G g G^T, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1] ---- */
 
-typedef struct {
-    const sd_packed *Wp; /* direct weights: panels of (9 Cin) x 16, k = tap*Cin + ci */
-    int Cin, p0, np;
-    float *U; /* [ad][panel - p0][Cin][16] */
-} w_job;
-
-static void w_panel(void *ctx, int64_t task, int thread)
+/* Channels [k0, k0 + kc) of output panel `wp` (packed direct weights, rows
+ * k = tap*Cin + ci of 16 floats) into ub[ad][k - k0][16]. */
+static void weights_block(const float *wp, int Cin, int k0, int kc, float *ub)
 {
-    (void)thread;
-    const w_job *j = ctx;
-    const int Cin = j->Cin, nr = 16, p = j->p0 + (int)task;
-    const size_t K = (size_t)9 * Cin;
-    const float *wp = j->Wp->data + (size_t)p * K * nr;
-    const size_t ad_stride = (size_t)j->np * Cin * nr;
-    float *u = j->U + (size_t)task * Cin * nr;
     const wv half = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
-    for (int ci = 0; ci < Cin; ci++)
-        for (int h = 0; h < nr; h += 8) {
+    const size_t ad_step = (size_t)kc * 16;
+    for (int k = 0; k < kc; k++)
+        for (int h = 0; h < 16; h += 8) {
             wv g[9], t[12];
-            for (int tap = 0; tap < 9; tap++)
-                wv_ld(&g[tap], wp + ((size_t)tap * Cin + ci) * nr + h);
-            /* G g (4 x 3); the halving is exact. */
-            for (int kx = 0; kx < 3; kx++) {
+            for (int tap = 0; tap < 9; tap++) {
+                const float *gp = wp + ((size_t)tap * Cin + k0 + k) * 16 + h;
+                __builtin_prefetch(gp + 8 * 16); /* nine streams: help the prefetcher */
+                wv_ld(&g[tap], gp);
+            }
+            for (int kx = 0; kx < 3; kx++) { /* G g (4 x 3); the halving is exact */
                 wv s = g[0 + kx] + g[6 + kx];
                 t[0 + kx] = g[0 + kx];
                 t[3 + kx] = half * (s + g[3 + kx]);
                 t[6 + kx] = half * (s - g[3 + kx]);
                 t[9 + kx] = g[6 + kx];
             }
-            /* (G g) G^T (4 x 4), stored per position ad */
-            float *o = u + (size_t)ci * nr + h;
-            for (int a = 0; a < 4; a++) {
+            float *o = ub + (size_t)k * 16 + h;
+            for (int a = 0; a < 4; a++) { /* (G g) G^T (4 x 4) */
                 const wv *q = t + 3 * a;
                 wv s = q[0] + q[2], u1 = half * (s + q[1]), u2 = half * (s - q[1]);
-                wv_st(o + (4 * a + 0) * ad_stride, &q[0]);
-                wv_st(o + (4 * a + 1) * ad_stride, &u1);
-                wv_st(o + (4 * a + 2) * ad_stride, &u2);
-                wv_st(o + (4 * a + 3) * ad_stride, &q[2]);
+                wv_st(o + (4 * a + 0) * ad_step, &q[0]);
+                wv_st(o + (4 * a + 1) * ad_step, &u1);
+                wv_st(o + (4 * a + 2) * ad_step, &u2);
+                wv_st(o + (4 * a + 3) * ad_step, &q[2]);
             }
         }
 }
 
-/* ---- output transform: Y = A^T M A, A^T = [1 1 1 0; 0 1 -1 -1], then the epilogue ---- */
+/* ---- one output panel: products, then Y = A^T M A, A^T = [1 1 1 0; 0 1 -1 -1] ---- */
 
 typedef struct {
-    const float *Mt; /* [tile - t0][16][nbp] */
-    int nbp, n0, nb, N, H, W, th, tw, t0;
+    const sd_kernels *kern;
+    const sd_packed *Wp;
+    const float *V;
+    size_t ad_step; /* as in_job */
+    int Cin, N, H, W, th, tw, t0, nt, tpan;
     float *out; /* (batch, H, W, N) */
     const sd_epilogue *ep;
-} out_job;
+    float *scratch; /* per thread: Ub then Acc */
+    size_t per_thread;
+} panel_job;
 
-static void out_tile(void *ctx, int64_t task, int thread)
+static void out_panel(void *ctx, int64_t task, int thread)
 {
-    (void)thread;
-    const out_job *j = ctx;
-    const int t = j->t0 + (int)task, per = j->th * j->tw, N = j->N;
-    const int b = t / per, rem = t - b * per, ty = rem / j->tw, tx = rem - ty * j->tw;
-    const float *m = j->Mt + (size_t)task * 16 * j->nbp;
+    const panel_job *j = ctx;
+    const sd_kernels *kern = j->kern;
+    const int mr = kern->mr, Cin = j->Cin, N = j->N, p = (int)task;
+    const int n0 = p * 16, cols = N - n0 < 16 ? N - n0 : 16;
+    const int nkb = (Cin + WG_KC - 1) / WG_KC, kcb = (Cin + nkb - 1) / nkb;
+    const size_t acc_step = (size_t)j->tpan * mr * 16; /* floats per position in Acc */
+    float *ub = j->scratch + (size_t)thread * j->per_thread, *acc = ub + (size_t)16 * kcb * 16;
+    const float *wp = j->Wp->data + (size_t)p * j->Wp->K * 16;
+
+    for (int kb = 0; kb < nkb; kb++) {
+        const int k0 = kb * kcb, kc = Cin - k0 < kcb ? Cin - k0 : kcb;
+        weights_block(wp, Cin, k0, kc, ub);
+        for (int ad = 0; ad < 16; ad++)
+            for (int tp = 0; tp < j->tpan; tp++)
+                kern->micro(kc, j->V + ad * j->ad_step + ((size_t)tp * Cin + k0) * mr,
+                            ub + (size_t)ad * kc * 16, acc + ad * acc_step + (size_t)tp * mr * 16,
+                            16, kb > 0, mr, 16, NULL);
+    }
+
     const sd_epilogue *ep = j->ep;
-    size_t row[4]; /* output pixel of tile position (i, k), or SIZE_MAX past the edge */
-    for (int i = 0; i < 2; i++)
-        for (int k = 0; k < 2; k++) {
-            const int oy = 2 * ty + i, ox = 2 * tx + k;
-            row[2 * i + k] =
-                oy < j->H && ox < j->W ? ((size_t)b * j->H + oy) * j->W + ox : (size_t)-1;
-        }
-    /* Columns past nb in Mt were never written: their lanes are computed
-     * (nbp is a multiple of 16, so the loads stay inside the row) and dropped. */
-    for (int c0 = 0; c0 < j->nb; c0 += 8) {
-        const int n = j->nb - c0 < 8 ? j->nb - c0 : 8, col = j->n0 + c0;
-        wv s[8], y[4];
-        for (int k = 0; k < 4; k++) { /* rows: A^T M */
-            wv v0, v1, v2, v3;
-            wv_ld(&v0, m + (size_t)(0 + k) * j->nbp + c0);
-            wv_ld(&v1, m + (size_t)(4 + k) * j->nbp + c0);
-            wv_ld(&v2, m + (size_t)(8 + k) * j->nbp + c0);
-            wv_ld(&v3, m + (size_t)(12 + k) * j->nbp + c0);
-            s[k] = v0 + v1 + v2;
-            s[4 + k] = v1 - v2 - v3;
-        }
-        for (int i = 0; i < 2; i++) { /* columns: (A^T M) A */
-            const wv *q = s + 4 * i;
-            y[2 * i + 0] = q[0] + q[1] + q[2];
-            y[2 * i + 1] = q[1] - q[2] - q[3];
-        }
-        for (int p = 0; p < 4; p++) {
-            if (row[p] == (size_t)-1)
-                continue;
-            /* Same order as the GEMM epilogue: acc + bias + group + residual. */
-            wv v = y[p], e;
-            if (ep && ep->bias) {
-                wv_ld_n(&e, ep->bias + col, n);
-                v += e;
+    const int per = j->th * j->tw;
+    for (int tb = 0; tb < j->nt; tb++) {
+        const int t = j->t0 + tb, b = t / per, rem = t - b * per, ty = rem / j->tw,
+                  tx = rem - ty * j->tw;
+        const float *m = acc + (size_t)tb * 16;
+        if (tb + 2 < j->nt) { /* the output rows two tiles ahead (scattered lines) */
+            const int t2 = t + 2, b2 = t2 / per, r2 = t2 - b2 * per, y2 = 2 * (r2 / j->tw),
+                      x2 = 2 * (r2 - (r2 / j->tw) * j->tw);
+            for (int i = 0; i < 2 && y2 + i < j->H; i++) {
+                const size_t row = ((size_t)b2 * j->H + y2 + i) * j->W + x2;
+                __builtin_prefetch(j->out + row * N + n0, 1);
+                if (x2 + 1 < j->W)
+                    __builtin_prefetch(j->out + (row + 1) * N + n0, 1);
+                if (ep && ep->residual && ep->residual != j->out) {
+                    __builtin_prefetch(ep->residual + row * ep->ld_res + n0);
+                    if (x2 + 1 < j->W)
+                        __builtin_prefetch(ep->residual + (row + 1) * ep->ld_res + n0);
+                }
             }
-            if (ep && ep->group_add) {
-                wv_ld_n(&e, ep->group_add + (row[p] / (size_t)ep->group_rows) * N + col, n);
-                v += e;
+        }
+        for (int h = 0; h < cols; h += 8) {
+            const int n = cols - h < 8 ? cols - h : 8, col = n0 + h;
+            wv s[8], y[4];
+            for (int k = 0; k < 4; k++) { /* rows: A^T M */
+                wv v0, v1, v2, v3;
+                wv_ld(&v0, m + (0 + k) * acc_step + h);
+                wv_ld(&v1, m + (4 + k) * acc_step + h);
+                wv_ld(&v2, m + (8 + k) * acc_step + h);
+                wv_ld(&v3, m + (12 + k) * acc_step + h);
+                s[k] = v0 + v1 + v2;
+                s[4 + k] = v1 - v2 - v3;
             }
-            if (ep && ep->residual) {
-                wv_ld_n(&e, ep->residual + row[p] * ep->ld_res + col, n);
-                v += e;
+            for (int i = 0; i < 2; i++) { /* columns: (A^T M) A */
+                const wv *q = s + 4 * i;
+                y[2 * i + 0] = q[0] + q[1] + q[2];
+                y[2 * i + 1] = q[1] - q[2] - q[3];
             }
-            wv_st_n(j->out + row[p] * N + col, &v, n);
+            for (int i = 0; i < 2; i++)
+                for (int k = 0; k < 2; k++) {
+                    const int oy = 2 * ty + i, ox = 2 * tx + k;
+                    if (oy >= j->H || ox >= j->W)
+                        continue;
+                    const size_t row = ((size_t)b * j->H + oy) * j->W + ox;
+                    /* The GEMM epilogue's order: acc + bias + group + residual;
+                     * a residual aliasing out is read before it is written. */
+                    wv v = y[2 * i + k], e;
+                    if (ep && ep->bias) {
+                        wv_ld_n(&e, ep->bias + col, n);
+                        v += e;
+                    }
+                    if (ep && ep->group_add) {
+                        wv_ld_n(&e, ep->group_add + (row / (size_t)ep->group_rows) * N + col, n);
+                        v += e;
+                    }
+                    if (ep && ep->residual) {
+                        wv_ld_n(&e, ep->residual + row * ep->ld_res + col, n);
+                        v += e;
+                    }
+                    wv_st_n(j->out + row * N + col, &v, n);
+                }
         }
     }
 }
@@ -249,8 +289,9 @@ static void out_tile(void *ctx, int64_t task, int thread)
 
 int sd_winograd_pays(int batch, int H, int W, int Cin, int N)
 {
-    /* Below ~64 tiles the per-call weight transform costs more than the
-     * GEMM work it saves; tiny channel counts do not fill a microkernel. */
+    /* Below ~64 tiles the weight transform (once per tile block) costs
+     * about what the GEMM saves; tiny channel counts do not fill a
+     * microkernel. */
     long tiles = (long)batch * ((H + 1) / 2) * ((W + 1) / 2);
     return WG_HAVE && Cin >= 32 && N >= 32 && tiles >= 64;
 }
@@ -258,68 +299,51 @@ int sd_winograd_pays(int batch, int H, int W, int Cin, int N)
 int sd_conv3x3_winograd(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
                         const sd_packed *Wp, float *out, const sd_epilogue *ep)
 {
-    const int nr = 16, N = Wp->N;
-    if (!WG_HAVE || Wp->nr != nr || Wp->K != 9 * Cin || batch <= 0 || H <= 0 || W <= 0)
+#if WG_HAVE
+    const sd_kernels *kern = ex->kern;
+    const int mr = kern->mr, N = Wp->N;
+    if (Wp->nr != 16 || kern->nr != 16 || mr > SD_MR_MAX || Wp->K != 9 * Cin || batch <= 0 ||
+        H <= 0 || W <= 0)
         return 0;
     const int th = (H + 1) / 2, tw = (W + 1) / 2;
     const long tiles_l = (long)batch * th * tw;
-    if (tiles_l > INT32_MAX)
+    if (tiles_l > INT32_MAX / 2)
         return 0;
-    const int tiles = (int)tiles_l, panels = (N + nr - 1) / nr;
+    const int tiles = (int)tiles_l, panels = (N + 15) / 16;
 
-    /* Output-channel chunk: as many panels as fit the U bound (at least one). */
-    size_t u_per_panel = (size_t)16 * Cin * nr * sizeof(float);
-    int ppc = (int)(WG_U_BYTES / u_per_panel);
-    ppc = ppc < 1 ? 1 : ppc > panels ? panels : ppc;
-    const int chunks = (panels + ppc - 1) / ppc;
-    ppc = (panels + chunks - 1) / chunks; /* equal chunks */
-    const int nbp = ppc * nr;
-    /* Tile block: bounded by V and Mt. */
-    size_t v_per_tile = (size_t)16 * Cin * sizeof(float),
-           m_per_tile = (size_t)16 * nbp * sizeof(float);
-    size_t tb = WG_V_BYTES / v_per_tile;
-    if (WG_M_BYTES / m_per_tile < tb)
-        tb = WG_M_BYTES / m_per_tile;
-    if (tb < 16)
-        tb = 16;
+    /* Tile blocks of whole mr panels, bounded by WG_TB_MAX and by V's size. */
+    size_t tb = WG_V_BYTES / ((size_t)16 * Cin * sizeof(float));
+    tb = tb > WG_TB_MAX ? WG_TB_MAX : tb < (size_t)mr ? (size_t)mr : tb;
     if (tb > (size_t)tiles)
         tb = (size_t)tiles;
     const int blocks = (int)((tiles + tb - 1) / tb);
-    const int TB = (tiles + blocks - 1) / blocks;
+    const int TB = (tiles + blocks - 1) / blocks, tpan_max = (TB + mr - 1) / mr;
+    const size_t ad_step = (size_t)tpan_max * Cin * mr;
 
-    float *V = sd_ws_get(ex, 4, (size_t)TB * v_per_tile);
-    float *U = sd_ws_get(ex, 5, (size_t)ppc * u_per_panel);
-    float *Mt = sd_ws_get(ex, 6, (size_t)TB * m_per_tile);
-    if (!V || !U || !Mt) {
+    const int threads = sd_pool_size(ex->pool);
+    const int nkb = (Cin + WG_KC - 1) / WG_KC, kcb = (Cin + nkb - 1) / nkb;
+    const size_t per_thread = (size_t)16 * kcb * 16 + (size_t)16 * tpan_max * mr * 16;
+    float *V = sd_ws_get(ex, 4, 16 * ad_step * sizeof(float));
+    float *scratch = sd_ws_get(ex, 5, per_thread * threads * sizeof(float));
+    if (!V || !scratch) {
         sd_ws_put(ex, 4, V);
-        sd_ws_put(ex, 5, U);
-        sd_ws_put(ex, 6, Mt);
+        sd_ws_put(ex, 5, scratch);
         return 0;
     }
-    sd_pool *pool = ex->pool;
-    for (int c = 0; c < chunks; c++) {
-        const int p0 = c * ppc, np = panels - p0 < ppc ? panels - p0 : ppc;
-        const int n0 = p0 * nr, nb = N - n0 < np * nr ? N - n0 : np * nr;
-        w_job wj = {Wp, Cin, p0, np, U};
-        sd_pool_run(pool, np, w_panel, &wj);
-        for (int blk = 0; blk < blocks; blk++) {
-            const int t0 = blk * TB, nt = tiles - t0 < TB ? tiles - t0 : TB;
-            if (blocks > 1 || c == 0) { /* one block: V is the same for every chunk */
-                in_job ij = {in, H, W, Cin, th, tw, t0, V};
-                sd_pool_run(pool, nt, in_tile, &ij);
-            }
-            for (int ad = 0; ad < 16; ad++) {
-                sd_packed Uad = {
-                    .K = Cin, .N = nb, .nr = nr, .data = U + (size_t)ad * np * Cin * nr};
-                sd_gemm(ex, nt, V + (size_t)ad * Cin, 16 * Cin, &Uad, Mt + (size_t)ad * nbp,
-                        16 * nbp, NULL);
-            }
-            out_job oj = {Mt, nbp, n0, nb, N, H, W, th, tw, t0, out, ep};
-            sd_pool_run(pool, nt, out_tile, &oj);
-        }
+    for (int blk = 0; blk < blocks; blk++) {
+        const int t0 = blk * TB, nt = tiles - t0 < TB ? tiles - t0 : TB;
+        const int tpan = (nt + mr - 1) / mr;
+        in_job ij = {in, H, W, Cin, th, tw, mr, t0, nt, ad_step, V};
+        sd_pool_run(ex->pool, tpan, in_panel, &ij);
+        panel_job pj = {kern, Wp, V,  ad_step, Cin, N,  H,       W,         th,
+                        tw,   t0, nt, tpan,    out, ep, scratch, per_thread};
+        sd_pool_run(ex->pool, panels, out_panel, &pj);
     }
     sd_ws_put(ex, 4, V);
-    sd_ws_put(ex, 5, U);
-    sd_ws_put(ex, 6, Mt);
+    sd_ws_put(ex, 5, scratch);
     return 1;
+#else
+    (void)ex, (void)in, (void)batch, (void)H, (void)W, (void)Cin, (void)Wp, (void)out, (void)ep;
+    return 0;
+#endif
 }
