@@ -114,7 +114,7 @@ static void in_panel(void *ctx, int64_t task, int thread)
     float *vp = j->V + (size_t)task * Cin * mr;
     for (int c0 = 0; c0 < Cin; c0 += 8) {
         const int n = Cin - c0 < 8 ? Cin - c0 : 8;
-        float out[16][8][SD_MR_MAX]; /* [ad][channel][tile] */
+        float out[16][8 * SD_MR_MAX]; /* [ad][channel * mr + tile]: the panel's layout */
         for (int r = 0; r < mr; r++) {
             wv d[16], q[16];
             for (int p = 0; p < 16; p++) {
@@ -138,14 +138,11 @@ static void in_panel(void *ctx, int64_t task, int thread)
             }
             for (int p = 0; p < 16; p++)
                 for (int l = 0; l < 8; l++)
-                    out[p][l][r] = d[p][l];
+                    out[p][l * mr + r] = d[p][l];
         }
         /* Channels c0.. of all mr tiles are one contiguous run of the panel. */
-        for (int p = 0; p < 16; p++) {
-            float *dst = vp + p * j->ad_step + (size_t)c0 * mr;
-            for (int l = 0; l < n; l++)
-                memcpy(dst + (size_t)l * mr, out[p][l], sizeof(float) * (size_t)mr);
-        }
+        for (int p = 0; p < 16; p++)
+            memcpy(vp + p * j->ad_step + (size_t)c0 * mr, out[p], sizeof(float) * (size_t)(n * mr));
     }
 }
 
