@@ -187,6 +187,20 @@ static void test_tiny_sd2(void)
     run_case("tiny-sd2", "tiny-sd2");
 }
 
+/* Both 3x3 methods end to end (the automatic choice mixes them): odd sizes
+ * give partial Winograd tiles, batch 2 gives per-row time embeddings. */
+static void test_conv_methods(void)
+{
+    static const char *const methods[] = {"direct", "winograd"};
+    for (int i = 0; i < 2; i++) {
+        CHECK(setenv("SDUNET_CONV", methods[i], 1) == 0, "setenv");
+        printf("  SDUNET_CONV=%s\n", methods[i]);
+        run_case("tiny-b2-odd", "tiny");
+        run_case("tiny-sd2", "tiny-sd2");
+    }
+    unsetenv("SDUNET_CONV");
+}
+
 /* ---- weight files ---- */
 static void test_micro_f32_file(void)
 {
@@ -398,6 +412,7 @@ int main(void)
     RUN(test_tiny);
     RUN(test_tiny_b2_odd);
     RUN(test_tiny_sd2);
+    RUN(test_conv_methods);
     RUN(test_micro_f32_file);
     RUN(test_micro_fp16_file);
     RUN(test_micro_bf16_file);

@@ -352,6 +352,9 @@ static void pack_plain(const void *src, int m0, int rows, int k0, int kc, const 
 #ifndef KC_TARGET
 #define KC_TARGET 256 /* B micro-panel kc x 16 floats = 16 KiB: L1 with an A micro-panel */
 #endif
+#ifndef KC_ONE_BLOCK
+#define KC_ONE_BLOCK 320
+#endif
 #ifndef MC_TARGET
 #define MC_TARGET 144 /* A block mc x kc = 144 KiB: L2 beside the C block */
 #endif
@@ -433,8 +436,11 @@ void sd_gemm_run(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_packed
     const int threads = sd_pool_size(ex->pool);
 
     gemm_job j = {.kern = kern, .a = a, .B = B, .C = C, .ldc = ldc, .M = M, .ep = ep ? ep : &no_ep};
-    /* Equal K blocks no longer than KC_TARGET: no short tail block. */
-    j.nkb = K > 0 ? (K + KC_TARGET - 1) / KC_TARGET : 1;
+    /* Equal K blocks no longer than KC_TARGET: no short tail block. Up to
+     * KC_ONE_BLOCK, one block: a 20 KiB B micro-panel still fits L1 beside
+     * the A micro-panel, and C is stored once instead of twice (K = 320, the
+     * UNet's most common projection depth: +4% measured). */
+    j.nkb = K > KC_ONE_BLOCK ? (K + KC_TARGET - 1) / KC_TARGET : 1;
     j.kc = K > 0 ? (K + j.nkb - 1) / j.nkb : 0;
     if (j.kc > SD_KC_MAX)
         j.kc = SD_KC_MAX;
