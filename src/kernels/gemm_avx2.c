@@ -342,6 +342,9 @@ static void gelu_mul_avx2(const float *h, const float *g, float *y, int n)
     }
 }
 
+int sd_conv3x3_winograd_avx2(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
+                             const sd_packed *Wp, float *out, const sd_epilogue *ep);
+
 const sd_kernels sd_kernels_avx2 = {
     .name = "avx2",
     .mr = MR,
@@ -351,4 +354,5 @@ const sd_kernels sd_kernels_avx2 = {
     .softmax_cols = softmax_cols_avx2,
     .silu = silu_avx2,
     .gelu_mul = gelu_mul_avx2,
+    .winograd = sd_conv3x3_winograd_avx2,
 };

@@ -34,6 +34,10 @@ typedef struct sd_tile_ep {
 void sd_tile_store(const float *t, int ldt, float *c, int ldc, int accumulate, int rows, int cols,
                    const sd_tile_ep *te);
 
+struct sd_exec;
+struct sd_packed;
+struct sd_epilogue;
+
 /* A kernel set chosen at run time from the CPU's features. */
 typedef struct sd_kernels {
     const char *name; /* "avx2", "portable" */
@@ -60,6 +64,9 @@ typedef struct sd_kernels {
     /* y[i] = h[i] * gelu(g[i]), exact-erf GELU, for i < n (one GEGLU row):
      * within ~3e-7 relative for g > -2.5, and in absolute terms beyond. */
     void (*gelu_mul)(const float *h, const float *g, float *y, int n);
+    /* sd_conv3x3_winograd built for this set, or NULL for the portable build. */
+    int (*winograd)(const struct sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
+                    const struct sd_packed *Wp, float *out, const struct sd_epilogue *ep);
 } sd_kernels;
 
 /* Best kernel set for this CPU. `force` may name one ("portable", "avx2")

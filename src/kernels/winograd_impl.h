@@ -1,0 +1,311 @@
+/* Winograd F(2x2, 3x3) convolution, the implementation (see winograd.c
+ * for the method and the layouts). Included by winograd.c (portable build)
+ * and winograd_avx2.c (built with -mavx2 -mfma, where the 8-channel vectors
+ * below become single ymm operations): one source, two instruction sets.
+ * Defines WG_HAVE and, where it is 1, the static function wg_run. */
+#ifndef SD_WINOGRAD_IMPL_H
+#define SD_WINOGRAD_IMPL_H
+
+#include "kernels/kernels.h"
+
+#include <string.h>
+
+#ifndef WG_V_BYTES
+#define WG_V_BYTES (12u << 20) /* transformed inputs of one tile block: L3 */
+#endif
+#ifndef WG_TB_MAX
+#define WG_TB_MAX 128 /* tiles per block: a 128 KiB accumulator per thread */
+#endif
+#define WG_KC 256 /* K block: 16 x 256 x 16 transformed weights = 256 KiB */
+
+/* The transforms work on 8 channels at a time as one GNU C vector (AVX2
+ * where this file is built for it, two SSE halves otherwise); compilers
+ * without vector extensions get the direct method instead. */
+#if defined(__GNUC__)
+#define WG_HAVE 1
+typedef float wv __attribute__((vector_size(32)));
+
+/* Loads and stores through pointers (a vector passed by value would change
+ * the ABI where AVX is not enabled). */
+static inline void wv_ld(wv *v, const float *p)
+{
+    memcpy(v, p, sizeof *v);
+}
+static inline void wv_st(float *p, const wv *v)
+{
+    memcpy(p, v, sizeof *v);
+}
+
+/* n <= 8 lanes: the rest read as zero / are not written. */
+static inline void wv_ld_n(wv *v, const float *p, int n)
+{
+    if (n == 8) {
+        wv_ld(v, p);
+        return;
+    }
+    float t[8] = {0};
+    memcpy(t, p, sizeof(float) * (size_t)n);
+    wv_ld(v, t);
+}
+
+static inline void wv_st_n(float *p, const wv *v, int n)
+{
+    if (n == 8) {
+        wv_st(p, v);
+        return;
+    }
+    float t[8];
+    wv_st(t, v);
+    memcpy(p, t, sizeof(float) * (size_t)n);
+}
+
+/* ---- input transform: V = B^T d B, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] ---- */
+
+typedef struct {
+    const float *in;
+    int H, W, Cin, th, tw, mr;
+    int t0, nt;     /* the block's first tile and tile count */
+    size_t ad_step; /* floats per position in V: panels x Cin x mr */
+    float *V;
+} in_job;
+
+/* One tile panel: mr tiles (rows past the block are zero), all channels. */
+static void in_panel(void *ctx, int64_t task, int thread)
+{
+    (void)thread;
+    const in_job *j = ctx;
+    const int Cin = j->Cin, mr = j->mr, per = j->th * j->tw;
+    const wv zero = {0};
+    const float *src[SD_MR_MAX][16];
+    for (int r = 0; r < mr; r++) {
+        const int tb = (int)task * mr + r, t = j->t0 + tb;
+        const int b = t / per, rem = t - b * per, ty = rem / j->tw, tx = rem - ty * j->tw;
+        for (int i = 0; i < 4; i++)
+            for (int k = 0; k < 4; k++) {
+                int y = 2 * ty - 1 + i, x = 2 * tx - 1 + k;
+                src[r][i * 4 + k] = tb >= j->nt || y < 0 || y >= j->H || x < 0 || x >= j->W
+                                        ? NULL
+                                        : j->in + (((size_t)b * j->H + y) * j->W + x) * Cin;
+            }
+    }
+    float *vp = j->V + (size_t)task * Cin * mr;
+    for (int c0 = 0; c0 < Cin; c0 += 8) {
+        const int n = Cin - c0 < 8 ? Cin - c0 : 8;
+        float out[16][8 * SD_MR_MAX]; /* [ad][channel * mr + tile]: the panel's layout */
+        for (int r = 0; r < mr; r++) {
+            wv d[16], q[16];
+            for (int p = 0; p < 16; p++) {
+                if (src[r][p])
+                    wv_ld_n(&d[p], src[r][p] + c0, n);
+                else
+                    d[p] = zero;
+            }
+            for (int k = 0; k < 4; k++) { /* rows: B^T d */
+                q[0 + k] = d[0 + k] - d[8 + k];
+                q[4 + k] = d[4 + k] + d[8 + k];
+                q[8 + k] = d[8 + k] - d[4 + k];
+                q[12 + k] = d[4 + k] - d[12 + k];
+            }
+            for (int i = 0; i < 4; i++) { /* columns: (B^T d) B */
+                const wv *e = q + 4 * i;
+                d[4 * i + 0] = e[0] - e[2];
+                d[4 * i + 1] = e[1] + e[2];
+                d[4 * i + 2] = e[2] - e[1];
+                d[4 * i + 3] = e[1] - e[3];
+            }
+            for (int p = 0; p < 16; p++)
+                for (int l = 0; l < 8; l++)
+                    out[p][l * mr + r] = d[p][l];
+        }
+        /* Channels c0.. of all mr tiles are one contiguous run of the panel. */
+        for (int p = 0; p < 16; p++)
+            memcpy(vp + p * j->ad_step + (size_t)c0 * mr, out[p], sizeof(float) * (size_t)(n * mr));
+    }
+}
+
+/* ---- weights: U = G g G^T, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1] ---- */
+
+/* Channels [k0, k0 + kc) of output panel `wp` (packed direct weights, rows
+ * k = tap*Cin + ci of 16 floats) into ub[ad][k - k0][16]. */
+static void weights_block(const float *wp, int Cin, int k0, int kc, float *ub)
+{
+    const wv half = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
+    const size_t ad_step = (size_t)kc * 16;
+    for (int k = 0; k < kc; k++)
+        for (int h = 0; h < 16; h += 8) {
+            wv g[9], t[12];
+            for (int tap = 0; tap < 9; tap++) {
+                const float *gp = wp + ((size_t)tap * Cin + k0 + k) * 16 + h;
+                __builtin_prefetch(gp + 8 * 16); /* nine streams: help the prefetcher */
+                wv_ld(&g[tap], gp);
+            }
+            for (int kx = 0; kx < 3; kx++) { /* G g (4 x 3); the halving is exact */
+                wv s = g[0 + kx] + g[6 + kx];
+                t[0 + kx] = g[0 + kx];
+                t[3 + kx] = half * (s + g[3 + kx]);
+                t[6 + kx] = half * (s - g[3 + kx]);
+                t[9 + kx] = g[6 + kx];
+            }
+            float *o = ub + (size_t)k * 16 + h;
+            for (int a = 0; a < 4; a++) { /* (G g) G^T (4 x 4) */
+                const wv *q = t + 3 * a;
+                wv s = q[0] + q[2], u1 = half * (s + q[1]), u2 = half * (s - q[1]);
+                wv_st(o + (4 * a + 0) * ad_step, &q[0]);
+                wv_st(o + (4 * a + 1) * ad_step, &u1);
+                wv_st(o + (4 * a + 2) * ad_step, &u2);
+                wv_st(o + (4 * a + 3) * ad_step, &q[2]);
+            }
+        }
+}
+
+/* ---- one output panel: products, then Y = A^T M A, A^T = [1 1 1 0; 0 1 -1 -1] ---- */
+
+typedef struct {
+    const sd_kernels *kern;
+    const sd_packed *Wp;
+    const float *V;
+    size_t ad_step; /* as in_job */
+    int Cin, N, H, W, th, tw, t0, nt, tpan;
+    float *out; /* (batch, H, W, N) */
+    const sd_epilogue *ep;
+    float *scratch; /* per thread: Ub then Acc */
+    size_t per_thread;
+} panel_job;
+
+static void out_panel(void *ctx, int64_t task, int thread)
+{
+    const panel_job *j = ctx;
+    const sd_kernels *kern = j->kern;
+    const int mr = kern->mr, Cin = j->Cin, N = j->N, p = (int)task;
+    const int n0 = p * 16, cols = N - n0 < 16 ? N - n0 : 16;
+    const int nkb = (Cin + WG_KC - 1) / WG_KC, kcb = (Cin + nkb - 1) / nkb;
+    const size_t acc_step = (size_t)j->tpan * mr * 16; /* floats per position in Acc */
+    float *ub = j->scratch + (size_t)thread * j->per_thread, *acc = ub + (size_t)16 * kcb * 16;
+    const float *wp = j->Wp->data + (size_t)p * j->Wp->K * 16;
+
+    for (int kb = 0; kb < nkb; kb++) {
+        const int k0 = kb * kcb, kc = Cin - k0 < kcb ? Cin - k0 : kcb;
+        weights_block(wp, Cin, k0, kc, ub);
+        for (int ad = 0; ad < 16; ad++)
+            for (int tp = 0; tp < j->tpan; tp++)
+                kern->micro(kc, j->V + ad * j->ad_step + ((size_t)tp * Cin + k0) * mr,
+                            ub + (size_t)ad * kc * 16, acc + ad * acc_step + (size_t)tp * mr * 16,
+                            16, kb > 0, mr, 16, NULL);
+    }
+
+    const sd_epilogue *ep = j->ep;
+    const int per = j->th * j->tw;
+    for (int tb = 0; tb < j->nt; tb++) {
+        const int t = j->t0 + tb, b = t / per, rem = t - b * per, ty = rem / j->tw,
+                  tx = rem - ty * j->tw;
+        const float *m = acc + (size_t)tb * 16;
+        if (tb + 2 < j->nt) { /* the output rows two tiles ahead (scattered lines) */
+            const int t2 = t + 2, b2 = t2 / per, r2 = t2 - b2 * per, y2 = 2 * (r2 / j->tw),
+                      x2 = 2 * (r2 - (r2 / j->tw) * j->tw);
+            for (int i = 0; i < 2 && y2 + i < j->H; i++) {
+                const size_t row = ((size_t)b2 * j->H + y2 + i) * j->W + x2;
+                __builtin_prefetch(j->out + row * N + n0, 1);
+                if (x2 + 1 < j->W)
+                    __builtin_prefetch(j->out + (row + 1) * N + n0, 1);
+                if (ep && ep->residual && ep->residual != j->out) {
+                    __builtin_prefetch(ep->residual + row * ep->ld_res + n0);
+                    if (x2 + 1 < j->W)
+                        __builtin_prefetch(ep->residual + (row + 1) * ep->ld_res + n0);
+                }
+            }
+        }
+        for (int h = 0; h < cols; h += 8) {
+            const int n = cols - h < 8 ? cols - h : 8, col = n0 + h;
+            wv s[8], y[4];
+            for (int k = 0; k < 4; k++) { /* rows: A^T M */
+                wv v0, v1, v2, v3;
+                wv_ld(&v0, m + (0 + k) * acc_step + h);
+                wv_ld(&v1, m + (4 + k) * acc_step + h);
+                wv_ld(&v2, m + (8 + k) * acc_step + h);
+                wv_ld(&v3, m + (12 + k) * acc_step + h);
+                s[k] = v0 + v1 + v2;
+                s[4 + k] = v1 - v2 - v3;
+            }
+            for (int i = 0; i < 2; i++) { /* columns: (A^T M) A */
+                const wv *q = s + 4 * i;
+                y[2 * i + 0] = q[0] + q[1] + q[2];
+                y[2 * i + 1] = q[1] - q[2] - q[3];
+            }
+            for (int i = 0; i < 2; i++)
+                for (int k = 0; k < 2; k++) {
+                    const int oy = 2 * ty + i, ox = 2 * tx + k;
+                    if (oy >= j->H || ox >= j->W)
+                        continue;
+                    const size_t row = ((size_t)b * j->H + oy) * j->W + ox;
+                    /* The GEMM epilogue's order: acc + bias + group + residual;
+                     * a residual aliasing out is read before it is written. */
+                    wv v = y[2 * i + k], e;
+                    if (ep && ep->bias) {
+                        wv_ld_n(&e, ep->bias + col, n);
+                        v += e;
+                    }
+                    if (ep && ep->group_add) {
+                        wv_ld_n(&e, ep->group_add + (row / (size_t)ep->group_rows) * N + col, n);
+                        v += e;
+                    }
+                    if (ep && ep->residual) {
+                        wv_ld_n(&e, ep->residual + row * ep->ld_res + col, n);
+                        v += e;
+                    }
+                    wv_st_n(j->out + row * N + col, &v, n);
+                }
+        }
+    }
+}
+/* The whole convolution (see winograd.c); returns 0 if it cannot run. */
+static int wg_run(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
+                  const sd_packed *Wp, float *out, const sd_epilogue *ep)
+{
+    const sd_kernels *kern = ex->kern;
+    const int mr = kern->mr, N = Wp->N;
+    if (Wp->nr != 16 || kern->nr != 16 || mr > SD_MR_MAX || Wp->K != 9 * Cin || batch <= 0 ||
+        H <= 0 || W <= 0)
+        return 0;
+    const int th = (H + 1) / 2, tw = (W + 1) / 2;
+    const long tiles_l = (long)batch * th * tw;
+    if (tiles_l > INT32_MAX / 2)
+        return 0;
+    const int tiles = (int)tiles_l, panels = (N + 15) / 16;
+
+    /* Tile blocks of whole mr panels, bounded by WG_TB_MAX and by V's size. */
+    size_t tb = WG_V_BYTES / ((size_t)16 * Cin * sizeof(float));
+    tb = tb > WG_TB_MAX ? WG_TB_MAX : tb < (size_t)mr ? (size_t)mr : tb;
+    if (tb > (size_t)tiles)
+        tb = (size_t)tiles;
+    const int blocks = (int)((tiles + tb - 1) / tb);
+    const int TB = (tiles + blocks - 1) / blocks, tpan_max = (TB + mr - 1) / mr;
+    const size_t ad_step = (size_t)tpan_max * Cin * mr;
+
+    const int threads = sd_pool_size(ex->pool);
+    const int nkb = (Cin + WG_KC - 1) / WG_KC, kcb = (Cin + nkb - 1) / nkb;
+    const size_t per_thread = (size_t)16 * kcb * 16 + (size_t)16 * tpan_max * mr * 16;
+    float *V = sd_ws_get(ex, 4, 16 * ad_step * sizeof(float));
+    float *scratch = sd_ws_get(ex, 5, per_thread * threads * sizeof(float));
+    if (!V || !scratch) {
+        sd_ws_put(ex, 4, V);
+        sd_ws_put(ex, 5, scratch);
+        return 0;
+    }
+    for (int blk = 0; blk < blocks; blk++) {
+        const int t0 = blk * TB, nt = tiles - t0 < TB ? tiles - t0 : TB;
+        const int tpan = (nt + mr - 1) / mr;
+        in_job ij = {in, H, W, Cin, th, tw, mr, t0, nt, ad_step, V};
+        sd_pool_run(ex->pool, tpan, in_panel, &ij);
+        panel_job pj = {kern, Wp, V,  ad_step, Cin, N,  H,       W,         th,
+                        tw,   t0, nt, tpan,    out, ep, scratch, per_thread};
+        sd_pool_run(ex->pool, panels, out_panel, &pj);
+    }
+    sd_ws_put(ex, 4, V);
+    sd_ws_put(ex, 5, scratch);
+    return 1;
+}
+#else
+#define WG_HAVE 0
+#endif
+
+#endif
