@@ -57,8 +57,9 @@ static const char *file_name(const ictx *c, const char *diffusers, char *buf, si
 {
     if (c->layout != SD_LAYOUT_LDM)
         return diffusers;
-    if (sd_diffusers_to_ldm(&c->probe, diffusers, buf, len) != 1)
-        snprintf(buf, len, "(LDM name of %s)", diffusers);
+    if (sd_diffusers_to_ldm(&c->probe, diffusers, buf, len) != 1 &&
+        snprintf(buf, len, "(LDM name of %s)", diffusers) >= (int)len)
+        buf[len - 1] = '\0'; /* truncated: still a readable message */
     return buf;
 }
 
