@@ -355,6 +355,9 @@ static void pack_plain(const void *src, int m0, int rows, int k0, int kc, const 
 #ifndef KC_ONE_BLOCK
 #define KC_ONE_BLOCK 320
 #endif
+#ifndef NC_PANELS_MAX
+#define NC_PANELS_MAX 32 /* 512 columns: a 144 x 512 C block is 288 KiB */
+#endif
 #ifndef MC_TARGET
 #define MC_TARGET 144 /* A block mc x kc = 144 KiB: L2 beside the C block */
 #endif
@@ -472,6 +475,11 @@ void sd_gemm_run(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_packed
         if (nblocks > npanels)
             nblocks = npanels;
     }
+    /* With several K blocks, C is read and written once per block: keep a
+     * tile's C block (mc x nc) near L2 by splitting wide N (q|k|v and GEGLU
+     * projections: N = 1920-10240), at the cost of packing A once per n block. */
+    if (j.nkb > 1 && (npanels + nblocks - 1) / nblocks > NC_PANELS_MAX)
+        nblocks = (npanels + NC_PANELS_MAX - 1) / NC_PANELS_MAX;
     int ppb = (npanels + nblocks - 1) / nblocks;
     nblocks = (npanels + ppb - 1) / ppb;
     j.mc = mc;
