@@ -123,29 +123,22 @@ static void micro_6x16(int kc, const float *restrict a, const float *restrict b,
         }
 #undef STEP
         k0 += len;
+        /* The six rows, each with its two accumulators. */
+#define SD_ROWS(F)                                                                                 \
+    F(0, c00, c01) F(1, c10, c11) F(2, c20, c21) F(3, c30, c31) F(4, c40, c41) F(5, c50, c51)
         if (k0 >= kc && full && te) {
             const float *bias = te->bias;
             const size_t l = (size_t)ldc;
-            store_row_ep(c + 0 * l, t + 0 * NR, c00, c01, add, accumulate, bias, te->g[0],
-                         te->r[0]);
-            store_row_ep(c + 1 * l, t + 1 * NR, c10, c11, add, accumulate, bias, te->g[1],
-                         te->r[1]);
-            store_row_ep(c + 2 * l, t + 2 * NR, c20, c21, add, accumulate, bias, te->g[2],
-                         te->r[2]);
-            store_row_ep(c + 3 * l, t + 3 * NR, c30, c31, add, accumulate, bias, te->g[3],
-                         te->r[3]);
-            store_row_ep(c + 4 * l, t + 4 * NR, c40, c41, add, accumulate, bias, te->g[4],
-                         te->r[4]);
-            store_row_ep(c + 5 * l, t + 5 * NR, c50, c51, add, accumulate, bias, te->g[5],
-                         te->r[5]);
+#define SD_STORE_EP(i, lo, hi)                                                                     \
+    store_row_ep(c + (i)*l, t + (i)*NR, lo, hi, add, accumulate, bias, te->g[i], te->r[i]);
+            SD_ROWS(SD_STORE_EP)
+#undef SD_STORE_EP
             return;
         }
-        store_row(dst + 0 * ld, c00, c01, add);
-        store_row(dst + 1 * ld, c10, c11, add);
-        store_row(dst + 2 * ld, c20, c21, add);
-        store_row(dst + 3 * ld, c30, c31, add);
-        store_row(dst + 4 * ld, c40, c41, add);
-        store_row(dst + 5 * ld, c50, c51, add);
+#define SD_STORE(i, lo, hi) store_row(dst + (i)*ld, lo, hi, add);
+        SD_ROWS(SD_STORE)
+#undef SD_STORE
+#undef SD_ROWS
         add = 1;
     } while (k0 < kc);
 
