@@ -4,6 +4,7 @@
  * cases whose "kind shape" label contains it, SD_BENCH_SECONDS=s sets the time per case. Each case
  * runs until ~0.3 s have passed and reports the best repetition (1 thread: per CPU second, see
  * now()). */
+#include "bench_util.h"
 #include "kernels/kernels.h"
 
 #include <math.h>
@@ -19,24 +20,7 @@ static double g_seconds = 0.3; /* per case and thread count; SD_BENCH_SECONDS */
 
 static double now(void)
 {
-    struct timespec ts;
-    clock_gettime(g_cpu_clock ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static float *rnd(size_t n, unsigned seed)
-{
-    float *p = sd_alloc(sizeof(float) * (n ? n : 1));
-    if (!p) {
-        fprintf(stderr, "out of memory\n");
-        exit(1);
-    }
-    unsigned s = seed * 2654435761u + 1;
-    for (size_t i = 0; i < n; i++) {
-        s = s * 1664525u + 1013904223u;
-        p[i] = (float)((s >> 8) * (1.0 / 8388608.0) - 1.0);
-    }
-    return p;
+    return bench_now(g_cpu_clock);
 }
 
 typedef struct {
@@ -51,31 +35,31 @@ static double run_case(const sd_exec *ex, const bench_case *bc)
     float *A = NULL, *C = NULL, *k = NULL, *v = NULL;
     if (strcmp(bc->kind, "gemm") == 0) {
         int M = bc->a, N = bc->b, K = bc->c;
-        float *w = rnd((size_t)N * K, 1);
+        float *w = bench_rnd((size_t)N * K, 1);
         if (sd_pack(ex->kern, w, N, K, 1, &P) != SDUNET_OK)
             exit(1);
         sd_free(w);
-        A = rnd((size_t)M * K, 2);
-        C = rnd((size_t)M * N, 3);
+        A = bench_rnd((size_t)M * K, 2);
+        C = bench_rnd((size_t)M * N, 3);
         flops = 2.0 * M * N * K;
     } else if (strcmp(bc->kind, "conv") == 0) {
         int H = bc->a, W = bc->b, Cin = bc->c, N = bc->d;
-        float *w = rnd((size_t)N * Cin * 9, 1);
+        float *w = bench_rnd((size_t)N * Cin * 9, 1);
         if (sd_pack(ex->kern, w, N, Cin, 9, &P) != SDUNET_OK)
             exit(1);
         sd_free(w);
-        A = rnd((size_t)H * W * Cin, 2);
-        C = rnd((size_t)H * W * N, 3);
+        A = bench_rnd((size_t)H * W * Cin, 2);
+        C = bench_rnd((size_t)H * W * N, 3);
         flops = 2.0 * H * W * N * 9.0 * Cin;
     } else {
         int Nq = bc->a, heads = bc->b, dh = bc->c, Nk = bc->d;
-        A = rnd((size_t)Nq * heads * dh, 2);
-        k = rnd((size_t)Nk * heads * dh, 4);
-        v = rnd((size_t)Nk * heads * dh, 5);
-        C = rnd((size_t)Nq * heads * dh, 3);
+        A = bench_rnd((size_t)Nq * heads * dh, 2);
+        k = bench_rnd((size_t)Nk * heads * dh, 4);
+        v = bench_rnd((size_t)Nk * heads * dh, 5);
+        C = bench_rnd((size_t)Nq * heads * dh, 3);
         flops = 4.0 * Nq * Nk * dh * heads;
     }
-    float *bias = rnd(8192, 6);
+    float *bias = bench_rnd(8192, 6);
     double start = now();
     int reps = 0;
     do {

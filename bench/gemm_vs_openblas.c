@@ -16,6 +16,7 @@
  * whose label contains it. Timing: best repetition, the two implementations
  * alternating within a case; with 1 thread per thread CPU second (time slices
  * lost to other load on the machine do not count), else wall time. */
+#include "bench_util.h"
 #include "kernels/kernels.h"
 
 #include <cblas.h>
@@ -35,24 +36,7 @@ static int g_cpu_clock;
 
 static double now(void)
 {
-    struct timespec ts;
-    clock_gettime(g_cpu_clock ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static float *rnd(size_t n, unsigned seed)
-{
-    float *p = sd_alloc(sizeof(float) * (n ? n : 1));
-    if (!p) {
-        fprintf(stderr, "out of memory\n");
-        exit(1);
-    }
-    unsigned s = seed * 2654435761u + 1;
-    for (size_t i = 0; i < n; i++) {
-        s = s * 1664525u + 1013904223u;
-        p[i] = (float)((s >> 8) * (1.0 / 8388608.0) - 1.0);
-    }
-    return p;
+    return bench_now(g_cpu_clock);
 }
 
 typedef struct {
@@ -138,9 +122,9 @@ int main(int argc, char **argv)
         if (filter && !strstr(g->what, filter))
             continue;
         const int M = g->M, N = g->N, K = g->K;
-        float *w = rnd((size_t)N * K, 1); /* [N][K]: Linear layout; conv: [N][Cin][9] */
-        float *A = rnd((size_t)M * K, 2);
-        float *C1 = rnd((size_t)M * N, 3), *C2 = rnd((size_t)M * N, 3);
+        float *w = bench_rnd((size_t)N * K, 1); /* [N][K]: Linear layout; conv: [N][Cin][9] */
+        float *A = bench_rnd((size_t)M * K, 2);
+        float *C1 = bench_rnd((size_t)M * N, 3), *C2 = bench_rnd((size_t)M * N, 3);
         float *wt = NULL, *img = NULL;
         sd_packed P = {0};
         if (g->conv_hw) {
@@ -152,7 +136,7 @@ int main(int argc, char **argv)
                     for (int t = 0; t < 9; t++)
                         wt[((size_t)o * 9 + t) * g->conv_cin + ci] =
                             w[((size_t)o * g->conv_cin + ci) * 9 + t];
-            img = rnd((size_t)g->conv_hw * g->conv_hw * g->conv_cin, 4);
+            img = bench_rnd((size_t)g->conv_hw * g->conv_hw * g->conv_cin, 4);
             im2col(img, g->conv_hw, g->conv_hw, g->conv_cin, A);
             if (sd_pack(kern, w, N, g->conv_cin, 9, &P) != SDUNET_OK)
                 return 1;
