@@ -293,42 +293,22 @@ done:
     return res;
 }
 
-static void test_golden_ddim(void)
-{
-    run_golden("ddim", "ddim", 0, 1e-5);
-}
-static void test_golden_ddim_cfg(void)
-{
-    run_golden("ddim_cfg", "ddim", 0, 1e-5);
-}
-static void test_golden_euler(void)
-{
-    run_golden("euler", "euler", 0, 1e-5);
-}
-static void test_golden_euler_a(void)
-{
-    run_golden("euler_ancestral", "euler_a", 0, 1e-5);
-}
-static void test_golden_dpmpp_2m(void)
-{
-    run_golden("dpmpp_2m", "dpmpp_2m", 0, 1e-5);
-}
-static void test_golden_dpmpp_2m_karras(void)
-{
-    run_golden("dpmpp_2m_karras", "dpmpp_2m_karras", 0, 1e-5);
-}
-static void test_golden_pndm(void)
-{
-    run_golden("pndm", "pndm", 0, 1e-5);
-}
-static void test_golden_lms(void)
-{
-    run_golden("lms", "lms", 0, 1e-5);
-}
-static void test_golden_unipc(void)
-{
-    run_golden("unipc", "unipc", 0, 1e-5);
-}
+/* One test per golden run (run folder, scheduler name), float64 API. */
+#define GOLDEN_TEST(fn, run, sched)                                                                \
+    static void fn(void)                                                                           \
+    {                                                                                              \
+        run_golden(run, sched, 0, 1e-5);                                                           \
+    }
+GOLDEN_TEST(test_golden_ddim, "ddim", "ddim")
+GOLDEN_TEST(test_golden_ddim_cfg, "ddim_cfg", "ddim")
+GOLDEN_TEST(test_golden_euler, "euler", "euler")
+GOLDEN_TEST(test_golden_euler_a, "euler_ancestral", "euler_a")
+GOLDEN_TEST(test_golden_dpmpp_2m, "dpmpp_2m", "dpmpp_2m")
+GOLDEN_TEST(test_golden_dpmpp_2m_karras, "dpmpp_2m_karras", "dpmpp_2m_karras")
+GOLDEN_TEST(test_golden_pndm, "pndm", "pndm")
+GOLDEN_TEST(test_golden_lms, "lms", "lms")
+GOLDEN_TEST(test_golden_unipc, "unipc", "unipc")
+#undef GOLDEN_TEST
 
 /* The float32 API on the same runs: latents rounded to float32 each step. */
 static void test_golden_f32_api(void)
