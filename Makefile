@@ -113,8 +113,8 @@ fuzz-build:
 		$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer fuzz/fuzz_$$h.c $(FUZZ_BUILD)/targets.o \
 			$(FUZZ_BUILD)/lib/libsdunet.a $(LDLIBS) -o $(FUZZ_BUILD)/fuzz_$$h || exit 1; \
 	done
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link fuzz/corpus.c $(FUZZ_BUILD)/targets.o \
-		$(FUZZ_BUILD)/lib/libsdunet.a $(LDLIBS) -o $(FUZZ_BUILD)/mkcorpus
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -Itests -fsanitize=fuzzer-no-link fuzz/corpus.c tests/ckpt_build.c \
+		$(FUZZ_BUILD)/targets.o $(FUZZ_BUILD)/lib/libsdunet.a $(LDLIBS) -o $(FUZZ_BUILD)/mkcorpus
 
 fuzz: fuzz-build
 	rm -rf $(FUZZ_BUILD)/seeds

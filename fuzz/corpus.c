@@ -8,8 +8,10 @@
  * down to a few elements: same names, dtypes and header layout), their
  * headers alone as JSON, the pickle extracted from the golden .ckpt, and hand-built
  * pickles that use every opcode and global the reader knows against the
- * storages of the pickle harness's wrapper archive. Existing seeds are
+ * storages of the pickle harness's wrapper archive (written with the
+ * pickle emitters of tests/ckpt_build.h). Existing seeds are
  * overwritten; nothing else in OUT_DIR is touched. */
+#include "ckpt_build.h"
 #include "targets.h"
 
 #include "io/json.h"
@@ -222,154 +224,13 @@ static void small_safetensors(void)
 
 /* -------------------------------------------------------------- pickles */
 
-typedef struct pk {
-    uint8_t *b;
-    size_t n, cap;
-} pk;
-
-static void pk_bytes(pk *p, const void *s, size_t n)
-{
-    if (p->n + n > p->cap) {
-        size_t cap = p->cap ? p->cap : 256;
-        while (cap < p->n + n)
-            cap *= 2;
-        uint8_t *nb = realloc(p->b, cap);
-        if (!nb) {
-            fail("out of memory");
-            return;
-        }
-        p->b = nb;
-        p->cap = cap;
-    }
-    memcpy(p->b + p->n, s, n);
-    p->n += n;
-}
-
-static void pk_op(pk *p, uint8_t op)
-{
-    pk_bytes(p, &op, 1);
-}
-
-static void pk_str(pk *p, const char *s)
-{
-    size_t n = strlen(s);
-    if (n < 256) {
-        pk_op(p, 0x8c); /* SHORT_BINUNICODE */
-        pk_op(p, (uint8_t)n);
-    } else {
-        uint8_t h[5] = {'X', (uint8_t)n, (uint8_t)(n >> 8), (uint8_t)(n >> 16), (uint8_t)(n >> 24)};
-        pk_bytes(p, h, 5);
-    }
-    pk_bytes(p, s, n);
-}
-
-/* BINUNICODE always (protocol 2 has no SHORT_BINUNICODE). */
-static void pk_str2(pk *p, const char *s)
-{
-    size_t n = strlen(s);
-    uint8_t h[5] = {'X', (uint8_t)n, (uint8_t)(n >> 8), (uint8_t)(n >> 16), (uint8_t)(n >> 24)};
-    pk_bytes(p, h, 5);
-    pk_bytes(p, s, n);
-}
-
-static void pk_int(pk *p, long v)
-{
-    if (v >= 0 && v < 256) {
-        uint8_t h[2] = {'K', (uint8_t)v};
-        pk_bytes(p, h, 2);
-    } else if (v >= 0 && v < 65536) {
-        uint8_t h[3] = {'M', (uint8_t)v, (uint8_t)(v >> 8)};
-        pk_bytes(p, h, 3);
-    } else {
-        uint32_t u = (uint32_t)v;
-        uint8_t h[5] = {'J', (uint8_t)u, (uint8_t)(u >> 8), (uint8_t)(u >> 16), (uint8_t)(u >> 24)};
-        pk_bytes(p, h, 5);
-    }
-}
-
-static void pk_global(pk *p, const char *mod, const char *name)
-{
-    pk_op(p, 'c');
-    pk_bytes(p, mod, strlen(mod));
-    pk_op(p, '\n');
-    pk_bytes(p, name, strlen(name));
-    pk_op(p, '\n');
-}
-
-static void pk_put(pk *p, uint8_t idx)
-{
-    uint8_t h[2] = {'q', idx};
-    pk_bytes(p, h, 2);
-}
-
-static void pk_get(pk *p, uint8_t idx)
-{
-    uint8_t h[2] = {'h', idx};
-    pk_bytes(p, h, 2);
-}
-
-static void pk_tuple_ints(pk *p, const long *v, int n)
-{
-    if (n == 0) {
-        pk_op(p, ')');
-        return;
-    }
-    if (n > 3)
-        pk_op(p, '(');
-    for (int i = 0; i < n; i++)
-        pk_int(p, v[i]);
-    pk_op(p, n > 3 ? 't' : (uint8_t)(0x84 + n));
-}
-
-/* torch.save's tensor: _rebuild_tensor_v2(persistent storage, offset,
- * size, stride, requires_grad, backward_hooks). `memo` >= 0 stores the
- * storage in that memo slot; `reuse` >= 0 takes the storage from one. */
-static void pk_tensor(pk *p, int proto2, const char *storage_type, const char *key, long numel,
-                      long offset, const long *size, const long *stride, int ndim, int memo,
-                      int reuse)
-{
-    void (*str)(pk *, const char *) = proto2 ? pk_str2 : pk_str;
-    pk_global(p, "torch._utils", "_rebuild_tensor_v2");
-    pk_op(p, '(');
-    if (reuse >= 0) {
-        pk_get(p, (uint8_t)reuse);
-    } else {
-        pk_op(p, '(');
-        str(p, "storage");
-        pk_global(p, "torch", storage_type);
-        str(p, key);
-        str(p, "cpu");
-        pk_int(p, numel);
-        pk_op(p, 't');
-        pk_op(p, 'Q'); /* BINPERSID */
-        if (memo >= 0)
-            pk_put(p, (uint8_t)memo);
-    }
-    pk_int(p, offset);
-    pk_tuple_ints(p, size, ndim);
-    pk_tuple_ints(p, stride, ndim);
-    pk_op(p, 0x89); /* NEWFALSE */
-    pk_global(p, "collections", "OrderedDict");
-    pk_op(p, ')');
-    pk_op(p, 'R');
-    pk_op(p, 't');
-    pk_op(p, 'R');
-}
-
-static void pk_ordered_dict(pk *p)
-{
-    pk_global(p, "collections", "OrderedDict");
-    pk_op(p, ')');
-    pk_op(p, 'R');
-}
-
-static void seed_pickle(const char *name, const pk *p)
+static void seed_pickle(const char *name, const byte_buf *p)
 {
     char n[256];
     snprintf(n, sizeof n, "%s.pkl", name);
-    seed("pickle", n, p->b, p->n);
+    seed("pickle", n, p->p, p->n);
     size_t zn = 0;
-    uint8_t *z = sd_fuzz_wrap_pickle(p->b, p->n, &zn);
+    uint8_t *z = sd_fuzz_wrap_pickle(p->p, p->n, &zn);
     if (!z) {
         fail("cannot wrap %s", name);
         return;
@@ -385,31 +246,29 @@ static void seed_pickle(const char *name, const pk *p)
  * through the memo. */
 static void pickle_state_dict(void)
 {
-    pk p = {0};
-    pk_op(&p, 0x80);
-    pk_op(&p, 2);
+    byte_buf p = pk_start(2);
     pk_ordered_dict(&p);
     pk_put(&p, 0);
     pk_op(&p, '(');
-    long s1[] = {32}, r1[] = {1};
-    pk_str2(&p, "conv_in.bias");
-    pk_tensor(&p, 1, "FloatStorage", "0", 64, 0, s1, r1, 1, 1, -1);
-    long s2[] = {2, 3}, r2[] = {1, 2};
-    pk_str2(&p, "conv_in.weight");
-    pk_tensor(&p, 1, "HalfStorage", "1", 128, 0, s2, r2, 2, -1, -1);
-    long s3[] = {2, 2, 1, 3}, r3[] = {6, 3, 3, 1};
-    pk_str2(&p, "down_blocks.0.resnets.0.conv1.weight");
-    pk_tensor(&p, 1, "BFloat16Storage", "2", 128, 5, s3, r3, 4, -1, -1);
-    long s4[] = {4, 4}, r4[] = {4, 1};
-    pk_str2(&p, "conv_out.bias.shared");
-    pk_tensor(&p, 1, "FloatStorage", "0", 64, 32, s4, r4, 2, -1, 1);
-    long s5[] = {0}, r5[] = {1};
-    pk_str2(&p, "empty");
-    pk_tensor(&p, 1, "DoubleStorage", "3", 32, 0, s5, r5, 1, -1, -1);
+    int64_t s1[] = {32}, r1[] = {1};
+    pk_str(&p, "conv_in.bias");
+    pk_tensor_ex(&p, PK_COMPACT | PK_MEMO, 1, "FloatStorage", "0", 64, 0, 1, s1, r1);
+    int64_t s2[] = {2, 3}, r2[] = {1, 2};
+    pk_str(&p, "conv_in.weight");
+    pk_tensor_ex(&p, PK_COMPACT, 0, "HalfStorage", "1", 128, 0, 2, s2, r2);
+    int64_t s3[] = {2, 2, 1, 3}, r3[] = {6, 3, 3, 1};
+    pk_str(&p, "down_blocks.0.resnets.0.conv1.weight");
+    pk_tensor_ex(&p, PK_COMPACT, 0, "BFloat16Storage", "2", 128, 5, 4, s3, r3);
+    int64_t s4[] = {4, 4}, r4[] = {4, 1};
+    pk_str(&p, "conv_out.bias.shared");
+    pk_tensor_ex(&p, PK_COMPACT | PK_REUSE, 1, "FloatStorage", "0", 64, 32, 2, s4, r4);
+    int64_t s5[] = {0}, r5[] = {1};
+    pk_str(&p, "empty");
+    pk_tensor_ex(&p, PK_COMPACT, 0, "DoubleStorage", "3", 32, 0, 1, s5, r5);
     pk_op(&p, 'u');
     pk_op(&p, '.');
     seed_pickle("state-dict-p2", &p);
-    free(p.b);
+    bb_free(&p);
 }
 
 /* An original-SD style checkpoint: {"state_dict": ..., Lightning
@@ -417,28 +276,26 @@ static void pickle_state_dict(void)
  * LDM names, _rebuild_parameter, LONG1, BINFLOAT, lists, BUILD. */
 static void pickle_lightning(void)
 {
-    pk p = {0};
-    pk_op(&p, 0x80);
-    pk_op(&p, 2);
+    byte_buf p = pk_start(2);
     pk_op(&p, '}');
     pk_put(&p, 0);
     pk_op(&p, '(');
-    pk_str2(&p, "epoch");
+    pk_str(&p, "epoch");
     pk_int(&p, 6);
-    pk_str2(&p, "global_step");
+    pk_str(&p, "global_step");
     uint8_t long1[] = {0x8a, 5, 0x10, 0x32, 0x54, 0x76, 0x01};
-    pk_bytes(&p, long1, sizeof long1);
-    pk_str2(&p, "lr");
+    bb_put(&p, long1, sizeof long1);
+    pk_str(&p, "lr");
     uint8_t flt[] = {'G', 0x3f, 0x1a, 0x36, 0xe2, 0xeb, 0x1c, 0x43, 0x2d};
-    pk_bytes(&p, flt, sizeof flt);
-    pk_str2(&p, "callbacks");
+    bb_put(&p, flt, sizeof flt);
+    pk_str(&p, "callbacks");
     pk_op(&p, '}');
     pk_global(&p, "pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint");
     pk_op(&p, '}');
-    pk_str2(&p, "best_model_score");
+    pk_str(&p, "best_model_score");
     pk_global(&p, "numpy.core.multiarray", "scalar");
     pk_global(&p, "numpy", "dtype");
-    pk_str2(&p, "f8");
+    pk_str(&p, "f8");
     pk_op(&p, 0x89);
     pk_op(&p, 0x88);
     pk_op(&p, 0x87);
@@ -446,7 +303,7 @@ static void pickle_lightning(void)
     pk_put(&p, 2);
     pk_op(&p, '(');
     pk_int(&p, 3);
-    pk_str2(&p, "<");
+    pk_str(&p, "<");
     pk_op(&p, 'N');
     pk_op(&p, 'N');
     pk_op(&p, 'N');
@@ -456,15 +313,15 @@ static void pickle_lightning(void)
     pk_op(&p, 't');
     pk_op(&p, 'b'); /* BUILD: the dtype's state, dropped */
     pk_global(&p, "_codecs", "encode");
-    pk_str2(&p, "\xc3\xa1\x01\x02\x03\x04\x05\x06");
-    pk_str2(&p, "latin1");
+    pk_str(&p, "\xc3\xa1\x01\x02\x03\x04\x05\x06");
+    pk_str(&p, "latin1");
     pk_op(&p, 0x86);
     pk_op(&p, 'R');
     pk_op(&p, 0x86);
     pk_op(&p, 'R');
     pk_op(&p, 's');
     pk_op(&p, 's');
-    pk_str2(&p, "history");
+    pk_str(&p, "history");
     pk_op(&p, ']');
     pk_op(&p, '(');
     pk_int(&p, 1);
@@ -473,103 +330,97 @@ static void pickle_lightning(void)
     pk_op(&p, 'e');
     pk_int(&p, 100000);
     pk_op(&p, 'a');
-    pk_str2(&p, "state_dict");
+    pk_str(&p, "state_dict");
     pk_ordered_dict(&p);
     pk_op(&p, '(');
-    long s1[] = {32}, r1[] = {1};
-    pk_str2(&p, "model.diffusion_model.input_blocks.0.0.bias");
+    int64_t s1[] = {32}, r1[] = {1};
+    pk_str(&p, "model.diffusion_model.input_blocks.0.0.bias");
     pk_global(&p, "torch._utils", "_rebuild_parameter");
-    pk_tensor(&p, 1, "FloatStorage", "4", 64, 0, s1, r1, 1, 3, -1);
+    pk_tensor_ex(&p, PK_COMPACT | PK_MEMO, 3, "FloatStorage", "4", 64, 0, 1, s1, r1);
     pk_op(&p, 0x89);
     pk_ordered_dict(&p);
     pk_op(&p, 0x87);
     pk_op(&p, 'R');
-    long s2[] = {4, 1, 1, 8}, r2[] = {8, 8, 8, 1};
-    pk_str2(&p, "model.diffusion_model.middle_block.1.proj_in.weight");
-    pk_tensor(&p, 1, "FloatStorage", "5", 64, 0, s2, r2, 4, -1, -1);
-    long s3[] = {2, 2}, r3[] = {0, 1};
-    pk_str2(&p, "first_stage_model.encoder.broadcast");
-    pk_tensor(&p, 1, "HalfStorage", "6", 128, 1, s3, r3, 2, -1, -1);
-    pk_str2(&p, "cond_stage_model.ids");
-    long s4[] = {8}, r4[] = {1};
-    pk_tensor(&p, 1, "LongStorage", "7", 32, 0, s4, r4, 1, -1, -1);
+    int64_t s2[] = {4, 1, 1, 8}, r2[] = {8, 8, 8, 1};
+    pk_str(&p, "model.diffusion_model.middle_block.1.proj_in.weight");
+    pk_tensor_ex(&p, PK_COMPACT, 0, "FloatStorage", "5", 64, 0, 4, s2, r2);
+    int64_t s3[] = {2, 2}, r3[] = {0, 1};
+    pk_str(&p, "first_stage_model.encoder.broadcast");
+    pk_tensor_ex(&p, PK_COMPACT, 0, "HalfStorage", "6", 128, 1, 2, s3, r3);
+    pk_str(&p, "cond_stage_model.ids");
+    int64_t s4[] = {8}, r4[] = {1};
+    pk_tensor_ex(&p, PK_COMPACT, 0, "LongStorage", "7", 32, 0, 1, s4, r4);
     pk_op(&p, 'u');
     pk_op(&p, 'u');
     pk_op(&p, '.');
     seed_pickle("lightning-p2", &p);
-    free(p.b);
+    bb_free(&p);
 }
 
 /* Protocol 4: FRAME, SHORT_BINUNICODE, MEMOIZE, STACK_GLOBAL, BINGET of a
  * memoized global, TUPLE1, empty tuples, POP, POP_MARK, SHORT_BINBYTES. */
 static void pickle_proto4(void)
 {
-    pk body = {0};
+    byte_buf body = {0};
     pk_op(&body, '}');
     pk_op(&body, 0x94); /* memo 0 */
-    pk_str(&body, "junk");
+    pk_short_str(&body, "junk");
     pk_op(&body, '0'); /* POP */
     pk_op(&body, '(');
     pk_int(&body, 1);
     pk_op(&body, '1'); /* POP_MARK */
     uint8_t bytes[] = {'C', 3, 'a', 'b', 'c'};
-    pk_bytes(&body, bytes, sizeof bytes);
+    bb_put(&body, bytes, sizeof bytes);
     pk_op(&body, '0');
     pk_op(&body, '(');
-    pk_str(&body, "w");
-    pk_str(&body, "torch._utils");
+    pk_short_str(&body, "w");
+    pk_short_str(&body, "torch._utils");
     pk_op(&body, 0x94);
-    pk_str(&body, "_rebuild_tensor_v2");
+    pk_short_str(&body, "_rebuild_tensor_v2");
     pk_op(&body, 0x94);
     pk_op(&body, 0x93);
     pk_op(&body, 0x94); /* memo 3: the global, reused below */
     pk_op(&body, '(');
     pk_op(&body, '(');
-    pk_str(&body, "storage");
-    pk_str(&body, "torch");
-    pk_str(&body, "IntStorage");
+    pk_short_str(&body, "storage");
+    pk_short_str(&body, "torch");
+    pk_short_str(&body, "IntStorage");
     pk_op(&body, 0x93);
-    pk_str(&body, "0");
-    pk_str(&body, "cpu");
+    pk_short_str(&body, "0");
+    pk_short_str(&body, "cpu");
     pk_int(&body, 64);
     pk_op(&body, 't');
     pk_op(&body, 'Q');
     pk_op(&body, 0x94);
     pk_int(&body, 0);
-    long s[] = {8}, r[] = {1};
-    pk_tuple_ints(&body, s, 1);
-    pk_tuple_ints(&body, r, 1);
+    int64_t s[] = {8}, r[] = {1};
+    pk_tuple_ints(&body, s, 1, 1);
+    pk_tuple_ints(&body, r, 1, 1);
     pk_op(&body, 0x89);
     pk_op(&body, '}');
     pk_op(&body, 't');
     pk_op(&body, 'R');
-    pk_str(&body, "v");
+    pk_short_str(&body, "v");
     uint8_t get3[] = {'j', 3, 0, 0, 0}; /* LONG_BINGET */
-    pk_bytes(&body, get3, sizeof get3);
+    bb_put(&body, get3, sizeof get3);
     pk_op(&body, '(');
-    uint8_t get4[] = {'h', 4};
-    pk_bytes(&body, get4, sizeof get4);
+    pk_get(&body, 4);
     pk_int(&body, 8);
-    long s2[] = {2, 2, 2}, r2[] = {4, 2, 1};
-    pk_tuple_ints(&body, s2, 3);
-    pk_tuple_ints(&body, r2, 3);
+    int64_t s2[] = {2, 2, 2}, r2[] = {4, 2, 1};
+    pk_tuple_ints(&body, s2, 3, 1);
+    pk_tuple_ints(&body, r2, 3, 1);
     pk_op(&body, 0x88);
     pk_op(&body, 'N');
     pk_op(&body, 't');
     pk_op(&body, 'R');
     pk_op(&body, 'u');
     pk_op(&body, '.');
-    pk p = {0};
-    pk_op(&p, 0x80);
-    pk_op(&p, 4);
-    uint8_t frame[9] = {0x95};
-    for (int i = 0; i < 8; i++)
-        frame[1 + i] = (uint8_t)((uint64_t)body.n >> (8 * i));
-    pk_bytes(&p, frame, sizeof frame);
-    pk_bytes(&p, body.b, body.n);
+    byte_buf p = pk_start(4);
+    pk_frame(&p, body.n);
+    bb_put(&p, body.p, body.n);
     seed_pickle("proto4", &p);
-    free(body.b);
-    free(p.b);
+    bb_free(&body);
+    bb_free(&p);
 }
 
 /* data.pkl of the golden checkpoint, found through its central directory. */

@@ -1,8 +1,10 @@
 /* PyTorch .ckpt reader (zip + restricted pickle) and the LDM <-> diffusers
  * weight-name mapping. Hostile archives are built in memory, either by
- * patching the micro checkpoint or with the small zip and pickle writers
- * below, which are independent of the reader (their CRC-32 is bitwise). */
+ * patching the micro checkpoint or with the zip and pickle writers of
+ * ckpt_build.h, which are independent of the reader (their CRC-32 is
+ * bitwise). */
 #include "check.h"
+#include "ckpt_build.h"
 #include "io/ckpt.h"
 #include "io/json.h"
 #include "io/keymap.h"
@@ -13,60 +15,6 @@
 #include <string.h>
 
 /* ------------------------------------------------------------- helpers */
-
-typedef struct buf {
-    unsigned char *p;
-    size_t n, cap;
-} buf;
-
-static void b_put(buf *b, const void *d, size_t n)
-{
-    if (b->n + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->n + n)
-            cap *= 2;
-        unsigned char *p = realloc(b->p, cap);
-        if (!p) {
-            fprintf(stderr, "test_ckpt: out of memory\n");
-            exit(2);
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    if (n)
-        memcpy(b->p + b->n, d, n);
-    b->n += n;
-}
-
-static void b_u8(buf *b, unsigned v)
-{
-    unsigned char c = (unsigned char)v;
-    b_put(b, &c, 1);
-}
-
-static void b_u16(buf *b, unsigned v)
-{
-    b_u8(b, v & 0xFF);
-    b_u8(b, (v >> 8) & 0xFF);
-}
-
-static void b_u32(buf *b, uint32_t v)
-{
-    b_u16(b, v & 0xFFFF);
-    b_u16(b, v >> 16);
-}
-
-static void b_u64(buf *b, uint64_t v)
-{
-    b_u32(b, (uint32_t)v);
-    b_u32(b, (uint32_t)(v >> 32));
-}
-
-static void b_free(buf *b)
-{
-    free(b->p);
-    memset(b, 0, sizeof *b);
-}
 
 static void put32(unsigned char *p, uint32_t v)
 {
@@ -79,240 +27,12 @@ static uint32_t get32(const unsigned char *p)
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
-/* Bitwise CRC-32, deliberately unlike the reader's table version. */
-static uint32_t crc32_bitwise(const void *data, size_t n)
-{
-    const unsigned char *p = data;
-    uint32_t c = 0xFFFFFFFFu;
-    while (n--) {
-        c ^= *p++;
-        for (int k = 0; k < 8; k++)
-            c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1)));
-    }
-    return ~c;
-}
-
-/* ------------------------------------------------------------- zip writer */
-
-enum { ZW_DESC = 1, ZW_ALIGN = 2, ZW_MISALIGN = 4 };
-
-typedef struct zw {
-    buf out, cd;
-    unsigned n;
-} zw;
-
-static void zw_central(zw *z, const char *name, uint32_t lho, uint32_t len, uint32_t crc,
-                       unsigned flags)
-{
-    size_t nl = strlen(name);
-    b_u32(&z->cd, 0x02014b50u);
-    b_u16(&z->cd, 20);
-    b_u16(&z->cd, 20);
-    b_u16(&z->cd, flags);
-    b_u16(&z->cd, 0); /* method */
-    b_u32(&z->cd, 0); /* time, date */
-    b_u32(&z->cd, crc);
-    b_u32(&z->cd, len);
-    b_u32(&z->cd, len);
-    b_u16(&z->cd, (unsigned)nl);
-    b_u16(&z->cd, 0);
-    b_u16(&z->cd, 0);
-    b_u16(&z->cd, 0);
-    b_u16(&z->cd, 0);
-    b_u32(&z->cd, 0);
-    b_u32(&z->cd, lho);
-    b_put(&z->cd, name, nl);
-    z->n++;
-}
-
-/* Writes a local header + data into `into` (the archive, or another
- * entry's payload for the overlap test). Returns the header offset. */
-static uint32_t zw_local(buf *into, const char *name, const void *data, size_t len, int opts)
-{
-    uint32_t lho = (uint32_t)into->n;
-    size_t nl = strlen(name);
-    uint32_t crc = crc32_bitwise(data, len);
-    unsigned flags = (opts & ZW_DESC) ? 8 : 0;
-    size_t xl = 0;
-    if (opts & ZW_ALIGN) { /* torch's "FB" padding record up to a 64-byte boundary */
-        size_t at = into->n + 30 + nl + 4;
-        xl = 4 + (64 - at % 64) % 64;
-    } else if (opts & ZW_MISALIGN) { /* data offset = 2 (mod 4) */
-        size_t at = into->n + 30 + nl + 4;
-        xl = 4 + (6 - at % 4) % 4;
-    }
-    b_u32(into, 0x04034b50u);
-    b_u16(into, 20);
-    b_u16(into, flags);
-    b_u16(into, 0);
-    b_u32(into, 0);
-    b_u32(into, (opts & ZW_DESC) ? 0 : crc);
-    b_u32(into, (opts & ZW_DESC) ? 0 : (uint32_t)len);
-    b_u32(into, (opts & ZW_DESC) ? 0 : (uint32_t)len);
-    b_u16(into, (unsigned)nl);
-    b_u16(into, (unsigned)xl);
-    b_put(into, name, nl);
-    if (xl) {
-        b_u16(into, 0x4246);
-        b_u16(into, (unsigned)(xl - 4));
-        for (size_t k = 4; k < xl; k++)
-            b_u8(into, 'Z');
-    }
-    b_put(into, data, len);
-    if (opts & ZW_DESC) {
-        b_u32(into, 0x08074b50u);
-        b_u32(into, crc);
-        b_u32(into, (uint32_t)len);
-        b_u32(into, (uint32_t)len);
-    }
-    return lho;
-}
-
-static void zw_add(zw *z, const char *name, const void *data, size_t len, int opts)
-{
-    uint32_t lho = zw_local(&z->out, name, data, len, opts);
-    zw_central(z, name, lho, (uint32_t)len, crc32_bitwise(data, len), (opts & ZW_DESC) ? 8 : 0);
-}
-
-/* Appends the central directory and end records; the result is in z->out. */
-static void zw_finish(zw *z, int zip64)
-{
-    uint64_t cd_off = z->out.n, cd_size = z->cd.n;
-    b_put(&z->out, z->cd.p, z->cd.n);
-    if (zip64) {
-        uint64_t at = z->out.n;
-        b_u32(&z->out, 0x06064b50u);
-        b_u64(&z->out, 44);
-        b_u16(&z->out, 45);
-        b_u16(&z->out, 45);
-        b_u32(&z->out, 0);
-        b_u32(&z->out, 0);
-        b_u64(&z->out, z->n);
-        b_u64(&z->out, z->n);
-        b_u64(&z->out, cd_size);
-        b_u64(&z->out, cd_off);
-        b_u32(&z->out, 0x07064b50u);
-        b_u32(&z->out, 0);
-        b_u64(&z->out, at);
-        b_u32(&z->out, 1);
-    }
-    b_u32(&z->out, 0x06054b50u);
-    b_u16(&z->out, 0);
-    b_u16(&z->out, 0);
-    b_u16(&z->out, z->n);
-    b_u16(&z->out, z->n);
-    b_u32(&z->out, (uint32_t)cd_size);
-    b_u32(&z->out, (uint32_t)cd_off);
-    b_u16(&z->out, 0);
-    b_free(&z->cd);
-}
-
-/* ------------------------------------------------------------- pickle writer */
-
-static void pk_op(buf *p, unsigned op)
-{
-    b_u8(p, op);
-}
-
-static void pk_str(buf *p, const char *s)
-{
-    pk_op(p, 'X');
-    b_u32(p, (uint32_t)strlen(s));
-    b_put(p, s, strlen(s));
-}
-
-static void pk_int(buf *p, int64_t v)
-{
-    if (v >= 0 && v < 256) {
-        pk_op(p, 'K');
-        b_u8(p, (unsigned)v);
-    } else if (v >= INT32_MIN && v <= INT32_MAX) {
-        pk_op(p, 'J');
-        b_u32(p, (uint32_t)(int32_t)v);
-    } else {
-        pk_op(p, 0x8a);
-        b_u8(p, 8);
-        b_u64(p, (uint64_t)v);
-    }
-}
-
-static void pk_global(buf *p, const char *mod, const char *name)
-{
-    pk_op(p, 'c');
-    b_put(p, mod, strlen(mod));
-    b_u8(p, '\n');
-    b_put(p, name, strlen(name));
-    b_u8(p, '\n');
-}
-
-/* The opcode sequence torch.save writes for one tensor. */
-static void pk_tensor(buf *p, const char *stype, const char *key, int64_t numel, int64_t offset,
-                      int ndim, const int64_t *shape, const int64_t *stride)
-{
-    pk_global(p, "torch._utils", "_rebuild_tensor_v2");
-    pk_op(p, '(');
-    pk_op(p, '(');
-    pk_str(p, "storage");
-    pk_global(p, "torch", stype);
-    pk_str(p, key);
-    pk_str(p, "cpu");
-    pk_int(p, numel);
-    pk_op(p, 't');
-    pk_op(p, 'Q');
-    pk_int(p, offset);
-    pk_op(p, '(');
-    for (int d = 0; d < ndim; d++)
-        pk_int(p, shape[d]);
-    pk_op(p, 't');
-    pk_op(p, '(');
-    for (int d = 0; d < ndim; d++)
-        pk_int(p, stride[d]);
-    pk_op(p, 't');
-    pk_op(p, 0x89);
-    pk_global(p, "collections", "OrderedDict");
-    pk_op(p, ')');
-    pk_op(p, 'R');
-    pk_op(p, 't');
-    pk_op(p, 'R');
-}
-
-typedef struct data_entry {
-    const char *key;
-    const void *data;
-    size_t len;
-} data_entry;
-
-/* A torch-style archive "arc/..." around a pickle and its storages. */
-static buf make_ckpt(const buf *pickle, const data_entry *d, size_t nd, int opts, int zip64)
-{
-    zw z = {0};
-    zw_add(&z, "arc/data.pkl", pickle->p, pickle->n, opts & ~ZW_MISALIGN);
-    for (size_t k = 0; k < nd; k++) {
-        char name[128];
-        snprintf(name, sizeof name, "arc/data/%s", d[k].key);
-        zw_add(&z, name, d[k].data, d[k].len, opts);
-    }
-    zw_add(&z, "arc/version", "3\n", 2, opts & ~ZW_MISALIGN);
-    zw_finish(&z, zip64);
-    return z.out;
-}
-
-static buf pickle_start(void)
-{
-    buf p = {0};
-    pk_op(&p, 0x80);
-    pk_op(&p, 2);
-    return p;
-}
-
 /* One float storage "0" of 8 values and a dict {"w": tensor(2, 4)}. */
 static const float k_vals[8] = {0, 1, 2, 3, 4, 5, 6, 7};
 
-static buf simple_pickle(void)
+static byte_buf simple_pickle(void)
 {
-    buf p = {0};
-    pk_op(&p, 0x80);
-    pk_op(&p, 2);
+    byte_buf p = pk_start(2);
     pk_op(&p, '}');
     pk_op(&p, '(');
     pk_str(&p, "w");
@@ -323,9 +43,9 @@ static buf simple_pickle(void)
     return p;
 }
 
-static buf ckpt_from_pickle(const buf *pickle)
+static byte_buf ckpt_from_pickle(const byte_buf *pickle)
 {
-    data_entry d = {"0", k_vals, sizeof k_vals};
+    ckpt_entry d = {"0", k_vals, sizeof k_vals};
     return make_ckpt(pickle, &d, 1, ZW_ALIGN, 1);
 }
 
@@ -358,12 +78,12 @@ static void expect_fail(const char *label, const void *p, size_t n, sdunet_statu
     sd_tensorfile_close(tf);
 }
 
-static void expect_pickle_fail(const char *label, const buf *pickle, sdunet_status code,
+static void expect_pickle_fail(const char *label, const byte_buf *pickle, sdunet_status code,
                                const char *what)
 {
-    buf z = ckpt_from_pickle(pickle);
+    byte_buf z = ckpt_from_pickle(pickle);
     expect_fail(label, z.p, z.n, code, what);
-    b_free(&z);
+    bb_free(&z);
 }
 
 /* Finds the central record of entry `name` in a zip image. */
@@ -790,16 +510,14 @@ static void test_custom_views(void)
 {
     const int64_t longs[3] = {7, -1, INT64_MAX};
     const uint16_t halves[2] = {0x3C00, 0xC000};
-    buf p = {0};
-    pk_op(&p, 0x80);
-    pk_op(&p, 2);
+    byte_buf p = pk_start(2);
     pk_op(&p, '}');
     pk_op(&p, '(');
     pk_str(&p, "global_step");
     pk_int(&p, 1234567);
     pk_str(&p, "epoch");
     pk_op(&p, 'G');
-    b_put(&p, "\x3f\xf8\x00\x00\x00\x00\x00\x00", 8); /* 1.5 */
+    bb_put(&p, "\x3f\xf8\x00\x00\x00\x00\x00\x00", 8); /* 1.5 */
     pk_str(&p, "hparams");
     pk_op(&p, ']');
     pk_op(&p, 'N');
@@ -853,18 +571,16 @@ static void test_custom_views(void)
         pk_op(&p, '(');
         pk_tensor(&p, "HalfStorage", "2", 2, 0, 1, sh, st);
         pk_op(&p, 0x88);
-        pk_global(&p, "collections", "OrderedDict");
-        pk_op(&p, ')');
-        pk_op(&p, 'R');
+        pk_ordered_dict(&p);
         pk_op(&p, 't');
         pk_op(&p, 'R');
     }
     pk_op(&p, 'u');
     pk_op(&p, 'u');
     pk_op(&p, '.');
-    data_entry d[3] = {
+    ckpt_entry d[3] = {
         {"0", k_vals, sizeof k_vals}, {"1", longs, sizeof longs}, {"2", halves, sizeof halves}};
-    buf z = make_ckpt(&p, d, 3, ZW_DESC | ZW_ALIGN, 1);
+    byte_buf z = make_ckpt(&p, d, 3, ZW_DESC | ZW_ALIGN, 1);
     sd_tensorfile *tf;
     sdunet_error err;
     sdunet_status st = parse(z.p, z.n, &tf, &err);
@@ -904,8 +620,8 @@ static void test_custom_views(void)
             CHECK(strcmp(tf->tensors[k - 1].name, tf->tensors[k].name) < 0, "sorted");
     }
     sd_tensorfile_close(tf);
-    b_free(&z);
-    b_free(&p);
+    bb_free(&z);
+    bb_free(&p);
 }
 
 /* Protocol 4 spellings (FRAME, SHORT_BINUNICODE, MEMOIZE, STACK_GLOBAL,
@@ -913,26 +629,17 @@ static void test_custom_views(void)
  * and storage data that is not 4-byte aligned (so it gets copied). */
 static void test_custom_protocol4(void)
 {
-    buf p = {0};
-    pk_op(&p, 0x80);
-    pk_op(&p, 4);
-    pk_op(&p, 0x95);
-    b_u64(&p, 0); /* FRAME lengths are hints only */
+    byte_buf p = pk_start(4);
+    pk_frame(&p, 0); /* FRAME lengths are hints only */
     pk_op(&p, '}');
     pk_op(&p, 0x94);
     pk_op(&p, '(');
     for (int k = 0; k < 2; k++) {
-        pk_op(&p, 0x8c);
-        b_u8(&p, 1);
-        b_u8(&p, k ? 'b' : 'a');
+        pk_short_str(&p, k ? "b" : "a");
         pk_op(&p, 0x94);
         if (k == 0) {
-            pk_op(&p, 0x8c);
-            b_u8(&p, 12);
-            b_put(&p, "torch._utils", 12);
-            pk_op(&p, 0x8c);
-            b_u8(&p, 18);
-            b_put(&p, "_rebuild_tensor_v2", 18);
+            pk_short_str(&p, "torch._utils");
+            pk_short_str(&p, "_rebuild_tensor_v2");
             pk_op(&p, 0x93);
             pk_op(&p, 0x94); /* memo 2 */
             pk_op(&p, '(');
@@ -948,10 +655,10 @@ static void test_custom_protocol4(void)
             pk_op(&p, 'Q');
         } else {
             pk_op(&p, 'j');
-            b_u32(&p, 2);
+            bb_u32(&p, 2);
             pk_op(&p, '(');
             pk_op(&p, 'j');
-            b_u32(&p, 4);
+            bb_u32(&p, 4);
             pk_op(&p, 'Q');
         }
         pk_int(&p, k * 4);
@@ -960,17 +667,15 @@ static void test_custom_protocol4(void)
         pk_int(&p, 1);
         pk_op(&p, 0x85);
         pk_op(&p, 0x89);
-        pk_global(&p, "collections", "OrderedDict");
-        pk_op(&p, ')');
-        pk_op(&p, 'R');
+        pk_ordered_dict(&p);
         pk_op(&p, 't');
         pk_op(&p, 'R');
         pk_op(&p, 0x94);
     }
     pk_op(&p, 'u');
     pk_op(&p, '.');
-    data_entry d = {"0", k_vals, sizeof k_vals};
-    buf z = make_ckpt(&p, &d, 1, ZW_MISALIGN, 0);
+    ckpt_entry d = {"0", k_vals, sizeof k_vals};
+    byte_buf z = make_ckpt(&p, &d, 1, ZW_MISALIGN, 0);
     sd_tensorfile *tf;
     sdunet_error err;
     sdunet_status st = parse(z.p, z.n, &tf, &err);
@@ -982,8 +687,8 @@ static void test_custom_protocol4(void)
         CHECK(tf->n_owned == 2, "misaligned data should be copied (%zu)", tf->n_owned);
     }
     sd_tensorfile_close(tf);
-    b_free(&z);
-    b_free(&p);
+    bb_free(&z);
+    bb_free(&p);
 }
 
 /* The shape of the original SD 1.x checkpoints: Lightning bookkeeping next
@@ -992,7 +697,7 @@ static void test_custom_protocol4(void)
  * as inert values; nothing is called. */
 static void test_lightning_layout(void)
 {
-    buf p = pickle_start();
+    byte_buf p = pk_start(2);
     pk_op(&p, '}');
     pk_op(&p, '(');
     pk_str(&p, "epoch");
@@ -1037,8 +742,8 @@ static void test_lightning_layout(void)
     pk_op(&p, 'R');
     pk_str(&p, "best_model_path");
     pk_op(&p, 'C');
-    b_u8(&p, 3);
-    b_put(&p, "abc", 3);
+    bb_u8(&p, 3);
+    bb_put(&p, "abc", 3);
     pk_op(&p, 'u');
     pk_op(&p, 's');
     pk_str(&p, "state_dict");
@@ -1060,29 +765,29 @@ static void test_lightning_layout(void)
     pk_op(&p, 'e');
     pk_op(&p, 'u');
     pk_op(&p, '.');
-    buf z = ckpt_from_pickle(&p);
+    byte_buf z = ckpt_from_pickle(&p);
     sd_tensorfile *tf;
     sdunet_error err;
     sdunet_status st = parse(z.p, z.n, &tf, &err);
     CHECK(st == SDUNET_OK, "%s", err.message);
     CHECK(tf->count == 1 && floats_are(sd_tensorfile_find(tf, "w"), k_vals, 8), "state dict");
     sd_tensorfile_close(tf);
-    b_free(&z);
-    b_free(&p);
+    bb_free(&z);
+    bb_free(&p);
 
     /* the class may be named, never called */
-    p = pickle_start();
+    p = pk_start(2);
     pk_global(&p, "pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint");
     pk_op(&p, ')');
     pk_op(&p, 'R');
     expect_pickle_fail("call ModelCheckpoint", &p, SDUNET_E_UNSUPPORTED,
                        "calling pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint");
-    b_free(&p);
+    bb_free(&p);
     /* other Lightning or numpy names stay refused */
-    p = pickle_start();
+    p = pk_start(2);
     pk_global(&p, "numpy.core.multiarray", "_reconstruct");
     expect_pickle_fail("numpy _reconstruct", &p, SDUNET_E_UNSUPPORTED, "is not allowed");
-    b_free(&p);
+    bb_free(&p);
 }
 
 /* ------------------------------------------------------------- hostile archives */
@@ -1181,21 +886,21 @@ static void test_hostile_zip_micro(void)
  * self-consistent, but they overlap. */
 static void test_hostile_overlap(void)
 {
-    buf pickle = simple_pickle();
+    byte_buf pickle = simple_pickle();
     zw z = {0};
     zw_add(&z, "arc/data.pkl", pickle.p, pickle.n, 0);
-    buf inner = {0};
-    b_put(&inner, k_vals, 8);
+    byte_buf inner = {0};
+    bb_put(&inner, k_vals, 8);
     size_t at_inner = inner.n;
     zw_local(&inner, "arc/data/1", k_vals, sizeof k_vals, 0);
-    b_put(&inner, k_vals, sizeof k_vals);
+    bb_put(&inner, k_vals, sizeof k_vals);
     uint32_t lho0 = zw_local(&z.out, "arc/data/0", inner.p, inner.n, 0);
     zw_central(&z, "arc/data/0", lho0, (uint32_t)inner.n, crc32_bitwise(inner.p, inner.n), 0);
     uint32_t lho1 = lho0 + 30 + 10 + (uint32_t)at_inner;
     zw_central(&z, "arc/data/1", lho1, sizeof k_vals, crc32_bitwise(k_vals, sizeof k_vals), 0);
     zw_finish(&z, 0);
     expect_fail("overlap", z.out.p, z.out.n, SDUNET_E_FORMAT, "overlaps");
-    b_free(&z.out);
+    bb_free(&z.out);
 
     /* an entry that overlaps the central directory */
     zw z2 = {0};
@@ -1215,7 +920,7 @@ static void test_hostile_overlap(void)
         put32(l + 22, sz);
         expect_fail("overlaps directory", z2.out.p, z2.out.n, SDUNET_E_FORMAT, NULL);
     }
-    b_free(&z2.out);
+    bb_free(&z2.out);
 
     /* duplicate names */
     zw z3 = {0};
@@ -1224,47 +929,47 @@ static void test_hostile_overlap(void)
     zw_add(&z3, "arc/data/0", k_vals, sizeof k_vals, 0);
     zw_finish(&z3, 0);
     expect_fail("duplicate entry", z3.out.p, z3.out.n, SDUNET_E_FORMAT, "duplicate zip entry");
-    b_free(&z3.out);
+    bb_free(&z3.out);
 
     /* a ".." path, and no data.pkl at all */
     zw z4 = {0};
     zw_add(&z4, "arc/../data.pkl", pickle.p, pickle.n, 0);
     zw_finish(&z4, 0);
     expect_fail("dotdot", z4.out.p, z4.out.n, SDUNET_E_FORMAT, "bad name");
-    b_free(&z4.out);
+    bb_free(&z4.out);
     zw z5 = {0};
     zw_add(&z5, "arc/other.pkl", pickle.p, pickle.n, 0);
     zw_finish(&z5, 0);
     expect_fail("no data.pkl", z5.out.p, z5.out.n, SDUNET_E_FORMAT, "data.pkl");
-    b_free(&z5.out);
-    b_free(&inner);
-    b_free(&pickle);
+    bb_free(&z5.out);
+    bb_free(&inner);
+    bb_free(&pickle);
 }
 
 static void test_hostile_pickle(void)
 {
-    buf good = simple_pickle();
+    byte_buf good = simple_pickle();
     {
-        buf z = ckpt_from_pickle(&good);
+        byte_buf z = ckpt_from_pickle(&good);
         sd_tensorfile *tf;
         sdunet_error err;
         CHECK(parse(z.p, z.n, &tf, &err) == SDUNET_OK, "baseline: %s", err.message);
         CHECK(tf->count == 1 && floats_are(sd_tensorfile_find(tf, "w"), k_vals, 8), "baseline");
         sd_tensorfile_close(tf);
-        b_free(&z);
+        bb_free(&z);
     }
     /* every strict prefix of the pickle fails cleanly */
     for (size_t cut = 0; cut < good.n; cut++) {
-        buf t = {0};
-        b_put(&t, good.p, cut);
-        buf z = ckpt_from_pickle(&t);
+        byte_buf t = {0};
+        bb_put(&t, good.p, cut);
+        byte_buf z = ckpt_from_pickle(&t);
         sd_tensorfile *tf;
         sdunet_error err;
         sdunet_status st = parse(z.p, z.n, &tf, &err);
         CHECK(st != SDUNET_OK && tf->count == 0, "prefix %zu accepted", cut);
         sd_tensorfile_close(tf);
-        b_free(&z);
-        b_free(&t);
+        bb_free(&z);
+        bb_free(&t);
     }
     /* single-byte mutations: any verdict, but no crash or leak (ASan) */
     static const unsigned char vals[] = {0x00, 0x01, 0x7F, 0x80, 0xFF, '(', 't', 'h',
@@ -1272,10 +977,10 @@ static void test_hostile_pickle(void)
     size_t accepted = 0;
     for (size_t pos = 0; pos < good.n; pos++)
         for (size_t v = 0; v < sizeof vals; v++) {
-            buf t = {0};
-            b_put(&t, good.p, good.n);
+            byte_buf t = {0};
+            bb_put(&t, good.p, good.n);
             t.p[pos] = vals[v];
-            buf z = ckpt_from_pickle(&t);
+            byte_buf z = ckpt_from_pickle(&t);
             sd_tensorfile *tf;
             sdunet_error err;
             if (parse(z.p, z.n, &tf, &err) == SDUNET_OK)
@@ -1283,167 +988,160 @@ static void test_hostile_pickle(void)
             else
                 CHECK(err.message[0] != 0, "mutation at %zu: empty message", pos);
             sd_tensorfile_close(tf);
-            b_free(&z);
-            b_free(&t);
+            bb_free(&z);
+            bb_free(&t);
         }
     CHECK(accepted < good.n * sizeof vals / 2, "%zu mutations accepted", accepted);
 
-    buf p;
+    byte_buf p;
     /* unknown opcodes */
-    p = pickle_start();
+    p = pk_start(2);
     pk_op(&p, 'i'); /* INST */
     pk_op(&p, '.');
     expect_pickle_fail("INST", &p, SDUNET_E_UNSUPPORTED, "opcode 0x69 ('i')");
-    b_free(&p);
-    p = pickle_start();
+    bb_free(&p);
+    p = pk_start(2);
     pk_op(&p, 0xF0);
     expect_pickle_fail("0xF0", &p, SDUNET_E_UNSUPPORTED, "opcode 0xf0");
-    b_free(&p);
-    p = pickle_start();
+    bb_free(&p);
+    p = pk_start(2);
     pk_op(&p, 'R' + 1); /* 'S': STRING, text protocol */
     expect_pickle_fail("STRING", &p, SDUNET_E_UNSUPPORTED, "opcode");
-    b_free(&p);
-    p = (buf){0};
-    pk_op(&p, 0x80);
-    pk_op(&p, 9);
+    bb_free(&p);
+    p = pk_start(9);
     expect_pickle_fail("protocol 9", &p, SDUNET_E_UNSUPPORTED, "protocol 9");
-    b_free(&p);
+    bb_free(&p);
 
     /* disallowed globals, by GLOBAL and by STACK_GLOBAL */
-    p = pickle_start();
+    p = pk_start(2);
     pk_global(&p, "os", "system");
     pk_str(&p, "echo pwned");
     pk_op(&p, 0x85);
     pk_op(&p, 'R');
     pk_op(&p, '.');
     expect_pickle_fail("os.system", &p, SDUNET_E_UNSUPPORTED, "'os.system' is not allowed");
-    b_free(&p);
-    p = pickle_start();
+    bb_free(&p);
+    p = pk_start(2);
     pk_str(&p, "builtins");
     pk_str(&p, "eval");
     pk_op(&p, 0x93);
     expect_pickle_fail("builtins.eval", &p, SDUNET_E_UNSUPPORTED, "'builtins.eval'");
-    b_free(&p);
-    p = pickle_start();
+    bb_free(&p);
+    p = pk_start(2);
     pk_global(&p, "torch", "FloatStorage"); /* allowed, but not callable */
     pk_op(&p, ')');
     pk_op(&p, 'R');
     expect_pickle_fail("call storage", &p, SDUNET_E_UNSUPPORTED, "calling torch.FloatStorage");
-    b_free(&p);
-    p = pickle_start();
+    bb_free(&p);
+    p = pk_start(2);
     pk_op(&p, 'c');
     for (int k = 0; k < 300; k++)
         pk_op(&p, 'a');
     expect_pickle_fail("endless global name", &p, SDUNET_E_FORMAT, "not terminated");
-    b_free(&p);
+    bb_free(&p);
 
     /* deep nesting: a million MARKs; a million lists */
-    p = pickle_start();
+    p = pk_start(2);
     for (int k = 0; k < 1000000; k++)
         pk_op(&p, '(');
     expect_pickle_fail("1e6 MARKs", &p, SDUNET_E_FORMAT, "MARKs");
-    b_free(&p);
-    p = pickle_start();
+    bb_free(&p);
+    p = pk_start(2);
     for (int k = 0; k < 1000000; k++)
         pk_op(&p, ']');
     for (int k = 0; k < 999999; k++)
         pk_op(&p, 'a');
     pk_op(&p, '.');
     expect_pickle_fail("1e6 nested lists", &p, SDUNET_E_FORMAT, "stack deeper");
-    b_free(&p);
+    bb_free(&p);
     /* 60000 nested lists fit the stack; nothing walks them recursively */
-    p = pickle_start();
+    p = pk_start(2);
     for (int k = 0; k < 60000; k++)
         pk_op(&p, ']');
     for (int k = 0; k < 59999; k++)
         pk_op(&p, 'a');
     pk_op(&p, '.');
     expect_pickle_fail("60000 nested lists", &p, SDUNET_E_FORMAT, "not a state dict");
-    b_free(&p);
+    bb_free(&p);
     /* a dict that contains itself, also as its own "state_dict" */
-    p = pickle_start();
+    p = pk_start(2);
     pk_op(&p, '}');
-    pk_op(&p, 'q');
-    b_u8(&p, 0);
+    pk_put(&p, 0);
     pk_str(&p, "state_dict");
-    pk_op(&p, 'h');
-    b_u8(&p, 0);
+    pk_get(&p, 0);
     pk_op(&p, 's');
     pk_op(&p, '.');
     expect_pickle_fail("self-containing dict", &p, SDUNET_E_FORMAT, "no tensors");
-    b_free(&p);
+    bb_free(&p);
 
     /* memo */
-    p = pickle_start();
-    pk_op(&p, 'h');
-    b_u8(&p, 5);
+    p = pk_start(2);
+    pk_get(&p, 5);
     pk_op(&p, '.');
     expect_pickle_fail("BINGET unset", &p, SDUNET_E_FORMAT, "memo slot 5 read before");
-    b_free(&p);
-    p = pickle_start();
+    bb_free(&p);
+    p = pk_start(2);
     pk_op(&p, '}');
-    pk_op(&p, 'q');
-    b_u8(&p, 1);
-    pk_op(&p, 'h');
-    b_u8(&p, 0);
+    pk_put(&p, 1);
+    pk_get(&p, 0);
     expect_pickle_fail("BINGET hole", &p, SDUNET_E_FORMAT, "memo slot 0");
-    b_free(&p);
-    p = pickle_start();
+    bb_free(&p);
+    p = pk_start(2);
     pk_op(&p, 'j');
-    b_u32(&p, 0xFFFFFFFFu);
+    bb_u32(&p, 0xFFFFFFFFu);
     expect_pickle_fail("LONG_BINGET unset", &p, SDUNET_E_FORMAT, "memo slot 4294967295");
-    b_free(&p);
-    p = pickle_start();
+    bb_free(&p);
+    p = pk_start(2);
     pk_op(&p, '}');
     pk_op(&p, 'r');
-    b_u32(&p, 0xFFFFFFF0u);
+    bb_u32(&p, 0xFFFFFFF0u);
     expect_pickle_fail("LONG_BINPUT huge", &p, SDUNET_E_FORMAT, "out of range");
-    b_free(&p);
+    bb_free(&p);
 
     /* stack discipline */
-    p = pickle_start();
+    p = pk_start(2);
     pk_op(&p, '.');
     expect_pickle_fail("STOP on empty stack", &p, SDUNET_E_FORMAT, "underflow");
-    b_free(&p);
-    p = pickle_start();
+    bb_free(&p);
+    p = pk_start(2);
     pk_op(&p, '}');
     pk_op(&p, '(');
     pk_op(&p, 's');
     expect_pickle_fail("SETITEM across a MARK", &p, SDUNET_E_FORMAT, "underflow");
-    b_free(&p);
-    p = pickle_start();
+    bb_free(&p);
+    p = pk_start(2);
     pk_op(&p, '}');
     pk_op(&p, '(');
     pk_str(&p, "k");
     pk_op(&p, 'u');
     expect_pickle_fail("odd SETITEMS", &p, SDUNET_E_FORMAT, "odd");
-    b_free(&p);
-    p = pickle_start();
+    bb_free(&p);
+    p = pk_start(2);
     pk_op(&p, ')');
     pk_op(&p, 'N');
     pk_op(&p, 'a');
     expect_pickle_fail("APPEND to tuple", &p, SDUNET_E_FORMAT, "not a list");
-    b_free(&p);
-    p = pickle_start();
+    bb_free(&p);
+    p = pk_start(2);
     pk_op(&p, 't');
     expect_pickle_fail("TUPLE without MARK", &p, SDUNET_E_FORMAT, "no MARK");
-    b_free(&p);
-    p = pickle_start();
+    bb_free(&p);
+    p = pk_start(2);
     pk_op(&p, 'X');
-    b_u32(&p, 0xFFFFFFF0u);
+    bb_u32(&p, 0xFFFFFFF0u);
     expect_pickle_fail("string past the end", &p, SDUNET_E_FORMAT, "truncated");
-    b_free(&p);
-    p = pickle_start();
+    bb_free(&p);
+    p = pk_start(2);
     pk_op(&p, ']');
     pk_op(&p, '.');
     expect_pickle_fail("list result", &p, SDUNET_E_FORMAT, "not a state dict");
-    b_free(&p);
-    p = pickle_start();
+    bb_free(&p);
+    p = pk_start(2);
     pk_op(&p, '}');
     pk_op(&p, '.');
     expect_pickle_fail("empty dict", &p, SDUNET_E_FORMAT, "no tensors");
-    b_free(&p);
-    b_free(&good);
+    bb_free(&p);
+    bb_free(&good);
 }
 
 /* Tensor descriptions that lie about their storage. */
@@ -1451,14 +1149,14 @@ static void one_tensor_case(const char *label, const char *stype, const char *ke
                             int64_t offset, int ndim, const int64_t *shape, const int64_t *stride,
                             sdunet_status code, const char *what)
 {
-    buf p = pickle_start();
+    byte_buf p = pk_start(2);
     pk_op(&p, '}');
     pk_str(&p, "w");
     pk_tensor(&p, stype, key, numel, offset, ndim, shape, stride);
     pk_op(&p, 's');
     pk_op(&p, '.');
     expect_pickle_fail(label, &p, code, what);
-    b_free(&p);
+    bb_free(&p);
 }
 
 static void test_hostile_tensors(void)
@@ -1503,15 +1201,15 @@ static void test_hostile_tensors(void)
                     "past the file size");
 
     /* a persistent id that is not a storage reference */
-    buf p = pickle_start();
+    byte_buf p = pk_start(2);
     pk_op(&p, '(');
     pk_str(&p, "module");
     pk_op(&p, 't');
     pk_op(&p, 'Q');
     expect_pickle_fail("bad persistent id", &p, SDUNET_E_FORMAT, "persistent id");
-    b_free(&p);
+    bb_free(&p);
     /* duplicate tensor names */
-    p = pickle_start();
+    p = pk_start(2);
     pk_op(&p, '}');
     pk_op(&p, '(');
     const int64_t sh[1] = {8}, st[1] = {1};
@@ -1522,11 +1220,11 @@ static void test_hostile_tensors(void)
     pk_op(&p, 'u');
     pk_op(&p, '.');
     expect_pickle_fail("duplicate tensor", &p, SDUNET_E_FORMAT, "duplicate tensor name 'w'");
-    b_free(&p);
+    bb_free(&p);
     /* a CRC mismatch in a storage that a tensor uses */
     p = simple_pickle();
-    data_entry d = {"0", k_vals, sizeof k_vals};
-    buf z = make_ckpt(&p, &d, 1, 0, 0);
+    ckpt_entry d = {"0", k_vals, sizeof k_vals};
+    byte_buf z = make_ckpt(&p, &d, 1, 0, 0);
     unsigned char *hit = NULL;
     for (size_t k = 0; k + sizeof k_vals <= z.n; k++)
         if (memcmp(z.p + k, k_vals, sizeof k_vals) == 0)
@@ -1535,8 +1233,8 @@ static void test_hostile_tensors(void)
     if (hit)
         hit[3] ^= 0x40;
     expect_fail("storage CRC", z.p, z.n, SDUNET_E_FORMAT, "CRC-32 mismatch in entry 'arc/data/0'");
-    b_free(&z);
-    b_free(&p);
+    bb_free(&z);
+    bb_free(&p);
 }
 
 static void test_probe(void)
