@@ -16,7 +16,9 @@
 #ifndef WG_TB_MAX
 #define WG_TB_MAX 128 /* tiles per block: a 128 KiB accumulator per thread */
 #endif
+#ifndef WG_KC
 #define WG_KC 256 /* K block: 16 x 256 x 16 transformed weights = 256 KiB */
+#endif
 
 /* The transforms work on 8 channels at a time as one GNU C vector (AVX2
  * where this file is built for it, two SSE halves otherwise); compilers
