@@ -8,6 +8,7 @@
  * the reader would then report SDUNET_E_NOMEM instead of the expected error.
  * A crash, a hang or the wrong error fails the case. */
 #include "check.h"
+#include "ckpt_build.h"
 
 #include "io/ckpt.h"
 #include "io/json.h"
@@ -84,81 +85,21 @@ static int safetensors_image(input *in, const char *header, size_t data_bytes)
     return 1;
 }
 
-static uint32_t crc32_bytes(const uint8_t *p, size_t n)
-{
-    uint32_t c = 0xFFFFFFFFu;
-    for (size_t i = 0; i < n; i++) {
-        c ^= p[i];
-        for (int k = 0; k < 8; k++)
-            c = (c & 1) ? (c >> 1) ^ 0xEDB88320u : c >> 1;
-    }
-    return c ^ 0xFFFFFFFFu;
-}
-
-static void put16(uint8_t *p, unsigned v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    put16(p, v & 0xFFFF);
-    put16(p + 2, v >> 16);
-}
-
 /* A stored zip holding a/data.pkl = pickle and a/data/0 = 256 zero bytes,
- * the shape of a torch.save archive. */
+ * the shape of a torch.save archive (tests/ckpt_build's writer, copied into
+ * the case's accounted input). */
 static int ckpt_image(input *in, const uint8_t *pickle, size_t pn)
 {
     static const uint8_t storage[256];
-    const char *names[2] = {"a/data.pkl", "a/data/0"};
-    const uint8_t *data[2] = {pickle, storage};
-    size_t sizes[2] = {pn, sizeof storage};
-    size_t total = 22;
-    for (int i = 0; i < 2; i++)
-        total += 30 + 46 + 2 * strlen(names[i]) + sizes[i];
-    if (!in_alloc(in, total))
-        return 0;
-    memset(in->p, 0, total);
-    uint8_t *z = in->p;
-    size_t p = 0, offs[2];
-    uint32_t crcs[2];
-    for (int i = 0; i < 2; i++) {
-        size_t nl = strlen(names[i]);
-        offs[i] = p;
-        crcs[i] = crc32_bytes(data[i], sizes[i]);
-        put32(z + p, 0x04034b50u);
-        put16(z + p + 4, 20);
-        put32(z + p + 14, crcs[i]);
-        put32(z + p + 18, (uint32_t)sizes[i]);
-        put32(z + p + 22, (uint32_t)sizes[i]);
-        put16(z + p + 26, (unsigned)nl);
-        memcpy(z + p + 30, names[i], nl);
-        memcpy(z + p + 30 + nl, data[i], sizes[i]);
-        p += 30 + nl + sizes[i];
-    }
-    size_t cd = p;
-    for (int i = 0; i < 2; i++) {
-        size_t nl = strlen(names[i]);
-        put32(z + p, 0x02014b50u);
-        put16(z + p + 4, 20);
-        put16(z + p + 6, 20);
-        put32(z + p + 16, crcs[i]);
-        put32(z + p + 20, (uint32_t)sizes[i]);
-        put32(z + p + 24, (uint32_t)sizes[i]);
-        put16(z + p + 28, (unsigned)nl);
-        put32(z + p + 42, (uint32_t)offs[i]);
-        memcpy(z + p + 46, names[i], nl);
-        p += 46 + nl;
-    }
-    put32(z + p, 0x06054b50u);
-    put16(z + p + 8, 2);
-    put16(z + p + 10, 2);
-    put32(z + p + 12, (uint32_t)(p - cd));
-    put32(z + p + 16, (uint32_t)cd);
-    in->n = p + 22;
-    return 1;
+    zw z = {0};
+    zw_add(&z, "a/data.pkl", pickle, pn, 0);
+    zw_add(&z, "a/data/0", storage, sizeof storage, 0);
+    zw_finish(&z, 0);
+    int ok = in_alloc(in, z.out.n);
+    if (ok)
+        memcpy(in->p, z.out.p, z.out.n);
+    bb_free(&z.out);
+    return ok;
 }
 
 /* A pickle: PROTO 2, `head`, `reps` copies of `unit`, then `tail` (lengths
