@@ -96,10 +96,7 @@ int main(int argc, char **argv)
         return 1;
     }
     /* SD_CONV=direct|winograd forces the 3x3 method (default: as a model picks) */
-    const char *conv_env = getenv("SD_CONV");
-    sd_conv_algo conv_algo = !conv_env                         ? SD_CONV_AUTO
-                             : strcmp(conv_env, "direct") == 0 ? SD_CONV_DIRECT
-                                                               : SD_CONV_WINOGRAD;
+    sd_conv_algo conv_algo = sd_conv_algo_parse(getenv("SD_CONV"));
     if (getenv("SD_BENCH_SECONDS"))
         g_seconds = atof(getenv("SD_BENCH_SECONDS"));
     int threads[8], nt = 0;

@@ -8,6 +8,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     const float *in;
@@ -52,6 +53,15 @@ static void pack_conv(const void *src, int m0, int rows, int k0, int kc, const s
             kern->pack_panel(r, ke - ks, dp + (size_t)(ks - k0) * mr);
         }
     }
+}
+
+sd_conv_algo sd_conv_algo_parse(const char *name)
+{
+    if (name && strcmp(name, "direct") == 0)
+        return SD_CONV_DIRECT;
+    if (name && strcmp(name, "winograd") == 0)
+        return SD_CONV_WINOGRAD;
+    return SD_CONV_AUTO;
 }
 
 void sd_conv3x3(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin, int stride,

@@ -90,6 +90,10 @@ typedef enum {
     SD_CONV_WINOGRAD, /* Winograd for every stride-1 call (tests) */
 } sd_conv_algo;
 
+/* "direct" or "winograd" (the SDUNET_CONV values); anything else, NULL
+ * included, is SD_CONV_AUTO. */
+sd_conv_algo sd_conv_algo_parse(const char *name);
+
 typedef struct sd_exec {
     sd_pool *pool; /* NULL: run on the calling thread */
     const sd_kernels *kern;

@@ -8,6 +8,7 @@
 
 #include "kernels/kernels.h"
 
+#include <stddef.h>
 #include <string.h>
 
 #ifndef WG_V_BYTES
@@ -61,6 +62,28 @@ static inline void wv_st_n(float *p, const wv *v, int n)
     memcpy(p, t, sizeof(float) * (size_t)n);
 }
 
+/* Tile t (batch-major, then row-major over th x tw tiles): its image b and
+ * the top-left pixel (y0, x0) of its 2x2 output block. */
+static inline void tile_origin(int t, int th, int tw, int *b, int *y0, int *x0)
+{
+    const int per = th * tw, rem = t % per;
+    *b = t / per;
+    *y0 = 2 * (rem / tw);
+    *x0 = 2 * (rem % tw);
+}
+
+/* The output pixels (rows of the (batch, H, W) output) of tile t's four
+ * positions (i, k) at [2i + k], or -1 past the image's edge. */
+static inline void tile_pixels(int t, int th, int tw, int H, int W, ptrdiff_t px[4])
+{
+    int b, y0, x0;
+    tile_origin(t, th, tw, &b, &y0, &x0);
+    for (int i = 0; i < 2; i++)
+        for (int k = 0; k < 2; k++)
+            px[2 * i + k] =
+                y0 + i < H && x0 + k < W ? ((ptrdiff_t)b * H + y0 + i) * W + x0 + k : -1;
+}
+
 /* ---- input transform: V = B^T d B, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] ---- */
 
 typedef struct {
@@ -76,15 +99,16 @@ static void in_panel(void *ctx, int64_t task, int thread)
 {
     (void)thread;
     const in_job *j = ctx;
-    const int Cin = j->Cin, mr = j->mr, per = j->th * j->tw;
+    const int Cin = j->Cin, mr = j->mr;
     const wv zero = {0};
     const float *src[SD_MR_MAX][16];
     for (int r = 0; r < mr; r++) {
-        const int tb = (int)task * mr + r, t = j->t0 + tb;
-        const int b = t / per, rem = t - b * per, ty = rem / j->tw, tx = rem - ty * j->tw;
+        const int tb = (int)task * mr + r;
+        int b, y0, x0;
+        tile_origin(j->t0 + tb, j->th, j->tw, &b, &y0, &x0);
         for (int i = 0; i < 4; i++)
             for (int k = 0; k < 4; k++) {
-                int y = 2 * ty - 1 + i, x = 2 * tx - 1 + k;
+                int y = y0 - 1 + i, x = x0 - 1 + k;
                 src[r][i * 4 + k] = tb >= j->nt || y < 0 || y >= j->H || x < 0 || x >= j->W
                                         ? NULL
                                         : j->in + (((size_t)b * j->H + y) * j->W + x) * Cin;
@@ -196,24 +220,18 @@ static void out_panel(void *ctx, int64_t task, int thread)
     }
 
     const sd_epilogue *ep = j->ep;
-    const int per = j->th * j->tw;
+    ptrdiff_t px[4], ahead[4];
     for (int tb = 0; tb < j->nt; tb++) {
-        const int t = j->t0 + tb, b = t / per, rem = t - b * per, ty = rem / j->tw,
-                  tx = rem - ty * j->tw;
         const float *m = acc + (size_t)tb * 16;
+        tile_pixels(j->t0 + tb, j->th, j->tw, j->H, j->W, px);
         if (tb + 2 < j->nt) { /* the output rows two tiles ahead (scattered lines) */
-            const int t2 = t + 2, b2 = t2 / per, r2 = t2 - b2 * per, y2 = 2 * (r2 / j->tw),
-                      x2 = 2 * (r2 - (r2 / j->tw) * j->tw);
-            for (int i = 0; i < 2 && y2 + i < j->H; i++) {
-                const size_t row = ((size_t)b2 * j->H + y2 + i) * j->W + x2;
-                __builtin_prefetch(j->out + row * N + n0, 1);
-                if (x2 + 1 < j->W)
-                    __builtin_prefetch(j->out + (row + 1) * N + n0, 1);
-                if (ep && ep->residual && ep->residual != j->out) {
-                    __builtin_prefetch(ep->residual + row * ep->ld_res + n0);
-                    if (x2 + 1 < j->W)
-                        __builtin_prefetch(ep->residual + (row + 1) * ep->ld_res + n0);
-                }
+            tile_pixels(j->t0 + tb + 2, j->th, j->tw, j->H, j->W, ahead);
+            for (int q = 0; q < 4; q++) {
+                if (ahead[q] < 0)
+                    continue;
+                __builtin_prefetch(j->out + ahead[q] * N + n0, 1);
+                if (ep && ep->residual && ep->residual != j->out)
+                    __builtin_prefetch(ep->residual + ahead[q] * ep->ld_res + n0);
             }
         }
         for (int h = 0; h < cols; h += 8) {
@@ -233,29 +251,27 @@ static void out_panel(void *ctx, int64_t task, int thread)
                 y[2 * i + 0] = q[0] + q[1] + q[2];
                 y[2 * i + 1] = q[1] - q[2] - q[3];
             }
-            for (int i = 0; i < 2; i++)
-                for (int k = 0; k < 2; k++) {
-                    const int oy = 2 * ty + i, ox = 2 * tx + k;
-                    if (oy >= j->H || ox >= j->W)
-                        continue;
-                    const size_t row = ((size_t)b * j->H + oy) * j->W + ox;
-                    /* The GEMM epilogue's order: acc + bias + group + residual;
-                     * a residual aliasing out is read before it is written. */
-                    wv v = y[2 * i + k], e;
-                    if (ep && ep->bias) {
-                        wv_ld_n(&e, ep->bias + col, n);
-                        v += e;
-                    }
-                    if (ep && ep->group_add) {
-                        wv_ld_n(&e, ep->group_add + (row / (size_t)ep->group_rows) * N + col, n);
-                        v += e;
-                    }
-                    if (ep && ep->residual) {
-                        wv_ld_n(&e, ep->residual + row * ep->ld_res + col, n);
-                        v += e;
-                    }
-                    wv_st_n(j->out + row * N + col, &v, n);
+            for (int q = 0; q < 4; q++) {
+                if (px[q] < 0)
+                    continue;
+                const size_t row = (size_t)px[q];
+                /* The GEMM epilogue's order: acc + bias + group + residual;
+                 * a residual aliasing out is read before it is written. */
+                wv v = y[q], e;
+                if (ep && ep->bias) {
+                    wv_ld_n(&e, ep->bias + col, n);
+                    v += e;
                 }
+                if (ep && ep->group_add) {
+                    wv_ld_n(&e, ep->group_add + (row / (size_t)ep->group_rows) * N + col, n);
+                    v += e;
+                }
+                if (ep && ep->residual) {
+                    wv_ld_n(&e, ep->residual + row * ep->ld_res + col, n);
+                    v += e;
+                }
+                wv_st_n(j->out + row * N + col, &v, n);
+            }
         }
     }
 }

@@ -77,10 +77,7 @@ static sdunet_status model_new(const sdunet_options *opt, sdunet_model **out, sd
     m->kern = sd_kernels_select(getenv("SDUNET_ISA"));
     if (!m->kern)
         m->kern = sd_kernels_select(NULL);
-    const char *conv = getenv("SDUNET_CONV");
-    m->conv = conv && strcmp(conv, "direct") == 0     ? SD_CONV_DIRECT
-              : conv && strcmp(conv, "winograd") == 0 ? SD_CONV_WINOGRAD
-                                                      : SD_CONV_AUTO;
+    m->conv = sd_conv_algo_parse(getenv("SDUNET_CONV"));
     m->threads = opt->threads ? opt->threads : default_threads();
     sdunet_status st = sd_pool_create(m->threads, &m->pool, err);
     if (st) {
