@@ -131,12 +131,7 @@ static void test_pickle_wrapper(void)
                   tf.tensors[0].shape[1] == 4 && tf.tensors[0].dtype == SD_DT_F32,
               "shape (3, 4) F32");
         CHECK(check_table(&tf, zip, zn) == 0, "table invariants");
-        for (size_t i = 0; i < tf.count; i++)
-            sd_free(tf.tensors[i].name);
-        sd_free(tf.tensors);
-        for (size_t i = 0; i < tf.n_owned; i++)
-            sd_free(tf.owned[i]);
-        sd_free(tf.owned);
+        sd_tensorfile_clear(&tf);
     }
     free(zip);
     CHECK(sd_fuzz_pickle(pkl, sizeof pkl - 1) == 0, "harness on a valid pickle");

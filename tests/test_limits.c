@@ -404,15 +404,8 @@ static sdunet_status run_reader(enum reader r, const input *in, sdunet_error *er
         memset(&tf, 0, sizeof tf);
         sdunet_status st = r == R_CKPT ? sd_ckpt_parse(in->p, in->n, &tf, err)
                                        : sd_safetensors_parse(in->p, in->n, &tf, err);
-        if (st == SDUNET_OK) {
-            for (size_t i = 0; i < tf.count; i++)
-                sd_free(tf.tensors[i].name);
-            sd_free(tf.tensors);
-            for (size_t i = 0; i < tf.n_owned; i++)
-                sd_free(tf.owned[i]);
-            sd_free(tf.owned);
-            sd_free(tf.metadata);
-        }
+        if (st == SDUNET_OK)
+            sd_tensorfile_clear(&tf);
         return st;
     }
     case R_NPY: {

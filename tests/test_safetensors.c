@@ -73,10 +73,7 @@ static sdunet_status parse_buf(const void *buf, size_t size, sd_tensorfile **out
     if (out) {
         *out = tf;
     } else {
-        for (size_t i = 0; i < tf->count; i++)
-            sd_free(tf->tensors[i].name);
-        sd_free(tf->tensors);
-        sd_free(tf->metadata);
+        sd_tensorfile_clear(tf);
         free(tf);
     }
     return st;
@@ -86,10 +83,7 @@ static void free_parsed(sd_tensorfile *tf)
 {
     if (!tf)
         return;
-    for (size_t i = 0; i < tf->count; i++)
-        sd_free(tf->tensors[i].name);
-    sd_free(tf->tensors);
-    sd_free(tf->metadata);
+    sd_tensorfile_clear(tf);
     free(tf);
 }
 

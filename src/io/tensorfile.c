@@ -298,7 +298,7 @@ const sd_tensor_info *sd_tensorfile_find(const sd_tensorfile *tf, const char *na
     return NULL;
 }
 
-void sd_tensorfile_close(sd_tensorfile *tf)
+void sd_tensorfile_clear(sd_tensorfile *tf)
 {
     if (!tf)
         return;
@@ -313,6 +313,18 @@ void sd_tensorfile_close(sd_tensorfile *tf)
         sd_free(tf->owned);
     }
     sd_free(tf->metadata);
+    tf->tensors = NULL;
+    tf->count = 0;
+    tf->owned = NULL;
+    tf->n_owned = 0;
+    tf->metadata = NULL;
+}
+
+void sd_tensorfile_close(sd_tensorfile *tf)
+{
+    if (!tf)
+        return;
+    sd_tensorfile_clear(tf);
     if (tf->map)
         munmap(tf->map, tf->map_size);
     sd_free(tf);

@@ -61,6 +61,10 @@ sdunet_status sd_tensorfile_open(const char *path, sd_tensorfile **out, sdunet_e
 /* Binary search by exact name; NULL if absent. */
 const sd_tensor_info *sd_tensorfile_find(const sd_tensorfile *tf, const char *name);
 void sd_tensorfile_close(sd_tensorfile *tf);
+/* Frees what a parser allocated (names, the table, owned buffers, metadata)
+ * and zeroes those fields; leaves `map` and `tf` itself (for a table parsed
+ * from memory the caller owns). NULL is a no-op. */
+void sd_tensorfile_clear(sd_tensorfile *tf);
 
 /* Drops the process's mapped pages of a tensor that has been consumed
  * (converted and copied elsewhere), so loading a large file does not hold
