@@ -57,7 +57,8 @@ typedef struct sd_kernels {
      * m[j] = max(m[j], max over r of s[r][j] * scale) (m may start at -inf),
      * then s[r][j] = exp(s[r][j] * scale - m[j]) with the argument rounded
      * once (fma or double), and colsum[j] = sum over r of the new s[r][j].
-     * Results below FLT_MIN may flush to zero. */
+     * Terms below e^-80 (1.8e-35; the column's largest term is 1) may be
+     * flushed to zero or raised to e^-80. */
     void (*softmax_cols)(float *s, int rows, float scale, float *m, float *colsum);
     /* y[i] = x[i] / (1 + exp(-x[i])) for i < n; y may equal x. */
     void (*silu)(const float *x, float *y, size_t n);
