@@ -28,15 +28,21 @@
 #define WG_HAVE 1
 typedef float wv __attribute__((vector_size(32)));
 
+/* The same vector at float alignment, allowed to alias floats: one
+ * unaligned 32-byte move in the AVX2 build. (memcpy was expanded as two
+ * 16-byte moves, and a 32-byte load of two 16-byte stores cannot be
+ * forwarded from the store buffer: a stall on every staged vector.) */
+typedef float wv_u __attribute__((vector_size(32), aligned(4), may_alias));
+
 /* Loads and stores through pointers (a vector passed by value would change
  * the ABI where AVX is not enabled). */
 static inline void wv_ld(wv *v, const float *p)
 {
-    memcpy(v, p, sizeof *v);
+    *v = *(const wv_u *)p;
 }
 static inline void wv_st(float *p, const wv *v)
 {
-    memcpy(p, v, sizeof *v);
+    *(wv_u *)p = *v;
 }
 
 /* n <= 8 lanes: the rest read as zero / are not written. */
@@ -87,6 +93,7 @@ static inline void tile_pixels(int t, int th, int tw, int H, int W, ptrdiff_t px
 /* ---- input transform: V = B^T d B, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] ---- */
 
 typedef struct {
+    const sd_kernels *kern;
     const float *in;
     int H, W, Cin, th, tw, mr;
     int t0, nt;     /* the block's first tile and tile count */
@@ -114,10 +121,18 @@ static void in_panel(void *ctx, int64_t task, int thread)
                                         : j->in + (((size_t)b * j->H + y) * j->W + x) * Cin;
             }
     }
+    /* Transformed vectors are staged per position and tile, then each
+     * position's mr x 8 block is transposed into the panel's [channel][tile]
+     * order by the kernel set's A packer (vector shuffles, not 8 x mr
+     * scalar stores). */
+    _Alignas(32) float stage[16][SD_MR_MAX][8];
+    const float *rows[16][SD_MR_MAX];
+    for (int p = 0; p < 16; p++)
+        for (int r = 0; r < mr; r++)
+            rows[p][r] = stage[p][r];
     float *vp = j->V + (size_t)task * Cin * mr;
     for (int c0 = 0; c0 < Cin; c0 += 8) {
         const int n = Cin - c0 < 8 ? Cin - c0 : 8;
-        float out[16][8 * SD_MR_MAX]; /* [ad][channel * mr + tile]: the panel's layout */
         for (int r = 0; r < mr; r++) {
             wv d[16], q[16];
             for (int p = 0; p < 16; p++) {
@@ -140,12 +155,11 @@ static void in_panel(void *ctx, int64_t task, int thread)
                 d[4 * i + 3] = e[1] - e[3];
             }
             for (int p = 0; p < 16; p++)
-                for (int l = 0; l < 8; l++)
-                    out[p][l * mr + r] = d[p][l];
+                wv_st(stage[p][r], &d[p]);
         }
         /* Channels c0.. of all mr tiles are one contiguous run of the panel. */
         for (int p = 0; p < 16; p++)
-            memcpy(vp + p * j->ad_step + (size_t)c0 * mr, out[p], sizeof(float) * (size_t)(n * mr));
+            j->kern->pack_panel(rows[p], n, vp + p * j->ad_step + (size_t)c0 * mr);
     }
 }
 
@@ -312,7 +326,7 @@ static int wg_run(const sd_exec *ex, const float *in, int batch, int H, int W, i
     for (int blk = 0; blk < blocks; blk++) {
         const int t0 = blk * TB, nt = tiles - t0 < TB ? tiles - t0 : TB;
         const int tpan = (nt + mr - 1) / mr;
-        in_job ij = {in, H, W, Cin, th, tw, mr, t0, nt, ad_step, V};
+        in_job ij = {kern, in, H, W, Cin, th, tw, mr, t0, nt, ad_step, V};
         sd_pool_run(ex->pool, tpan, in_panel, &ij);
         panel_job pj = {kern, Wp, V,  ad_step, Cin, N,  H,       W,         th,
                         tw,   t0, nt, tpan,    out, ep, scratch, per_thread};
