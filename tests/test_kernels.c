@@ -489,6 +489,70 @@ static void test_silu_geglu(void)
     sd_free(ref);
 }
 
+/* The fused GEGLU projection: the same numbers, bit for bit, as the GEMM
+ * into a [hidden | gate] buffer followed by sd_geglu, and within BAR of the
+ * references. Shapes: one and several K blocks, M past one row block, N
+ * split into blocks with an odd panel count rounded to whole pairs. */
+static void test_gemm_geglu(void)
+{
+    static const int cfg[][3] = {
+        {37, 16, 20}, {150, 48, 300}, {7, 32, 700}, {290, 272, 64}, {13, 544, 520}};
+    for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+        const int M = cfg[c][0], F = cfg[c][1], K = cfg[c][2], N = 2 * F, ldy = F + 3;
+        float *A = falloc((size_t)M * K), *w = falloc((size_t)N * K), *Bkn = falloc((size_t)K * N);
+        float *bias = falloc(N), *hg = falloc((size_t)M * N), *ref = falloc((size_t)M * F);
+        float *y = falloc((size_t)M * ldy), *y2 = falloc((size_t)M * F);
+        fill(A, (size_t)M * K, 700 + c, 1, 0);
+        fill(w, (size_t)N * K, 710 + c, 0.2f, 0);
+        fill(bias, N, 720 + c, 1, 0);
+        for (int k = 0; k < K; k++)
+            for (int n = 0; n < N; n++)
+                Bkn[(size_t)k * N + n] = w[(size_t)n * K + k];
+        sd_epilogue ep = {.bias = bias};
+        sd_ref_gemm(M, N, K, A, K, Bkn, hg, N, &ep);
+        sd_ref_geglu(hg, M, F, ref);
+        FOR_EACH_EXEC(ex)
+        {
+            sd_packed P, Pg;
+            CHECK(sd_pack(ex.kern, w, N, K, 1, &P) == SDUNET_OK, "pack");
+            CHECK(sd_pack_geglu(ex.kern, w, F, K, &Pg) == SDUNET_OK && Pg.geglu_F == F,
+                  "pack_geglu");
+            for (size_t i = 0; i < (size_t)M * ldy; i++)
+                y[i] = 12345.0f; /* the columns past F stay untouched */
+            sd_gemm_geglu(&ex, M, A, K, &Pg, bias, y, ldy);
+            sd_gemm(&ex, M, A, K, &P, hg, N, &ep);
+            sd_geglu(&ex, hg, M, F, y2);
+            double e = rel_l2_2d(y, ldy, ref, F, M, F);
+            CHECK(e < BAR, "%s/%d M=%d F=%d K=%d: rel L2 %.3g", WHERE(ex), M, F, K, e);
+            int same = 1, pad_ok = 1;
+            for (int m = 0; m < M; m++) {
+                same &= memcmp(y + (size_t)m * ldy, y2 + (size_t)m * F, sizeof(float) * F) == 0;
+                for (int f = F; f < ldy; f++)
+                    pad_ok &= y[(size_t)m * ldy + f] == 12345.0f;
+            }
+            CHECK(same, "%s/%d M=%d F=%d K=%d: fused differs from GEMM + sd_geglu", WHERE(ex), M, F,
+                  K);
+            CHECK(pad_ok, "%s/%d M=%d F=%d: wrote past F", WHERE(ex), M, F);
+            sd_packed_free(&P);
+            sd_packed_free(&Pg);
+        }
+        sd_free(A);
+        sd_free(w);
+        sd_free(Bkn);
+        sd_free(bias);
+        sd_free(hg);
+        sd_free(ref);
+        sd_free(y);
+        sd_free(y2);
+    }
+    /* F must be whole panels. */
+    float w1[2 * 8] = {0};
+    sd_packed Pg;
+    CHECK(sd_pack_geglu(g_sets[0], w1, 8 / 2 * 1, 2, &Pg) == SDUNET_E_INVALID_ARG &&
+              Pg.data == NULL,
+          "pack_geglu F=4 rejected");
+}
+
 static void test_upsample(void)
 {
     static const int cfg[][4] = {
@@ -564,6 +628,7 @@ int main(void)
     RUN(test_layernorm);
     RUN(test_attention);
     RUN(test_silu_geglu);
+    RUN(test_gemm_geglu);
     RUN(test_upsample);
     RUN(test_empty);
     for (int i = 0; i < 2; i++)

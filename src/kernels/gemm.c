@@ -217,8 +217,18 @@ const sd_kernels *sd_kernels_select(const char *force)
 
 /* ---- weight packing ---- */
 
-sdunet_status sd_pack(const sd_kernels *kern, const float *w, int N, int Cin, int taps,
-                      sd_packed *out)
+/* The weight row behind lane j of packed panel p: row p*nr + j, or with a
+ * GEGLU interleave (F > 0) hidden panel q = p/2 for even p, gate panel q
+ * for odd p. */
+static size_t packed_row(size_t p, int j, int nr, int F)
+{
+    if (!F)
+        return p * (size_t)nr + (size_t)j;
+    return (p & 1 ? (size_t)F : 0) + (p >> 1) * (size_t)nr + (size_t)j;
+}
+
+static sdunet_status pack_impl(const sd_kernels *kern, const float *w, int N, int Cin, int taps,
+                               int geglu_F, sd_packed *out)
 {
     memset(out, 0, sizeof *out);
     const int nr = kern->nr;
@@ -238,7 +248,7 @@ sdunet_status sd_pack(const sd_kernels *kern, const float *w, int N, int Cin, in
         float *dp = d + p * K * nr;
         int valid = N - (int)(p * nr) < nr ? N - (int)(p * nr) : nr;
         for (int j = 0; j < valid; j++)
-            wr[j] = w + (p * nr + j) * K;
+            wr[j] = w + packed_row(p, j, nr, geglu_F) * K;
         for (int ci = 0; ci < Cin; ci++)
             for (int t = 0; t < taps; t++) {
                 float *row = dp + ((size_t)t * Cin + ci) * nr;
@@ -253,7 +263,22 @@ sdunet_status sd_pack(const sd_kernels *kern, const float *w, int N, int Cin, in
     out->N = N;
     out->nr = nr;
     out->data = d;
+    out->geglu_F = geglu_F;
     return SDUNET_OK;
+}
+
+sdunet_status sd_pack(const sd_kernels *kern, const float *w, int N, int Cin, int taps,
+                      sd_packed *out)
+{
+    return pack_impl(kern, w, N, Cin, taps, 0, out);
+}
+
+sdunet_status sd_pack_geglu(const sd_kernels *kern, const float *w, int F, int K, sd_packed *out)
+{
+    memset(out, 0, sizeof *out);
+    if (F <= 0 || F % kern->nr != 0 || F > INT32_MAX / 2)
+        return SDUNET_E_INVALID_ARG;
+    return pack_impl(kern, w, 2 * F, K, 1, F, out);
 }
 
 void *sd_ws_get(const sd_exec *ex, int slot, size_t bytes)
@@ -373,6 +398,12 @@ typedef struct {
     const sd_epilogue *ep;
     float *scratch; /* per thread: mc x kc floats */
     size_t scratch_per_thread;
+    /* GEGLU mode (geglu_y set): C is a per-thread mc x nc block, and after
+     * the last K block each row's panel pairs become y = h * gelu(g). */
+    float *geglu_y;
+    int ldy;
+    float *cblock;
+    size_t cblock_per_thread;
 } gemm_job;
 
 static void gemm_task(void *ctx, int64_t task, int thread)
@@ -388,6 +419,8 @@ static void gemm_task(void *ctx, int64_t task, int thread)
     const int has_ep = ep->bias || ep->group_add || ep->residual;
     float *apack = j->scratch + (size_t)thread * j->scratch_per_thread;
     sd_tile_ep te;
+    const int F = j->B->geglu_F;
+    float *cblock = j->geglu_y ? j->cblock + (size_t)thread * j->cblock_per_thread : NULL;
 
     for (int kb = 0; kb < j->nkb; kb++) {
         const int k0 = kb * j->kc, kc = K - k0 < j->kc ? K - k0 : j->kc;
@@ -399,39 +432,56 @@ static void gemm_task(void *ctx, int64_t task, int thread)
             for (int im = 0; im < mrows; im += mr) {
                 const int m = m0 + im, rows = mrows - im < mr ? mrows - im : mr;
                 const float *ap = apack + (size_t)(im / mr) * kc * mr;
-                float *c = j->C + (size_t)m * j->ldc + n;
+                const int ldc = cblock ? j->nc : j->ldc;
+                float *c = cblock ? cblock + (size_t)im * ldc + jn : j->C + (size_t)m * ldc + n;
                 const int accumulate = kb > 0 || j->res_in_c;
                 if (!last || !has_ep) {
-                    kern->micro(kc, ap, bp, c, j->ldc, accumulate, rows, cols, NULL);
+                    kern->micro(kc, ap, bp, c, ldc, accumulate, rows, cols, NULL);
                     continue;
                 }
                 /* The epilogue is added as the microkernel stores the tile
-                 * (a residual aliasing C is read before C is written). */
-                te.bias = ep->bias ? ep->bias + n : NULL;
+                 * (a residual aliasing C is read before C is written). With
+                 * a GEGLU interleave the bias is in [hidden | gate] order. */
+                te.bias = ep->bias
+                              ? ep->bias + (F ? packed_row((size_t)(n / nr), 0, nr, F) : (size_t)n)
+                              : NULL;
                 for (int i = 0; i < rows; i++) {
                     te.g[i] = ep->group_add
                                   ? ep->group_add + (size_t)((m + i) / ep->group_rows) * N + n
                                   : NULL;
                     te.r[i] = ep->residual ? ep->residual + (size_t)(m + i) * ep->ld_res + n : NULL;
                 }
-                kern->micro(kc, ap, bp, c, j->ldc, accumulate, rows, cols, &te);
+                kern->micro(kc, ap, bp, c, ldc, accumulate, rows, cols, &te);
             }
         }
     }
+    if (!cblock)
+        return;
+    /* Panel pair (2q, 2q+1) of the block holds hidden and gate columns
+     * n0/2 + q*nr .. of y. */
+    for (int i = 0; i < mrows; i++) {
+        const float *row = cblock + (size_t)i * j->nc;
+        float *yr = j->geglu_y + (size_t)(m0 + i) * j->ldy + n0 / 2;
+        for (int jn = 0; jn < ncols; jn += 2 * nr)
+            kern->gelu_mul(row + jn, row + jn + nr, yr + jn / 2, nr);
+    }
 }
 
-void sd_gemm_run(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_packed *B, float *C,
-                 int ldc, const sd_epilogue *ep)
+/* sd_gemm_run, or with geglu_y the GEGLU mode of sd_gemm_geglu. */
+static void gemm_drive(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_packed *B, float *C,
+                       int ldc, const sd_epilogue *ep, float *geglu_y, int ldy)
 {
     const sd_kernels *kern = ex->kern;
     if (M <= 0 || B->N <= 0)
         return;
     /* Internal invariant, not input validation: the model packs and runs
-     * with one kernel set, so only a bug in the library gets here; failing
-     * loudly beats computing garbage. No input reaches it (fuzzed). */
-    if (B->nr != kern->nr || kern->mr > MR_MAX || kern->nr > 16) {
-        fprintf(stderr, "sdunet: weights packed for nr=%d used with kernel set %s (nr=%d)\n", B->nr,
-                kern->name, kern->nr);
+     * with one kernel set, and packs GEGLU weights only for the fused
+     * product, so only a bug in the library gets here; failing loudly
+     * beats computing garbage. No input reaches it (fuzzed). */
+    if (B->nr != kern->nr || kern->mr > MR_MAX || kern->nr > 16 || !B->geglu_F != !geglu_y) {
+        fprintf(stderr, "sdunet: weights packed for nr=%d%s used with kernel set %s (nr=%d)%s\n",
+                B->nr, B->geglu_F ? " (GEGLU)" : "", kern->name, kern->nr,
+                geglu_y ? " for GEGLU" : "");
         abort();
     }
     static const sd_epilogue no_ep;
@@ -451,7 +501,7 @@ void sd_gemm_run(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_packed
      * partial sums; with several blocks, start from it instead (the sum is
      * then residual + acc + bias + group_add: same accuracy, other order). */
     sd_epilogue ep_local;
-    if (j.nkb > 1 && j.ep->residual == C && j.ep->ld_res == ldc) {
+    if (j.nkb > 1 && j.ep->residual && j.ep->residual == C && j.ep->ld_res == ldc) {
         ep_local = *j.ep;
         ep_local.residual = NULL;
         j.ep = &ep_local;
@@ -478,29 +528,62 @@ void sd_gemm_run(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_packed
     /* With several K blocks, C is read and written once per block: keep a
      * tile's C block (mc x nc) near L2 by splitting wide N (q|k|v and GEGLU
      * projections: N = 1920-10240), at the cost of packing A once per n block. */
-    if (j.nkb > 1 && (npanels + nblocks - 1) / nblocks > NC_PANELS_MAX)
+    if ((j.nkb > 1 || geglu_y) && (npanels + nblocks - 1) / nblocks > NC_PANELS_MAX)
         nblocks = (npanels + NC_PANELS_MAX - 1) / NC_PANELS_MAX;
     int ppb = (npanels + nblocks - 1) / nblocks;
+    if (geglu_y) /* whole hidden/gate panel pairs (npanels is even) */
+        ppb += ppb & 1;
     nblocks = (npanels + ppb - 1) / ppb;
     j.mc = mc;
     j.mblocks = mblocks;
     j.nc = ppb * nr;
 
-    /* Per-thread A block. If that allocation fails fall back to one
-     * micro-panel on the stack and one thread: slower, never wrong. */
+    /* Per-thread A block (and in GEGLU mode product block). If that
+     * allocation fails fall back to one micro-panel (and one panel pair)
+     * on the stack and one thread: slower, never wrong. */
     _Alignas(64) float fallback[MR_MAX * SD_KC_MAX];
+    _Alignas(64) float fallback_c[MR_MAX * 2 * 16];
+    j.geglu_y = geglu_y;
+    j.ldy = ldy;
     j.scratch_per_thread = ((size_t)mc * (j.kc > 0 ? j.kc : 1) + 15) & ~(size_t)15;
     j.scratch = sd_ws_get(ex, 0, j.scratch_per_thread * threads * sizeof(float));
+    j.cblock_per_thread = ((size_t)mc * j.nc + 15) & ~(size_t)15;
+    j.cblock = geglu_y ? sd_ws_get(ex, 6, j.cblock_per_thread * threads * sizeof(float)) : NULL;
     sd_pool *pool = ex->pool;
-    if (!j.scratch) {
+    if (!j.scratch || (geglu_y && !j.cblock)) {
+        sd_ws_put(ex, 0, j.scratch);
+        sd_ws_put(ex, 6, j.cblock);
         j.mc = mr;
         j.mblocks = (M + mr - 1) / mr;
         j.scratch = fallback;
+        if (geglu_y) {
+            j.nc = 2 * nr;
+            nblocks = npanels / 2;
+            j.cblock = fallback_c;
+            j.cblock_per_thread = 0;
+        }
         pool = NULL;
     }
     sd_pool_run(pool, (int64_t)j.mblocks * nblocks, gemm_task, &j);
-    if (j.scratch != fallback)
+    if (j.scratch != fallback) {
         sd_ws_put(ex, 0, j.scratch);
+        sd_ws_put(ex, 6, j.cblock);
+    }
+}
+
+void sd_gemm_run(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_packed *B, float *C,
+                 int ldc, const sd_epilogue *ep)
+{
+    gemm_drive(ex, M, a, B, C, ldc, ep, NULL, 0);
+}
+
+void sd_gemm_geglu(const sd_exec *ex, int M, const float *A, int lda, const sd_packed *B,
+                   const float *bias, float *y, int ldy)
+{
+    plain_a s = {A, lda};
+    sd_gemm_src src = {pack_plain, &s};
+    sd_epilogue ep = {.bias = bias};
+    gemm_drive(ex, M, &src, B, NULL, 0, &ep, y, ldy);
 }
 
 void sd_gemm(const sd_exec *ex, int M, const float *A, int lda, const sd_packed *B, float *C,

@@ -77,7 +77,7 @@ const sd_kernels *sd_kernels_select(const char *force);
 /* Execution context passed to every kernel. */
 /* Scratch memory kept between kernel calls (grow-only, one buffer per
  * slot), so a forward does not map and fault in fresh pages for every op. */
-#define SD_WS_SLOTS 6
+#define SD_WS_SLOTS 7
 typedef struct sd_workspace {
     void *buf[SD_WS_SLOTS];
     size_t cap[SD_WS_SLOTS];
@@ -103,9 +103,9 @@ typedef struct sd_exec {
 } sd_exec;
 
 /* At least `bytes` of 64-byte aligned scratch for slot (0: GEMM/conv
- * A blocks; 1, 2: attention; 4, 5: Winograd), from the workspace when the exec has one,
- * else freshly allocated. NULL on allocation failure. Give it back with
- * sd_ws_put. Slots let one kernel hold several buffers at once. */
+ * A blocks; 1, 2: attention; 4, 5: Winograd; 6: GEGLU product blocks), from the workspace when the
+ * exec has one, else freshly allocated. NULL on allocation failure. Give it back with sd_ws_put.
+ * Slots let one kernel hold several buffers at once. */
 void *sd_ws_get(const sd_exec *ex, int slot, size_t bytes);
 void sd_ws_put(const sd_exec *ex, int slot, void *p);
 
@@ -113,6 +113,10 @@ void sd_ws_put(const sd_exec *ex, int slot, void *p);
 typedef struct sd_packed {
     int K, N, nr;
     float *data; /* ceil(N/nr) panels, each K x nr floats (k-major), zero padded */
+    /* 0, or F for a GEGLU projection packed by sd_pack_geglu: its N = 2F
+     * columns [hidden | gate] are stored as panel pairs (hidden panel q,
+     * gate panel q), so only sd_gemm_geglu may multiply by it. */
+    int geglu_F;
 } sd_packed;
 
 /* Packs w, laid out [N][Cin][taps] (PyTorch OIHW conv weights with taps =
@@ -121,6 +125,10 @@ typedef struct sd_packed {
  * kernel set with the same nr (every set today has nr = 16). */
 sdunet_status sd_pack(const sd_kernels *kern, const float *w, int N, int Cin, int taps,
                       sd_packed *out);
+/* Packs a GEGLU projection's Linear weight w[2F][K] ([hidden | gate]
+ * rows) for sd_gemm_geglu. SDUNET_E_INVALID_ARG unless F is a multiple of
+ * the kernel set's nr (then use sd_pack, sd_gemm and sd_geglu). */
+sdunet_status sd_pack_geglu(const sd_kernels *kern, const float *w, int F, int K, sd_packed *out);
 void sd_packed_free(sd_packed *p);
 
 /* Fused epilogue, applied once per output element after the full K sum:
@@ -173,6 +181,15 @@ void sd_silu(const sd_exec *ex, const float *x, float *y, size_t n);
 
 /* GEGLU: x is M rows of 2F values [hidden | gate]; y[m][f] = hidden * gelu_erf(gate). */
 void sd_geglu(const sd_exec *ex, const float *x, int M, int F, float *y);
+
+/* The GEGLU feed-forward's projection and activation in one pass:
+ * y[m][f] (row stride ldy) = h * gelu_erf(g), with [h | g] = A[m] * B + bias
+ * (bias: 2F values, [hidden | gate], or NULL), B packed by sd_pack_geglu.
+ * Equal to sd_gemm then sd_geglu, bit for bit; the 2F-wide product lives
+ * only in per-thread blocks of <= 144 x 512 floats, never in memory as a
+ * whole. A must not overlap y. */
+void sd_gemm_geglu(const sd_exec *ex, int M, const float *A, int lda, const sd_packed *B,
+                   const float *bias, float *y, int ldy);
 
 /* Multi-head scaled dot-product attention, softmax over keys, tiled with an
  * online softmax (no Nq x Nk score matrix).

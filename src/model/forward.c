@@ -208,7 +208,8 @@ static void xformer_fwd(run *r, const sd_xformer *xf, tensor *x)
     size_t mark = r->scratch_used;
     float *t0 = scratch_alloc(r, (size_t)M * C);
     float *h = scratch_alloc(r, (size_t)M * C);
-    float *big = scratch_alloc(r, (size_t)M * 8 * C); /* qkv (3C), then GEGLU in (8C) */
+    /* qkv (3C), then the GEGLU projection (8C) unless it is fused */
+    float *big = scratch_alloc(r, (size_t)M * (xf->ff1.w.geglu_F ? 3 : 8) * C);
     float *gate = scratch_alloc(r, (size_t)M * 4 * C);
     float *kv = scratch_alloc(r, (size_t)r->B * L * 2 * C);
     if (!r->dry) {
@@ -246,11 +247,17 @@ static void xformer_fwd(run *r, const sd_xformer *xf, tensor *x)
         tn = tick(r);
         sd_layernorm(ex, h, M, C, 1e-5f, xf->ln3.gamma, xf->ln3.beta, t0);
         tock(r, SD_OP_NORM, tn, 0);
-        sd_epilogue ep_f1 = {.bias = xf->ff1.b};
-        gemm_op(r, SD_OP_LINEAR, M, t0, C, &xf->ff1, big, 8 * C, &ep_f1);
-        tn = tick(r);
-        sd_geglu(ex, big, M, 4 * C, gate);
-        tock(r, SD_OP_NORM, tn, 0);
+        if (xf->ff1.w.geglu_F) { /* projection and GELU gating in one pass */
+            tn = tick(r);
+            sd_gemm_geglu(ex, M, t0, C, &xf->ff1.w, xf->ff1.b, gate, 4 * C);
+            tock(r, SD_OP_LINEAR, tn, 2.0 * M * xf->ff1.w.N * xf->ff1.w.K);
+        } else {
+            sd_epilogue ep_f1 = {.bias = xf->ff1.b};
+            gemm_op(r, SD_OP_LINEAR, M, t0, C, &xf->ff1, big, 8 * C, &ep_f1);
+            tn = tick(r);
+            sd_geglu(ex, big, M, 4 * C, gate);
+            tock(r, SD_OP_NORM, tn, 0);
+        }
         sd_epilogue ep_f2 = {.bias = xf->ff2.b, .residual = h, .ld_res = C};
         gemm_op(r, SD_OP_LINEAR, M, gate, 4 * C, &xf->ff2, h, C, &ep_f2);
 

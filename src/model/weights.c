@@ -197,7 +197,9 @@ static void load_gn(loader *ld, sd_gn *g, const char *prefix, int C)
     g->beta = fetch_vec(ld, name, C);
 }
 
-enum lin_kind { LIN_LINEAR, LIN_CONV1, LIN_CONV3 };
+/* LIN_GEGLU: a Linear whose 2F outputs are [hidden | gate] of a GEGLU,
+ * packed for sd_gemm_geglu when F allows (sd_pack_geglu), else as a Linear. */
+enum lin_kind { LIN_LINEAR, LIN_CONV1, LIN_CONV3, LIN_GEGLU };
 
 /* Loads one or more weight tensors stacked along the output axis into one
  * packed matrix (fusing q|k|v). prefixes[i] names each part; all parts have
@@ -209,7 +211,7 @@ static void load_lin_multi(loader *ld, sd_lin *l, const char *const *prefixes, i
     size_t part = (size_t)N_part * (size_t)Cin * (size_t)taps;
     char name[256];
     int64_t shape[4] = {N_part, Cin, kind == LIN_CONV3 ? 3 : 1, kind == LIN_CONV3 ? 3 : 1};
-    const int ndim = kind == LIN_LINEAR ? 2 : 4;
+    const int ndim = kind == LIN_LINEAR || kind == LIN_GEGLU ? 2 : 4;
     /* A lone float32 tensor is packed straight from the file mapping: no
      * scratch copy of the largest tensors (118 MB for SD1.5's widest conv). */
     const float *w_in = NULL;
@@ -256,7 +258,13 @@ static void load_lin_multi(loader *ld, sd_lin *l, const char *const *prefixes, i
     /* Once a tensor is missing the build fails: packing more is wasted. */
     if (ld->fatal || ld->src->check_only || ld->n_bad || !w_in)
         return;
-    if (sd_pack(ld->kern, w_in, N_part * parts, Cin, taps, &l->w) != SDUNET_OK)
+    const int N = N_part * parts;
+    sdunet_status st = SDUNET_E_INVALID_ARG;
+    if (kind == LIN_GEGLU && N % (2 * ld->kern->nr) == 0)
+        st = sd_pack_geglu(ld->kern, w_in, N / 2, Cin, &l->w);
+    if (st == SDUNET_E_INVALID_ARG)
+        st = sd_pack(ld->kern, w_in, N, Cin, taps, &l->w);
+    if (st != SDUNET_OK)
         ld->fatal = sd_fail(ld->err, SDUNET_E_NOMEM, "out of memory packing weights");
     if (direct)
         sd_tensorfile_release(ld->src->file, direct);
@@ -328,7 +336,7 @@ static void load_xformer(loader *ld, sd_xformer *x, const char *prefix, int C, i
     snprintf(p, sizeof p, "%s.%s.norm3", prefix, tb);
     load_gn(ld, &x->ln3, p, C);
     snprintf(p, sizeof p, "%s.%s.ff.net.0.proj", prefix, tb);
-    load_lin(ld, &x->ff1, p, 8 * C, C, LIN_LINEAR, 1);
+    load_lin(ld, &x->ff1, p, 8 * C, C, LIN_GEGLU, 1);
     snprintf(p, sizeof p, "%s.%s.ff.net.2", prefix, tb);
     load_lin(ld, &x->ff2, p, C, 4 * C, LIN_LINEAR, 1);
     snprintf(p, sizeof p, "%s.proj_out", prefix);
