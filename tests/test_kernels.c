@@ -353,6 +353,85 @@ static void test_groupnorm(void)
             }
 }
 
+/* The decoder's concatenation [x1 | x2] read in place: GroupNorm (groups
+ * inside one part, on the boundary, and straddling it) against the
+ * reference on the formed concatenation, and the shortcut GEMM bit for bit
+ * against sd_gemm on it (the K blocks fall inside a part and across). */
+static void test_concat_inputs(void)
+{
+    static const int gcfg[][4] = {
+        {19, 40, 24, 8}, {7, 37, 59, 32}, {33, 1, 31, 4}, {5, 64, 32, 32}};
+    for (size_t c = 0; c < sizeof gcfg / sizeof gcfg[0]; c++) {
+        const int batch = 2, HW = gcfg[c][0], C1 = gcfg[c][1], C2 = gcfg[c][2], G = gcfg[c][3];
+        const int C = C1 + C2;
+        const size_t n = (size_t)batch * HW * C;
+        float *x1 = falloc((size_t)batch * HW * C1), *x2 = falloc((size_t)batch * HW * C2);
+        float *cat = falloc(n), *y = falloc(n), *ref = falloc(n), *gam = falloc(C),
+              *bet = falloc(C);
+        fill(x1, (size_t)batch * HW * C1, 800 + c, 2.0f, 3.0f);
+        fill(x2, (size_t)batch * HW * C2, 810 + c, 1.0f, -2.0f);
+        fill(gam, C, 820 + c, 1, 1);
+        fill(bet, C, 830 + c, 1, 0);
+        for (size_t m = 0; m < (size_t)batch * HW; m++) {
+            memcpy(cat + m * C, x1 + m * C1, sizeof(float) * C1);
+            memcpy(cat + m * C + C1, x2 + m * C2, sizeof(float) * C2);
+        }
+        for (int silu = 0; silu <= 1; silu++) {
+            sd_ref_groupnorm(cat, batch, HW, C, G, 1e-5f, gam, bet, silu, ref);
+            FOR_EACH_EXEC(ex)
+            {
+                sd_groupnorm_cat(&ex, x1, C1, x2, C2, batch, HW, G, 1e-5f, gam, bet, silu, y);
+                double e = t_rel_l2_f32(y, ref, n);
+                CHECK(e < BAR, "%s/%d groupnorm_cat HW=%d C1=%d C2=%d G=%d silu=%d: %.3g",
+                      WHERE(ex), HW, C1, C2, G, silu, e);
+            }
+        }
+        sd_free(x1);
+        sd_free(x2);
+        sd_free(cat);
+        sd_free(y);
+        sd_free(ref);
+        sd_free(gam);
+        sd_free(bet);
+    }
+
+    static const int mcfg[][4] = {{50, 300, 340, 40}, {13, 5, 3, 17}, {150, 640, 320, 33}};
+    for (size_t c = 0; c < sizeof mcfg / sizeof mcfg[0]; c++) {
+        const int M = mcfg[c][0], K1 = mcfg[c][1], K2 = mcfg[c][2], N = mcfg[c][3], K = K1 + K2;
+        float *a1 = falloc((size_t)M * K1), *a2 = falloc((size_t)M * K2),
+              *a = falloc((size_t)M * K);
+        float *w = falloc((size_t)N * K), *bias = falloc(N), *y = falloc((size_t)M * N),
+              *y2 = falloc((size_t)M * N);
+        fill(a1, (size_t)M * K1, 840 + c, 1, 0);
+        fill(a2, (size_t)M * K2, 850 + c, 1, 0);
+        fill(w, (size_t)N * K, 860 + c, 0.1f, 0);
+        fill(bias, N, 870 + c, 1, 0);
+        for (int m = 0; m < M; m++) {
+            memcpy(a + (size_t)m * K, a1 + (size_t)m * K1, sizeof(float) * K1);
+            memcpy(a + (size_t)m * K + K1, a2 + (size_t)m * K2, sizeof(float) * K2);
+        }
+        sd_epilogue ep = {.bias = bias};
+        FOR_EACH_EXEC(ex)
+        {
+            sd_packed P;
+            CHECK(sd_pack(ex.kern, w, N, K, 1, &P) == SDUNET_OK, "pack");
+            sd_gemm_cat(&ex, M, a1, K1, a2, K2, &P, y, N, &ep);
+            sd_gemm(&ex, M, a, K, &P, y2, N, &ep);
+            CHECK(memcmp(y, y2, sizeof(float) * M * N) == 0,
+                  "%s/%d gemm_cat M=%d K1=%d K2=%d N=%d differs from sd_gemm", WHERE(ex), M, K1, K2,
+                  N);
+            sd_packed_free(&P);
+        }
+        sd_free(a1);
+        sd_free(a2);
+        sd_free(a);
+        sd_free(w);
+        sd_free(bias);
+        sd_free(y);
+        sd_free(y2);
+    }
+}
+
 static void test_layernorm(void)
 {
     static const int cfg[][2] = {{37, 320}, {1, 40}, {100, 7}, {2, 1}};
@@ -625,6 +704,7 @@ int main(void)
     RUN(test_gemm_large);
     RUN(test_conv);
     RUN(test_groupnorm);
+    RUN(test_concat_inputs);
     RUN(test_layernorm);
     RUN(test_attention);
     RUN(test_silu_geglu);

@@ -372,6 +372,40 @@ static void pack_plain(const void *src, int m0, int rows, int k0, int kc, const 
     }
 }
 
+typedef struct {
+    const float *A1, *A2;
+    int K1, K2;
+} cat_a;
+
+/* K steps [k0, k0 + kc) of [A1 | A2]: the part in A1, then the part in A2,
+ * packed one after the other (a panel is k-major, so the pieces simply
+ * follow each other). */
+static void pack_cat(const void *src, int m0, int rows, int k0, int kc, const sd_kernels *kern,
+                     float *dst)
+{
+    const cat_a *s = src;
+    const int mr = kern->mr, K1 = s->K1;
+    const int n1 = k0 >= K1 ? 0 : (k0 + kc <= K1 ? kc : K1 - k0), n2 = kc - n1;
+    const float *r[16];
+    for (int p = 0; p * mr < rows; p++) {
+        float *dp = dst + (size_t)p * kc * mr;
+        if (n1) {
+            for (int i = 0; i < mr; i++) {
+                int m = p * mr + i;
+                r[i] = m < rows ? s->A1 + (size_t)(m0 + m) * K1 + k0 : sd_zero_row;
+            }
+            kern->pack_panel(r, n1, dp);
+        }
+        if (n2) {
+            for (int i = 0; i < mr; i++) {
+                int m = p * mr + i;
+                r[i] = m < rows ? s->A2 + (size_t)(m0 + m) * s->K2 + (k0 + n1 - K1) : sd_zero_row;
+            }
+            kern->pack_panel(r, n2, dp + (size_t)n1 * mr);
+        }
+    }
+}
+
 /* ---- the blocked driver ---- */
 
 #ifndef KC_TARGET
@@ -575,6 +609,14 @@ void sd_gemm_run(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_packed
                  int ldc, const sd_epilogue *ep)
 {
     gemm_drive(ex, M, a, B, C, ldc, ep, NULL, 0);
+}
+
+void sd_gemm_cat(const sd_exec *ex, int M, const float *A1, int K1, const float *A2, int K2,
+                 const sd_packed *B, float *C, int ldc, const sd_epilogue *ep)
+{
+    cat_a s = {A1, A2, K1, K2};
+    sd_gemm_src src = {pack_cat, &s};
+    sd_gemm_run(ex, M, &src, B, C, ldc, ep);
 }
 
 void sd_gemm_geglu(const sd_exec *ex, int M, const float *A, int lda, const sd_packed *B,

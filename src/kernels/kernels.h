@@ -149,6 +149,10 @@ typedef struct sd_epilogue {
  * scratch (on failure it falls back to a slower single-thread path). */
 void sd_gemm(const sd_exec *ex, int M, const float *A, int lda, const sd_packed *B, float *C,
              int ldc, const sd_epilogue *ep);
+/* sd_gemm with A the channel concatenation [A1 | A2] of two row-major
+ * matrices (M x K1 and M x K2, K1 + K2 = B->K), read in place. */
+void sd_gemm_cat(const sd_exec *ex, int M, const float *A1, int K1, const float *A2, int K2,
+                 const sd_packed *B, float *C, int ldc, const sd_epilogue *ep);
 
 /* 3x3 convolution, padding 1, stride 1 or 2 (any stride >= 1 works), as an
  * implicit GEMM, no im2col buffer; scratch as sd_gemm.
@@ -171,6 +175,13 @@ int sd_winograd_pays(int batch, int H, int W, int Cin, int N);
  * optionally SiLU. y may equal x. */
 void sd_groupnorm(const sd_exec *ex, const float *x, int batch, int HW, int C, int G, float eps,
                   const float *gamma, const float *beta, int silu, float *y);
+
+/* sd_groupnorm of the channel concatenation [x1 | x2] (C1 + C2 channels, y
+ * that wide) without forming it: x1 is (batch, HW, C1), x2 (batch, HW, C2)
+ * or NULL. y must not overlap x1 or x2 when x2 is given. */
+void sd_groupnorm_cat(const sd_exec *ex, const float *x1, int C1, const float *x2, int C2,
+                      int batch, int HW, int G, float eps, const float *gamma, const float *beta,
+                      int silu, float *y);
 
 /* LayerNorm over the last axis of x (M rows, C columns). y may equal x. */
 void sd_layernorm(const sd_exec *ex, const float *x, int M, int C, float eps, const float *gamma,

@@ -59,9 +59,9 @@ static double sumsq_rows(const float *x, int rows, int w, size_t ld, double mean
 
 typedef struct {
     const sd_kernels *kern;
-    const float *x; /* this batch item */
+    const float *x, *x2; /* this batch item: channels [0, C1) and [C1, C) */
     float *y;
-    int HW, C, cpg, g0, ng;
+    int HW, C, C1, cpg, g0, ng;
     float eps;
     const float *gamma, *beta;
     int silu;
@@ -72,11 +72,19 @@ static void gn_stats(void *ctx, int64_t t, int thread)
 {
     (void)thread;
     gn_job *j = ctx;
-    int g = j->g0 + (int)t;
-    const float *xg = j->x + (size_t)g * j->cpg;
+    const int g = j->g0 + (int)t, cs = g * j->cpg, ce = cs + j->cpg, C1 = j->C1, C2 = j->C - C1;
+    /* The group's columns in each part (a group may straddle the two). */
+    const int w1 = ce < C1 ? ce - cs : (cs < C1 ? C1 - cs : 0), w2 = j->cpg - w1;
+    const float *x1g = j->x + cs, *x2g = w2 ? j->x2 + (cs + w1 - C1) : NULL;
     double n = (double)j->HW * j->cpg;
-    double mean = sum_rows(xg, j->HW, j->cpg, (size_t)j->C) / n;
-    double var = sumsq_rows(xg, j->HW, j->cpg, (size_t)j->C, mean) / n;
+    double sum = w1 ? sum_rows(x1g, j->HW, w1, (size_t)C1) : 0;
+    if (w2)
+        sum += sum_rows(x2g, j->HW, w2, (size_t)C2);
+    double mean = sum / n;
+    double ss = w1 ? sumsq_rows(x1g, j->HW, w1, (size_t)C1, mean) : 0;
+    if (w2)
+        ss += sumsq_rows(x2g, j->HW, w2, (size_t)C2, mean);
+    double var = ss / n;
     j->mean[t] = mean;
     j->rstd[t] = 1.0 / sqrt(var + (double)j->eps);
 }
@@ -86,14 +94,19 @@ static void gn_apply(void *ctx, int64_t t, int thread)
     (void)thread;
     gn_job *j = ctx;
     int r0 = (int)t * ROWS_PER_TASK, r1 = r0 + ROWS_PER_TASK < j->HW ? r0 + ROWS_PER_TASK : j->HW;
+    const int C1 = j->C1, C2 = j->C - C1;
     for (int r = r0; r < r1; r++) {
-        const float *xr = j->x + (size_t)r * j->C;
+        const float *xr = j->x + (size_t)r * C1;
+        /* Part 2 indexed by the full channel number c >= C1. */
+        const float *xr2 = C2 ? j->x2 + (size_t)r * C2 - C1 : NULL;
         float *yr = j->y + (size_t)r * j->C;
         for (int gi = 0; gi < j->ng; gi++) {
             double mean = j->mean[gi], rstd = j->rstd[gi];
-            int cs = (j->g0 + gi) * j->cpg;
-            for (int c = cs; c < cs + j->cpg; c++)
+            int cs = (j->g0 + gi) * j->cpg, ce = cs + j->cpg, cm = ce < C1 ? ce : C1;
+            for (int c = cs; c < cm; c++)
                 yr[c] = (float)((xr[c] - mean) * (rstd * j->gamma[c]) + j->beta[c]);
+            for (int c = cm > cs ? cm : cs; c < ce; c++)
+                yr[c] = (float)((xr2[c] - mean) * (rstd * j->gamma[c]) + j->beta[c]);
         }
         if (j->silu) {
             int c0 = j->g0 * j->cpg, c1 = (j->g0 + j->ng) * j->cpg;
@@ -105,18 +118,28 @@ static void gn_apply(void *ctx, int64_t t, int thread)
 void sd_groupnorm(const sd_exec *ex, const float *x, int batch, int HW, int C, int G, float eps,
                   const float *gamma, const float *beta, int silu, float *y)
 {
-    if (batch <= 0 || HW <= 0 || C <= 0 || G <= 0)
+    sd_groupnorm_cat(ex, x, C, NULL, 0, batch, HW, G, eps, gamma, beta, silu, y);
+}
+
+void sd_groupnorm_cat(const sd_exec *ex, const float *x1, int C1, const float *x2, int C2,
+                      int batch, int HW, int G, float eps, const float *gamma, const float *beta,
+                      int silu, float *y)
+{
+    const int C = C1 + (x2 ? C2 : 0);
+    if (batch <= 0 || HW <= 0 || C1 <= 0 || (x2 && C2 <= 0) || G <= 0)
         return;
     gn_job j = {.kern = ex->kern,
                 .HW = HW,
                 .C = C,
+                .C1 = C1,
                 .cpg = C / G,
                 .eps = eps,
                 .gamma = gamma,
                 .beta = beta,
                 .silu = silu};
     for (int b = 0; b < batch; b++) {
-        j.x = x + (size_t)b * HW * C;
+        j.x = x1 + (size_t)b * HW * C1;
+        j.x2 = x2 ? x2 + (size_t)b * HW * C2 : NULL;
         j.y = y + (size_t)b * HW * C;
         for (j.g0 = 0; j.g0 < G; j.g0 += GN_CHUNK) {
             j.ng = G - j.g0 < GN_CHUNK ? G - j.g0 : GN_CHUNK;

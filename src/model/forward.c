@@ -161,11 +161,14 @@ static void attn_op(run *r, int heads, int dh, int Nq, int Nk, const float *q, i
     tock(r, SD_OP_ATTN, t0, 4.0 * r->B * heads * (double)Nq * Nk * dh);
 }
 
-/* ResnetBlock2D: out = shortcut(x) + conv2(SiLU(GN(conv1(SiLU(GN(x))) + temb_proj))). */
-static void resnet_fwd(run *r, const sd_resnet *res, const tensor *x, float *out)
+/* ResnetBlock2D: out = shortcut(x) + conv2(SiLU(GN(conv1(SiLU(GN(x))) + temb_proj))).
+ * With x2 (the decoder's skip tensor), x is the channel concatenation
+ * [x | x2], never formed: only the first norm and the shortcut read it, and
+ * both take the two parts (a resnet without a shortcut gets one tensor). */
+static void resnet_fwd(run *r, const sd_resnet *res, const tensor *x, const tensor *x2, float *out)
 {
     const sd_unet_config *c = &r->u->cfg;
-    const int HW = x->H * x->W, M = r->B * HW;
+    const int HW = x->H * x->W, M = r->B * HW, C1 = x->C, C2 = x2 ? x2->C : 0;
     size_t mark = r->scratch_used;
     float *t0_buf = scratch_alloc(r, numel(r, x->H, x->W, res->cin));
     float *h = scratch_alloc(r, numel(r, x->H, x->W, res->cout));
@@ -174,8 +177,8 @@ static void resnet_fwd(run *r, const sd_resnet *res, const tensor *x, float *out
     if (!r->dry) {
         const sd_exec *ex = r->ex;
         double t0 = tick(r);
-        sd_groupnorm(ex, x->p, r->B, HW, res->cin, c->norm_num_groups, c->norm_eps,
-                     res->norm1.gamma, res->norm1.beta, 1, t0_buf);
+        sd_groupnorm_cat(ex, x->p, C1, x2 ? x2->p : NULL, C2, r->B, HW, c->norm_num_groups,
+                         c->norm_eps, res->norm1.gamma, res->norm1.beta, 1, t0_buf);
         tock(r, SD_OP_NORM, t0, 0);
         sd_epilogue ep_t = {.bias = res->temb.b};
         gemm_op(r, SD_OP_LINEAR, r->B, r->temb_act, c->time_embed_dim, &res->temb, tp, res->cout,
@@ -189,7 +192,10 @@ static void resnet_fwd(run *r, const sd_resnet *res, const tensor *x, float *out
         const float *resid = x->p;
         if (res->has_shortcut) {
             sd_epilogue ep_s = {.bias = res->shortcut.b};
-            gemm_op(r, SD_OP_CONV1, M, x->p, res->cin, &res->shortcut, sc, res->cout, &ep_s);
+            t0 = tick(r);
+            sd_gemm_cat(ex, M, x->p, C1, x2 ? x2->p : NULL, C2, &res->shortcut.w, sc, res->cout,
+                        &ep_s);
+            tock(r, SD_OP_CONV1, t0, 2.0 * M * res->shortcut.w.N * res->shortcut.w.K);
             resid = sc;
         }
         sd_epilogue ep2 = {.bias = res->conv2.b, .residual = resid, .ld_res = res->cout};
@@ -208,8 +214,11 @@ static void xformer_fwd(run *r, const sd_xformer *xf, tensor *x)
     size_t mark = r->scratch_used;
     float *t0 = scratch_alloc(r, (size_t)M * C);
     float *h = scratch_alloc(r, (size_t)M * C);
-    /* qkv (3C), then the GEGLU projection (8C) unless it is fused */
-    float *big = scratch_alloc(r, (size_t)M * (xf->ff1.w.geglu_F ? 3 : 8) * C);
+    /* qkv (3C), then the GEGLU projection (8C) unless it is fused: as the
+     * weights were packed, or without weights (sdunet trace) as the loader
+     * packs them for 16-wide panels (every kernel set's nr). */
+    const int fused = xf->ff1.w.data ? xf->ff1.w.geglu_F != 0 : 4 * C % 16 == 0;
+    float *big = scratch_alloc(r, (size_t)M * (fused ? 3 : 8) * C);
     float *gate = scratch_alloc(r, (size_t)M * 4 * C);
     float *kv = scratch_alloc(r, (size_t)r->B * L * 2 * C);
     if (!r->dry) {
@@ -247,7 +256,7 @@ static void xformer_fwd(run *r, const sd_xformer *xf, tensor *x)
         tn = tick(r);
         sd_layernorm(ex, h, M, C, 1e-5f, xf->ln3.gamma, xf->ln3.beta, t0);
         tock(r, SD_OP_NORM, tn, 0);
-        if (xf->ff1.w.geglu_F) { /* projection and GELU gating in one pass */
+        if (fused) { /* projection and GELU gating in one pass */
             tn = tick(r);
             sd_gemm_geglu(ex, M, t0, C, &xf->ff1.w, xf->ff1.b, gate, 4 * C);
             tock(r, SD_OP_LINEAR, tn, 2.0 * M * xf->ff1.w.N * xf->ff1.w.K);
@@ -351,7 +360,7 @@ static void run_graph(run *r, const float *x_in, const float *t, float *y_out)
         for (int j = 0; j < blk->n_layers; j++) {
             const sd_resnet *res = &blk->res[j];
             tensor o = {skip_alloc(r, numel(r, h.H, h.W, res->cout)), h.H, h.W, res->cout};
-            resnet_fwd(r, res, &h, o.p);
+            resnet_fwd(r, res, &h, NULL, o.p);
             if (blk->has_attn)
                 xformer_fwd(r, &blk->attn[j], &o);
             h = o;
@@ -384,10 +393,10 @@ static void run_graph(run *r, const float *x_in, const float *t, float *y_out)
         tensor block_in = h;
         int top = c->block_out_channels[nb - 1];
         tensor a = {hidden(r, 0, numel(r, h.H, h.W, top)), h.H, h.W, top};
-        resnet_fwd(r, &u->mid_res[0], &h, a.p);
+        resnet_fwd(r, &u->mid_res[0], &h, NULL, a.p);
         xformer_fwd(r, &u->mid_attn, &a);
         tensor b2 = {hidden(r, 1, numel(r, h.H, h.W, top)), h.H, h.W, top};
-        resnet_fwd(r, &u->mid_res[1], &a, b2.p);
+        resnet_fwd(r, &u->mid_res[1], &a, NULL, b2.p);
         h = b2;
         emit_tensor(r, "mid", &h);
         emit_block(r, "mid_block", &block_in, &h);
@@ -403,21 +412,28 @@ static void run_graph(run *r, const float *x_in, const float *t, float *y_out)
             tensor skip = st.items[--st.n];
             snprintf(name, sizeof name, "up_blocks.%d.resnets.%d", i, j);
             emit_skip(r, SD_EV_POP, st.n, name, &skip);
-            /* cat([h, skip], channels): a new (H, W, Ch + Cs) tensor */
+            /* cat([h, skip], channels) is read in place by the resnet;
+             * only one without a shortcut (its residual is the whole
+             * input) needs it as one (H, W, Ch + Cs) tensor. */
             size_t mark = r->scratch_used;
-            tensor cat = {scratch_alloc(r, numel(r, h.H, h.W, h.C + skip.C)), h.H, h.W,
-                          h.C + skip.C};
-            if (!r->dry) {
-                double t0 = tick(r);
-                size_t rows = (size_t)B * h.H * h.W;
-                for (size_t m = 0; m < rows; m++) {
-                    memcpy(cat.p + m * cat.C, h.p + m * h.C, sizeof(float) * h.C);
-                    memcpy(cat.p + m * cat.C + h.C, skip.p + m * skip.C, sizeof(float) * skip.C);
-                }
-                tock(r, SD_OP_NORM, t0, 0);
-            }
             tensor o = {hidden(r, cur ^ 1, numel(r, h.H, h.W, res->cout)), h.H, h.W, res->cout};
-            resnet_fwd(r, res, &cat, o.p);
+            if (res->has_shortcut) {
+                resnet_fwd(r, res, &h, &skip, o.p);
+            } else {
+                tensor cat = {scratch_alloc(r, numel(r, h.H, h.W, h.C + skip.C)), h.H, h.W,
+                              h.C + skip.C};
+                if (!r->dry) {
+                    double t0 = tick(r);
+                    size_t rows = (size_t)B * h.H * h.W;
+                    for (size_t m = 0; m < rows; m++) {
+                        memcpy(cat.p + m * cat.C, h.p + m * h.C, sizeof(float) * h.C);
+                        memcpy(cat.p + m * cat.C + h.C, skip.p + m * skip.C,
+                               sizeof(float) * skip.C);
+                    }
+                    tock(r, SD_OP_NORM, t0, 0);
+                }
+                resnet_fwd(r, res, &cat, NULL, o.p);
+            }
             r->scratch_used = mark;
             cur ^= 1;
             if (blk->has_attn)
