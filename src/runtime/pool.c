@@ -23,8 +23,8 @@ struct sd_pool {
     void *ctx;
     int64_t ntasks;
     atomic_llong next;
-    atomic_int active;            /* workers still inside the current job */
-    atomic_ulong generation;      /* bumped (release) per job and at quit */
+    atomic_int active;       /* workers still inside the current job */
+    atomic_ulong generation; /* bumped (release) per job and at quit */
     int quit;
 };
 
