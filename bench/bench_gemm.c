@@ -1,6 +1,7 @@
 /* GFLOP/s of the GEMM, the 3x3 convolution and attention at UNet shapes.
  * Usage: bench_gemm [threads...] (default: 1 and all CPUs); SD_KERNELS=portable
- * picks the kernel set, SD_CONV=direct|winograd the 3x3 method, SD_BENCH_FILTER=text runs only the
+ * picks the kernel set, SD_CONV=direct|winograd the 3x3 method, SD_GEGLU=unfused the feed-forward
+ * projection as GEMM + sd_geglu instead of sd_gemm_geglu, SD_BENCH_FILTER=text runs only the
  * cases whose "kind shape" label contains it, SD_BENCH_SECONDS=s sets the time per case. Each case
  * runs until ~0.3 s have passed and reports the best repetition (1 thread: per CPU second, see
  * now()). */
@@ -17,6 +18,7 @@
  * slices lost to other processes) does not count. Several: wall time. */
 static int g_cpu_clock;
 static double g_seconds = 0.3; /* per case and thread count; SD_BENCH_SECONDS */
+static int g_geglu_fused = 1;  /* SD_GEGLU=unfused: GEMM into [hidden | gate], then sd_geglu */
 
 static double now(void)
 {
@@ -33,14 +35,18 @@ static double run_case(const sd_exec *ex, const bench_case *bc)
     double flops, best = 1e30;
     sd_packed P = {0};
     float *A = NULL, *C = NULL, *k = NULL, *v = NULL;
-    if (strcmp(bc->kind, "gemm") == 0) {
-        int M = bc->a, N = bc->b, K = bc->c;
+    float *H = NULL; /* geglu unfused: the [hidden | gate] product */
+    if (strcmp(bc->kind, "gemm") == 0 || strcmp(bc->kind, "geglu") == 0) {
+        const int geglu = bc->kind[1] == 'e', M = bc->a, N = geglu ? 2 * bc->b : bc->b, K = bc->c;
         float *w = bench_rnd((size_t)N * K, 1);
-        if (sd_pack(ex->kern, w, N, K, 1, &P) != SDUNET_OK)
+        if ((geglu && g_geglu_fused ? sd_pack_geglu(ex->kern, w, N / 2, K, &P)
+                                    : sd_pack(ex->kern, w, N, K, 1, &P)) != SDUNET_OK)
             exit(1);
         sd_free(w);
         A = bench_rnd((size_t)M * K, 2);
         C = bench_rnd((size_t)M * N, 3);
+        if (geglu && !g_geglu_fused)
+            H = bench_rnd((size_t)M * N, 4);
         flops = 2.0 * M * N * K;
     } else if (strcmp(bc->kind, "conv") == 0) {
         int H = bc->a, W = bc->b, Cin = bc->c, N = bc->d;
@@ -67,6 +73,14 @@ static double run_case(const sd_exec *ex, const bench_case *bc)
         if (strcmp(bc->kind, "gemm") == 0) {
             sd_epilogue ep = {.bias = bias}; /* a Linear / 1x1 conv */
             sd_gemm(ex, bc->a, A, bc->c, &P, C, bc->b, &ep);
+        } else if (strcmp(bc->kind, "geglu") == 0) { /* the feed-forward's projection */
+            sd_epilogue ep = {.bias = bias};
+            if (g_geglu_fused) {
+                sd_gemm_geglu(ex, bc->a, A, bc->c, &P, bias, C, bc->b);
+            } else {
+                sd_gemm(ex, bc->a, A, bc->c, &P, H, 2 * bc->b, &ep);
+                sd_geglu(ex, H, bc->a, bc->b, C);
+            }
         } else if (strcmp(bc->kind, "conv") == 0) {
             sd_epilogue ep = {.bias = bias, .residual = C, .ld_res = bc->d}; /* resnet conv2 */
             sd_conv3x3(ex, A, 1, bc->a, bc->b, bc->c, 1, &P, C, &ep);
@@ -80,6 +94,7 @@ static double run_case(const sd_exec *ex, const bench_case *bc)
         reps++;
     } while (now() - start < g_seconds || reps < 2);
     sd_packed_free(&P);
+    sd_free(H);
     sd_free(bias);
     sd_free(A);
     sd_free(C);
@@ -97,6 +112,8 @@ int main(int argc, char **argv)
     }
     /* SD_CONV=direct|winograd forces the 3x3 method (default: as a model picks) */
     sd_conv_algo conv_algo = sd_conv_algo_parse(getenv("SD_CONV"));
+    if (getenv("SD_GEGLU"))
+        g_geglu_fused = strcmp(getenv("SD_GEGLU"), "unfused") != 0;
     if (getenv("SD_BENCH_SECONDS"))
         g_seconds = atof(getenv("SD_BENCH_SECONDS"));
     int threads[8], nt = 0;
@@ -116,6 +133,10 @@ int main(int argc, char **argv)
         {"gemm", 256, 1280, 11520, 0},
         {"gemm", 64, 1280, 11520, 0},
         {"gemm", 77, 320, 768, 0},
+        /* M F K: the GEGLU feed-forward projection, 2F outputs (SD_GEGLU) */
+        {"geglu", 4096, 1280, 320, 0},
+        {"geglu", 1024, 2560, 640, 0},
+        {"geglu", 256, 5120, 1280, 0},
         {"conv", 64, 64, 320, 320},
         {"conv", 32, 32, 640, 640},
         {"conv", 16, 16, 1280, 1280},
@@ -141,6 +162,8 @@ int main(int argc, char **argv)
         char shape[64];
         if (strcmp(bc->kind, "gemm") == 0)
             snprintf(shape, sizeof shape, "M%d N%d K%d", bc->a, bc->b, bc->c);
+        else if (strcmp(bc->kind, "geglu") == 0)
+            snprintf(shape, sizeof shape, "M%d F%d K%d", bc->a, bc->b, bc->c);
         else if (strcmp(bc->kind, "conv") == 0)
             snprintf(shape, sizeof shape, "%dx%dx%d->%d", bc->a, bc->b, bc->c, bc->d);
         else

@@ -632,6 +632,73 @@ static void test_gemm_geglu(void)
           "pack_geglu F=4 rejected");
 }
 
+/* With no scratch memory (a workspace whose limit refuses every buffer)
+ * each kernel takes its fallback path: the GEMM, the fused GEGLU and the
+ * convolution (Winograd forced, so it first declines, then the direct
+ * method) one micro-panel at a time on one thread, bit for bit the normal
+ * result; attention one query at a time, within BAR. */
+static void test_alloc_fallbacks(void)
+{
+    const int M = 150, N = 40, K = 600, F = 32, H = 9, W = 13, Cin = 40, Co = 24;
+    float *A = falloc((size_t)M * K), *w = falloc((size_t)N * K), *bias = falloc(N);
+    float *wg = falloc((size_t)2 * F * K), *in = falloc((size_t)H * W * Cin);
+    float *wc = falloc((size_t)Co * Cin * 9);
+    float *y = falloc((size_t)M * N), *y0 = falloc((size_t)M * N);
+    float *g = falloc((size_t)M * F), *g0 = falloc((size_t)M * F);
+    float *c = falloc((size_t)H * W * Co), *c0 = falloc((size_t)H * W * Co);
+    fill(A, (size_t)M * K, 900, 1, 0);
+    fill(w, (size_t)N * K, 901, 0.1f, 0);
+    fill(bias, N, 902, 1, 0);
+    fill(wg, (size_t)2 * F * K, 903, 0.1f, 0);
+    fill(in, (size_t)H * W * Cin, 904, 1, 0);
+    fill(wc, (size_t)Co * Cin * 9, 905, 0.1f, 0);
+    /* attention: 2 heads of 16, 70 queries, 90 keys */
+    const int heads = 2, dh = 16, Nq = 70, Nk = 90, ld = heads * dh;
+    float *q = falloc((size_t)Nq * ld), *k = falloc((size_t)Nk * ld), *v = falloc((size_t)Nk * ld);
+    float *o = falloc((size_t)Nq * ld), *oref = falloc((size_t)Nq * ld);
+    fill(q, (size_t)Nq * ld, 906, 1, 0);
+    fill(k, (size_t)Nk * ld, 907, 1, 0);
+    fill(v, (size_t)Nk * ld, 908, 1, 0);
+    sd_ref_attention(1, heads, dh, Nq, Nk, q, ld, k, ld, v, ld, oref, ld, 0.25f);
+    sd_epilogue ep = {.bias = bias};
+    FOR_EACH_EXEC(ex)
+    {
+        sd_packed P, Pg, Pc;
+        CHECK(sd_pack(ex.kern, w, N, K, 1, &P) == SDUNET_OK &&
+                  sd_pack_geglu(ex.kern, wg, F, K, &Pg) == SDUNET_OK &&
+                  sd_pack(ex.kern, wc, Co, Cin, 9, &Pc) == SDUNET_OK,
+              "pack");
+        sd_gemm(&ex, M, A, K, &P, y0, N, &ep);
+        sd_gemm_geglu(&ex, M, A, K, &Pg, bias, g0, F);
+        sd_exec direct = ex;
+        direct.conv = SD_CONV_DIRECT;
+        sd_conv3x3(&direct, in, 1, H, W, Cin, 1, &Pc, c0, &ep);
+
+        sd_workspace none = {.limit = 1};
+        sd_exec lean = ex;
+        lean.ws = &none;
+        lean.conv = SD_CONV_WINOGRAD;
+        sd_gemm(&lean, M, A, K, &P, y, N, &ep);
+        sd_gemm_geglu(&lean, M, A, K, &Pg, bias, g, F);
+        sd_conv3x3(&lean, in, 1, H, W, Cin, 1, &Pc, c, &ep);
+        sd_attention(&lean, 1, heads, dh, Nq, Nk, q, ld, k, ld, v, ld, o, ld, 0.25f);
+        CHECK(memcmp(y, y0, sizeof(float) * M * N) == 0, "%s/%d gemm fallback differs", WHERE(ex));
+        CHECK(memcmp(g, g0, sizeof(float) * M * F) == 0, "%s/%d geglu fallback differs", WHERE(ex));
+        CHECK(memcmp(c, c0, sizeof(float) * H * W * Co) == 0, "%s/%d conv fallback differs",
+              WHERE(ex));
+        double e = t_rel_l2_f32(o, oref, (size_t)Nq * ld);
+        CHECK(e < BAR, "%s/%d attention fallback: rel L2 %.3g", WHERE(ex), e);
+        for (int i = 0; i < SD_WS_SLOTS; i++)
+            CHECK(none.buf[i] == NULL, "limited workspace slot %d holds a buffer", i);
+        sd_packed_free(&P);
+        sd_packed_free(&Pg);
+        sd_packed_free(&Pc);
+    }
+    float *bufs[] = {A, w, bias, wg, in, wc, y, y0, g, g0, c, c0, q, k, v, o, oref};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        sd_free(bufs[i]);
+}
+
 static void test_upsample(void)
 {
     static const int cfg[][4] = {
@@ -709,6 +776,7 @@ int main(void)
     RUN(test_attention);
     RUN(test_silu_geglu);
     RUN(test_gemm_geglu);
+    RUN(test_alloc_fallbacks);
     RUN(test_upsample);
     RUN(test_empty);
     for (int i = 0; i < 2; i++)

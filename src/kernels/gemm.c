@@ -286,6 +286,8 @@ void *sd_ws_get(const sd_exec *ex, int slot, size_t bytes)
     sd_workspace *ws = ex ? ex->ws : NULL;
     if (!ws || slot < 0 || slot >= SD_WS_SLOTS)
         return sd_alloc(bytes);
+    if (ws->limit && bytes > ws->limit)
+        return NULL;
     if (ws->cap[slot] < bytes) {
         sd_free(ws->buf[slot]);
         ws->buf[slot] = sd_alloc(bytes);
@@ -432,13 +434,26 @@ typedef struct {
     const sd_epilogue *ep;
     float *scratch; /* per thread: mc x kc floats */
     size_t scratch_per_thread;
-    /* GEGLU mode (geglu_y set): C is a per-thread mc x nc block, and after
-     * the last K block each row's panel pairs become y = h * gelu(g). */
+    /* GEGLU mode (geglu_y set): C is per-thread scratch, an mc x nr block
+     * per panel (see gemm_task), gated into y = h * gelu(g) per panel pair. */
     float *geglu_y;
     int ldy;
     float *cblock;
     size_t cblock_per_thread;
 } gemm_job;
+
+/* y[m0 + i][f0 .. f0 + nr) = h * gelu(g) for i < rows, from the hidden
+ * block h (rows x nr, contiguous) and the gate block at h + ps, via the
+ * scratch block `gated`. */
+static void geglu_pair(const gemm_job *j, const float *h, size_t ps, int rows, int m0, int f0,
+                       float *gated)
+{
+    const int nr = j->kern->nr;
+    j->kern->gelu_mul(h, h + ps, gated, rows * nr);
+    for (int i = 0; i < rows; i++)
+        memcpy(j->geglu_y + (size_t)(m0 + i) * j->ldy + f0, gated + (size_t)i * nr,
+               sizeof(float) * (size_t)nr);
+}
 
 static void gemm_task(void *ctx, int64_t task, int thread)
 {
@@ -455,6 +470,13 @@ static void gemm_task(void *ctx, int64_t task, int thread)
     sd_tile_ep te;
     const int F = j->B->geglu_F;
     float *cblock = j->geglu_y ? j->cblock + (size_t)thread * j->cblock_per_thread : NULL;
+    /* GEGLU: each panel's products are held as one contiguous mc x nr
+     * block, so a hidden/gate pair is gated by one gelu_mul call (into the
+     * block after the last one), then copied to y. With one K block a pair
+     * is complete as soon as its gate panel is, so only that pair is held
+     * (in L1); with several, the whole task's block. */
+    const int pairwise = cblock && j->nkb == 1;
+    const size_t ps = (size_t)j->mc * nr;
 
     for (int kb = 0; kb < j->nkb; kb++) {
         const int k0 = kb * j->kc, kc = K - k0 < j->kc ? K - k0 : j->kc;
@@ -466,8 +488,10 @@ static void gemm_task(void *ctx, int64_t task, int thread)
             for (int im = 0; im < mrows; im += mr) {
                 const int m = m0 + im, rows = mrows - im < mr ? mrows - im : mr;
                 const float *ap = apack + (size_t)(im / mr) * kc * mr;
-                const int ldc = cblock ? j->nc : j->ldc;
-                float *c = cblock ? cblock + (size_t)im * ldc + jn : j->C + (size_t)m * ldc + n;
+                const int ldc = cblock ? nr : j->ldc;
+                float *c = cblock ? cblock + (size_t)(pairwise ? jn / nr % 2 : jn / nr) * ps +
+                                        (size_t)im * nr
+                                  : j->C + (size_t)m * ldc + n;
                 const int accumulate = kb > 0 || j->res_in_c;
                 if (!last || !has_ep) {
                     kern->micro(kc, ap, bp, c, ldc, accumulate, rows, cols, NULL);
@@ -487,18 +511,14 @@ static void gemm_task(void *ctx, int64_t task, int thread)
                 }
                 kern->micro(kc, ap, bp, c, ldc, accumulate, rows, cols, &te);
             }
+            if (pairwise && jn / nr % 2 == 1) /* the pair (jn - nr, jn) is done */
+                geglu_pair(j, cblock, ps, mrows, m0, (n0 + jn - nr) / 2, cblock + 2 * ps);
         }
     }
-    if (!cblock)
-        return;
-    /* Panel pair (2q, 2q+1) of the block holds hidden and gate columns
-     * n0/2 + q*nr .. of y. */
-    for (int i = 0; i < mrows; i++) {
-        const float *row = cblock + (size_t)i * j->nc;
-        float *yr = j->geglu_y + (size_t)(m0 + i) * j->ldy + n0 / 2;
+    if (cblock && !pairwise) /* panel pair (2q, 2q+1): y columns n0/2 + q*nr.. */
         for (int jn = 0; jn < ncols; jn += 2 * nr)
-            kern->gelu_mul(row + jn, row + jn + nr, yr + jn / 2, nr);
-    }
+            geglu_pair(j, cblock + (size_t)(jn / nr) * ps, ps, mrows, m0, (n0 + jn) / 2,
+                       cblock + (size_t)(j->nc / nr) * ps);
 }
 
 /* sd_gemm_run, or with geglu_y the GEGLU mode of sd_gemm_geglu. */
@@ -562,7 +582,7 @@ static void gemm_drive(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_
     /* With several K blocks, C is read and written once per block: keep a
      * tile's C block (mc x nc) near L2 by splitting wide N (q|k|v and GEGLU
      * projections: N = 1920-10240), at the cost of packing A once per n block. */
-    if ((j.nkb > 1 || geglu_y) && (npanels + nblocks - 1) / nblocks > NC_PANELS_MAX)
+    if (j.nkb > 1 && (npanels + nblocks - 1) / nblocks > NC_PANELS_MAX)
         nblocks = (npanels + NC_PANELS_MAX - 1) / NC_PANELS_MAX;
     int ppb = (npanels + nblocks - 1) / nblocks;
     if (geglu_y) /* whole hidden/gate panel pairs (npanels is even) */
@@ -576,12 +596,12 @@ static void gemm_drive(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_
      * allocation fails fall back to one micro-panel (and one panel pair)
      * on the stack and one thread: slower, never wrong. */
     _Alignas(64) float fallback[MR_MAX * SD_KC_MAX];
-    _Alignas(64) float fallback_c[MR_MAX * 2 * 16];
+    _Alignas(64) float fallback_c[MR_MAX * 3 * 16];
     j.geglu_y = geglu_y;
     j.ldy = ldy;
     j.scratch_per_thread = ((size_t)mc * (j.kc > 0 ? j.kc : 1) + 15) & ~(size_t)15;
     j.scratch = sd_ws_get(ex, 0, j.scratch_per_thread * threads * sizeof(float));
-    j.cblock_per_thread = ((size_t)mc * j.nc + 15) & ~(size_t)15;
+    j.cblock_per_thread = ((size_t)mc * ((j.nkb == 1 ? 2 * nr : j.nc) + nr) + 15) & ~(size_t)15;
     j.cblock = geglu_y ? sd_ws_get(ex, 6, j.cblock_per_thread * threads * sizeof(float)) : NULL;
     sd_pool *pool = ex->pool;
     if (!j.scratch || (geglu_y && !j.cblock)) {

@@ -81,6 +81,10 @@ const sd_kernels *sd_kernels_select(const char *force);
 typedef struct sd_workspace {
     void *buf[SD_WS_SLOTS];
     size_t cap[SD_WS_SLOTS];
+    /* 0, or the largest buffer it hands out: a larger request gets NULL as
+     * if memory had run out (the tests use it to run the kernels'
+     * allocation-failure paths). */
+    size_t limit;
 } sd_workspace;
 void sd_workspace_free(sd_workspace *ws); /* frees the buffers, not ws itself */
 
@@ -197,8 +201,8 @@ void sd_geglu(const sd_exec *ex, const float *x, int M, int F, float *y);
  * y[m][f] (row stride ldy) = h * gelu_erf(g), with [h | g] = A[m] * B + bias
  * (bias: 2F values, [hidden | gate], or NULL), B packed by sd_pack_geglu.
  * Equal to sd_gemm then sd_geglu, bit for bit; the 2F-wide product lives
- * only in per-thread blocks of <= 144 x 512 floats, never in memory as a
- * whole. A must not overlap y. */
+ * only in per-thread blocks (144 x 32 floats when K fits one block, up to
+ * 144 x 512 otherwise), never in memory as a whole. A must not overlap y. */
 void sd_gemm_geglu(const sd_exec *ex, int M, const float *A, int lda, const sd_packed *B,
                    const float *bias, float *y, int ldy);
 
