@@ -639,8 +639,9 @@ static void test_gemm_geglu(void)
  * result; attention one query at a time, within BAR. */
 static void test_alloc_fallbacks(void)
 {
-    const int M = 150, N = 40, K = 600, F = 32, H = 9, W = 13, Cin = 40, Co = 24;
-    float *A = falloc((size_t)M * K), *w = falloc((size_t)N * K), *bias = falloc(N);
+    const int M = 150, N = 40, K = 600, F = 32, H = 9, W = 13, Cin = 40, Co = 24; /* 2F >= N, Co */
+    /* one bias for all three: N for the GEMM, 2F for GEGLU, Co for the conv */
+    float *A = falloc((size_t)M * K), *w = falloc((size_t)N * K), *bias = falloc(2 * F);
     float *wg = falloc((size_t)2 * F * K), *in = falloc((size_t)H * W * Cin);
     float *wc = falloc((size_t)Co * Cin * 9);
     float *y = falloc((size_t)M * N), *y0 = falloc((size_t)M * N);
@@ -648,7 +649,7 @@ static void test_alloc_fallbacks(void)
     float *c = falloc((size_t)H * W * Co), *c0 = falloc((size_t)H * W * Co);
     fill(A, (size_t)M * K, 900, 1, 0);
     fill(w, (size_t)N * K, 901, 0.1f, 0);
-    fill(bias, N, 902, 1, 0);
+    fill(bias, 2 * F, 902, 1, 0);
     fill(wg, (size_t)2 * F * K, 903, 0.1f, 0);
     fill(in, (size_t)H * W * Cin, 904, 1, 0);
     fill(wc, (size_t)Co * Cin * 9, 905, 0.1f, 0);

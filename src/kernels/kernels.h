@@ -154,7 +154,8 @@ typedef struct sd_epilogue {
 void sd_gemm(const sd_exec *ex, int M, const float *A, int lda, const sd_packed *B, float *C,
              int ldc, const sd_epilogue *ep);
 /* sd_gemm with A the channel concatenation [A1 | A2] of two row-major
- * matrices (M x K1 and M x K2, K1 + K2 = B->K), read in place. */
+ * matrices (M x K1 and M x K2, K1 + K2 = B->K), read in place; A2 may be
+ * NULL with K2 = 0 (then it is sd_gemm with lda = K1). */
 void sd_gemm_cat(const sd_exec *ex, int M, const float *A1, int K1, const float *A2, int K2,
                  const sd_packed *B, float *C, int ldc, const sd_epilogue *ep);
 
