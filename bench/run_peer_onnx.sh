@@ -16,6 +16,9 @@
 #   mkdir -p /tmp/ort && cd /tmp/ort && ONNXRUNTIME_NODE_INSTALL=skip npm install onnxruntime-node
 # Environment (defaults):
 #   THREADS="1 2"   thread counts          RUNS=3 WARMUP=1   timed / warm-up forwards
+#   ROUNDS=1        sdunet-then-ORT rounds per thread count; with several, the
+#                   table gives each round's ratio and their median (one
+#                   round moves by +-10% on a shared machine)
 #   BUILD=/tmp/onnx-build                  sdunet build folder (make BUILD=...)
 #   WEIGHTS=/tmp/sd15.safetensors          synthetic weights (3.4 GB), written if missing
 #   ORT=/tmp/ort/node_modules/onnxruntime-node
@@ -26,6 +29,7 @@ set -eu
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-"1 2"}
 RUNS=${RUNS:-3}
+ROUNDS=${ROUNDS:-1}
 WARMUP=${WARMUP:-1}
 BUILD=${BUILD:-/tmp/onnx-build}
 WEIGHTS=${WEIGHTS:-/tmp/sd15.safetensors}
@@ -74,13 +78,15 @@ LOG=$(mktemp)
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'); $(nproc) CPUs"
 echo "# load before: $(uptime | sed 's/.*load average: //')"
 for t in $THREADS; do
-    echo "## threads=$t: sdunet bench --model $WEIGHTS --threads $t --runs $RUNS --warmup $WARMUP" >&2
-    "$SDUNET" bench --model "$WEIGHTS" --threads "$t" --runs "$RUNS" --warmup "$WARMUP" >"$LOG.sd"
-    cat "$LOG.sd" >&2
-    grep '^bench:' "$LOG.sd" | sed 's/$/ peer=sdunet/' | tee -a "$LOG"
-    echo "## threads=$t: peer_onnx.js --threads $t   (load now: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
-    "$NODE" bench/peer_onnx.js --model "$ONNX" --ort "$ORT" --threads "$t" --runs "$RUNS" --warmup "$WARMUP" |
-        grep '^bench:' | tee -a "$LOG"
+    for round in $(seq "$ROUNDS"); do
+        echo "## threads=$t round $round: sdunet bench --model $WEIGHTS --threads $t --runs $RUNS --warmup $WARMUP" >&2
+        "$SDUNET" bench --model "$WEIGHTS" --threads "$t" --runs "$RUNS" --warmup "$WARMUP" >"$LOG.sd"
+        cat "$LOG.sd" >&2
+        grep '^bench:' "$LOG.sd" | sed 's/$/ peer=sdunet/' | tee -a "$LOG"
+        echo "## threads=$t round $round: peer_onnx.js --threads $t   (load now: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+        "$NODE" bench/peer_onnx.js --model "$ONNX" --ort "$ORT" --threads "$t" --runs "$RUNS" --warmup "$WARMUP" |
+            grep '^bench:' | tee -a "$LOG"
+    done
 done
 echo "# load after: $(uptime | sed 's/.*load average: //')"
 
@@ -90,16 +96,33 @@ function kv(line, key,   n, i, a, p) {
     for (i = 1; i <= n; i++) { split(a[i], p, "="); if (p[1] == key) return p[2] }
     return ""
 }
+# rows come in (sdunet, ORT) pairs, one pair per round
 {
     t = kv($0, "threads"); peer = kv($0, "peer")
-    if (peer == "sdunet") { sd[t] = kv($0, "median_s"); sdg[t] = kv($0, "gflops"); sdr[t] = kv($0, "peak_rss_mb"); order[++nt] = t }
-    else { o[t] = kv($0, "median_s"); og[t] = kv($0, "gflops"); orr[t] = kv($0, "peak_rss_mb"); rel[t] = kv($0, "rel_l2"); name = peer }
+    if (peer == "sdunet") {
+        if (!(t in nr)) order[++nt] = t
+        r = ++nr[t]
+        sd[t, r] = kv($0, "median_s"); sdg[t, r] = kv($0, "gflops"); sdr[t, r] = kv($0, "peak_rss_mb")
+    } else {
+        r = nr[t]
+        o[t, r] = kv($0, "median_s"); og[t, r] = kv($0, "gflops"); orr[t, r] = kv($0, "peak_rss_mb")
+        rel[t] = kv($0, "rel_l2"); name = peer
+    }
 }
 END {
-    printf "\n%-7s %10s %8s %11s %9s %9s %9s %10s %10s\n", "threads", "sdunet s", "ORT s", "ORT/sdunet", "sd GF/s", "ORT GF/s", "sd RSS MB", "ORT RSS MB", "ORT rel_l2"
+    printf "\n%-7s %5s %10s %8s %11s %9s %9s %9s %10s %10s\n", "threads", "round", "sdunet s", "ORT s", "ORT/sdunet", "sd GF/s", "ORT GF/s", "sd RSS MB", "ORT RSS MB", "ORT rel_l2"
     for (i = 1; i <= nt; i++) {
-        t = order[i]
-        printf "%-7s %10.2f %8.2f %11.2f %9.1f %9.1f %9d %10d %10s\n", t, sd[t], o[t], o[t] / sd[t], sdg[t], og[t], sdr[t], orr[t], rel[t]
+        t = order[i]; n = 0
+        for (r = 1; r <= nr[t]; r++) {
+            if (!((t, r) in o)) continue
+            q = o[t, r] / sd[t, r]; ratio[++n] = q
+            printf "%-7s %5d %10.2f %8.2f %11.2f %9.1f %9.1f %9d %10d %10s\n", t, r, sd[t, r], o[t, r], q, sdg[t, r], og[t, r], sdr[t, r], orr[t, r], rel[t]
+        }
+        if (n > 1) { # median of the rounds ratios (insertion sort: n is small)
+            for (a = 2; a <= n; a++) { v = ratio[a]; for (b = a - 1; b >= 1 && ratio[b] > v; b--) ratio[b + 1] = ratio[b]; ratio[b + 1] = v }
+            med = n % 2 ? ratio[(n + 1) / 2] : (ratio[n / 2] + ratio[n / 2 + 1]) / 2
+            printf "%-7s %5s %10s %8s %11.2f   (median of %d rounds)\n", t, "all", "", "", med, n
+        }
     }
     printf "(ORT = %s; rel_l2 = relative L2 of its output vs tests/data/sd15-64/expected_f64.npy)\n", name
 }' "$LOG"
