@@ -37,7 +37,8 @@ static double run_case(const sd_exec *ex, const bench_case *bc)
     float *A = NULL, *C = NULL, *k = NULL, *v = NULL;
     float *H = NULL; /* geglu unfused: the [hidden | gate] product */
     if (strcmp(bc->kind, "gemm") == 0 || strcmp(bc->kind, "geglu") == 0) {
-        const int geglu = bc->kind[1] == 'e', M = bc->a, N = geglu ? 2 * bc->b : bc->b, K = bc->c;
+        const int geglu = strcmp(bc->kind, "geglu") == 0, M = bc->a, K = bc->c;
+        const int N = geglu ? 2 * bc->b : bc->b;
         float *w = bench_rnd((size_t)N * K, 1);
         if ((geglu && g_geglu_fused ? sd_pack_geglu(ex->kern, w, N / 2, K, &P)
                                     : sd_pack(ex->kern, w, N, K, 1, &P)) != SDUNET_OK)

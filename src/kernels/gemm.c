@@ -354,30 +354,23 @@ void sd_pack_rows(const float *const *rows, int mr, int len, float *dst)
     }
 }
 
-typedef struct {
-    const float *A;
-    int lda;
-} plain_a;
-
-static void pack_plain(const void *src, int m0, int rows, int k0, int kc, const sd_kernels *kern,
-                       float *dst)
-{
-    const plain_a *s = src;
-    const int mr = kern->mr;
-    const float *r[16];
-    for (int p = 0; p * mr < rows; p++) {
-        for (int i = 0; i < mr; i++) {
-            int m = p * mr + i;
-            r[i] = m < rows ? s->A + (size_t)(m0 + m) * s->lda + k0 : sd_zero_row;
-        }
-        kern->pack_panel(r, kc, dst + (size_t)p * kc * mr);
-    }
-}
-
+/* A = [A1 | A2]: columns [0, K1) from A1 (row stride ld1), the rest from
+ * A2 (row stride ld2; NULL when A is just A1). */
 typedef struct {
     const float *A1, *A2;
-    int K1, K2;
+    int K1, ld1, ld2;
 } cat_a;
+
+/* The mr row pointers of panel p, at column `col` of `base` (zero rows past
+ * `rows`). */
+static void panel_rows(const float *base, size_t ld, int m0, int p, int mr, int rows, int col,
+                       const float **r)
+{
+    for (int i = 0; i < mr; i++) {
+        int m = p * mr + i;
+        r[i] = m < rows ? base + (size_t)(m0 + m) * ld + col : sd_zero_row;
+    }
+}
 
 /* K steps [k0, k0 + kc) of [A1 | A2]: the part in A1, then the part in A2,
  * packed one after the other (a panel is k-major, so the pieces simply
@@ -392,17 +385,11 @@ static void pack_cat(const void *src, int m0, int rows, int k0, int kc, const sd
     for (int p = 0; p * mr < rows; p++) {
         float *dp = dst + (size_t)p * kc * mr;
         if (n1) {
-            for (int i = 0; i < mr; i++) {
-                int m = p * mr + i;
-                r[i] = m < rows ? s->A1 + (size_t)(m0 + m) * K1 + k0 : sd_zero_row;
-            }
+            panel_rows(s->A1, (size_t)s->ld1, m0, p, mr, rows, k0, r);
             kern->pack_panel(r, n1, dp);
         }
         if (n2) {
-            for (int i = 0; i < mr; i++) {
-                int m = p * mr + i;
-                r[i] = m < rows ? s->A2 + (size_t)(m0 + m) * s->K2 + (k0 + n1 - K1) : sd_zero_row;
-            }
+            panel_rows(s->A2, (size_t)s->ld2, m0, p, mr, rows, k0 + n1 - K1, r);
             kern->pack_panel(r, n2, dp + (size_t)n1 * mr);
         }
     }
@@ -634,7 +621,7 @@ void sd_gemm_run(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_packed
 void sd_gemm_cat(const sd_exec *ex, int M, const float *A1, int K1, const float *A2, int K2,
                  const sd_packed *B, float *C, int ldc, const sd_epilogue *ep)
 {
-    cat_a s = {A1, A2, K1, K2};
+    cat_a s = {A1, A2, K1, K1, K2};
     sd_gemm_src src = {pack_cat, &s};
     sd_gemm_run(ex, M, &src, B, C, ldc, ep);
 }
@@ -642,8 +629,8 @@ void sd_gemm_cat(const sd_exec *ex, int M, const float *A1, int K1, const float 
 void sd_gemm_geglu(const sd_exec *ex, int M, const float *A, int lda, const sd_packed *B,
                    const float *bias, float *y, int ldy)
 {
-    plain_a s = {A, lda};
-    sd_gemm_src src = {pack_plain, &s};
+    cat_a s = {A, NULL, B->K, lda, 0};
+    sd_gemm_src src = {pack_cat, &s};
     sd_epilogue ep = {.bias = bias};
     gemm_drive(ex, M, &src, B, NULL, 0, &ep, y, ldy);
 }
@@ -651,7 +638,7 @@ void sd_gemm_geglu(const sd_exec *ex, int M, const float *A, int lda, const sd_p
 void sd_gemm(const sd_exec *ex, int M, const float *A, int lda, const sd_packed *B, float *C,
              int ldc, const sd_epilogue *ep)
 {
-    plain_a s = {A, lda};
-    sd_gemm_src src = {pack_plain, &s};
+    cat_a s = {A, NULL, B->K, lda, 0};
+    sd_gemm_src src = {pack_cat, &s};
     sd_gemm_run(ex, M, &src, B, C, ldc, ep);
 }

@@ -135,12 +135,18 @@ static void tock(run *r, sd_op_kind kind, double t0, double flops)
     r->prof->calls[kind]++;
 }
 
+/* tock for a GEMM of M rows through layer l. */
+static void tock_gemm(run *r, sd_op_kind kind, double t0, int M, const sd_lin *l)
+{
+    tock(r, kind, t0, 2.0 * M * l->w.N * l->w.K);
+}
+
 static void gemm_op(run *r, sd_op_kind kind, int M, const float *A, int lda, const sd_lin *l,
                     float *C, int ldc, const sd_epilogue *ep)
 {
     double t0 = tick(r);
     sd_gemm(r->ex, M, A, lda, &l->w, C, ldc, ep);
-    tock(r, kind, t0, 2.0 * M * l->w.N * l->w.K);
+    tock_gemm(r, kind, t0, M, l);
 }
 
 static void conv_op(run *r, const float *in, int H, int W, int Cin, int stride, const sd_lin *l,
@@ -195,7 +201,7 @@ static void resnet_fwd(run *r, const sd_resnet *res, const tensor *x, const tens
             t0 = tick(r);
             sd_gemm_cat(ex, M, x->p, C1, x2 ? x2->p : NULL, C2, &res->shortcut.w, sc, res->cout,
                         &ep_s);
-            tock(r, SD_OP_CONV1, t0, 2.0 * M * res->shortcut.w.N * res->shortcut.w.K);
+            tock_gemm(r, SD_OP_CONV1, t0, M, &res->shortcut);
             resid = sc;
         }
         sd_epilogue ep2 = {.bias = res->conv2.b, .residual = resid, .ld_res = res->cout};
@@ -259,7 +265,7 @@ static void xformer_fwd(run *r, const sd_xformer *xf, tensor *x)
         if (fused) { /* projection and GELU gating in one pass */
             tn = tick(r);
             sd_gemm_geglu(ex, M, t0, C, &xf->ff1.w, xf->ff1.b, gate, 4 * C);
-            tock(r, SD_OP_LINEAR, tn, 2.0 * M * xf->ff1.w.N * xf->ff1.w.K);
+            tock_gemm(r, SD_OP_LINEAR, tn, M, &xf->ff1);
         } else {
             sd_epilogue ep_f1 = {.bias = xf->ff1.b};
             gemm_op(r, SD_OP_LINEAR, M, t0, C, &xf->ff1, big, 8 * C, &ep_f1);
