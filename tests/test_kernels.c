@@ -90,7 +90,7 @@ static void test_ref_hand(void)
 
     /* Attention: one query, two keys, scores {0, ln 3} -> weights 1/4, 3/4. */
     float q[1] = {(float)log(3.0)}, k[2] = {0, 1}, v[2] = {4, 8}, o[1];
-    sd_ref_attention(1, 1, 1, 1, 2, q, 1, k, 1, v, 1, o, 1, 1.0f);
+    CHECK(sd_ref_attention(1, 1, 1, 1, 2, q, 1, k, 1, v, 1, o, 1, 1.0f), "reference attention");
     CHECK(fabs(o[0] - 7.0) < 1e-6, "attention %g", o[0]);
 
     /* GroupNorm, one group over {1,2,3,4}: mean 2.5, var 1.25. */
@@ -477,7 +477,8 @@ static void attn_case(int batch, int heads, int dh, int Nq, int Nk, float qscale
     fill(v, (size_t)batch * Nk * ldv, seed + 2, 1, 0.5f);
     float scale = 1.0f / sqrtf((float)dh);
     fill(ref, (size_t)batch * Nq * ldo, seed + 3, 1, 0);
-    sd_ref_attention(batch, heads, dh, Nq, Nk, q, ldq, k, ldk, v, ldv, ref, ldo, scale);
+    CHECK(sd_ref_attention(batch, heads, dh, Nq, Nk, q, ldq, k, ldk, v, ldv, ref, ldo, scale),
+          "reference attention");
     FOR_EACH_EXEC(ex)
     {
         fill(o, (size_t)batch * Nq * ldo, seed + 3, 1, 0); /* same pad contents as ref */
@@ -660,7 +661,8 @@ static void test_alloc_fallbacks(void)
     fill(q, (size_t)Nq * ld, 906, 1, 0);
     fill(k, (size_t)Nk * ld, 907, 1, 0);
     fill(v, (size_t)Nk * ld, 908, 1, 0);
-    sd_ref_attention(1, heads, dh, Nq, Nk, q, ld, k, ld, v, ld, oref, ld, 0.25f);
+    CHECK(sd_ref_attention(1, heads, dh, Nq, Nk, q, ld, k, ld, v, ld, oref, ld, 0.25f),
+          "reference attention");
     sd_epilogue ep = {.bias = bias};
     FOR_EACH_EXEC(ex)
     {
@@ -698,6 +700,68 @@ static void test_alloc_fallbacks(void)
     float *bufs[] = {A, w, bias, wg, in, wc, y, y0, g, g0, c, c0, q, k, v, o, oref};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         sd_free(bufs[i]);
+}
+
+/* A call whose packed weights do not fit it (GEGLU-packed weights in a plain
+ * GEMM and the reverse, a 3x3 weight depth that is not 9 * Cin) is a
+ * library bug: the kernel records it in ex->fault and writes nothing, and
+ * with no fault pointer it still only returns. Correct calls leave the
+ * flag alone. */
+static void test_kernel_faults(void)
+{
+    const int M = 20, F = 16, K = 24, H = 5, W = 6, Cin = 8, Co = 16;
+    float *A = falloc((size_t)M * K), *w = falloc((size_t)2 * F * K);
+    float *wc = falloc((size_t)Co * Cin * 9), *in = falloc((size_t)H * W * 2 * Cin);
+    float *y = falloc((size_t)M * 2 * F), *c = falloc((size_t)H * W * Co);
+    fill(A, (size_t)M * K, 950, 1, 0);
+    fill(w, (size_t)2 * F * K, 951, 0.1f, 0);
+    fill(wc, (size_t)Co * Cin * 9, 952, 0.1f, 0);
+    fill(in, (size_t)H * W * 2 * Cin, 953, 1, 0);
+    FOR_EACH_EXEC(ex)
+    {
+        sd_packed P, Pg, Pc;
+        CHECK(sd_pack(ex.kern, w, 2 * F, K, 1, &P) == SDUNET_OK &&
+                  sd_pack_geglu(ex.kern, w, F, K, &Pg) == SDUNET_OK &&
+                  sd_pack(ex.kern, wc, Co, Cin, 9, &Pc) == SDUNET_OK,
+              "pack");
+        for (int with_flag = 0; with_flag < 2; with_flag++) {
+            int fault = 0;
+            ex.fault = with_flag ? &fault : NULL;
+            size_t untouched = 0;
+            for (size_t i = 0; i < (size_t)M * 2 * F; i++)
+                y[i] = 7.0f;
+            sd_gemm(&ex, M, A, K, &Pg, y, 2 * F, NULL); /* GEGLU-packed in a plain GEMM */
+            CHECK(!with_flag || fault == 1, "gemm with GEGLU weights: fault %d (%s, %d threads)",
+                  fault, WHERE(ex));
+            fault = 0;
+            sd_gemm_geglu(&ex, M, A, K, &P, NULL, y, F); /* plain weights in the GEGLU product */
+            CHECK(!with_flag || fault == 1, "GEGLU with plain weights: fault %d (%s, %d threads)",
+                  fault, WHERE(ex));
+            for (size_t i = 0; i < (size_t)M * 2 * F; i++)
+                untouched += y[i] == 7.0f;
+            CHECK(untouched == (size_t)M * 2 * F, "faulting calls wrote %zu values",
+                  (size_t)M * 2 * F - untouched);
+            fault = 0;
+            for (size_t i = 0; i < (size_t)H * W * Co; i++)
+                c[i] = 7.0f;
+            sd_conv3x3(&ex, in, 1, H, W, 2 * Cin, 1, &Pc, c, NULL); /* K = 9 Cin, not 9 * 2 Cin */
+            untouched = 0;
+            for (size_t i = 0; i < (size_t)H * W * Co; i++)
+                untouched += c[i] == 7.0f;
+            CHECK((!with_flag || fault == 1) && untouched == (size_t)H * W * Co,
+                  "conv with the wrong depth: fault %d, %zu values written (%s, %d threads)", fault,
+                  (size_t)H * W * Co - untouched, WHERE(ex));
+            fault = 0;
+            sd_gemm(&ex, M, A, K, &P, y, 2 * F, NULL);
+            sd_gemm_geglu(&ex, M, A, K, &Pg, NULL, y, F);
+            sd_conv3x3(&ex, in, 1, H, W, Cin, 1, &Pc, c, NULL);
+            CHECK(fault == 0, "correct calls set the fault flag (%s, %d threads)", WHERE(ex));
+        }
+        sd_packed_free(&P);
+        sd_packed_free(&Pg);
+        sd_packed_free(&Pc);
+    }
+    sd_free(A), sd_free(w), sd_free(wc), sd_free(in), sd_free(y), sd_free(c);
 }
 
 static void test_upsample(void)
@@ -778,6 +842,7 @@ int main(void)
     RUN(test_silu_geglu);
     RUN(test_gemm_geglu);
     RUN(test_alloc_fallbacks);
+    RUN(test_kernel_faults);
     RUN(test_upsample);
     RUN(test_empty);
     for (int i = 0; i < 2; i++)

@@ -6,8 +6,6 @@
  * (row, tap), with padding taps reading a shared zero row. */
 #include "kernels/kernels.h"
 
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 typedef struct {
@@ -70,11 +68,10 @@ void sd_conv3x3(const sd_exec *ex, const float *in, int batch, int H, int W, int
     if (batch <= 0 || H <= 0 || W <= 0)
         return;
     /* Internal invariant (the model derives Cin from the packed weights),
-     * as in sd_gemm_run: only a library bug gets here. */
+     * reported as in sd_gemm_run: only a library bug gets here. */
     if (Wp->K != 9 * Cin || stride < 1) {
-        fprintf(stderr, "sdunet: conv3x3 weights have K=%d, expected 9*%d (stride %d)\n", Wp->K,
-                Cin, stride);
-        abort();
+        sd_exec_fault(ex);
+        return;
     }
     if (stride == 1 && ex->conv != SD_CONV_DIRECT &&
         (ex->conv == SD_CONV_WINOGRAD || sd_winograd_pays(batch, H, W, Cin, Wp->N)) &&

@@ -17,8 +17,6 @@
 #include "kernels/kernels.h"
 
 #include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 const float sd_zero_row[SD_KC_MAX];
@@ -517,13 +515,12 @@ static void gemm_drive(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_
         return;
     /* Internal invariant, not input validation: the model packs and runs
      * with one kernel set, and packs GEGLU weights only for the fused
-     * product, so only a bug in the library gets here; failing loudly
-     * beats computing garbage. No input reaches it (fuzzed). */
+     * product, so only a bug in the library gets here. It is reported
+     * through ex->fault (the forward then fails) instead of computing
+     * garbage. */
     if (B->nr != kern->nr || kern->mr > MR_MAX || kern->nr > 16 || !B->geglu_F != !geglu_y) {
-        fprintf(stderr, "sdunet: weights packed for nr=%d%s used with kernel set %s (nr=%d)%s\n",
-                B->nr, B->geglu_F ? " (GEGLU)" : "", kern->name, kern->nr,
-                geglu_y ? " for GEGLU" : "");
-        abort();
+        sd_exec_fault(ex);
+        return;
     }
     static const sd_epilogue no_ep;
     const int mr = kern->mr, nr = kern->nr, K = B->K, N = B->N;

@@ -104,7 +104,19 @@ typedef struct sd_exec {
     const sd_kernels *kern;
     sd_workspace *ws; /* NULL: scratch is allocated per call */
     sd_conv_algo conv;
+    /* NULL, or where a kernel records a broken internal invariant (weights
+     * packed for another kernel set or product kind, a 3x3 weight depth
+     * that is not 9 * Cin) before returning without computing. Only a bug
+     * in the library can set it: the model builds every call from its own
+     * packed weights. The model turns it into SDUNET_E_INTERNAL. */
+    int *fault;
 } sd_exec;
+
+static inline void sd_exec_fault(const sd_exec *ex)
+{
+    if (ex->fault)
+        *ex->fault = 1;
+}
 
 /* At least `bytes` of 64-byte aligned scratch for slot (0: GEMM/conv
  * A blocks; 1, 2: attention; 4, 5: Winograd; 6: GEGLU product blocks), from the workspace when the
@@ -260,9 +272,10 @@ void sd_ref_gemm(int M, int N, int K, const float *A, int lda, const float *Bkn,
                  const sd_epilogue *ep); /* Bkn: plain K x N row-major */
 void sd_ref_conv3x3(const float *in, int batch, int H, int W, int Cin, int stride,
                     const float *w_oihw, int N, float *out, const sd_epilogue *ep);
-void sd_ref_attention(int batch, int heads, int dh, int Nq, int Nk, const float *q, int ldq,
-                      const float *k, int ldk, const float *v, int ldv, float *o, int ldo,
-                      float scale);
+/* 0 if its scratch cannot be allocated (o is then untouched), else 1. */
+int sd_ref_attention(int batch, int heads, int dh, int Nq, int Nk, const float *q, int ldq,
+                     const float *k, int ldk, const float *v, int ldv, float *o, int ldo,
+                     float scale);
 void sd_ref_groupnorm(const float *x, int batch, int HW, int C, int G, float eps,
                       const float *gamma, const float *beta, int silu, float *y);
 void sd_ref_layernorm(const float *x, int M, int C, float eps, const float *gamma,

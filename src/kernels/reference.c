@@ -4,8 +4,6 @@
 #include "kernels/kernels.h"
 
 #include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
 
 static double epilogue_sum(const sd_epilogue *ep, int N, int m, int n)
 {
@@ -60,15 +58,16 @@ void sd_ref_conv3x3(const float *in, int batch, int H, int W, int Cin, int strid
             }
 }
 
-void sd_ref_attention(int batch, int heads, int dh, int Nq, int Nk, const float *q, int ldq,
-                      const float *k, int ldk, const float *v, int ldv, float *o, int ldo,
-                      float scale)
+int sd_ref_attention(int batch, int heads, int dh, int Nq, int Nk, const float *q, int ldq,
+                     const float *k, int ldk, const float *v, int ldv, float *o, int ldo,
+                     float scale)
 {
-    double *s = malloc(sizeof(double) * (size_t)(Nk > 0 ? Nk : 1));
-    double *acc = malloc(sizeof(double) * (size_t)(dh > 0 ? dh : 1));
+    double *s = sd_calloc((size_t)(Nk > 0 ? Nk : 1), sizeof(double));
+    double *acc = sd_calloc((size_t)(dh > 0 ? dh : 1), sizeof(double));
     if (!s || !acc) {
-        fprintf(stderr, "sd_ref_attention: out of memory\n");
-        abort();
+        sd_free(s);
+        sd_free(acc);
+        return 0;
     }
     for (int b = 0; b < batch; b++)
         for (int h = 0; h < heads; h++)
@@ -98,8 +97,9 @@ void sd_ref_attention(int batch, int heads, int dh, int Nq, int Nk, const float 
                 for (int c = 0; c < dh; c++)
                     oi[c] = (float)(acc[c] / sum);
             }
-    free(s);
-    free(acc);
+    sd_free(s);
+    sd_free(acc);
+    return 1;
 }
 
 void sd_ref_groupnorm(const float *x, int batch, int HW, int C, int G, float eps,

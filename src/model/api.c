@@ -284,9 +284,15 @@ sdunet_status sd_model_forward_ev(sdunet_model *m, const float *sample, int batc
                         sample[((size_t)b * channels + ch) * hw + p];
         for (int b = 0; b < batch; b++)
             t[b] = timesteps[n_timesteps == 1 ? 0 : b];
-        sd_exec ex = {.pool = m->pool, .kern = m->kern, .ws = &m->ws, .conv = m->conv};
+        int fault = 0;
+        sd_exec ex = {
+            .pool = m->pool, .kern = m->kern, .ws = &m->ws, .conv = m->conv, .fault = &fault};
         sd_unet_forward(&m->unet, &ex, plan, x, t, context, y, ev, ev_user, m->prof);
-        const int oc = c->out_channels;
+        if (fault)
+            st = sd_fail(err, SDUNET_E_INTERNAL,
+                         "internal error: packed weights do not match the kernel call "
+                         "(a library bug; please report it)");
+        const int oc = fault ? 0 : c->out_channels;
         for (int b = 0; b < batch; b++)
             for (int ch = 0; ch < oc; ch++)
                 for (size_t p = 0; p < hw; p++)
