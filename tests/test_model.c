@@ -201,6 +201,16 @@ static void test_conv_methods(void)
     unsetenv("SDUNET_CONV");
 }
 
+/* The feed-forward as a plain GEMM followed by sd_geglu (the path a model
+ * takes when its GEGLU width is not whole panel pairs; SD's always is). */
+static void test_geglu_unfused(void)
+{
+    CHECK(setenv("SDUNET_GEGLU", "unfused", 1) == 0, "setenv");
+    run_case("tiny-b2-odd", "tiny");
+    run_case("tiny-sd2", "tiny-sd2");
+    unsetenv("SDUNET_GEGLU");
+}
+
 /* ---- weight files ---- */
 static void test_micro_f32_file(void)
 {
@@ -413,6 +423,7 @@ int main(void)
     RUN(test_tiny_b2_odd);
     RUN(test_tiny_sd2);
     RUN(test_conv_methods);
+    RUN(test_geglu_unfused);
     RUN(test_micro_f32_file);
     RUN(test_micro_fp16_file);
     RUN(test_micro_bf16_file);

@@ -937,7 +937,8 @@ static const char main_help[] =
     "  sample  the denoising loop: a latent from noise with a scheduler and guidance\n"
     "\n"
     "environment: SDUNET_THREADS (default thread count), SDUNET_ISA (force a kernel set:\n"
-    "portable, avx2), SDUNET_CONV (3x3 convolution method: auto, direct, winograd)\n";
+    "portable, avx2), SDUNET_CONV (3x3 convolution method: auto, direct, winograd),\n"
+    "SDUNET_GEGLU (unfused: feed-forward projection and gating as two passes)\n";
 
 int main(int argc, char **argv)
 {

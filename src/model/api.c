@@ -98,6 +98,9 @@ sdunet_status sd_model_create(const sd_unet_config *cfg, const sd_weight_source 
     sd_weight_source s = *src;
     if (!s.pool)
         s.pool = m->pool;
+    const char *geglu = getenv("SDUNET_GEGLU");
+    if (geglu && strcmp(geglu, "unfused") == 0)
+        s.geglu_unfused = 1;
     if ((st = sd_unet_build(&m->unet, cfg, &s, m->kern, err))) {
         sdunet_free(m);
         return st;

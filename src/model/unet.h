@@ -78,6 +78,10 @@ typedef struct sd_weight_source {
     int check_only;
     /* Threads for generating and converting weights (NULL: inline). */
     sd_pool *pool;
+    /* Pack the feed-forward's GEGLU projection as a plain Linear, so the
+     * forward runs it as GEMM + sd_geglu instead of sd_gemm_geglu
+     * (SDUNET_GEGLU=unfused; the tests use it to cover that path). */
+    int geglu_unfused;
 } sd_weight_source;
 
 /* Builds all layers for cfg, loading and packing weights from src.

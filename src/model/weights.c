@@ -260,7 +260,8 @@ static void load_lin_multi(loader *ld, sd_lin *l, const char *const *prefixes, i
         return;
     const int N = N_part * parts;
     sdunet_status st = SDUNET_E_INVALID_ARG;
-    if (kind == LIN_GEGLU && N % 2 == 0) /* refused (INVALID_ARG) unless N/2 is whole panels */
+    /* sd_pack_geglu refuses (INVALID_ARG) unless N/2 is whole panels */
+    if (kind == LIN_GEGLU && N % 2 == 0 && !ld->src->geglu_unfused)
         st = sd_pack_geglu(ld->kern, w_in, N / 2, Cin, &l->w);
     if (st == SDUNET_E_INVALID_ARG)
         st = sd_pack(ld->kern, w_in, N, Cin, taps, &l->w);
