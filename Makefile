@@ -114,7 +114,7 @@ fuzz-build:
 			$(FUZZ_BUILD)/lib/libsdunet.a $(LDLIBS) -o $(FUZZ_BUILD)/fuzz_$$h || exit 1; \
 	done
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -Itests -fsanitize=fuzzer-no-link fuzz/corpus.c tests/ckpt_build.c \
-		$(FUZZ_BUILD)/targets.o $(FUZZ_BUILD)/lib/libsdunet.a $(LDLIBS) -o $(FUZZ_BUILD)/mkcorpus
+		tests/testutil.c $(FUZZ_BUILD)/targets.o $(FUZZ_BUILD)/lib/libsdunet.a $(LDLIBS) -o $(FUZZ_BUILD)/mkcorpus
 
 fuzz: fuzz-build
 	rm -rf $(FUZZ_BUILD)/seeds

@@ -11,6 +11,7 @@
  * storages of the pickle harness's wrapper archive (written with the
  * pickle emitters of tests/ckpt_build.h). Existing seeds are
  * overwritten; nothing else in OUT_DIR is touched. */
+#include "check.h"
 #include "ckpt_build.h"
 #include "targets.h"
 
@@ -40,32 +41,9 @@ static void fail(const char *fmt, ...)
 
 static uint8_t *slurp(const char *path, size_t *size)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fail("%s: %s", path, strerror(errno));
-        return NULL;
-    }
-    uint8_t *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 65536;
-            uint8_t *nb = realloc(buf, cap);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                fail("%s: out of memory", path);
-                return NULL;
-            }
-            buf = nb;
-        }
-        size_t r = fread(buf + n, 1, cap - n, f);
-        n += r;
-        if (r == 0)
-            break;
-    }
-    fclose(f);
-    *size = n;
+    uint8_t *buf = t_read_file(path, size);
+    if (!buf)
+        fail("%s: cannot read (%s)", path, strerror(errno));
     return buf;
 }
 

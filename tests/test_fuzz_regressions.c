@@ -19,32 +19,15 @@ static int cmp_names(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static uint8_t *read_all(const char *path, size_t *size)
+/* The file in a buffer of exactly its size, so a read one past the end is
+ * caught by ASan the way libFuzzer's own buffer would catch it
+ * (t_read_file's buffer has a terminating zero after the data). */
+static uint8_t *read_exact(const char *path, size_t *size)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    size_t n = 0;
+    uint8_t *buf = t_read_file(path, &n);
+    if (!buf)
         return NULL;
-    uint8_t *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 4096;
-            uint8_t *nb = realloc(buf, cap);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            buf = nb;
-        }
-        size_t r = fread(buf + n, 1, cap - n, f);
-        n += r;
-        if (r == 0)
-            break;
-    }
-    fclose(f);
-    /* An exact-size copy, so a read one past the end is caught by ASan the
-     * way libFuzzer's own buffer would catch it. */
     uint8_t *exact = malloc(n ? n : 1);
     if (exact && n)
         memcpy(exact, buf, n);
@@ -87,7 +70,7 @@ static void replay_current(void)
         char path[2048];
         snprintf(path, sizeof path, "%s/%s", dir, names[i]);
         size_t size = 0;
-        uint8_t *data = read_all(path, &size);
+        uint8_t *data = read_exact(path, &size);
         CHECK(data != NULL, "cannot read %s", path);
         if (data) {
             int rc = g_harness->run(data, size);
