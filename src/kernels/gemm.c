@@ -274,7 +274,7 @@ sdunet_status sd_pack(const sd_kernels *kern, const float *w, int N, int Cin, in
 sdunet_status sd_pack_geglu(const sd_kernels *kern, const float *w, int F, int K, sd_packed *out)
 {
     memset(out, 0, sizeof *out);
-    if (F <= 0 || F % kern->nr != 0 || F > INT32_MAX / 2)
+    if (!sd_geglu_packable(F, kern->nr))
         return SDUNET_E_INVALID_ARG;
     return pack_impl(kern, w, 2 * F, K, 1, F, out);
 }

@@ -145,6 +145,12 @@ sdunet_status sd_pack(const sd_kernels *kern, const float *w, int N, int Cin, in
  * rows) for sd_gemm_geglu. SDUNET_E_INVALID_ARG unless F is a multiple of
  * the kernel set's nr (then use sd_pack, sd_gemm and sd_geglu). */
 sdunet_status sd_pack_geglu(const sd_kernels *kern, const float *w, int F, int K, sd_packed *out);
+/* sd_pack_geglu's condition on F for panels nr wide (the forward's memory
+ * plan asks it too when it has no weights to look at). */
+static inline int sd_geglu_packable(int F, int nr)
+{
+    return F > 0 && F % nr == 0 && F <= INT32_MAX / 2;
+}
 void sd_packed_free(sd_packed *p);
 
 /* Fused epilogue, applied once per output element after the full K sum:
