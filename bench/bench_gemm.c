@@ -6,7 +6,7 @@
  * runs until ~0.3 s have passed and reports the best repetition (1 thread: per CPU second, see
  * now()). */
 #include "bench_util.h"
-#include "kernels/kernels.h"
+#include "engine/kernels.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -3,7 +3,7 @@
 #ifndef SD_BENCH_UTIL_H
 #define SD_BENCH_UTIL_H
 
-#include "kernels/kernels.h"
+#include "engine/kernels.h"
 
 #include <stdio.h>
 #include <stdlib.h>

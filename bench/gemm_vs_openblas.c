@@ -17,7 +17,7 @@
  * alternating within a case; with 1 thread per thread CPU second (time slices
  * lost to other load on the machine do not count), else wall time. */
 #include "bench_util.h"
-#include "kernels/kernels.h"
+#include "engine/kernels.h"
 
 #include <cblas.h>
 #include <math.h>

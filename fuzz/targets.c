@@ -11,7 +11,7 @@
 #include "io/keymap.h"
 #include "io/npy.h"
 #include "io/tensorfile.h"
-#include "model/config.h"
+#include "unet/config.h"
 #include "sdunet.h"
 
 #include <fcntl.h>

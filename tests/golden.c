@@ -3,7 +3,7 @@
 
 #include "io/json.h"
 #include "io/npy.h"
-#include "model/model_internal.h"
+#include "unet/model_internal.h"
 
 #include <dirent.h>
 #include <stdio.h>

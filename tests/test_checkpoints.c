@@ -9,10 +9,10 @@
 
 #include "io/keymap.h"
 #include "io/tensorfile.h"
-#include "model/config.h"
-#include "model/infer.h"
-#include "model/model_internal.h"
-#include "model/synth.h"
+#include "unet/config.h"
+#include "unet/infer.h"
+#include "unet/model_internal.h"
+#include "engine/synth.h"
 
 #include <stdarg.h>
 #include <stdint.h>

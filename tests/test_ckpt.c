@@ -9,7 +9,7 @@
 #include "io/json.h"
 #include "io/keymap.h"
 #include "io/tensorfile.h"
-#include "model/config.h"
+#include "unet/config.h"
 
 #include <stdint.h>
 #include <string.h>

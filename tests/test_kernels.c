@@ -3,7 +3,7 @@
  * pool, on odd and tiny shapes; plus hand-computed checks of the reference
  * kernels themselves so a shared misunderstanding cannot pass. */
 #include "check.h"
-#include "kernels/kernels.h"
+#include "engine/kernels.h"
 
 #include <string.h>
 

@@ -8,7 +8,7 @@
 #include "check.h"
 #include "golden.h"
 
-#include "model/model_internal.h"
+#include "unet/model_internal.h"
 #include "sdunet.h"
 #include "sdunet_sched.h"
 

@@ -6,9 +6,9 @@
 
 #include "io/json.h"
 #include "io/tensorfile.h"
-#include "model/config.h"
-#include "model/model_internal.h"
-#include "model/synth.h"
+#include "unet/config.h"
+#include "unet/model_internal.h"
+#include "engine/synth.h"
 
 #include <stdint.h>
 #include <stdio.h>

@@ -6,7 +6,7 @@
 
 #include "io/json.h"
 #include "io/npy.h"
-#include "model/synth.h"
+#include "engine/synth.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -5,7 +5,7 @@
 #include "golden.h"
 
 #include "io/json.h"
-#include "model/model_internal.h"
+#include "unet/model_internal.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -1,8 +1,8 @@
 /* sdunet bench: timed forwards with a breakdown by op kind. */
 #include "cli.h"
 
-#include "model/model_internal.h"
-#include "model/synth.h"
+#include "unet/model_internal.h"
+#include "engine/synth.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -7,10 +7,10 @@
 #include "io/keymap.h"
 #include "io/npy.h"
 #include "io/tensorfile.h"
-#include "model/config.h"
-#include "model/infer.h"
-#include "model/model_internal.h"
-#include "model/synth.h"
+#include "unet/config.h"
+#include "unet/infer.h"
+#include "unet/model_internal.h"
+#include "engine/synth.h"
 
 #include <errno.h>
 #include <limits.h>

@@ -9,7 +9,7 @@
 #define SD_KEYMAP_H
 
 #include "io/tensorfile.h"
-#include "model/config.h"
+#include "unet/config.h"
 
 #define SD_LDM_UNET_PREFIX "model.diffusion_model."
 

@@ -2,7 +2,7 @@
 #ifndef SD_MODEL_INTERNAL_H
 #define SD_MODEL_INTERNAL_H
 
-#include "model/unet.h"
+#include "unet/unet.h"
 
 /* sdunet_forward with trace events (see sd_event). */
 sdunet_status sd_model_forward_ev(sdunet_model *m, const float *sample, int batch, int channels,

@@ -6,7 +6,7 @@
  * VM), then sleeps on the condition variable; the caller waits for the
  * workers' last tasks the same way. */
 #define _GNU_SOURCE
-#include "runtime/pool.h"
+#include "engine/pool.h"
 
 #include <pthread.h>
 #include <stdatomic.h>

@@ -6,7 +6,7 @@
  * structure (block count, layers per block) is read from the names first,
  * which is all the LDM <-> diffusers key map needs; every other fact is
  * then looked up by diffusers name through that map. */
-#include "model/infer.h"
+#include "unet/infer.h"
 
 #include <errno.h>
 #include <stdarg.h>

@@ -1,6 +1,6 @@
 /* Element-wise kernels: SiLU, GEGLU (exact erf GELU) and nearest-neighbour
  * resize. Memory bound; threads split contiguous chunks. */
-#include "kernels/kernels.h"
+#include "engine/kernels.h"
 
 #include <math.h>
 #include <string.h>

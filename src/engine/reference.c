@@ -1,7 +1,7 @@
 /* Reference kernels: the definitions written out as directly as possible,
  * accumulating in double and rounding once at the end. Slow on purpose;
  * only the tests use them. */
-#include "kernels/kernels.h"
+#include "engine/kernels.h"
 
 #include <math.h>
 

@@ -5,7 +5,7 @@
  * 6x16 uses 12 of the 16 ymm registers as accumulators; each k step loads
  * two B vectors, broadcasts six A values and issues 12 FMAs, which keeps
  * both FMA pipes of Zen 3 / Haswell-class cores busy with loads to spare. */
-#include "kernels/kernels.h"
+#include "engine/kernels.h"
 
 #include <immintrin.h>
 

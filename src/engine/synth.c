@@ -1,5 +1,5 @@
-#include "model/synth.h"
-#include "runtime/pool.h"
+#include "engine/synth.h"
+#include "engine/pool.h"
 
 #include <math.h>
 #include <string.h>

@@ -4,7 +4,7 @@
  * im2col buffer exists; the A-packing routine gathers each mc x kc block
  * straight from the channels-last input, one contiguous channel run per
  * (row, tap), with padding taps reading a shared zero row. */
-#include "kernels/kernels.h"
+#include "engine/kernels.h"
 
 #include <string.h>
 

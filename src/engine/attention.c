@@ -15,7 +15,7 @@
  * (batch, head) pairs at a time to bound its size; then a task owns one
  * (batch, head, query block) and walks all key blocks with a few tiles of
  * per-thread scratch. */
-#include "kernels/kernels.h"
+#include "engine/kernels.h"
 
 #include <math.h>
 #include <string.h>

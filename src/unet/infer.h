@@ -12,7 +12,7 @@
 
 #include "io/keymap.h"
 #include "io/tensorfile.h"
-#include "model/config.h"
+#include "unet/config.h"
 
 /* Report text: one line per inferred fact, each "  fact: source\n". */
 #define SD_INFER_REPORT 2048

@@ -4,7 +4,7 @@
  * implicit GEMMs over 9 shifted views of the same rows. Weights are packed
  * once at load into the layout the selected microkernel streams.
  *
- * Every kernel has a plain reference version (kernels/reference.c) used by
+ * Every kernel has a plain reference version (engine/reference.c) used by
  * the tests. Nothing here allocates per call except where noted (GEMM/conv
  * packing scratch, attention tiles; each has an allocation-free fallback);
  * nothing holds global mutable state.
@@ -16,7 +16,7 @@
 #define SD_KERNELS_H
 
 #include "common.h"
-#include "runtime/pool.h"
+#include "engine/pool.h"
 
 /* Epilogue terms for one microkernel tile at C[m][n] (see sd_epilogue):
  * bias at column n; per tile row i, the group_add and residual rows at

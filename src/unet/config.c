@@ -2,7 +2,7 @@
  * keys the SD1.x/SD2.x UNet family sets; a key that asks for a feature we
  * don't build (SDXL's added embeddings, several transformer layers per
  * block, ...) is an error naming the key, never silently ignored. */
-#include "model/config.h"
+#include "unet/config.h"
 #include "io/json.h"
 
 #include <errno.h>

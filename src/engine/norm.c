@@ -5,7 +5,7 @@
  * pass also runs in double, (x - mean) * (rstd * gamma) + beta rounded once,
  * so the result is the reference's up to that rounding (and SiLU's, applied
  * in float afterwards); these passes are memory bound, double costs little. */
-#include "kernels/kernels.h"
+#include "engine/kernels.h"
 
 #include <math.h>
 

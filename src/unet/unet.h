@@ -6,31 +6,22 @@
 
 #include "common.h"
 #include "io/tensorfile.h"
-#include "kernels/kernels.h"
-#include "model/config.h"
+#include "engine/kernels.h"
+#include "engine/layers.h"
+#include "unet/config.h"
 
 #define SD_MAX_LAYERS 16
 
-typedef struct sd_gn {
-    float *gamma, *beta;
-} sd_gn;
-
-/* A linear map (Linear, 1x1 conv or 3x3 conv) with its packed weights. */
-typedef struct sd_lin {
-    sd_packed w;
-    float *b; /* NULL when the layer has no bias */
-} sd_lin;
-
 typedef struct sd_resnet {
     int cin, cout;
-    sd_gn norm1, norm2;
+    sd_norm norm1, norm2;
     sd_lin conv1, temb, conv2, shortcut;
     int has_shortcut;
 } sd_resnet;
 
 typedef struct sd_xformer {
     int C, heads;
-    sd_gn norm, ln1, ln2, ln3;
+    sd_norm norm, ln1, ln2, ln3;
     sd_lin proj_in, proj_out;
     sd_lin qkv;  /* self-attention to_q | to_k | to_v fused: N = 3C */
     sd_lin out1; /* attn1.to_out.0 */
@@ -51,38 +42,13 @@ typedef struct sd_block {
 typedef struct sd_unet {
     sd_unet_config cfg;
     sd_lin conv_in, time1, time2, conv_out;
-    sd_gn norm_out;
+    sd_norm norm_out;
     sd_block down[SD_MAX_BLOCKS], up[SD_MAX_BLOCKS];
     sd_resnet mid_res[2];
     sd_xformer mid_attn;
     int64_t n_params;
     int has_weights;
 } sd_unet;
-
-/* Where weights come from while building a model. */
-typedef struct sd_weight_source {
-    const sd_tensorfile *file; /* NULL: synthetic weights from the spec */
-    /* Optional name translation (e.g. diffusers -> LDM names): writes the
-     * name to look up in `file`; returns 0 when the name has no mapping. */
-    int (*map_name)(void *user, const char *diffusers_name, char *out, size_t outlen);
-    void *map_user;
-    /* Optional: called for every tensor the model asks for (diffusers name
-     * and expected shape), e.g. to list or write them. */
-    void (*visit)(void *user, const char *name, int ndim, const int64_t *shape);
-    void *visit_user;
-    /* Synthetic weights only: round each value through this dtype (SD_DT_F16
-     * or SD_DT_BF16; SD_DT_F32 = no rounding), to build the exact model a
-     * half-precision synthetic file holds. */
-    sd_dtype synth_round;
-    /* Only check names and shapes (and call visit): no conversion, no packing. */
-    int check_only;
-    /* Threads for generating and converting weights (NULL: inline). */
-    sd_pool *pool;
-    /* Pack the feed-forward's GEGLU projection as a plain Linear, so the
-     * forward runs it as GEMM + sd_geglu instead of sd_gemm_geglu
-     * (SDUNET_GEGLU=unfused; the tests use it to cover that path). */
-    int geglu_unfused;
-} sd_weight_source;
 
 /* Builds all layers for cfg, loading and packing weights from src.
  * src == NULL builds the structure only (for shape tracing). */
@@ -124,22 +90,6 @@ void sd_unet_plan(const sd_unet *u, int B, int H, int W, int L, sd_plan *plan, s
 /* Allocates the plan's memory (after sd_unet_plan). */
 sdunet_status sd_plan_alloc(sd_plan *plan, sdunet_error *err);
 void sd_plan_free(sd_plan *plan);
-
-/* Time and work by op kind, accumulated over forwards when profiling. */
-typedef enum sd_op_kind {
-    SD_OP_CONV3,  /* 3x3 convolutions */
-    SD_OP_CONV1,  /* 1x1 convolutions: shortcuts, conv proj_in/proj_out */
-    SD_OP_LINEAR, /* q/k/v/out, GEGLU, time MLP, time_emb_proj (and linear projections) */
-    SD_OP_ATTN,   /* attention matmuls and softmax */
-    SD_OP_NORM,   /* norms, activations, concatenation, resize */
-    SD_OP_COUNT
-} sd_op_kind;
-
-typedef struct sd_prof {
-    double seconds[SD_OP_COUNT];
-    double flops[SD_OP_COUNT];
-    long calls[SD_OP_COUNT];
-} sd_prof;
 
 /* Forward on channels-last input x (B,H,W,in_channels) into out
  * (B,H,W,out_channels), with per-row timesteps t[B] and context (B,L,D). */

@@ -7,12 +7,11 @@
  *     into their skip slots, so pushing is free);
  *   - two hidden buffers for the mid and up paths (ping-pong);
  *   - a scratch stack for temporaries inside one layer, reset after it. */
-#include "model/unet.h"
+#include "unet/unet.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 typedef struct run {
     const sd_unet *u;
@@ -20,7 +19,8 @@ typedef struct run {
     int dry;
     int B, L;
     sd_plan *plan;
-    size_t skip_used, scratch_used, scratch_peak, hidden_need;
+    sd_arena skip, scratch; /* regions of the plan (base NULL in the dry run) */
+    size_t hidden_need;
     sd_event_fn ev;
     void *ev_user;
     sd_prof *prof;         /* NULL: no timing */
@@ -37,18 +37,12 @@ typedef struct tensor {
 
 static float *skip_alloc(run *r, size_t n)
 {
-    float *p = r->dry ? NULL : r->plan->skip + r->skip_used;
-    r->skip_used += (n + 15) & ~(size_t)15;
-    return p;
+    return sd_arena_alloc(&r->skip, n);
 }
 
 static float *scratch_alloc(run *r, size_t n)
 {
-    float *p = r->dry ? NULL : r->plan->scratch + r->scratch_used;
-    r->scratch_used += (n + 15) & ~(size_t)15;
-    if (r->scratch_used > r->scratch_peak)
-        r->scratch_peak = r->scratch_used;
-    return p;
+    return sd_arena_alloc(&r->scratch, n);
 }
 
 static float *hidden(run *r, int which, size_t n)
@@ -112,27 +106,16 @@ static size_t numel(const run *r, int H, int W, int C)
     return (size_t)r->B * (size_t)H * (size_t)W * (size_t)C;
 }
 
-/* ---- optional time profile by op kind ---- */
-
-static double mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+/* ---- timed ops (engine/layers.h keeps the profile) ---- */
 
 static double tick(const run *r)
 {
-    return r->prof ? mono_now() : 0;
+    return sd_tick(r->prof);
 }
 
 static void tock(run *r, sd_op_kind kind, double t0, double flops)
 {
-    if (!r->prof)
-        return;
-    r->prof->seconds[kind] += mono_now() - t0;
-    r->prof->flops[kind] += flops;
-    r->prof->calls[kind]++;
+    sd_tock(r->prof, kind, t0, flops);
 }
 
 /* tock for a GEMM of M rows through layer l. */
@@ -144,9 +127,7 @@ static void tock_gemm(run *r, sd_op_kind kind, double t0, int M, const sd_lin *l
 static void gemm_op(run *r, sd_op_kind kind, int M, const float *A, int lda, const sd_lin *l,
                     float *C, int ldc, const sd_epilogue *ep)
 {
-    double t0 = tick(r);
-    sd_gemm(r->ex, M, A, lda, &l->w, C, ldc, ep);
-    tock_gemm(r, kind, t0, M, l);
+    sd_linear_op(r->ex, r->prof, kind, M, A, lda, l, C, ldc, ep);
 }
 
 static void conv_op(run *r, const float *in, int H, int W, int Cin, int stride, const sd_lin *l,
@@ -162,9 +143,8 @@ static void attn_op(run *r, int heads, int dh, int Nq, int Nk, const float *q, i
                     const float *k, int ldk, const float *v, int ldv, float *o, int ldo,
                     float scale)
 {
-    double t0 = tick(r);
-    sd_attention(r->ex, r->B, heads, dh, Nq, Nk, q, ldq, k, ldk, v, ldv, o, ldo, scale);
-    tock(r, SD_OP_ATTN, t0, 4.0 * r->B * heads * (double)Nq * Nk * dh);
+    sd_attention_op(r->ex, r->prof, r->B, heads, dh, Nq, Nk, q, ldq, k, ldk, v, ldv, o, ldo,
+                    scale);
 }
 
 /* ResnetBlock2D: out = shortcut(x) + conv2(SiLU(GN(conv1(SiLU(GN(x))) + temb_proj))).
@@ -175,7 +155,7 @@ static void resnet_fwd(run *r, const sd_resnet *res, const tensor *x, const tens
 {
     const sd_unet_config *c = &r->u->cfg;
     const int HW = x->H * x->W, M = r->B * HW, C1 = x->C, C2 = x2 ? x2->C : 0;
-    size_t mark = r->scratch_used;
+    size_t mark = r->scratch.used;
     float *t0_buf = scratch_alloc(r, numel(r, x->H, x->W, res->cin));
     float *h = scratch_alloc(r, numel(r, x->H, x->W, res->cout));
     float *tp = scratch_alloc(r, (size_t)r->B * res->cout);
@@ -207,7 +187,7 @@ static void resnet_fwd(run *r, const sd_resnet *res, const tensor *x, const tens
         sd_epilogue ep2 = {.bias = res->conv2.b, .residual = resid, .ld_res = res->cout};
         conv_op(r, h, x->H, x->W, res->cout, 1, &res->conv2, out, &ep2);
     }
-    r->scratch_used = mark;
+    r->scratch.used = mark;
 }
 
 /* Transformer2DModel with one BasicTransformerBlock, in place on x. */
@@ -217,7 +197,7 @@ static void xformer_fwd(run *r, const sd_xformer *xf, tensor *x)
     const int C = xf->C, HW = x->H * x->W, M = r->B * HW, L = r->L;
     const int D = c->cross_attention_dim, dh = C / xf->heads;
     const float scale = (float)(1.0 / sqrt((double)dh));
-    size_t mark = r->scratch_used;
+    size_t mark = r->scratch.used;
     float *t0 = scratch_alloc(r, (size_t)M * C);
     float *h = scratch_alloc(r, (size_t)M * C);
     /* qkv (3C), then the GEGLU projection (8C) unless it is fused: as the
@@ -279,7 +259,7 @@ static void xformer_fwd(run *r, const sd_xformer *xf, tensor *x)
         sd_epilogue ep_po = {.bias = xf->proj_out.b, .residual = x->p, .ld_res = C};
         gemm_op(r, proj, M, h, C, &xf->proj_out, x->p, C, &ep_po);
     }
-    r->scratch_used = mark;
+    r->scratch.used = mark;
 }
 
 static void conv3x3_fwd(run *r, const sd_lin *conv, const tensor *x, int stride, float *out)
@@ -421,7 +401,7 @@ static void run_graph(run *r, const float *x_in, const float *t, float *y_out)
             /* cat([h, skip], channels) is read in place by the resnet;
              * only one without a shortcut (its residual is the whole
              * input) needs it as one (H, W, Ch + Cs) tensor. */
-            size_t mark = r->scratch_used;
+            size_t mark = r->scratch.used;
             tensor o = {hidden(r, cur ^ 1, numel(r, h.H, h.W, res->cout)), h.H, h.W, res->cout};
             if (res->has_shortcut) {
                 resnet_fwd(r, res, &h, &skip, o.p);
@@ -440,7 +420,7 @@ static void run_graph(run *r, const float *x_in, const float *t, float *y_out)
                 }
                 resnet_fwd(r, res, &cat, NULL, o.p);
             }
-            r->scratch_used = mark;
+            r->scratch.used = mark;
             cur ^= 1;
             if (blk->has_attn)
                 xformer_fwd(r, &blk->attn[j], &o);
@@ -451,7 +431,7 @@ static void run_graph(run *r, const float *x_in, const float *t, float *y_out)
              * is not a multiple of 2^(levels) (diffusers' upsample_size). */
             const tensor *next = &st.items[st.n - 1];
             int Ho = next->H, Wo = next->W;
-            size_t mark = r->scratch_used;
+            size_t mark = r->scratch.used;
             tensor up = {scratch_alloc(r, numel(r, Ho, Wo, h.C)), Ho, Wo, h.C};
             if (!r->dry) {
                 double t0 = tick(r);
@@ -460,7 +440,7 @@ static void run_graph(run *r, const float *x_in, const float *t, float *y_out)
             }
             tensor o = {hidden(r, cur ^ 1, numel(r, Ho, Wo, h.C)), Ho, Wo, h.C};
             conv3x3_fwd(r, &blk->sample_conv, &up, 1, o.p);
-            r->scratch_used = mark;
+            r->scratch.used = mark;
             cur ^= 1;
             h = o;
         }
@@ -473,7 +453,7 @@ static void run_graph(run *r, const float *x_in, const float *t, float *y_out)
     /* output head: GroupNorm, SiLU, conv_out */
     {
         tensor block_in = h;
-        size_t mark = r->scratch_used;
+        size_t mark = r->scratch.used;
         tensor n = {scratch_alloc(r, numel(r, h.H, h.W, h.C)), h.H, h.W, h.C};
         if (!r->dry) {
             double t0 = tick(r);
@@ -486,7 +466,7 @@ static void run_graph(run *r, const float *x_in, const float *t, float *y_out)
             sd_silu(ex, n.p, n.p, numel(r, h.H, h.W, h.C));
         tensor o = {y_out, h.H, h.W, c->out_channels};
         conv3x3_fwd(r, &u->conv_out, &n, 1, o.p);
-        r->scratch_used = mark;
+        r->scratch.used = mark;
         emit_tensor(r, "conv_out", &o);
         emit_block(r, "conv_norm_out+conv_out", &block_in, &o);
     }
@@ -502,9 +482,9 @@ void sd_unet_plan(const sd_unet *u, int B, int H, int W, int L, sd_plan *plan, s
     plan->L = L;
     run r = {.u = u, .dry = 1, .B = B, .L = L, .plan = plan, .ev = ev, .ev_user = ev_user};
     run_graph(&r, NULL, NULL, NULL);
-    plan->skip_floats = r.skip_used;
+    plan->skip_floats = r.skip.peak;
     plan->hidden_floats = (r.hidden_need + 15) & ~(size_t)15;
-    plan->scratch_floats = r.scratch_peak;
+    plan->scratch_floats = r.scratch.peak;
 }
 
 sdunet_status sd_plan_alloc(sd_plan *plan, sdunet_error *err)
@@ -538,6 +518,8 @@ void sd_unet_forward(const sd_unet *u, const sd_exec *ex, sd_plan *plan, const f
              .B = plan->B,
              .L = plan->L,
              .plan = plan,
+             .skip = {.base = plan->skip},
+             .scratch = {.base = plan->scratch},
              .ev = ev,
              .ev_user = ev_user,
              .prof = prof,

@@ -29,7 +29,7 @@
  *   V   [ad][tile panel][Cin][mr]       transformed inputs (A micro-panels)
  *   Ub  [ad][kc][16]    per thread      transformed weights (B micro-panels)
  *   Acc [ad][TBp][16]   per thread      products for one output panel */
-#include "kernels/winograd_impl.h"
+#include "engine/winograd_impl.h"
 
 int sd_winograd_pays(int batch, int H, int W, int Cin, int N)
 {

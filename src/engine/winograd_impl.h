@@ -6,7 +6,7 @@
 #ifndef SD_WINOGRAD_IMPL_H
 #define SD_WINOGRAD_IMPL_H
 
-#include "kernels/kernels.h"
+#include "engine/kernels.h"
 
 #include <stddef.h>
 #include <string.h>

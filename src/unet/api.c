@@ -2,11 +2,11 @@
  * (NCHW outside, channels-last inside), the per-shape activation plan and
  * the thread pool. */
 #include "io/tensorfile.h"
-#include "kernels/kernels.h"
-#include "model/infer.h"
-#include "model/unet.h"
-#include "model/model_internal.h"
-#include "runtime/pool.h"
+#include "engine/kernels.h"
+#include "unet/infer.h"
+#include "unet/unet.h"
+#include "unet/model_internal.h"
+#include "engine/pool.h"
 
 #include <math.h>
 #include <stdatomic.h>

@@ -14,7 +14,7 @@
  * blocks of a tile themselves, so no two threads ever write the same C
  * element and the epilogue can be applied to each micro-tile right after its
  * last K block, while it is still in cache. */
-#include "kernels/kernels.h"
+#include "engine/kernels.h"
 
 #include <math.h>
 #include <string.h>

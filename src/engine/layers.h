@@ -1,0 +1,169 @@
+/* The layer machinery every model is built from: weighted layers (a packed
+ * linear map with its bias, a norm's scale and shift), the loader that
+ * fetches them by name from a weight file or the synthetic generator, the
+ * per-op-kind time profile, and the bump arena whose dry run plans a
+ * forward's activation memory.
+ *
+ * A model (src/unet, src/clip, ...) describes its tensors by the names of
+ * its reference implementation (diffusers, transformers) and hands the
+ * loader a name map for the other layouts a file may use. */
+#ifndef SD_LAYERS_H
+#define SD_LAYERS_H
+
+#include "common.h"
+#include "engine/kernels.h"
+#include "io/tensorfile.h"
+
+#include <time.h>
+
+/* A norm's affine terms (GroupNorm or LayerNorm). */
+typedef struct sd_norm {
+    float *gamma, *beta;
+} sd_norm;
+
+/* A linear map (Linear, 1x1 conv or 3x3 conv) with its packed weights. */
+typedef struct sd_lin {
+    sd_packed w;
+    float *b; /* NULL when the layer has no bias */
+} sd_lin;
+
+void sd_lin_free(sd_lin *l);
+void sd_norm_free(sd_norm *n);
+
+/* Where weights come from while building a model. */
+typedef struct sd_weight_source {
+    const sd_tensorfile *file; /* NULL: synthetic weights from the spec */
+    /* Optional name translation (e.g. diffusers -> LDM names): writes the
+     * name to look up in `file`; returns 0 when the name has no mapping.
+     * When NULL the model's own map for the file's layout applies. */
+    int (*map_name)(void *user, const char *ref_name, char *out, size_t outlen);
+    void *map_user;
+    /* Optional: called for every tensor the model asks for (reference name
+     * and expected shape), e.g. to list or write them. */
+    void (*visit)(void *user, const char *name, int ndim, const int64_t *shape);
+    void *visit_user;
+    /* Synthetic weights only: round each value through this dtype (SD_DT_F16
+     * or SD_DT_BF16; SD_DT_F32 = no rounding), to build the exact model a
+     * half-precision synthetic file holds. */
+    sd_dtype synth_round;
+    /* Only check names and shapes (and call visit): no conversion, no packing. */
+    int check_only;
+    /* Threads for generating and converting weights (NULL: inline). */
+    sd_pool *pool;
+    /* Pack the UNet feed-forward's GEGLU projection as a plain Linear, so
+     * the forward runs it as GEMM + sd_geglu instead of sd_gemm_geglu
+     * (SDUNET_GEGLU=unfused; the tests use it to cover that path). */
+    int geglu_unfused;
+} sd_weight_source;
+
+/* A model build in progress: fetches tensors by reference name, checks
+ * shapes, converts to float32 and packs. Missing and mismatched tensors are
+ * collected so that one error lists them all (sd_loader_finish). */
+typedef struct sd_loader {
+    const sd_weight_source *src;
+    const sd_kernels *kern;
+    /* The model's own name map for src->file, used when src->map_name is
+     * NULL (NULL: names are looked up as they are). */
+    int (*map)(void *user, const char *ref_name, char *out, size_t outlen);
+    void *map_user;
+    float *scratch;
+    size_t scratch_cap;
+    int n_bad;
+    char bad[400];
+    sdunet_status fatal;
+    sdunet_error *err;
+    int64_t n_params;
+} sd_loader;
+
+void sd_loader_init(sd_loader *ld, const sd_weight_source *src, const sd_kernels *kern,
+                    sdunet_error *err);
+/* Frees the loader's scratch and returns the build's status: the first
+ * fatal error, else SDUNET_E_WEIGHTS listing the bad tensors, else OK. */
+sdunet_status sd_loader_finish(sd_loader *ld);
+
+typedef enum sd_lin_kind { SD_LIN_LINEAR, SD_LIN_CONV1, SD_LIN_CONV3, SD_LIN_GEGLU } sd_lin_kind;
+
+/* NAME.weight and NAME.bias of a norm over C channels. */
+void sd_load_norm(sd_loader *ld, sd_norm *n, const char *prefix, int C);
+/* PREFIX.weight ([N][Cin] for a Linear, [N][Cin][k][k] for a conv) and,
+ * with_bias, PREFIX.bias, packed. SD_LIN_GEGLU: a Linear whose N outputs
+ * are [hidden | gate] of a GEGLU, packed for sd_gemm_geglu when N/2 allows
+ * (sd_pack_geglu), else as a Linear. */
+void sd_load_lin(sd_loader *ld, sd_lin *l, const char *prefix, int N, int Cin, sd_lin_kind kind,
+                 int with_bias);
+/* Several layers with the same input stacked along the output axis into one
+ * packed matrix (fusing q|k|v): `parts` prefixes of N_part outputs each. */
+void sd_load_lin_multi(sd_loader *ld, sd_lin *l, const char *const *prefixes, int parts,
+                       int N_part, int Cin, sd_lin_kind kind, int with_bias);
+/* A plain float32 tensor (an embedding table), sd_alloc'd; zeros when it
+ * is missing (the build then fails), NULL on allocation failure. */
+float *sd_load_tensor(sd_loader *ld, const char *name, int ndim, const int64_t *shape);
+
+/* ---- time profile by op kind ---- */
+
+typedef enum sd_op_kind {
+    SD_OP_CONV3,  /* 3x3 convolutions */
+    SD_OP_CONV1,  /* 1x1 convolutions: shortcuts, conv proj_in/proj_out */
+    SD_OP_LINEAR, /* Linear layers (q/k/v/out, feed-forwards, time MLP) */
+    SD_OP_ATTN,   /* attention matmuls and softmax */
+    SD_OP_NORM,   /* norms, activations, concatenation, resize, embeddings */
+    SD_OP_COUNT
+} sd_op_kind;
+
+typedef struct sd_prof {
+    double seconds[SD_OP_COUNT];
+    double flops[SD_OP_COUNT];
+    long calls[SD_OP_COUNT];
+} sd_prof;
+
+static inline double sd_mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Start of a timed op (0 when not profiling). */
+static inline double sd_tick(const sd_prof *prof)
+{
+    return prof ? sd_mono_now() : 0;
+}
+
+static inline void sd_tock(sd_prof *prof, sd_op_kind kind, double t0, double flops)
+{
+    if (!prof)
+        return;
+    prof->seconds[kind] += sd_mono_now() - t0;
+    prof->flops[kind] += flops;
+    prof->calls[kind]++;
+}
+
+/* sd_gemm through layer l (C = A * l + epilogue), timed as `kind`. */
+void sd_linear_op(const sd_exec *ex, sd_prof *prof, sd_op_kind kind, int M, const float *A,
+                  int lda, const sd_lin *l, float *C, int ldc, const sd_epilogue *ep);
+/* sd_attention timed as SD_OP_ATTN. */
+void sd_attention_op(const sd_exec *ex, sd_prof *prof, int batch, int heads, int dh, int Nq,
+                     int Nk, const float *q, int ldq, const float *k, int ldk, const float *v,
+                     int ldv, float *o, int ldo, float scale);
+
+/* ---- activation memory ---- */
+
+/* A bump allocator over one region of a forward's plan. In a dry run
+ * (base == NULL) it hands out NULL and only counts, so running the graph
+ * once without data sizes the region exactly; the real run then never
+ * allocates. Allocations are 64-byte aligned within the region. */
+typedef struct sd_arena {
+    float *base;
+    size_t used, peak; /* floats */
+} sd_arena;
+
+static inline float *sd_arena_alloc(sd_arena *a, size_t n)
+{
+    float *p = a->base ? a->base + a->used : NULL;
+    a->used += (n + 15) & ~(size_t)15;
+    if (a->used > a->peak)
+        a->peak = a->used;
+    return p;
+}
+
+#endif

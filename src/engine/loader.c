@@ -1,0 +1,316 @@
+/* The loader behind every model's build: fetches tensors by reference name
+ * (from a file through the model's name map, or from the synthetic
+ * generator), checks their shapes, converts them to float32 and packs them
+ * for the kernels. Missing and mismatched tensors are collected so one error
+ * lists them all. Once a tensor is packed its file pages are released, so a
+ * large file is not held in memory beside the model. */
+#include "engine/layers.h"
+#include "engine/synth.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void sd_loader_init(sd_loader *ld, const sd_weight_source *src, const sd_kernels *kern,
+                    sdunet_error *err)
+{
+    memset(ld, 0, sizeof *ld);
+    ld->src = src;
+    ld->kern = kern;
+    ld->err = err;
+}
+
+sdunet_status sd_loader_finish(sd_loader *ld)
+{
+    sd_free(ld->scratch);
+    ld->scratch = NULL;
+    ld->scratch_cap = 0;
+    if (ld->fatal)
+        return ld->fatal;
+    if (ld->n_bad)
+        return sd_fail(ld->err, SDUNET_E_WEIGHTS, "%d tensor%s missing or mismatched: %s%s",
+                       ld->n_bad, ld->n_bad == 1 ? "" : "s", ld->bad,
+                       strlen(ld->bad) + 80 >= sizeof ld->bad ? "; ..." : "");
+    return SDUNET_OK;
+}
+
+static void note_bad(sd_loader *ld, const char *fmt, ...) SD_PRINTF(2, 3);
+static void note_bad(sd_loader *ld, const char *fmt, ...)
+{
+    ld->n_bad++;
+    size_t used = strlen(ld->bad);
+    if (used + 80 >= sizeof ld->bad)
+        return;
+    if (used)
+        ld->bad[used++] = ';', ld->bad[used++] = ' ', ld->bad[used] = 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ld->bad + used, sizeof ld->bad - used, fmt, ap);
+    va_end(ap);
+}
+
+static float *scratch(sd_loader *ld, size_t n)
+{
+    if (ld->fatal)
+        return NULL;
+    if (n > ld->scratch_cap) {
+        sd_free(ld->scratch);
+        ld->scratch = sd_alloc(n * sizeof(float));
+        ld->scratch_cap = ld->scratch ? n : 0;
+        if (!ld->scratch) {
+            ld->fatal = sd_fail(ld->err, SDUNET_E_NOMEM, "out of memory loading weights");
+            return NULL;
+        }
+    }
+    return ld->scratch;
+}
+
+static void zero(const sd_loader *ld, float *dst, size_t n)
+{
+    if (!ld->src->check_only)
+        memset(dst, 0, n * sizeof(float));
+}
+
+static void shape_text(char *buf, size_t len, int ndim, const int64_t *shape)
+{
+    buf[0] = 0;
+    for (int i = 0; i < ndim; i++)
+        snprintf(buf + strlen(buf), len - strlen(buf), "%s%lld", i ? "," : "", (long long)shape[i]);
+}
+
+/* Finds file tensor `name` (a diffusers name) and checks its shape. On a
+ * missing or mismatched tensor, records it and returns NULL. Counts the
+ * parameters and calls visit either way. */
+static const sd_tensor_info *lookup(sd_loader *ld, const char *name, int ndim, const int64_t *shape)
+{
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        n *= (size_t)shape[i];
+    ld->n_params += (int64_t)n;
+    if (ld->src->visit)
+        ld->src->visit(ld->src->visit_user, name, ndim, shape);
+    if (!ld->src->file)
+        return NULL;
+    char mapped[256];
+    const char *look = name;
+    if (ld->src->map_name) {
+        if (!ld->src->map_name(ld->src->map_user, name, mapped, sizeof mapped)) {
+            note_bad(ld, "no file name for %s", name);
+            return NULL;
+        }
+        look = mapped;
+    } else if (ld->map) {
+        if (!ld->map(ld->map_user, name, mapped, sizeof mapped)) {
+            note_bad(ld, "no file name for %s", name);
+            return NULL;
+        }
+        look = mapped;
+    }
+    const sd_tensor_info *t = sd_tensorfile_find(ld->src->file, look);
+    if (!t) {
+        /* Name both sides: the file's name to look for in the file, the
+         * diffusers name to look for in the model. */
+        if (look != name)
+            note_bad(ld, "missing %s (diffusers %s)", look, name);
+        else
+            note_bad(ld, "missing %s", look);
+        return NULL;
+    }
+    int ok = t->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++)
+        ok = t->shape[i] == shape[i];
+    if (!ok) {
+        char want[96], got[96];
+        shape_text(want, sizeof want, ndim, shape);
+        shape_text(got, sizeof got, t->ndim, t->shape);
+        note_bad(ld, "%s has shape (%s), expected (%s)", look, got, want);
+        return NULL;
+    }
+    return t;
+}
+
+/* Fetches tensor `name` of the given shape into dst (numel floats). On a
+ * missing or mismatched tensor, records it and fills dst with zeros. */
+static void fetch(sd_loader *ld, const char *name, int ndim, const int64_t *shape, float *dst)
+{
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        n *= (size_t)shape[i];
+    if (!ld->src->file) {
+        lookup(ld, name, ndim, shape);
+        if (ld->src->check_only)
+            return;
+        sd_synth_weight_pool(name, ndim, shape, dst, ld->src->pool);
+        if (ld->src->synth_round == SD_DT_F16)
+            for (size_t i = 0; i < n; i++)
+                dst[i] = sd_f16_to_f32(sd_f32_to_f16(dst[i]));
+        else if (ld->src->synth_round == SD_DT_BF16)
+            for (size_t i = 0; i < n; i++)
+                dst[i] = sd_bf16_to_f32(sd_f32_to_bf16(dst[i]));
+        return;
+    }
+    const sd_tensor_info *t = lookup(ld, name, ndim, shape);
+    if (!t) {
+        zero(ld, dst, n);
+        return;
+    }
+    if (ld->src->check_only)
+        return;
+    sdunet_error e;
+    if (sd_tensor_to_f32(t, dst, &e) != SDUNET_OK) {
+        note_bad(ld, "%s: %s", t->name, e.message);
+        zero(ld, dst, n);
+        return;
+    }
+    sd_tensorfile_release(ld->src->file, t);
+}
+
+/* A float32 file tensor the packer can read in place (no conversion, no
+ * copy): little-endian host, 4-byte aligned data. */
+static int usable_in_place(const sd_tensor_info *t)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return t->dtype == SD_DT_F32 && ((uintptr_t)t->data & 3) == 0;
+#else
+    (void)t;
+    return 0;
+#endif
+}
+
+void sd_load_norm(sd_loader *ld, sd_norm *g, const char *prefix, int C)
+{
+    char name[256];
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    int64_t shape[1] = {C};
+    g->gamma = sd_load_tensor(ld, name, 1, shape);
+    snprintf(name, sizeof name, "%s.bias", prefix);
+    g->beta = sd_load_tensor(ld, name, 1, shape);
+}
+
+/* SD_LIN_GEGLU: a Linear whose 2F outputs are [hidden | gate] of a GEGLU,
+ * packed for sd_gemm_geglu when F allows (sd_pack_geglu), else as a Linear. */
+
+/* Loads one or more weight tensors stacked along the output axis into one
+ * packed matrix (fusing q|k|v). prefixes[i] names each part; all parts have
+ * N_part outputs. Bias only when with_bias. */
+void sd_load_lin_multi(sd_loader *ld, sd_lin *l, const char *const *prefixes, int parts,
+                           int N_part, int Cin, sd_lin_kind kind, int with_bias)
+{
+    int taps = kind == SD_LIN_CONV3 ? 9 : 1;
+    size_t part = (size_t)N_part * (size_t)Cin * (size_t)taps;
+    char name[256];
+    int64_t shape[4] = {N_part, Cin, kind == SD_LIN_CONV3 ? 3 : 1, kind == SD_LIN_CONV3 ? 3 : 1};
+    const int ndim = kind == SD_LIN_LINEAR || kind == SD_LIN_GEGLU ? 2 : 4;
+    /* A lone float32 tensor is packed straight from the file mapping: no
+     * scratch copy of the largest tensors (118 MB for SD1.5's widest conv). */
+    const float *w_in = NULL;
+    const sd_tensor_info *direct = NULL;
+    float *w = NULL;
+    if (parts == 1 && ld->src->file && !ld->src->check_only && !ld->fatal) {
+        snprintf(name, sizeof name, "%s.weight", prefixes[0]);
+        direct = lookup(ld, name, ndim, shape);
+        if (direct && usable_in_place(direct)) {
+            w_in = direct->data;
+        } else if (direct) {
+            if (!(w = scratch(ld, part)))
+                return;
+            sdunet_error e;
+            if (sd_tensor_to_f32(direct, w, &e) != SDUNET_OK) {
+                note_bad(ld, "%s: %s", direct->name, e.message);
+                zero(ld, w, part);
+            }
+        }
+    } else {
+        w = scratch(ld, part * (size_t)parts); /* untouched pages cost nothing when check_only */
+        if (!w)
+            return;
+        for (int p = 0; p < parts; p++) {
+            snprintf(name, sizeof name, "%s.weight", prefixes[p]);
+            fetch(ld, name, ndim, shape, w + part * (size_t)p);
+        }
+    }
+    if (!w_in)
+        w_in = w;
+    if (with_bias) {
+        l->b = sd_alloc((size_t)N_part * (size_t)parts * sizeof(float));
+        if (!l->b) {
+            if (!ld->fatal)
+                ld->fatal = sd_fail(ld->err, SDUNET_E_NOMEM, "out of memory loading weights");
+            return;
+        }
+        for (int p = 0; p < parts; p++) {
+            snprintf(name, sizeof name, "%s.bias", prefixes[p]);
+            int64_t bshape[1] = {N_part};
+            fetch(ld, name, 1, bshape, l->b + (size_t)N_part * p);
+        }
+    }
+    /* Once a tensor is missing the build fails: packing more is wasted. */
+    if (ld->fatal || ld->src->check_only || ld->n_bad || !w_in)
+        return;
+    const int N = N_part * parts;
+    sdunet_status st = SDUNET_E_INVALID_ARG;
+    /* sd_pack_geglu refuses (INVALID_ARG) unless N/2 is whole panels */
+    if (kind == SD_LIN_GEGLU && N % 2 == 0 && !ld->src->geglu_unfused)
+        st = sd_pack_geglu(ld->kern, w_in, N / 2, Cin, &l->w);
+    if (st == SDUNET_E_INVALID_ARG)
+        st = sd_pack(ld->kern, w_in, N, Cin, taps, &l->w);
+    if (st != SDUNET_OK)
+        ld->fatal = sd_fail(ld->err, SDUNET_E_NOMEM, "out of memory packing weights");
+    if (direct)
+        sd_tensorfile_release(ld->src->file, direct);
+}
+
+void sd_load_lin(sd_loader *ld, sd_lin *l, const char *prefix, int N, int Cin, sd_lin_kind kind,
+                     int with_bias)
+{
+    sd_load_lin_multi(ld, l, &prefix, 1, N, Cin, kind, with_bias);
+}
+
+
+float *sd_load_tensor(sd_loader *ld, const char *name, int ndim, const int64_t *shape)
+{
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        if (!sd_mul_size(n, (size_t)shape[i], &n))
+            n = SIZE_MAX / sizeof(float);
+    float *v = sd_alloc(n * sizeof(float));
+    if (!v) {
+        if (!ld->fatal)
+            ld->fatal = sd_fail(ld->err, SDUNET_E_NOMEM, "out of memory loading weights");
+        return NULL;
+    }
+    fetch(ld, name, ndim, shape, v);
+    return v;
+}
+
+void sd_lin_free(sd_lin *l)
+{
+    sd_packed_free(&l->w);
+    sd_free(l->b);
+    l->b = NULL;
+}
+
+void sd_norm_free(sd_norm *g)
+{
+    sd_free(g->gamma);
+    sd_free(g->beta);
+    g->gamma = g->beta = NULL;
+}
+
+void sd_linear_op(const sd_exec *ex, sd_prof *prof, sd_op_kind kind, int M, const float *A,
+                  int lda, const sd_lin *l, float *C, int ldc, const sd_epilogue *ep)
+{
+    double t0 = sd_tick(prof);
+    sd_gemm(ex, M, A, lda, &l->w, C, ldc, ep);
+    sd_tock(prof, kind, t0, 2.0 * M * l->w.N * l->w.K);
+}
+
+void sd_attention_op(const sd_exec *ex, sd_prof *prof, int batch, int heads, int dh, int Nq,
+                     int Nk, const float *q, int ldq, const float *k, int ldk, const float *v,
+                     int ldv, float *o, int ldo, float scale)
+{
+    double t0 = sd_tick(prof);
+    sd_attention(ex, batch, heads, dh, Nq, Nk, q, ldq, k, ldk, v, ldv, o, ldo, scale);
+    sd_tock(prof, SD_OP_ATTN, t0, 4.0 * batch * heads * (double)Nq * Nk * dh);
+}
