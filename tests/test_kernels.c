@@ -92,6 +92,24 @@ static void test_ref_hand(void)
     float q[1] = {(float)log(3.0)}, k[2] = {0, 1}, v[2] = {4, 8}, o[1];
     CHECK(sd_ref_attention(1, 1, 1, 1, 2, q, 1, k, 1, v, 1, o, 1, 1.0f), "reference attention");
     CHECK(fabs(o[0] - 7.0) < 1e-6, "attention %g", o[0]);
+    /* causal: query 0 sees key 0 only (v = 1), query 1 both keys: scores
+     * 0 and ln 3 over v = 1, 9 -> (1 + 3 * 9) / 4 = 7 */
+    {
+        const float qc[2] = {0, 1}, kc[2] = {0, (float)log(3.0)}, vc[2] = {1, 9};
+        float oc[2] = {0, 0};
+        CHECK(sd_ref_attention_causal(1, 1, 1, 2, qc, 1, kc, 1, vc, 1, oc, 1, 1.0f),
+              "reference causal attention");
+        CHECK(fabs(oc[0] - 1.0) < 1e-6 && fabs(oc[1] - 7.0) < 1e-5, "causal %g %g", oc[0], oc[1]);
+    }
+    /* GELU: quick 1 / (1 + e^-1.702) = 0.845796; erf form at 1: 0.841345 */
+    {
+        const float gx[3] = {1, 0, -40};
+        float gy[3];
+        sd_ref_gelu(gx, gy, 3, 1);
+        CHECK(fabs(gy[0] - 0.8457957) < 1e-6 && gy[1] == 0 && fabs(gy[2]) < 1e-20, "quick gelu");
+        sd_ref_gelu(gx, gy, 3, 0);
+        CHECK(fabs(gy[0] - 0.8413447) < 1e-6 && gy[1] == 0 && fabs(gy[2]) < 1e-20, "gelu");
+    }
 
     /* GroupNorm, one group over {1,2,3,4}: mean 2.5, var 1.25. */
     float x[4] = {1, 2, 3, 4}, gam[2] = {1, 2}, bet[2] = {0, 1}, y[4];
@@ -465,8 +483,8 @@ static void test_layernorm(void)
 
 /* ---- attention ---- */
 
-static void attn_case(int batch, int heads, int dh, int Nq, int Nk, float qscale, int pad,
-                      unsigned long long seed)
+static void attn_case_mask(int batch, int heads, int dh, int Nq, int Nk, float qscale, int pad,
+                           unsigned long long seed, int causal)
 {
     int C = heads * dh, ldq = C + pad, ldk = C + 2 * pad, ldv = C + 3 * pad, ldo = C + pad;
     float *q = falloc((size_t)batch * Nq * ldq), *k = falloc((size_t)batch * Nk * ldk),
@@ -477,15 +495,23 @@ static void attn_case(int batch, int heads, int dh, int Nq, int Nk, float qscale
     fill(v, (size_t)batch * Nk * ldv, seed + 2, 1, 0.5f);
     float scale = 1.0f / sqrtf((float)dh);
     fill(ref, (size_t)batch * Nq * ldo, seed + 3, 1, 0);
-    CHECK(sd_ref_attention(batch, heads, dh, Nq, Nk, q, ldq, k, ldk, v, ldv, ref, ldo, scale),
-          "reference attention");
+    if (causal)
+        CHECK(sd_ref_attention_causal(batch, heads, dh, Nq, q, ldq, k, ldk, v, ldv, ref, ldo,
+                                      scale),
+              "reference attention");
+    else
+        CHECK(sd_ref_attention(batch, heads, dh, Nq, Nk, q, ldq, k, ldk, v, ldv, ref, ldo, scale),
+              "reference attention");
     FOR_EACH_EXEC(ex)
     {
         fill(o, (size_t)batch * Nq * ldo, seed + 3, 1, 0); /* same pad contents as ref */
-        sd_attention(&ex, batch, heads, dh, Nq, Nk, q, ldq, k, ldk, v, ldv, o, ldo, scale);
+        if (causal)
+            sd_attention_causal(&ex, batch, heads, dh, Nq, q, ldq, k, ldk, v, ldv, o, ldo, scale);
+        else
+            sd_attention(&ex, batch, heads, dh, Nq, Nk, q, ldq, k, ldk, v, ldv, o, ldo, scale);
         double e = rel_l2_2d(o, ldo, ref, ldo, batch * Nq, C);
-        CHECK(e < BAR, "%s/%d b=%d h=%d dh=%d Nq=%d Nk=%d qs=%g: rel L2 %.3g", WHERE(ex), batch,
-              heads, dh, Nq, Nk, qscale, e);
+        CHECK(e < BAR, "%s/%d b=%d h=%d dh=%d Nq=%d Nk=%d qs=%g causal=%d: rel L2 %.3g", WHERE(ex),
+              batch, heads, dh, Nq, Nk, qscale, causal, e);
         int pad_ok = 1;
         for (int r = 0; r < batch * Nq; r++)
             for (int c = C; c < ldo; c++)
@@ -497,6 +523,23 @@ static void attn_case(int batch, int heads, int dh, int Nq, int Nk, float qscale
     sd_free(v);
     sd_free(o);
     sd_free(ref);
+}
+
+static void attn_case(int batch, int heads, int dh, int Nq, int Nk, float qscale, int pad,
+                      unsigned long long seed)
+{
+    attn_case_mask(batch, heads, dh, Nq, Nk, qscale, pad, seed, 0);
+}
+
+/* Causal self-attention (the text encoders): the CLIP shape, one query
+ * block, several query and key blocks (whole key blocks skipped), peaky
+ * scores; the reference's mask is checked by hand in test_ref_hand. */
+static void test_attention_causal(void)
+{
+    attn_case_mask(2, 12, 64, 77, 77, 1, 0, 520, 1);
+    attn_case_mask(1, 2, 16, 1, 1, 1, 1, 521, 1);
+    attn_case_mask(1, 3, 40, 600, 600, 3, 2, 522, 1);
+    attn_case_mask(2, 2, 8, 17, 17, 6, 0, 523, 1);
 }
 
 static void test_attention(void)
@@ -563,6 +606,28 @@ static void test_silu_geglu(void)
         sd_free(gx);
         sd_free(gy);
         sd_free(gr);
+    }
+    sd_free(x);
+    sd_free(y);
+    sd_free(ref);
+}
+
+static void test_gelu(void)
+{
+    const size_t n = 40000; /* > one task chunk */
+    float *x = falloc(n), *y = falloc(n), *ref = falloc(n);
+    fill(x, n, 610, 8, 0);
+    for (int quick = 0; quick < 2; quick++) {
+        sd_ref_gelu(x, ref, n, quick);
+        FOR_EACH_EXEC(ex)
+        {
+            sd_gelu(&ex, x, y, n, quick);
+            double e = t_rel_l2_f32(y, ref, n);
+            CHECK(e < BAR, "%s/%d gelu quick=%d %.3g", WHERE(ex), quick, e);
+            memcpy(y, x, sizeof(float) * n);
+            sd_gelu(&ex, y, y, n, quick);
+            CHECK(t_rel_l2_f32(y, ref, n) < BAR, "gelu in place");
+        }
     }
     sd_free(x);
     sd_free(y);
@@ -685,6 +750,14 @@ static void test_alloc_fallbacks(void)
         sd_gemm_geglu(&lean, M, A, K, &Pg, bias, g, F);
         sd_conv3x3(&lean, in, 1, H, W, Cin, 1, &Pc, c, &ep);
         sd_attention(&lean, 1, heads, dh, Nq, Nk, q, ld, k, ld, v, ld, o, ld, 0.25f);
+        float *oc = falloc((size_t)Nq * ld), *ocref = falloc((size_t)Nq * ld);
+        CHECK(sd_ref_attention_causal(1, heads, dh, Nq, q, ld, k, ld, v, ld, ocref, ld, 0.25f),
+              "reference causal attention");
+        sd_attention_causal(&lean, 1, heads, dh, Nq, q, ld, k, ld, v, ld, oc, ld, 0.25f);
+        double ec = t_rel_l2_f32(oc, ocref, (size_t)Nq * ld);
+        CHECK(ec < BAR, "%s/%d causal attention fallback: rel L2 %.3g", WHERE(ex), ec);
+        sd_free(oc);
+        sd_free(ocref);
         CHECK(memcmp(y, y0, sizeof(float) * M * N) == 0, "%s/%d gemm fallback differs", WHERE(ex));
         CHECK(memcmp(g, g0, sizeof(float) * M * F) == 0, "%s/%d geglu fallback differs", WHERE(ex));
         CHECK(memcmp(c, c0, sizeof(float) * H * W * Co) == 0, "%s/%d conv fallback differs",
@@ -847,6 +920,8 @@ int main(void)
     RUN(test_concat_inputs);
     RUN(test_layernorm);
     RUN(test_attention);
+    RUN(test_attention_causal);
+    RUN(test_gelu);
     RUN(test_silu_geglu);
     RUN(test_gemm_geglu);
     RUN(test_alloc_fallbacks);

@@ -31,6 +31,7 @@ typedef struct {
     int ldq, ldk, ldv, ldo;
     float *o;
     float scale;
+    int causal; /* key k is masked for query i when k > i */
     int bq, bk, dhm, qblocks, kchunks, bh0;
     size_t kp_size, per_bh; /* floats: packed K of one (b,h); K + V^T of one (b,h) */
     float *packed;          /* per (b,h) of the group: K panels, then V^T panels */
@@ -127,6 +128,8 @@ static void attn_block(void *ctx, int64_t task, int thread)
     }
 
     for (int k0 = 0, kb = 0; k0 < j->Nk; k0 += BK, kb++) {
+        if (j->causal && k0 > q0 + nq - 1)
+            break; /* every later key is masked for every query of the block */
         const int nk = j->Nk - k0 < BK ? j->Nk - k0 : BK, kpan = (nk + mr - 1) / mr;
         for (int jq = 0; jq < qpan; jq++) {
             float *st = sT + (size_t)jq * BK * nr;
@@ -134,6 +137,11 @@ static void attn_block(void *ctx, int64_t task, int thread)
             for (int p = 0; p < kpan; p++)
                 kern->micro(dh, Kp + (size_t)(k0 + p * mr) * dh, qB + (size_t)jq * dh * nr,
                             st + (size_t)p * mr * nr, nr, 0, mr, nr, NULL);
+            if (j->causal) /* key 0 is never masked, so every column keeps a finite max */
+                for (int r = 0; r < nk; r++)
+                    for (int c = 0; c < nr; c++)
+                        if (k0 + r > q0 + jq * nr + c)
+                            st[(size_t)r * nr + c] = -INFINITY;
 
             /* Online softmax, one query per lane. */
             float *mo = mrun + jq * nr, *mx = mnew + jq * nr;
@@ -176,7 +184,8 @@ static void attn_streaming(const attn_job *j, int batch)
                 double m = -INFINITY, l = 0;
                 for (int c = 0; c < dh; c++)
                     oi[c] = 0.0f;
-                for (int key = 0; key < j->Nk; key++) {
+                const int nk = j->causal && i + 1 < j->Nk ? i + 1 : j->Nk;
+                for (int key = 0; key < nk; key++) {
                     const float *kr = j->k + (size_t)(b * j->Nk + key) * j->ldk + (size_t)h * dh;
                     const float *vr = j->v + (size_t)(b * j->Nk + key) * j->ldv + (size_t)h * dh;
                     float d = 0;
@@ -200,9 +209,9 @@ static void attn_streaming(const attn_job *j, int batch)
             }
 }
 
-void sd_attention(const sd_exec *ex, int batch, int heads, int dh, int Nq, int Nk, const float *q,
-                  int ldq, const float *k, int ldk, const float *v, int ldv, float *o, int ldo,
-                  float scale)
+static void attention(const sd_exec *ex, int batch, int heads, int dh, int Nq, int Nk,
+                      const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
+                      float *o, int ldo, float scale, int causal)
 {
     if (batch <= 0 || heads <= 0 || dh <= 0 || Nq <= 0)
         return;
@@ -227,7 +236,8 @@ void sd_attention(const sd_exec *ex, int batch, int heads, int dh, int Nq, int N
                   .ldv = ldv,
                   .ldo = ldo,
                   .o = o,
-                  .scale = scale};
+                  .scale = scale,
+                  .causal = causal};
     /* Query blocks: up to BQ_TARGET, a multiple of nr, balanced. */
     int qblocks = (Nq + BQ_TARGET - 1) / BQ_TARGET;
     j.bq = ((Nq + qblocks - 1) / qblocks + nr - 1) / nr * nr;
@@ -261,4 +271,18 @@ void sd_attention(const sd_exec *ex, int batch, int heads, int dh, int Nq, int N
     }
     sd_ws_put(ex, 1, j.packed);
     sd_ws_put(ex, 2, j.scratch);
+}
+
+void sd_attention(const sd_exec *ex, int batch, int heads, int dh, int Nq, int Nk, const float *q,
+                  int ldq, const float *k, int ldk, const float *v, int ldv, float *o, int ldo,
+                  float scale)
+{
+    attention(ex, batch, heads, dh, Nq, Nk, q, ldq, k, ldk, v, ldv, o, ldo, scale, 0);
+}
+
+void sd_attention_causal(const sd_exec *ex, int batch, int heads, int dh, int N, const float *q,
+                         int ldq, const float *k, int ldk, const float *v, int ldv, float *o,
+                         int ldo, float scale)
+{
+    attention(ex, batch, heads, dh, N, N, q, ldq, k, ldk, v, ldv, o, ldo, scale, 1);
 }

@@ -1,4 +1,4 @@
-/* Element-wise kernels: SiLU, GEGLU (exact erf GELU) and nearest-neighbour
+/* Element-wise kernels: SiLU, GEGLU and GELU (exact erf or CLIP's quick form) and nearest-neighbour
  * resize. Memory bound; threads split contiguous chunks. */
 #include "engine/kernels.h"
 
@@ -60,6 +60,46 @@ void sd_geglu(const sd_exec *ex, const float *x, int M, int F, float *y)
     int rpt = CHUNK / F > 0 ? CHUNK / F : 1;
     geglu_job j = {ex->kern, x, y, M, F, rpt};
     sd_pool_run(ex->pool, (M + rpt - 1) / rpt, geglu_task, &j);
+}
+
+/* ---- GELU (the text encoders' MLP) ---- */
+
+typedef struct {
+    const sd_kernels *kern;
+    const float *x;
+    float *y;
+    size_t n;
+    int quick;
+} gelu_job;
+
+static void gelu_task(void *ctx, int64_t t, int thread)
+{
+    (void)thread;
+    const gelu_job *j = ctx;
+    size_t i0 = (size_t)t * CHUNK, i1 = i0 + CHUNK < j->n ? i0 + CHUNK : j->n;
+    if (j->quick) { /* x * sigmoid(1.702 x) */
+        for (size_t i = i0; i < i1; i++) {
+            float v = j->x[i];
+            j->y[i] = v / (1.0f + expf(-1.702f * v));
+        }
+        return;
+    }
+    /* x * Phi(x) as 1 * gelu(x) through the GEGLU kernel, in pieces. */
+    float ones[256];
+    for (int i = 0; i < 256; i++)
+        ones[i] = 1.0f;
+    for (size_t i = i0; i < i1; i += 256) {
+        int len = i1 - i < 256 ? (int)(i1 - i) : 256;
+        j->kern->gelu_mul(ones, j->x + i, j->y + i, len);
+    }
+}
+
+void sd_gelu(const sd_exec *ex, const float *x, float *y, size_t n, int quick)
+{
+    if (n == 0)
+        return;
+    gelu_job j = {ex->kern, x, y, n, quick};
+    sd_pool_run(ex->pool, (int64_t)((n + CHUNK - 1) / CHUNK), gelu_task, &j);
 }
 
 /* ---- nearest-neighbour resize ---- */

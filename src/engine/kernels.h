@@ -236,6 +236,17 @@ void sd_attention(const sd_exec *ex, int batch, int heads, int dh, int Nq, int N
                   int ldq, const float *k, int ldk, const float *v, int ldv, float *o, int ldo,
                   float scale);
 
+/* sd_attention over N tokens with a causal mask (the text encoders): query
+ * i attends to keys 0..i only. */
+void sd_attention_causal(const sd_exec *ex, int batch, int heads, int dh, int N, const float *q,
+                         int ldq, const float *k, int ldk, const float *v, int ldv, float *o,
+                         int ldo, float scale);
+
+/* y = GELU(x), n elements, y may equal x: quick = 0 the exact erf form
+ * x * Phi(x) (kern->gelu_mul's accuracy), quick = 1 CLIP's
+ * x * sigmoid(1.702 x). */
+void sd_gelu(const sd_exec *ex, const float *x, float *y, size_t n, int quick);
+
 /* Nearest-neighbour resize, channels-last, PyTorch's rule: source index =
  * floor(dst * in / out), computed as PyTorch does (dst / 2 for exactly 2x,
  * else floorf(dst * (float)in / out) in float, clamped to in - 1); that
@@ -282,6 +293,12 @@ void sd_ref_conv3x3(const float *in, int batch, int H, int W, int Cin, int strid
 int sd_ref_attention(int batch, int heads, int dh, int Nq, int Nk, const float *q, int ldq,
                      const float *k, int ldk, const float *v, int ldv, float *o, int ldo,
                      float scale);
+/* sd_ref_attention with query i attending to keys 0..i (Nq == Nk); 0 if its
+ * scratch cannot be allocated. */
+int sd_ref_attention_causal(int batch, int heads, int dh, int N, const float *q, int ldq,
+                            const float *k, int ldk, const float *v, int ldv, float *o, int ldo,
+                            float scale);
+void sd_ref_gelu(const float *x, float *y, size_t n, int quick);
 void sd_ref_groupnorm(const float *x, int batch, int HW, int C, int G, float eps,
                       const float *gamma, const float *beta, int silu, float *y);
 void sd_ref_layernorm(const float *x, int M, int C, float eps, const float *gamma,

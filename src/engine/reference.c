@@ -58,9 +58,9 @@ void sd_ref_conv3x3(const float *in, int batch, int H, int W, int Cin, int strid
             }
 }
 
-int sd_ref_attention(int batch, int heads, int dh, int Nq, int Nk, const float *q, int ldq,
-                     const float *k, int ldk, const float *v, int ldv, float *o, int ldo,
-                     float scale)
+static int ref_attention(int batch, int heads, int dh, int Nq, int Nk, const float *q, int ldq,
+                         const float *k, int ldk, const float *v, int ldv, float *o, int ldo,
+                         float scale, int causal)
 {
     double *s = sd_calloc((size_t)(Nk > 0 ? Nk : 1), sizeof(double));
     double *acc = sd_calloc((size_t)(dh > 0 ? dh : 1), sizeof(double));
@@ -74,7 +74,8 @@ int sd_ref_attention(int batch, int heads, int dh, int Nq, int Nk, const float *
             for (int i = 0; i < Nq; i++) {
                 const float *qi = q + (size_t)(b * Nq + i) * ldq + h * dh;
                 double mx = -INFINITY;
-                for (int j = 0; j < Nk; j++) {
+                const int nk = causal && i + 1 < Nk ? i + 1 : Nk;
+                for (int j = 0; j < nk; j++) {
                     const float *kj = k + (size_t)(b * Nk + j) * ldk + h * dh;
                     double d = 0;
                     for (int c = 0; c < dh; c++)
@@ -86,7 +87,7 @@ int sd_ref_attention(int batch, int heads, int dh, int Nq, int Nk, const float *
                 double sum = 0;
                 for (int c = 0; c < dh; c++)
                     acc[c] = 0;
-                for (int j = 0; j < Nk; j++) {
+                for (int j = 0; j < nk; j++) {
                     double p = exp(s[j] - mx);
                     sum += p;
                     const float *vj = v + (size_t)(b * Nk + j) * ldv + h * dh;
@@ -100,6 +101,28 @@ int sd_ref_attention(int batch, int heads, int dh, int Nq, int Nk, const float *
     sd_free(s);
     sd_free(acc);
     return 1;
+}
+
+int sd_ref_attention(int batch, int heads, int dh, int Nq, int Nk, const float *q, int ldq,
+                     const float *k, int ldk, const float *v, int ldv, float *o, int ldo,
+                     float scale)
+{
+    return ref_attention(batch, heads, dh, Nq, Nk, q, ldq, k, ldk, v, ldv, o, ldo, scale, 0);
+}
+
+int sd_ref_attention_causal(int batch, int heads, int dh, int N, const float *q, int ldq,
+                            const float *k, int ldk, const float *v, int ldv, float *o, int ldo,
+                            float scale)
+{
+    return ref_attention(batch, heads, dh, N, N, q, ldq, k, ldk, v, ldv, o, ldo, scale, 1);
+}
+
+void sd_ref_gelu(const float *x, float *y, size_t n, int quick)
+{
+    for (size_t i = 0; i < n; i++) {
+        double v = x[i];
+        y[i] = (float)(quick ? v / (1.0 + exp(-1.702 * v)) : 0.5 * v * (1.0 + erf(v / sqrt(2.0))));
+    }
 }
 
 void sd_ref_groupnorm(const float *x, int batch, int HW, int C, int G, float eps,
