@@ -93,8 +93,8 @@ void sd_load_lin(sd_loader *ld, sd_lin *l, const char *prefix, int N, int Cin, s
                  int with_bias);
 /* Several layers with the same input stacked along the output axis into one
  * packed matrix (fusing q|k|v): `parts` prefixes of N_part outputs each. */
-void sd_load_lin_multi(sd_loader *ld, sd_lin *l, const char *const *prefixes, int parts,
-                       int N_part, int Cin, sd_lin_kind kind, int with_bias);
+void sd_load_lin_multi(sd_loader *ld, sd_lin *l, const char *const *prefixes, int parts, int N_part,
+                       int Cin, sd_lin_kind kind, int with_bias);
 /* A plain float32 tensor (an embedding table), sd_alloc'd; zeros when it
  * is missing (the build then fails), NULL on allocation failure. */
 float *sd_load_tensor(sd_loader *ld, const char *name, int ndim, const int64_t *shape);
@@ -139,12 +139,12 @@ static inline void sd_tock(sd_prof *prof, sd_op_kind kind, double t0, double flo
 }
 
 /* sd_gemm through layer l (C = A * l + epilogue), timed as `kind`. */
-void sd_linear_op(const sd_exec *ex, sd_prof *prof, sd_op_kind kind, int M, const float *A,
-                  int lda, const sd_lin *l, float *C, int ldc, const sd_epilogue *ep);
+void sd_linear_op(const sd_exec *ex, sd_prof *prof, sd_op_kind kind, int M, const float *A, int lda,
+                  const sd_lin *l, float *C, int ldc, const sd_epilogue *ep);
 /* sd_attention timed as SD_OP_ATTN. */
-void sd_attention_op(const sd_exec *ex, sd_prof *prof, int batch, int heads, int dh, int Nq,
-                     int Nk, const float *q, int ldq, const float *k, int ldk, const float *v,
-                     int ldv, float *o, int ldo, float scale);
+void sd_attention_op(const sd_exec *ex, sd_prof *prof, int batch, int heads, int dh, int Nq, int Nk,
+                     const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
+                     float *o, int ldo, float scale);
 
 /* ---- activation memory ---- */
 

@@ -110,9 +110,9 @@ static const sd_tensor_info *lookup(sd_loader *ld, const char *name, int ndim, c
     const sd_tensor_info *t = sd_tensorfile_find(ld->src->file, look);
     if (!t) {
         /* Name both sides: the file's name to look for in the file, the
-         * diffusers name to look for in the model. */
+         * reference name to look for in the model. */
         if (look != name)
-            note_bad(ld, "missing %s (diffusers %s)", look, name);
+            note_bad(ld, "missing %s (model name %s)", look, name);
         else
             note_bad(ld, "missing %s", look);
         return NULL;
@@ -194,8 +194,8 @@ void sd_load_norm(sd_loader *ld, sd_norm *g, const char *prefix, int C)
 /* Loads one or more weight tensors stacked along the output axis into one
  * packed matrix (fusing q|k|v). prefixes[i] names each part; all parts have
  * N_part outputs. Bias only when with_bias. */
-void sd_load_lin_multi(sd_loader *ld, sd_lin *l, const char *const *prefixes, int parts,
-                           int N_part, int Cin, sd_lin_kind kind, int with_bias)
+void sd_load_lin_multi(sd_loader *ld, sd_lin *l, const char *const *prefixes, int parts, int N_part,
+                       int Cin, sd_lin_kind kind, int with_bias)
 {
     int taps = kind == SD_LIN_CONV3 ? 9 : 1;
     size_t part = (size_t)N_part * (size_t)Cin * (size_t)taps;
@@ -262,11 +262,10 @@ void sd_load_lin_multi(sd_loader *ld, sd_lin *l, const char *const *prefixes, in
 }
 
 void sd_load_lin(sd_loader *ld, sd_lin *l, const char *prefix, int N, int Cin, sd_lin_kind kind,
-                     int with_bias)
+                 int with_bias)
 {
     sd_load_lin_multi(ld, l, &prefix, 1, N, Cin, kind, with_bias);
 }
-
 
 float *sd_load_tensor(sd_loader *ld, const char *name, int ndim, const int64_t *shape)
 {
@@ -298,17 +297,17 @@ void sd_norm_free(sd_norm *g)
     g->gamma = g->beta = NULL;
 }
 
-void sd_linear_op(const sd_exec *ex, sd_prof *prof, sd_op_kind kind, int M, const float *A,
-                  int lda, const sd_lin *l, float *C, int ldc, const sd_epilogue *ep)
+void sd_linear_op(const sd_exec *ex, sd_prof *prof, sd_op_kind kind, int M, const float *A, int lda,
+                  const sd_lin *l, float *C, int ldc, const sd_epilogue *ep)
 {
     double t0 = sd_tick(prof);
     sd_gemm(ex, M, A, lda, &l->w, C, ldc, ep);
     sd_tock(prof, kind, t0, 2.0 * M * l->w.N * l->w.K);
 }
 
-void sd_attention_op(const sd_exec *ex, sd_prof *prof, int batch, int heads, int dh, int Nq,
-                     int Nk, const float *q, int ldq, const float *k, int ldk, const float *v,
-                     int ldv, float *o, int ldo, float scale)
+void sd_attention_op(const sd_exec *ex, sd_prof *prof, int batch, int heads, int dh, int Nq, int Nk,
+                     const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
+                     float *o, int ldo, float scale)
 {
     double t0 = sd_tick(prof);
     sd_attention(ex, batch, heads, dh, Nq, Nk, q, ldq, k, ldk, v, ldv, o, ldo, scale);
