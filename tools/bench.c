@@ -21,7 +21,8 @@ static const char bench_help[] =
     "by op kind. Defaults: --synthetic sd15, batch 1, 64x64, 77 context tokens.\n"
     "The last line is machine-readable:\n"
     "  bench: precision=fp32 batch=1 height=64 width=64 threads=2 median_s=... min_s=...\n"
-    "         gflops=... peak_rss_mb=...   (one line)\n";
+    "         gflops=... peak_rss_mb=...   (one line)\n"
+    "sdunet bench --text PRESET|PATH times the text encoder instead (--text --help).\n";
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -38,6 +39,9 @@ static double peak_rss_mb(void)
 
 int cmd_bench(int argc, char **argv)
 {
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], "--text") == 0)
+            return cmd_bench_text(argc, argv);
     opt o[] = {{.name = "--synthetic"},   {.name = "--model"},  {.name = "--config"},
                {.name = "--batch"},       {.name = "--height"}, {.name = "--width"},
                {.name = "--context-len"}, {.name = "--runs"},   {.name = "--warmup"},

@@ -42,5 +42,7 @@ void print_checksum(const float *y, size_t n);
 
 int cmd_sample(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_encode_text(int argc, char **argv);
+int cmd_bench_text(int argc, char **argv); /* sdunet bench --text */
 
 #endif

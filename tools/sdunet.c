@@ -924,7 +924,7 @@ done:
 static const char main_help[] =
     "usage: sdunet COMMAND [options]   (sdunet COMMAND --help for details)\n"
     "\n"
-    "The Stable Diffusion UNet (SD1.x / SD2.x) in C.\n"
+    "Stable Diffusion (SD1.x / SD2.x) in C: the UNet, its schedulers and the text encoders.\n"
     "\n"
     "commands:\n"
     "  demo    run the full-size SD1.5 UNet on synthetic weights (shapes, time, checksum)\n"
@@ -935,6 +935,7 @@ static const char main_help[] =
     "  convert rewrite a checkpoint's UNet as safetensors (diffusers or LDM names, f32/f16/bf16)\n"
     "  bench   time the forward, with a breakdown by op kind\n"
     "  sample  the denoising loop: a latent from noise with a scheduler and guidance\n"
+    "  encode-text  prompts to the text encoder's context (.npy), CLIP tokenizer included\n"
     "\n"
     "environment: SDUNET_THREADS (default thread count), SDUNET_ISA (force a kernel set:\n"
     "portable, avx2), SDUNET_CONV (3x3 convolution method: auto, direct, winograd),\n"
@@ -971,5 +972,7 @@ int main(int argc, char **argv)
         return cmd_sample(n, a);
     if (strcmp(cmd, "bench") == 0)
         return cmd_bench(n, a);
+    if (strcmp(cmd, "encode-text") == 0)
+        return cmd_encode_text(n, a);
     return die("unknown command '%s' (see sdunet --help)", cmd);
 }

@@ -176,3 +176,15 @@ void sd_pool_run(sd_pool *p, int64_t ntasks, sd_task_fn fn, void *ctx)
         pthread_mutex_unlock(&p->mu);
     }
 }
+
+int sd_default_threads(void)
+{
+    const char *s = getenv("SDUNET_THREADS");
+    if (s && *s) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (*end == 0 && v >= 1 && v <= 1024)
+            return (int)v;
+    }
+    return sd_cpu_count();
+}

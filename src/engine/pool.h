@@ -22,5 +22,7 @@ void sd_pool_run(sd_pool *pool, int64_t ntasks, sd_task_fn fn, void *ctx);
 
 /* Online CPUs (at least 1). */
 int sd_cpu_count(void);
+/* SDUNET_THREADS when it is a number in 1..1024, else sd_cpu_count(). */
+int sd_default_threads(void);
 
 #endif

@@ -47,18 +47,6 @@ void sdunet_options_default(sdunet_options *opt)
         memset(opt, 0, sizeof *opt);
 }
 
-static int default_threads(void)
-{
-    const char *s = getenv("SDUNET_THREADS");
-    if (s && *s) {
-        char *end;
-        long v = strtol(s, &end, 10);
-        if (*end == 0 && v >= 1 && v <= 1024)
-            return (int)v;
-    }
-    return sd_cpu_count();
-}
-
 static sdunet_status model_new(const sdunet_options *opt, sdunet_model **out, sdunet_error *err)
 {
     *out = NULL;
@@ -78,7 +66,7 @@ static sdunet_status model_new(const sdunet_options *opt, sdunet_model **out, sd
     if (!m->kern)
         m->kern = sd_kernels_select(NULL);
     m->conv = sd_conv_algo_parse(getenv("SDUNET_CONV"));
-    m->threads = opt->threads ? opt->threads : default_threads();
+    m->threads = opt->threads ? opt->threads : sd_default_threads();
     sdunet_status st = sd_pool_create(m->threads, &m->pool, err);
     if (st) {
         free(m);
@@ -159,7 +147,7 @@ sdunet_status sdunet_set_threads(sdunet_model *m, int threads, sdunet_error *err
         return sd_fail(err, SDUNET_E_INVALID_ARG, "threads must be 0..1024 (got %d)", threads);
     if (atomic_flag_test_and_set(&m->busy))
         return sd_fail(err, SDUNET_E_BUSY, "model is running a forward on another thread");
-    int n = threads ? threads : default_threads();
+    int n = threads ? threads : sd_default_threads();
     sd_pool *p;
     sdunet_status st = sd_pool_create(n, &p, err);
     if (!st) {
