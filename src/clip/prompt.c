@@ -110,7 +110,7 @@ static int add_text(plist *l, const char *s, size_t len)
 }
 
 sdunet_status sd_prompt_parse_a1111(const char *text, size_t len, sd_prompt_piece **out, size_t *n,
-                                    sdunet_error *err)
+                                    char **buf, sdunet_error *err)
 {
     plist l = {0};
     istack round = {0}, square = {0};
@@ -168,19 +168,31 @@ sdunet_status sd_prompt_parse_a1111(const char *text, size_t len, sd_prompt_piec
         free(l.p);
         return sd_fail(err, SDUNET_E_NOMEM, "out of memory parsing the prompt");
     }
-    /* Merge neighbours of equal weight when their texts are adjacent (a
-     * merged piece must stay one contiguous span of the prompt). */
-    size_t m = 0;
+    /* Merge neighbours of equal weight, concatenating their texts into one
+     * buffer (never longer than the prompt). */
+    char *b = malloc(len + 1);
+    if (!b) {
+        free(l.p);
+        return sd_fail(err, SDUNET_E_NOMEM, "out of memory parsing the prompt");
+    }
+    size_t m = 0, used = 0;
     for (size_t i = 0; i < l.n; i++) {
+        sd_prompt_piece piece = l.p[i];
         sd_prompt_piece *q = m ? &l.p[m - 1] : NULL;
-        if (q && !q->is_break && !l.p[i].is_break && q->weight == l.p[i].weight &&
-            q->text + q->len == l.p[i].text)
-            q->len += l.p[i].len;
-        else
-            l.p[m++] = l.p[i];
+        if (!piece.is_break)
+            memcpy(b + used, piece.text, piece.len);
+        if (q && !q->is_break && !piece.is_break && q->weight == piece.weight) {
+            q->len += piece.len;
+        } else {
+            if (!piece.is_break)
+                piece.text = b + used;
+            l.p[m++] = piece;
+        }
+        used += piece.is_break ? 0 : piece.len;
     }
     *out = l.p;
     *n = m;
+    *buf = b;
     return SDUNET_OK;
 }
 
@@ -248,7 +260,8 @@ sdunet_status sd_prompt_windows_make(const sd_tokenizer *tok, const char *prompt
     if (syntax == 1) {
         sd_prompt_piece *pieces = NULL;
         size_t np = 0;
-        st = sd_prompt_parse_a1111(prompt, len, &pieces, &np, err);
+        char *buf = NULL;
+        st = sd_prompt_parse_a1111(prompt, len, &pieces, &np, &buf, err);
         for (size_t i = 0; st == SDUNET_OK && i < np; i++) {
             if (pieces[i].is_break) {
                 if (!toks_add(&t, -1, 1.0f, 1))
@@ -259,6 +272,7 @@ sdunet_status sd_prompt_windows_make(const sd_tokenizer *tok, const char *prompt
             }
         }
         free(pieces);
+        free(buf);
     } else {
         st = add_piece(tok, &t, prompt, len, 1.0f, err);
     }

@@ -11,9 +11,8 @@
 #define SD_CLIP_WINDOW 77 /* positions per window */
 #define SD_CLIP_CHUNK 75  /* prompt tokens per window */
 
-/* A piece of an AUTOMATIC1111-syntax prompt: text (not NUL-terminated,
- * pointing into `text` or at an escape's character) with its weight, or a
- * BREAK. */
+/* A piece of an AUTOMATIC1111-syntax prompt: text (not NUL-terminated)
+ * with its weight, or a BREAK. */
 typedef struct sd_prompt_piece {
     const char *text;
     size_t len;
@@ -26,9 +25,10 @@ typedef struct sd_prompt_piece {
  * "(x:1.3)" multiplies by 1.3, "\(" "\)" "\[" "\]" "\\" are the literal
  * characters (a lone "\" disappears), unbalanced brackets apply to the end,
  * "BREAK" (a whole word) separates windows, neighbouring pieces of equal
- * weight are merged. *out is malloc'd (free with free). */
+ * weight are merged (their texts concatenated). *out and *buf (which the
+ * pieces' texts point into) are malloc'd: free both with free. */
 sdunet_status sd_prompt_parse_a1111(const char *text, size_t len, sd_prompt_piece **out, size_t *n,
-                                    sdunet_error *err);
+                                    char **buf, sdunet_error *err);
 
 /* A prompt as windows: n_windows * 77 ids and weights, malloc'd. */
 typedef struct sd_prompt_windows {
