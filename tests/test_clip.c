@@ -11,6 +11,7 @@
 #include "engine/synth.h"
 #include "io/json.h"
 #include "io/npy.h"
+#include "sdunet_text.h"
 
 #include <stdint.h>
 #include <string.h>
@@ -236,9 +237,85 @@ static void test_tiny_sd2(void)
                SD_CLIP_OPENCLIP, "cond_stage_model.model.");
 }
 
+/* The full-size encoders on synthetic weights, prompt text to hidden
+ * states through the public API, against transformers' float64 forward
+ * (references rounded to float32: 2.6e-8 of the bar). */
+static void full_case(const char *preset, const char *dir)
+{
+    char p[256];
+    snprintf(p, sizeof p, "%s/manifest.json", dir);
+    size_t mlen;
+    char *mtext = t_read_file(t_data(p), &mlen);
+    sd_json *man = NULL;
+    sdunet_error err;
+    CHECK(mtext && sd_json_parse(mtext, mlen, &man, &err) == SDUNET_OK, "%s", p);
+    const sd_json *pr = man ? sd_json_get(man, "prompts") : NULL;
+    int B = pr && pr->type == SD_JSON_ARRAY ? (int)pr->len : 0;
+    CHECK(B == 2, "%s: prompts", dir);
+    sdunet_text *t = NULL;
+    sdunet_text_options o;
+    sdunet_text_options_default(&o);
+    o.threads = 2;
+    sdunet_status st = B == 2 ? sdunet_text_load_synthetic(preset, &o, &t, &err) : SDUNET_E_IO;
+    CHECK(st == SDUNET_OK, "load %s: %s", preset, err.message);
+    if (st == SDUNET_OK) {
+        const char *prompts[2] = {pr->items[0].string, pr->items[1].string};
+        int32_t ids[2 * 77], want[2 * 77];
+        snprintf(p, sizeof p, "%s/ids.npy", dir);
+        CHECK(read_ids(t_data(p), want, 2 * 77) == 2 * 77, "ids");
+        for (int b = 0; b < 2; b++) {
+            int n = 0;
+            CHECK(sdunet_text_tokenize(t, prompts[b], NULL, ids + 77 * b, 77, &n, NULL, &err) ==
+                      SDUNET_OK,
+                  "tokenize");
+        }
+        CHECK(memcmp(ids, want, sizeof ids) == 0, "%s: ids differ from the reference's", dir);
+        sdunet_text_info info;
+        sdunet_text_get_info(t, &info);
+        size_t n_out = (size_t)2 * 77 * info.hidden;
+        float *out = malloc(n_out * sizeof(float)), *ref = NULL;
+        sdunet_text_params tp;
+        sdunet_text_params_default(&tp);
+        for (int skip = 0; skip < 2; skip++) {
+            tp.clip_skip = skip;
+            CHECK(sdunet_text_encode(t, prompts, 2, &tp, out, 77, &err) == SDUNET_OK, "%s",
+                  err.message);
+            snprintf(p, sizeof p, "%s/expected%s.npy", dir, skip ? "_skip1" : "");
+            int ndim;
+            int64_t shape[SD_MAX_DIMS];
+            double e = INFINITY;
+            if (sd_npy_read_f32(t_data(p), &ref, &ndim, shape, &err) == SDUNET_OK &&
+                (size_t)(shape[0] * shape[1] * shape[2]) == n_out)
+                e = t_rel_l2_f32(out, ref, n_out);
+            sd_free(ref);
+            ref = NULL;
+            printf("  %s skip %d: rel L2 %.3g\n", preset, skip, e);
+            CHECK(e < BAR, "%s skip %d: rel L2 %.3g", preset, skip, e);
+        }
+        free(out);
+    }
+    sdunet_text_free(t);
+    sd_json_free(man);
+    free(mtext);
+}
+
+static void test_full_sd15(void)
+{
+    full_case("sd15", "text/clip-sd15-full");
+}
+
+static void test_full_sd21(void)
+{
+    full_case("sd21", "text/clip-sd21-full");
+}
+
 int main(void)
 {
     RUN(test_tiny_sd1);
     RUN(test_tiny_sd2);
+    if (!t_small_only()) {
+        RUN(test_full_sd15);
+        RUN(test_full_sd21);
+    }
     return t_summary();
 }
