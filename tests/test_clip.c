@@ -237,6 +237,37 @@ static void test_tiny_sd2(void)
                SD_CLIP_OPENCLIP, "cond_stage_model.model.");
 }
 
+/* Missing and mis-shaped tensors: one error listing them, nothing leaked. */
+static void test_bad_weights(void)
+{
+    sd_clip_config cfg = read_config(t_data("text/clip-tiny-sd1/config.json"));
+    sd_tensorfile *tf = NULL;
+    sdunet_error err;
+    CHECK(sd_tensorfile_open(t_data("text/clip-tiny-sd2/weights-ldm.safetensors"), &tf, &err) ==
+              SDUNET_OK,
+          "open");
+    if (!tf)
+        return;
+    sd_clip_names names;
+    sd_clip_config found;
+    CHECK(sd_clip_find(tf, &names, &found, &err) == SDUNET_OK, "find");
+    sd_weight_source src = {.file = tf};
+    sd_clip m;
+    /* a 32-wide configuration on a 48-wide file */
+    sdunet_status st = sd_clip_build(&m, &cfg, &src, &names, sd_kernels_select(NULL), &err);
+    CHECK(st == SDUNET_E_WEIGHTS && strstr(err.message, "has shape") &&
+              strstr(err.message, "expected"),
+          "mis-shaped: %d %s", st, err.message);
+    /* five layers asked of a file with four used blocks + one unused: the
+     * fifth is the unused block, the sixth is missing */
+    found.layers = 6;
+    found.heads = 4;
+    st = sd_clip_build(&m, &found, &src, &names, sd_kernels_select(NULL), &err);
+    CHECK(st == SDUNET_E_WEIGHTS && strstr(err.message, "resblocks.5"), "missing: %d %s", st,
+          err.message);
+    sd_tensorfile_close(tf);
+}
+
 /* The full-size encoders on synthetic weights, prompt text to hidden
  * states through the public API, against transformers' float64 forward
  * (references rounded to float32: 2.6e-8 of the bar). */
@@ -313,6 +344,7 @@ int main(void)
 {
     RUN(test_tiny_sd1);
     RUN(test_tiny_sd2);
+    RUN(test_bad_weights);
     if (!t_small_only()) {
         RUN(test_full_sd15);
         RUN(test_full_sd21);
