@@ -46,7 +46,10 @@ sdunet_status sd_tokenizer_builtin(sd_tokenizer **out, sdunet_error *err);
  * first line skipped, at most 48894 merge lines after it; the merge on line
  * k (counting from 0 after the header) has rank k, a line that is not two
  * whitespace-separated symbols takes a rank but merges nothing, and a pair
- * listed twice keeps its later rank. Pad is <|endoftext|>. */
+ * listed twice keeps its later rank. Pad is <|endoftext|>. vocab.json is
+ * read with the strict JSON reader (src/io/json.h): duplicate keys, \u0000
+ * and ids that are not integers in [0, INT32_MAX] are SDUNET_E_FORMAT, as
+ * is merges.txt that is not valid UTF-8. */
 sdunet_status sd_tokenizer_from_files(const char *vocab_json, const char *merges_txt,
                                       sd_tokenizer **out, sdunet_error *err);
 /* The same from bytes in memory (neither needs a terminating NUL). */
