@@ -508,6 +508,102 @@ static void small_npy(void)
              0);
 }
 
+/* ------------------------------------------------------------ tokenizer */
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* The golden prompts (their exact bytes) as tokenizer seeds. */
+static void tokenizer_seeds(void)
+{
+    size_t size = 0;
+    char path[1024];
+    snprintf(path, sizeof path, "%s/text/tokenizer.json", g_data);
+    char *text = (char *)slurp(path, &size);
+    if (!text)
+        return;
+    /* Display strings may hold \u0000, which the JSON reader refuses; only
+     * prompt_utf8_hex is read. */
+    for (char *p = text; (p = strstr(p, "\\u0000")) != NULL; p += 6)
+        if (p == text || p[-1] != '\\')
+            p[5] = '1';
+    sd_json *j = NULL;
+    sdunet_error err;
+    memset(&err, 0, sizeof err);
+    if (sd_json_parse(text, size, &j, &err) != SDUNET_OK) {
+        fail("%s: %s", path, err.message);
+        free(text);
+        return;
+    }
+    free(text);
+    const sd_json *cases = sd_json_get(j, "cases");
+    for (size_t k = 0; cases && cases->type == SD_JSON_ARRAY && k < cases->len; k++) {
+        const sd_json *name = sd_json_get(&cases->items[k], "name");
+        const sd_json *hex = sd_json_get(&cases->items[k], "prompt_utf8_hex");
+        if (!name || name->type != SD_JSON_STRING || !hex || hex->type != SD_JSON_STRING)
+            continue;
+        size_t n = hex->len / 2;
+        char *b = malloc(n + 1);
+        if (!b)
+            break;
+        for (size_t i = 0; i < n; i++)
+            b[i] = (char)(hexval(hex->string[2 * i]) << 4 | hexval(hex->string[2 * i + 1]));
+        char nm[128];
+        snprintf(nm, sizeof nm, "golden-%.100s", name->string);
+        seed("tokenizer", nm, b, n);
+        free(b);
+    }
+    sd_json_free(j);
+    seed_str("tokenizer", "bad-utf8", "a photo \xe2\x82 of\xff");
+    seed_str("tokenizer", "sigma-marks",
+             "\xce\xa3\xcc\x81\xce\xa3 \xe1\x84\x80\xe1\x85\xa1"
+             "\xe1\x86\xa8 e\xcc\xa3\xcc\x82 \xc4\xb0I\xcd\x85");
+
+    /* vocab seeds: vocab.json, NUL, merges.txt. */
+    static const char small[] =
+        "{\"a\": 0, \"b\": 1, \"a</w>\": 2, \"b</w>\": 3, \"ab\": 4, \"aba\": 5, \"ab</w>\": 6, "
+        "\"!\": 9, \"<|startoftext|>\": 7, \"<|endoftext|>\": 8}\0"
+        "#version: 0.2\nab a\na b\na b</w>\r\nx y z\n\n a  b \n";
+    seed("vocab", "small", small, sizeof small - 1);
+    /* The head of the real vocabulary: its first 121 byte symbols, 30
+     * merges and the special tokens (within the 4 KB fuzz input limit). */
+    char vpath[1024], mpath[1024];
+    snprintf(vpath, sizeof vpath, "%s/text/vocab.json", g_data);
+    snprintf(mpath, sizeof mpath, "%s/text/merges.txt", g_data);
+    size_t vn = 0, mn = 0;
+    char *v = (char *)slurp(vpath, &vn), *m = (char *)slurp(mpath, &mn);
+    if (v && m) {
+        /* vocab.json is one compact line with ids in order: cut after id 120. */
+        char *cut = strstr(v, "\":120,");
+        char *line = m;
+        for (int i = 0; line && i < 31; i++) {
+            line = strchr(line, '\n');
+            if (line)
+                line++;
+        }
+        if (cut && line) {
+            static const char tail[] = "\"<|startoftext|>\":49406,\"<|endoftext|>\":49407}";
+            size_t head = (size_t)(cut - v) + 6, ml = (size_t)(line - m);
+            size_t total = head + sizeof tail - 1 + 1 + ml;
+            char *b = malloc(total);
+            if (b) {
+                memcpy(b, v, head);
+                memcpy(b + head, tail, sizeof tail - 1);
+                b[head + sizeof tail - 1] = 0;
+                memcpy(b + head + sizeof tail, m, ml);
+                seed("vocab", "clip-head", b, total);
+                free(b);
+            }
+        } else {
+            fail("%s, %s: unexpected layout", vpath, mpath);
+        }
+    }
+    free(v);
+    free(m);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3) {
@@ -549,6 +645,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof np / sizeof np[0]; i++)
         seed_file("npy", np[i]);
     small_npy();
+    tokenizer_seeds();
 
     if (!g_failed)
         printf("corpus: %d seeds in %s\n", g_written, g_out);

@@ -6,6 +6,7 @@
  * purpose: an out-of-bounds view only shows up under ASan when it is read. */
 #include "targets.h"
 
+#include "clip/tokenizer.h"
 #include "io/ckpt.h"
 #include "io/json.h"
 #include "io/keymap.h"
@@ -511,6 +512,121 @@ int sd_fuzz_load(const uint8_t *data, size_t size)
     return rc;
 }
 
+/* ------------------------------------------------------------ tokenizer */
+
+/* Runs a prompt through a tokenizer and checks what it promises: valid UTF-8
+ * is always accepted, every id has a piece, padding keeps min(n, 75) ids,
+ * and decoding the ids succeeds with valid UTF-8. */
+static int check_prompt(const sd_tokenizer *t, const uint8_t *data, size_t size)
+{
+    int32_t *ids = NULL;
+    size_t n = 0;
+    sdunet_error err;
+    memset(&err, 0, sizeof err);
+    sdunet_status st = sd_tokenize(t, (const char *)data, size, &ids, &n, &err);
+    int rc = check_error(st, &err);
+    if (st != SDUNET_OK) {
+        /* Only invalid UTF-8 is refused (or a failed allocation). */
+        if (st != SDUNET_E_NOMEM &&
+            (st != SDUNET_E_INVALID_ARG || !strstr(err.message, "invalid UTF-8 at byte offset")))
+            rc = -1;
+        return (ids || n) ? -1 : rc;
+    }
+    if ((n == 0) != (ids == NULL))
+        rc = -1;
+    uint32_t acc = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!sd_tokenizer_piece(t, ids[i]))
+            rc = -1;
+        acc += (uint32_t)ids[i];
+    }
+    g_sink = acc;
+    int32_t padded[SD_TOKENIZER_MAX_LEN];
+    size_t kept = sd_tokenizer_pad_ids(t, ids, n, SD_TOKENIZER_MAX_LEN, padded);
+    if (kept != (n < SD_TOKENIZER_MAX_LEN - 2 ? n : SD_TOKENIZER_MAX_LEN - 2) ||
+        padded[0] != sd_tokenizer_bos(t) || padded[kept + 1] != sd_tokenizer_eos(t) ||
+        padded[SD_TOKENIZER_MAX_LEN - 1] !=
+            (kept == SD_TOKENIZER_MAX_LEN - 2 ? sd_tokenizer_eos(t) : sd_tokenizer_pad(t)))
+        rc = -1;
+    char *text = NULL;
+    memset(&err, 0, sizeof err);
+    st = sd_tokenizer_decode(t, ids, n, &text, &err);
+    if (check_error(st, &err) || (st == SDUNET_OK && !text) ||
+        (st != SDUNET_OK && st != SDUNET_E_NOMEM))
+        rc = -1;
+    if (text) {
+        /* The decoded text is valid UTF-8: it tokenizes again. */
+        int32_t *again = NULL;
+        size_t n2 = 0;
+        memset(&err, 0, sizeof err);
+        st = sd_tokenize(t, text, strlen(text), &again, &n2, &err);
+        if (st != SDUNET_OK && st != SDUNET_E_NOMEM)
+            rc = -1;
+        free(again);
+        free(text);
+    }
+    free(ids);
+    return rc;
+}
+
+/* The builtin tokenizers are built once (tens of milliseconds each). */
+static sd_tokenizer *g_tok[2];
+
+int sd_fuzz_tokenizer(const uint8_t *data, size_t size)
+{
+    sdunet_error err;
+    for (int k = 0; k < 2; k++) {
+        if (g_tok[k])
+            continue;
+        memset(&err, 0, sizeof err);
+        if (sd_tokenizer_builtin(&g_tok[k], &err) != SDUNET_OK ||
+            (k == 1 && sd_tokenizer_set_pad(g_tok[k], "!", &err) != SDUNET_OK))
+            return -1;
+    }
+    int rc = 0;
+    for (int k = 0; k < 2; k++)
+        if (check_prompt(g_tok[k], size ? data : (const uint8_t *)"", size))
+            rc = -1;
+    return rc;
+}
+
+/* vocab.json, a NUL byte, then merges.txt (no NUL: all vocab.json). */
+int sd_fuzz_vocab(const uint8_t *data, size_t size)
+{
+    static const char *const prompts[] = {
+        "a photo of a cat",
+        "ababa abba <|endoftext|>x<|startoftext|>",
+        "Caf\xc3\xa9 \xce\xa3\xce\xa3 \xe6\x9d\xb1\xe4\xba\xac! don't 42\xc2\xbd",
+        "!!! <|ENDOFTEXT|> \xc5\xbf'\xc5\xbf",
+    };
+    const uint8_t *nul = size ? memchr(data, 0, size) : NULL;
+    size_t vlen = nul ? (size_t)(nul - data) : size;
+    const char *merges = nul ? (const char *)nul + 1 : "";
+    size_t mlen = nul ? size - vlen - 1 : 0;
+    sd_tokenizer *t = NULL;
+    sdunet_error err;
+    memset(&err, 0, sizeof err);
+    sdunet_status st =
+        sd_tokenizer_from_memory(size ? (const char *)data : "", vlen, merges, mlen, &t, &err);
+    int rc = check_error(st, &err);
+    if (st != SDUNET_OK)
+        return t ? -1 : rc;
+    if (!t || sd_tokenizer_bos(t) < 0 || sd_tokenizer_eos(t) < 0 ||
+        !sd_tokenizer_piece(t, sd_tokenizer_bos(t)) || !sd_tokenizer_piece(t, sd_tokenizer_eos(t)))
+        rc = -1;
+    for (int pass = 0; t && pass < 2; pass++) {
+        for (size_t i = 0; i < sizeof prompts / sizeof prompts[0]; i++)
+            if (check_prompt(t, (const uint8_t *)prompts[i], strlen(prompts[i])))
+                rc = -1;
+        memset(&err, 0, sizeof err);
+        st = sd_tokenizer_set_pad(t, "!", &err);
+        if (check_error(st, &err) || (st != SDUNET_OK && st != SDUNET_E_INVALID_ARG))
+            rc = -1;
+    }
+    sd_tokenizer_free(t);
+    return rc;
+}
+
 const sd_fuzz_harness sd_fuzz_harnesses[] = {
     {"safetensors", sd_fuzz_safetensors},
     {"json", sd_fuzz_json},
@@ -518,5 +634,7 @@ const sd_fuzz_harness sd_fuzz_harnesses[] = {
     {"ckpt", sd_fuzz_ckpt},
     {"pickle", sd_fuzz_pickle},
     {"load", sd_fuzz_load},
+    {"tokenizer", sd_fuzz_tokenizer},
+    {"vocab", sd_fuzz_vocab},
 };
 const size_t sd_fuzz_n_harnesses = sizeof sd_fuzz_harnesses / sizeof sd_fuzz_harnesses[0];

@@ -19,6 +19,10 @@ int sd_fuzz_npy(const uint8_t *data, size_t size);
 int sd_fuzz_ckpt(const uint8_t *data, size_t size);
 int sd_fuzz_pickle(const uint8_t *data, size_t size);
 int sd_fuzz_load(const uint8_t *data, size_t size);
+/* A prompt through the builtin CLIP tokenizer, SD1 and SD2 padding. */
+int sd_fuzz_tokenizer(const uint8_t *data, size_t size);
+/* vocab.json, a NUL byte, merges.txt: the tokenizer loader, then a few prompts. */
+int sd_fuzz_vocab(const uint8_t *data, size_t size);
 
 /* The pickle harness's archive: `pickle` stored as archive/data.pkl beside
  * the storages archive/data/0 .. archive/data/<SD_FUZZ_STORAGES - 1>, each

@@ -491,7 +491,7 @@ static sdunet_status utf8_decode(const char *text, size_t len, const char *what,
                                  sdunet_error *err, sdunet_status code)
 {
     const unsigned char *s = (const unsigned char *)text;
-    if (!vec_reserve(cps, len + 1, sizeof(uint32_t)))
+    if (len > SIZE_MAX / 8 || !vec_reserve(cps, len + 1, sizeof(uint32_t)))
         return sd_fail(err, SDUNET_E_NOMEM, "out of memory");
     uint32_t *out = cps->p;
     size_t n = 0;

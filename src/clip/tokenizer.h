@@ -46,7 +46,10 @@ sdunet_status sd_tokenizer_builtin(sd_tokenizer **out, sdunet_error *err);
  * first line skipped, at most 48894 merge lines after it; the merge on line
  * k (counting from 0 after the header) has rank k, a line that is not two
  * whitespace-separated symbols takes a rank but merges nothing, and a pair
- * listed twice keeps its later rank. Pad is <|endoftext|>. */
+ * listed twice keeps its later rank. Pad is <|endoftext|>. vocab.json is
+ * read with the strict JSON reader (src/io/json.h): duplicate keys, \u0000
+ * and ids that are not integers in [0, INT32_MAX] are SDUNET_E_FORMAT, as
+ * is merges.txt that is not valid UTF-8. */
 sdunet_status sd_tokenizer_from_files(const char *vocab_json, const char *merges_txt,
                                       sd_tokenizer **out, sdunet_error *err);
 /* The same from bytes in memory (neither needs a terminating NUL). */
@@ -70,9 +73,10 @@ int32_t sd_tokenizer_pad(const sd_tokenizer *t);
 sdunet_status sd_tokenize(const sd_tokenizer *t, const char *utf8, size_t len, int32_t **ids,
                           size_t *n_ids, sdunet_error *err);
 
-/* The encoder's input: out[0] = bos, then ids[0 .. min(n_ids, max_len - 2)),
- * eos, and pad up to max_len (SD: 77). max_len must be >= 2. Returns how
- * many of the n_ids ids were kept. */
+/* The encoder's input, max_len ids in out: out[0] = bos, then
+ * ids[0 .. min(n_ids, max_len - 2)), eos, and pad up to max_len (SD: 77,
+ * SD_TOKENIZER_MAX_LEN). Returns how many of the n_ids ids were kept (the
+ * rest were truncated); 0 and out untouched when max_len < 2. */
 size_t sd_tokenizer_pad_ids(const sd_tokenizer *t, const int32_t *ids, size_t n_ids, size_t max_len,
                             int32_t *out);
 
@@ -80,10 +84,13 @@ size_t sd_tokenizer_pad_ids(const sd_tokenizer *t, const int32_t *ids, size_t n_
  * NUL-terminated, owned by the tokenizer; NULL for an id not in the vocabulary. */
 const char *sd_tokenizer_piece(const sd_tokenizer *t, int32_t id);
 
-/* Readable text of ids, as transformers' decode: the pieces joined, mapped
- * back to bytes, "</w>" made a space, invalid UTF-8 replaced by U+FFFD,
- * surrounding whitespace stripped. *text is malloc'd and NUL-terminated.
- * SDUNET_E_INVALID_ARG for an id not in the vocabulary. */
+/* Readable text of ids, as transformers' convert_tokens_to_string (decode
+ * without clean_up_tokenization_spaces): the pieces joined, mapped back to
+ * bytes, "</w>" made a space, invalid UTF-8 replaced by U+FFFD (one per
+ * maximal invalid subpart, as Python's errors="replace"), surrounding
+ * whitespace stripped. Meant for showing which words were cut off at
+ * max_len. *text is malloc'd and NUL-terminated (the id of byte 0x00 would
+ * end it early). SDUNET_E_INVALID_ARG for an id not in the vocabulary. */
 sdunet_status sd_tokenizer_decode(const sd_tokenizer *t, const int32_t *ids, size_t n_ids,
                                   char **text, sdunet_error *err);
 
