@@ -12,7 +12,7 @@
 #include <time.h>
 
 static sd_tokenizer *g_sd1, *g_sd2;
-static sd_json *g_cases;
+static sd_json *g_cases, *g_extra; /* the shared cases; ours from transformers 4.36.2 */
 
 static int hexval(char c)
 {
@@ -60,10 +60,11 @@ static const char *case_name(const sd_json *c)
 }
 
 /* One tokenizer against one pair of fields of every case. */
-static void golden(sd_tokenizer *t, const char *full_key, const char *padded_key)
+static void golden_doc(const sd_json *doc, size_t want, sd_tokenizer *t, const char *full_key,
+                       const char *padded_key)
 {
-    const sd_json *cases = sd_json_get(g_cases, "cases");
-    CHECK(cases && cases->type == SD_JSON_ARRAY && cases->len == 61, "61 cases");
+    const sd_json *cases = sd_json_get(doc, "cases");
+    CHECK(cases && cases->type == SD_JSON_ARRAY && cases->len == want, "%zu cases", want);
     if (!cases || cases->type != SD_JSON_ARRAY)
         return;
     for (size_t k = 0; k < cases->len; k++) {
@@ -88,6 +89,12 @@ static void golden(sd_tokenizer *t, const char *full_key, const char *padded_key
         free(ids);
         free(p);
     }
+}
+
+static void golden(sd_tokenizer *t, const char *full_key, const char *padded_key)
+{
+    golden_doc(g_cases, 61, t, full_key, padded_key);
+    golden_doc(g_extra, 45, t, full_key, padded_key);
 }
 
 static void test_golden_sd1(void)
@@ -565,24 +572,36 @@ static void test_piece_decode(void)
           "unknown id decoded");
 }
 
-int main(void)
+/* A golden tokenizer file. The display strings ("prompt", "tokens") may
+ * hold \u0000, which the strict JSON reader refuses; the test reads
+ * prompt_utf8_hex instead. */
+static sd_json *read_cases(const char *rel, sdunet_error *err)
 {
-    sdunet_error err = {0};
     size_t size = 0;
-    char *text = t_read_file(t_data("text/tokenizer.json"), &size);
-    /* The display strings ("prompt", "tokens") may hold \u0000, which the
-     * strict JSON reader refuses; the test reads prompt_utf8_hex instead. */
+    char *text = t_read_file(t_data(rel), &size);
     for (char *p = text; p && (p = strstr(p, "\\u0000")) != NULL; p += 6)
         if (p == text || p[-1] != '\\')
             p[5] = '1';
-    if (!text || sd_json_parse(text, size, &g_cases, &err) != SDUNET_OK ||
+    sd_json *doc = NULL;
+    if (!text)
+        sd_fail(err, SDUNET_E_IO, "cannot read %s", rel);
+    else if (sd_json_parse(text, size, &doc, err) != SDUNET_OK)
+        doc = NULL;
+    free(text);
+    return doc;
+}
+
+int main(void)
+{
+    sdunet_error err = {0};
+    if (!(g_cases = read_cases("text/tokenizer.json", &err)) ||
+        !(g_extra = read_cases("text/tokenizer-extra.json", &err)) ||
         sd_tokenizer_builtin(&g_sd1, &err) != SDUNET_OK ||
         sd_tokenizer_builtin(&g_sd2, &err) != SDUNET_OK ||
         sd_tokenizer_set_pad(g_sd2, "!", &err) != SDUNET_OK) {
-        printf("FAIL - setup: %s\n", text ? err.message : "cannot read text/tokenizer.json");
+        printf("FAIL - setup: %s\n", err.message);
         return 1;
     }
-    free(text);
     double t0 = now();
     sd_tokenizer *t = NULL;
     if (sd_tokenizer_builtin(&t, &err) == SDUNET_OK)
@@ -603,5 +622,6 @@ int main(void)
     sd_tokenizer_free(g_sd1);
     sd_tokenizer_free(g_sd2);
     sd_json_free(g_cases);
+    sd_json_free(g_extra);
     return t_summary();
 }
