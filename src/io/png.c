@@ -157,7 +157,7 @@ static int acc_add(text_acc *t, const uint8_t *key, size_t klen, const uint8_t *
         return 1;
     /* Worst case every byte doubles; both lengths are bounded by the input. */
     size_t need = 2 * klen + 2 * vlen + 2;
-    if (need > SD_PNG_MAX_TEXT_TOTAL - t->len || t->len > SD_PNG_MAX_TEXT_TOTAL)
+    if (t->len > SD_PNG_MAX_TEXT_TOTAL || need > SD_PNG_MAX_TEXT_TOTAL - t->len)
         return 1;
     if (!acc_reserve(t, need))
         return 0;
@@ -423,8 +423,9 @@ static sdunet_status convert_pass(const png_info *in, const uint8_t *raw, size_t
     int depth = in->depth, ch = in->channels;
     for (size_t y = 0; y < ph; y++) {
         const uint8_t *r = raw + y * (rb + 1) + 1;
-        uint8_t *o = img + ((y0 + y * dy) * in->width + x0) * 3;
-        for (size_t x = 0; x < pw; x++, o += dx * 3) {
+        uint8_t *orow = img + ((y0 + y * dy) * in->width + x0) * 3;
+        for (size_t x = 0; x < pw; x++) {
+            uint8_t *o = orow + x * dx * 3;
             size_t s = x * (size_t)ch;
             if (in->ctype == 3) {
                 unsigned idx = get_sample(r, s, depth);
@@ -548,8 +549,9 @@ static sdunet_status png_decode(const uint8_t *data, size_t size, sd_image *out,
             /* Entries past what the bit depth can index are never used. */
             memcpy(in.pal, d, len);
         } else if (!memcmp(type, "tRNS", 4)) {
-            if (!idat_state && ((in.ctype == 0 && len == 2) || (in.ctype == 2 && len == 6) ||
-                                (in.ctype == 3 && seen_plte && len <= (uint32_t)in.npal)))
+            if (!idat_state &&
+                ((in.ctype == 0 && len == 2) || (in.ctype == 2 && len == 6) ||
+                 (in.ctype == 3 && seen_plte && len >= 1 && len <= (uint32_t)in.npal)))
                 in.has_trns = 1;
         } else if (!memcmp(type, "IDAT", 4)) {
             if (idat_state == 2)
@@ -672,7 +674,7 @@ static void filter_rows(const uint8_t *img, size_t w, size_t h, uint8_t *out, ui
                             (uint8_t)(x - ((a + b) >> 1)), (uint8_t)(x - paeth(a, b, c))};
             for (int f = 0; f < 5; f++) {
                 cand[f][i] = v[f];
-                sum[f] += (unsigned long)abs((int)(int8_t)v[f]);
+                sum[f] += v[f] < 128 ? v[f] : 256u - v[f];
             }
         }
         int best = 0;
