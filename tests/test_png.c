@@ -677,6 +677,51 @@ static void test_text_read(void)
     free(c.p);
 }
 
+/* Compressed texts: one that expands past SD_PNG_MAX_TEXT is skipped, and
+ * many large ones stop at the total limits; the image still decodes. */
+static void test_text_limits(void)
+{
+    spec sp = {2, 2, 8, 2, 0, 0, 0, 0};
+    unsigned *s = make_samples(&sp, 3);
+    bytes base = build_png(&sp, s);
+    free(s);
+    bytes png = {0};
+    b_put(&png, base.p, 33);
+    size_t big = 2u << 20, mid = 800000;
+    uint8_t *a = malloc(big);
+    memset(a, 'a', big);
+    sdunet_error err;
+    const size_t sizes[7] = {big, mid, mid, mid, mid, mid, mid};
+    for (int i = 0; i < 7; i++) {
+        uint8_t *z = NULL;
+        size_t zn = 0;
+        CHECK(sd_zlib_deflate(a, sizes[i], &z, &zn, &err) == SDUNET_OK, "deflate");
+        bytes c = {0};
+        b_put(&c, "Big\0\0", 5);
+        b_put(&c, z, zn);
+        chunk(&png, "zTXt", c.p, c.n);
+        free(c.p);
+        free(z);
+    }
+    b_put(&png, base.p + 33, base.n - 33);
+    CHECK(png.n < 64 * 1024, "test input %zu bytes", png.n);
+    sd_image img;
+    sdunet_status st = decode(&png, &img, &err);
+    CHECK(st == SDUNET_OK, "%s", err.message);
+    size_t total = 0;
+    CHECK(img.n_texts >= 1 && img.n_texts <= 4, "%d texts kept", img.n_texts);
+    for (int i = 0; i < img.n_texts; i++) {
+        size_t n = strlen(img.texts[i].value);
+        total += n;
+        CHECK(n == mid && img.texts[i].value[0] == 'a', "text %d: %zu bytes", i, n);
+    }
+    CHECK(total <= SD_PNG_MAX_TEXT_TOTAL, "%zu bytes of text", total);
+    sd_image_free(&img);
+    free(a);
+    free(base.p);
+    free(png.p);
+}
+
 /* ---------------------------------------------------------- hostile input */
 
 /* A valid 4x3 RGB image's pieces, to assemble broken files from. */
@@ -1230,6 +1275,7 @@ int main(void)
     RUN(test_roundtrip_compression);
     RUN(test_text_roundtrip);
     RUN(test_text_read);
+    RUN(test_text_limits);
     RUN(test_truncated);
     RUN(test_bad_crc);
     RUN(test_sizes_and_bombs);

@@ -74,6 +74,7 @@ typedef struct text_acc {
     size_t len, cap;
     size_t *offs; /* key and value offsets into store, two per text */
     size_t n, ocap;
+    size_t inflated; /* bytes decompressed for texts so far, kept or not */
 } text_acc;
 
 static int acc_reserve(text_acc *t, size_t extra)
@@ -224,11 +225,18 @@ static sdunet_status read_text(text_acc *t, const char *type, const uint8_t *d, 
         return acc_add(t, d, k, p, left, latin1)
                    ? SDUNET_OK
                    : sd_fail(err, SDUNET_E_NOMEM, "png: out of memory for text");
+    /* Decompression work for all texts together is bounded too, so many
+     * small chunks that each expand to the limit cannot take long. */
+    if (t->inflated >= SD_PNG_MAX_TEXT_TOTAL)
+        return SDUNET_OK;
+    size_t cap = SD_PNG_MAX_TEXT_TOTAL - t->inflated;
+    if (cap > SD_PNG_MAX_TEXT)
+        cap = SD_PNG_MAX_TEXT;
     uint8_t *val = NULL;
     size_t vlen = 0;
     sdunet_error local;
-    sdunet_status st =
-        sd_zlib_inflate(p, left, 0, &val, SD_PNG_MAX_TEXT, &vlen, "png text", &local);
+    sdunet_status st = sd_zlib_inflate(p, left, 0, &val, cap, &vlen, "png text", &local);
+    t->inflated += st == SDUNET_OK ? vlen : cap;
     if (st == SDUNET_E_NOMEM)
         return sd_fail(err, st, "%s", local.message);
     int ok = 1;

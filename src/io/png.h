@@ -10,7 +10,8 @@
 #define SD_PNG_MAX_DIM 16384
 #define SD_PNG_MAX_PIXELS ((size_t)1 << 26)
 /* Largest decompressed zTXt / compressed iTXt value, and largest total of
- * text held for one image; chunks past either are skipped. */
+ * text held (and of text decompressed) for one image; chunks past either
+ * are skipped. */
 #define SD_PNG_MAX_TEXT ((size_t)1 << 20)
 #define SD_PNG_MAX_TEXT_TOTAL ((size_t)4 << 20)
 
