@@ -463,24 +463,63 @@ static void test_zlib(void)
         free(z);
         free(d);
     }
-    /* Header checks. */
-    static const uint8_t bad_method[] = {0x79, 0x9c, 3, 0, 0, 0, 0, 1};
+    /* Header and stream checks; the broken streams are ones zlib also
+     * rejects, each for the reason named. */
+    static const uint8_t bad_method[] = {0x78 | 1, 0x9c, 3, 0, 0, 0, 0, 1};
     static const uint8_t bad_check[] = {0x78, 0x9d, 3, 0, 0, 0, 0, 1};
     static const uint8_t dict[] = {0x78, 0xbb, 0, 0, 0, 1, 3, 0, 0, 0, 0, 1};
     static const uint8_t empty_ok[] = {0x78, 0x9c, 3, 0, 0, 0, 0, 1};
     static const uint8_t bad_adler[] = {0x78, 0x9c, 3, 0, 0, 0, 0, 2};
     static const uint8_t bad_type[] = {0x78, 0x9c, 7, 0, 0, 0, 0, 1};
+    /* Fixed Huffman: literal 'a', then length 3 at distance 1 ("aaaa"), or
+     * at distance 2, one byte before the start. */
+    static const uint8_t dist1[] = {0x78, 0x01, 0x4b, 0x04, 0x02, 0x00, 0x03, 0xce, 0x01, 0x85};
+    static const uint8_t dist2[] = {0x78, 0x01, 0x4b, 0x04, 0x42, 0x00, 0x03, 0xce, 0x01, 0x85};
+    /* A stored block whose NLEN is not the complement of LEN. */
+    static const uint8_t nlen[] = {0x78, 0x01, 0x01, 0x01, 0x00, 0xfe, 0xfe, 'x', 0, 0x79, 0, 0x79};
+    /* Dynamic: 256 literals of length 8 and none for end-of-block. */
+    static const uint8_t no_eob[] = {0x78, 0x01, 0x05, 0xe0, 0x01, 0x24, 0x00, 0x00, 0x00, 0x00,
+                                     0x00, 0xfc, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                     0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                     0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                     0xff, 0xff, 0xff, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01};
+    /* Dynamic: 138 + 121 zero lengths for 258 symbols. */
+    static const uint8_t overrun[] = {0x78, 0x01, 0x05, 0xe0, 0x81, 0x20, 0x00, 0x00, 0x00, 0x00,
+                                      0x00, 0xfc, 0x77, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01};
+    /* Dynamic: a repeat (16) as the first code length. */
+    static const uint8_t first16[] = {0x78, 0x01, 0x05, 0xe0, 0x03, 0x20, 0x00, 0x00, 0x00,
+                                      0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x01};
+    /* Dynamic: HLIT 287 and HDIST 32 (more lengths than the format has). */
+    static const uint8_t hlit287[] = {0x78, 0x01, 0xf5, 0xff, 0x81, 0x20, 0x00, 0x00, 0x00,
+                                      0x00, 0x00, 0xfc, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01};
     const struct {
         const uint8_t *p;
         size_t n;
         sdunet_status want;
-    } hs[] = {{bad_method, 8, SDUNET_E_FORMAT}, {bad_check, 8, SDUNET_E_FORMAT},
-              {dict, 12, SDUNET_E_FORMAT},      {empty_ok, 8, SDUNET_OK},
-              {bad_adler, 8, SDUNET_E_FORMAT},  {bad_type, 8, SDUNET_E_FORMAT}};
+        const char *needle;
+    } hs[] = {{bad_method, 8, SDUNET_E_FORMAT, "header"},
+              {bad_check, 8, SDUNET_E_FORMAT, "header"},
+              {dict, 12, SDUNET_E_FORMAT, "dictionary"},
+              {empty_ok, 8, SDUNET_OK, NULL},
+              {bad_adler, 8, SDUNET_E_FORMAT, "Adler"},
+              {bad_type, 8, SDUNET_E_FORMAT, "block type"},
+              {dist1, 10, SDUNET_OK, NULL},
+              {dist2, 10, SDUNET_E_FORMAT, "too far back"},
+              {nlen, 12, SDUNET_E_FORMAT, "length check"},
+              {no_eob, sizeof no_eob, SDUNET_E_FORMAT, "end-of-block"},
+              {overrun, sizeof overrun, SDUNET_E_FORMAT, "overrun"},
+              {first16, sizeof first16, SDUNET_E_FORMAT, "no previous"},
+              {hlit287, sizeof hlit287, SDUNET_E_FORMAT, "too many"}};
     for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++) {
         out = NULL;
+        memset(&err, 0, sizeof err);
         st = sd_zlib_inflate(hs[i].p, hs[i].n, 0, &out, 100, &n, "t", &err);
-        CHECK(st == hs[i].want, "header case %zu: %d (%s)", i, (int)st, err.message);
+        CHECK(st == hs[i].want, "stream case %zu: %d (%s)", i, (int)st, err.message);
+        if (hs[i].needle)
+            CHECK(strstr(err.message, hs[i].needle) != NULL, "stream case %zu: '%s' lacks '%s'", i,
+                  err.message, hs[i].needle);
+        if (hs[i].p == dist1)
+            CHECK(st == SDUNET_OK && n == 4 && !memcmp(out, "aaaa", 4), "distance 1 copy");
         free(out);
     }
 }
@@ -1025,6 +1064,9 @@ static void test_structure_errors(void)
     sp.interlace = 1;
     b = build_png(&sp, s);
     EXPECT(SDUNET_E_FORMAT, "palette index 12", "palette index out of range, interlaced");
+    s[7] = 9; /* one past the last entry */
+    b = build_png(&sp, s);
+    EXPECT(SDUNET_E_FORMAT, "palette index 9", "palette index = palette size");
     s[7] = 8;
     b = build_png(&sp, s);
     CHECK(decode(&b, &img, &err) == SDUNET_OK, "last palette entry: %s", err.message);
