@@ -15,7 +15,9 @@
 #include "ckpt_build.h"
 #include "targets.h"
 
+#include "io/deflate.h"
 #include "io/json.h"
+#include "io/png.h"
 #include "io/tensorfile.h"
 
 #include <errno.h>
@@ -602,6 +604,138 @@ static void tokenizer_seeds(void)
     }
     free(v);
     free(m);
+/* ------------------------------------------------------------------ png */
+
+static void png_chunk(uint8_t *buf, size_t *n, const char *type, const uint8_t *d, size_t len)
+{
+    uint8_t *o = buf + *n;
+    o[0] = (uint8_t)(len >> 24);
+    o[1] = (uint8_t)(len >> 16);
+    o[2] = (uint8_t)(len >> 8);
+    o[3] = (uint8_t)len;
+    memcpy(o + 4, type, 4);
+    if (len)
+        memcpy(o + 8, d, len);
+    uint32_t c = sd_crc32(0, o + 4, len + 4);
+    for (int i = 0; i < 4; i++)
+        o[8 + len + i] = (uint8_t)(c >> (24 - 8 * i));
+    *n += len + 12;
+}
+
+/* A small PNG of the given layout: patterned samples, every filter type
+ * in turn except for palettes (the bytes are used as filtered data: the
+ * decoder's output only needs to be some image),
+ * an 8-entry palette for colour type 3, a tRNS chunk when asked, and the
+ * data deflated by the library or stored. */
+static void png_seed(const char *name, int w, int h, int depth, int ctype, int interlace, int trns,
+                     int stored)
+{
+    int ch = ctype == 0 || ctype == 3 ? 1 : ctype == 2 ? 3 : ctype == 4 ? 2 : 4;
+    size_t rb = ((size_t)w * ch * depth + 7) / 8, raw_n = 0;
+    /* Interlaced or not, 7 * h rows of the full width is room enough. */
+    uint8_t *raw = calloc((size_t)7 * h * (rb + 1), 1);
+    int passes = interlace ? 7 : 1;
+    static const int x0[7] = {0, 4, 0, 2, 0, 1, 0}, y0[7] = {0, 0, 4, 0, 2, 0, 1};
+    static const int dx[7] = {8, 8, 4, 4, 2, 2, 1}, dy[7] = {8, 8, 8, 4, 4, 2, 2};
+    for (int p = 0; p < passes; p++) {
+        int pw = interlace ? (w > x0[p] ? (w - x0[p] + dx[p] - 1) / dx[p] : 0) : w;
+        int ph = interlace ? (h > y0[p] ? (h - y0[p] + dy[p] - 1) / dy[p] : 0) : h;
+        if (!pw || !ph)
+            continue;
+        size_t prb = ((size_t)pw * ch * depth + 7) / 8;
+        for (int y = 0; y < ph; y++) {
+            raw[raw_n++] = ctype == 3 ? 0 : (uint8_t)(y % 5); /* indices stay in range */
+            for (size_t i = 0; i < prb; i++)
+                raw[raw_n++] = ctype == 3 && depth == 8 ? (uint8_t)(i % 8)
+                               : ctype == 3             ? 0
+                                                        : (uint8_t)(i * 37 + (size_t)y * 11);
+        }
+    }
+    uint8_t *z = NULL;
+    size_t zn = 0;
+    sdunet_error err;
+    if (stored) {
+        zn = raw_n + 11;
+        z = malloc(zn);
+        z[0] = 0x78;
+        z[1] = 0x01;
+        z[2] = 1;
+        z[3] = (uint8_t)raw_n;
+        z[4] = (uint8_t)(raw_n >> 8);
+        z[5] = (uint8_t)~raw_n;
+        z[6] = (uint8_t)(~raw_n >> 8);
+        memcpy(z + 7, raw, raw_n);
+        uint32_t a = sd_adler32(1, raw, raw_n);
+        for (int i = 0; i < 4; i++)
+            z[7 + raw_n + i] = (uint8_t)(a >> (24 - 8 * i));
+    } else if (sd_zlib_deflate(raw, raw_n, &z, &zn, &err) != SDUNET_OK) {
+        fail("png seed %s: %s", name, err.message);
+        free(raw);
+        return;
+    }
+    uint8_t *buf = malloc(zn + 200);
+    size_t n = 8;
+    memcpy(buf, "\x89PNG\r\n\x1a\n", 8);
+    uint8_t ihdr[13] = {0,
+                        0,
+                        0,
+                        (uint8_t)w,
+                        0,
+                        0,
+                        0,
+                        (uint8_t)h,
+                        (uint8_t)depth,
+                        (uint8_t)ctype,
+                        0,
+                        0,
+                        (uint8_t)interlace};
+    png_chunk(buf, &n, "IHDR", ihdr, 13);
+    if (ctype == 3) {
+        static const uint8_t pal[24] = {0,   0,   0,   255, 0,   0,   0,  255, 0,  0,   0,   255,
+                                        255, 255, 255, 128, 128, 128, 10, 20,  30, 200, 100, 50};
+        png_chunk(buf, &n, "PLTE", pal, 24);
+    }
+    if (trns) {
+        static const uint8_t t[6] = {0, 1, 0, 2, 0, 3};
+        png_chunk(buf, &n, "tRNS", t, ctype == 0 ? 2 : ctype == 2 ? 6 : 3);
+    }
+    png_chunk(buf, &n, "IDAT", z, zn);
+    png_chunk(buf, &n, "IEND", NULL, 0);
+    seed("png", name, buf, n);
+    /* Check the seed is a valid image, so the fuzzer starts from real ones. */
+    sd_image img;
+    if (sd_png_decode(buf, n, &img, &err) != SDUNET_OK)
+        fail("png seed %s does not decode: %s", name, err.message);
+    sd_image_free(&img);
+    free(buf);
+    free(z);
+    free(raw);
+}
+
+static void small_png(void)
+{
+    png_seed("grey1-interlaced.png", 9, 7, 1, 0, 1, 0, 0);
+    png_seed("grey4-trns.png", 5, 3, 4, 0, 0, 1, 1);
+    png_seed("grey16.png", 4, 4, 16, 0, 0, 0, 0);
+    png_seed("rgb8-stored.png", 6, 5, 8, 2, 0, 0, 1);
+    png_seed("rgb16-interlaced.png", 10, 9, 16, 2, 1, 0, 0);
+    png_seed("pal2.png", 7, 3, 2, 3, 0, 0, 0);
+    png_seed("pal8-trns-interlaced.png", 11, 10, 8, 3, 1, 1, 0);
+    png_seed("greyalpha8.png", 3, 8, 8, 4, 0, 0, 1);
+    png_seed("rgba8.png", 8, 8, 8, 6, 0, 0, 0);
+    /* The writer's own output: RGB with a tEXt and an iTXt chunk. */
+    uint8_t rgb[16 * 12 * 3];
+    for (size_t i = 0; i < sizeof rgb; i++)
+        rgb[i] = (uint8_t)(i * 7 / 3);
+    sd_png_text t[2] = {{"parameters", "a cat\nSteps: 20, Seed: 1"}, {"Comment", "caf\xc3\xa9"}};
+    uint8_t *png = NULL;
+    size_t n = 0;
+    sdunet_error err;
+    if (sd_png_encode(rgb, 16, 12, t, 2, &png, &n, &err) != SDUNET_OK)
+        fail("png seed: %s", err.message);
+    else
+        seed("png", "rgb8-text.png", png, n);
+    free(png);
 }
 
 int main(int argc, char **argv)
@@ -646,6 +780,7 @@ int main(int argc, char **argv)
         seed_file("npy", np[i]);
     small_npy();
     tokenizer_seeds();
+    small_png();
 
     if (!g_failed)
         printf("corpus: %d seeds in %s\n", g_written, g_out);

@@ -8,9 +8,11 @@
 
 #include "clip/tokenizer.h"
 #include "io/ckpt.h"
+#include "io/deflate.h"
 #include "io/json.h"
 #include "io/keymap.h"
 #include "io/npy.h"
+#include "io/png.h"
 #include "io/tensorfile.h"
 #include "unet/config.h"
 #include "sdunet.h"
@@ -277,6 +279,116 @@ int sd_fuzz_npy(const uint8_t *data, size_t size)
         rc = -1; /* nothing may be handed out on failure */
     }
     sd_free(x);
+    return rc;
+}
+
+/* ----------------------------------------------------------------- png */
+
+/* Decodes; on success checks the image fields, that the image is within
+ * what the input can describe (a pixel takes at least one bit of data that
+ * deflate expands at most 1032 times), and that re-encoding and decoding
+ * gives back the same pixels and the texts the encoder accepts. */
+static int fuzz_png_one(const uint8_t *data, size_t size)
+{
+    sd_image img;
+    sdunet_error err;
+    memset(&err, 0, sizeof err);
+    static const uint8_t empty[1];
+    sdunet_status st = sd_png_decode(size ? data : empty, size, &img, &err);
+    int rc = check_error(st, &err);
+    if (st != SDUNET_OK) {
+        if (img.data || img.texts || img.text_store || img.n_texts)
+            rc = -1; /* nothing may be handed out on failure */
+        sd_image_free(&img);
+        return rc;
+    }
+    size_t npix = 0;
+    if (img.width < 1 || img.height < 1 || img.width > SD_PNG_MAX_DIM ||
+        img.height > SD_PNG_MAX_DIM || img.channels != 3 || !img.data ||
+        (img.has_alpha != 0 && img.has_alpha != 1) || img.n_texts < 0 ||
+        (img.n_texts > 0 && !img.texts))
+        rc = -1;
+    if (rc == 0) {
+        npix = (size_t)img.width * (size_t)img.height;
+        if (npix > SD_PNG_MAX_PIXELS || npix / 8 > (size + 16) * 1032)
+            rc = -1;
+    }
+    size_t text_bytes = 0;
+    for (int i = 0; rc == 0 && i < img.n_texts; i++) {
+        const char *k = img.texts[i].key, *v = img.texts[i].value;
+        if (!k || !v || strlen(k) < 1 || strlen(k) > 2 * 79)
+            rc = -1;
+        else
+            text_bytes += strlen(k) + strlen(v);
+    }
+    if (text_bytes > SD_PNG_MAX_TEXT_TOTAL)
+        rc = -1;
+    unsigned acc = 0;
+    for (size_t i = 0; rc == 0 && i < npix * 3; i++)
+        acc += img.data[i];
+    g_fsink = (float)acc;
+    /* Re-encode (small images only, to keep executions fast): with the
+     * texts if the writer takes them, else without. */
+    if (rc == 0 && npix <= ((size_t)1 << 18)) {
+        uint8_t *png = NULL;
+        size_t n = 0;
+        int with_text = 1;
+        st = sd_png_encode(img.data, img.width, img.height, img.texts, img.n_texts, &png, &n, &err);
+        if (st == SDUNET_E_INVALID_ARG) {
+            with_text = 0;
+            st = sd_png_encode(img.data, img.width, img.height, NULL, 0, &png, &n, &err);
+        }
+        sd_image back;
+        if (st != SDUNET_OK || sd_png_decode(png, n, &back, &err) != SDUNET_OK) {
+            rc = -1;
+        } else {
+            if (back.width != img.width || back.height != img.height || back.has_alpha ||
+                memcmp(back.data, img.data, npix * 3) != 0)
+                rc = -1;
+            if (back.n_texts != (with_text ? img.n_texts : 0))
+                rc = -1;
+            for (int i = 0; rc == 0 && i < back.n_texts; i++)
+                if (strcmp(back.texts[i].key, img.texts[i].key) ||
+                    strcmp(back.texts[i].value, img.texts[i].value))
+                    rc = -1;
+            sd_image_free(&back);
+        }
+        free(png);
+    }
+    sd_image_free(&img);
+    return rc;
+}
+
+/* Runs the input as it is, then (when it differs) a copy with every
+ * chunk's CRC recomputed: a mutation almost always breaks a CRC, and
+ * without the repair the fuzzer would rarely get past the checksums. */
+int sd_fuzz_png(const uint8_t *data, size_t size)
+{
+    int rc = fuzz_png_one(data, size);
+    if (rc != 0 || size < 8)
+        return rc;
+    uint8_t *copy = malloc(size);
+    if (!copy)
+        return rc;
+    memcpy(copy, data, size);
+    int changed = 0;
+    for (size_t pos = 8; size - pos >= 12;) {
+        uint32_t len = (uint32_t)copy[pos] << 24 | (uint32_t)copy[pos + 1] << 16 |
+                       (uint32_t)copy[pos + 2] << 8 | copy[pos + 3];
+        if (len > size - pos - 12)
+            break;
+        uint32_t c = sd_crc32(0, copy + pos + 4, (size_t)len + 4);
+        uint8_t *p = copy + pos + 8 + len;
+        uint8_t want[4] = {(uint8_t)(c >> 24), (uint8_t)(c >> 16), (uint8_t)(c >> 8), (uint8_t)c};
+        if (memcmp(p, want, 4) != 0) {
+            memcpy(p, want, 4);
+            changed = 1;
+        }
+        pos += 12 + (size_t)len;
+    }
+    if (changed)
+        rc = fuzz_png_one(copy, size);
+    free(copy);
     return rc;
 }
 
@@ -631,6 +743,7 @@ const sd_fuzz_harness sd_fuzz_harnesses[] = {
     {"safetensors", sd_fuzz_safetensors},
     {"json", sd_fuzz_json},
     {"npy", sd_fuzz_npy},
+    {"png", sd_fuzz_png},
     {"ckpt", sd_fuzz_ckpt},
     {"pickle", sd_fuzz_pickle},
     {"load", sd_fuzz_load},

@@ -16,6 +16,7 @@
 int sd_fuzz_safetensors(const uint8_t *data, size_t size);
 int sd_fuzz_json(const uint8_t *data, size_t size);
 int sd_fuzz_npy(const uint8_t *data, size_t size);
+int sd_fuzz_png(const uint8_t *data, size_t size);
 int sd_fuzz_ckpt(const uint8_t *data, size_t size);
 int sd_fuzz_pickle(const uint8_t *data, size_t size);
 int sd_fuzz_load(const uint8_t *data, size_t size);
