@@ -55,18 +55,33 @@ typedef enum sdunet_beta_schedule {
     SDUNET_BETA_LINEAR = 1         /* betas = linspace(start, end, T) */
 } sdunet_beta_schedule;
 
+/* How set_timesteps spaces the steps (diffusers' timestep_spacing). */
+typedef enum sdunet_timestep_spacing {
+    SDUNET_SPACING_LEADING = 0,  /* k * (T // n) + steps_offset */
+    SDUNET_SPACING_LINSPACE = 1, /* linspace(0, T - 1, n) (rounded for integer samplers) */
+    SDUNET_SPACING_TRAILING = 2  /* round(T - k * T / n) - 1 */
+} sdunet_timestep_spacing;
+
 typedef struct sdunet_sched_config {
     int num_train_timesteps;                /* T: 1000 (2..100000) */
     double beta_start;                      /* 0.00085 */
     double beta_end;                        /* 0.012 */
     sdunet_beta_schedule beta_schedule;     /* scaled_linear */
-    int steps_offset;                       /* 1 (0..T-1); timestep spacing is always "leading" */
+    int steps_offset;                       /* 1 (0..T-1); used by "leading" spacing */
     int set_alpha_to_one;                   /* 0: DDIM/PNDM's last step goes to alphas_cumprod[0] */
     sdunet_prediction_type prediction_type; /* epsilon */
     double eta;                             /* DDIM only, 0..1: 0 = deterministic; > 0 adds noise */
+    /* leading (the SD1.5 config's effective spacing, and the default of
+     * DDIM and PNDM). A diffusers config without timestep_spacing takes the
+     * scheduler class's default: linspace for Euler, Euler a, LMS, DPM++ and
+     * UniPC (what from_config gives when swapping schedulers). With
+     * linspace or trailing, init_noise_sigma of euler, euler_a and lms is
+     * sigma_max (diffusers 0.25.1), not sqrt(sigma_max^2 + 1). */
+    sdunet_timestep_spacing timestep_spacing;
 } sdunet_sched_config;
 
-/* Fills `cfg` with the SD1.5 scheduler_config.json values listed above. */
+/* Fills `cfg` with the SD1.5 scheduler_config.json values listed above
+ * (spacing leading). */
 void sdunet_sched_config_default(sdunet_sched_config *cfg);
 
 typedef struct sdunet_scheduler sdunet_scheduler;
@@ -131,6 +146,15 @@ sdunet_status sdunet_sched_step(sdunet_scheduler *sched, int i, const float *mod
 sdunet_status sdunet_sched_step_f64(sdunet_scheduler *sched, int i, const double *model_output,
                                     const double *x, size_t n_elems, const double *noise,
                                     double *out, sdunet_error *err);
+
+/* diffusers' add_noise at the timestep of call i (img2img's start): out =
+ * x0 * sqrt(alphas_cumprod[t]) + noise * sqrt(1 - alphas_cumprod[t]) for
+ * ddim and pndm; x0 / sqrt(sigma_i^2 + 1) + noise * sigma_i / sqrt(sigma_i^2
+ * + 1) for dpmpp_2m* and unipc; x0 + noise * sigma_i for euler, euler_a and
+ * lms (diffusers 0.25.1's rules), computed in double and rounded once. out
+ * may equal x0 or noise. */
+sdunet_status sdunet_sched_add_noise(const sdunet_scheduler *sched, int i, const float *x0,
+                                     const float *noise, size_t n, float *out, sdunet_error *err);
 
 /* Classifier-free guidance: out = uncond + guidance * (cond - uncond),
  * computed in double. out may equal uncond or cond. */

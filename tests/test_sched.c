@@ -738,8 +738,71 @@ static void test_errors(void)
           "cfg values %g %g %g", r[0], r[1], r[2]);
 }
 
+/* Timestep spacing (leading, linspace, trailing) for every sampler and a
+ * few step counts against diffusers 0.25.1's own set_timesteps
+ * (tests/gen/make_spacing_cases.py): timesteps and sigmas equal,
+ * init_noise_sigma equal. */
+static void test_spacing(void)
+{
+    size_t len;
+    char *text = t_read_file(t_data("schedulers/spacing.json"), &len);
+    sd_json *doc = NULL;
+    sdunet_error err;
+    CHECK(text && sd_json_parse(text, len, &doc, &err) == SDUNET_OK, "spacing.json");
+    const sd_json *cases = doc ? sd_json_get(doc, "cases") : NULL;
+    CHECK(cases && cases->type == SD_JSON_ARRAY && cases->len == 105, "105 cases");
+    double worst = 0;
+    for (size_t c = 0; cases && c < cases->len; c++) {
+        const sd_json *k = &cases->items[c];
+        const char *name = sd_json_get(k, "scheduler")->string;
+        const char *spacing = sd_json_get(k, "spacing")->string;
+        int n = (int)sd_json_get(k, "steps")->integer;
+        const sd_json *ts = sd_json_get(k, "timesteps"), *sg = sd_json_get(k, "sigmas");
+        sdunet_sched_config cfg;
+        sdunet_sched_config_default(&cfg);
+        cfg.timestep_spacing = strcmp(spacing, "linspace") == 0   ? SDUNET_SPACING_LINSPACE
+                               : strcmp(spacing, "trailing") == 0 ? SDUNET_SPACING_TRAILING
+                                                                  : SDUNET_SPACING_LEADING;
+        sdunet_scheduler *s = NULL;
+        if (sdunet_sched_create(name, &cfg, &s, &err) || sdunet_sched_set_timesteps(s, n, &err)) {
+            CHECK(0, "%s %s %d: %s", name, spacing, n, err.message);
+            sdunet_sched_free(s);
+            continue;
+        }
+        int ok = sdunet_sched_num_model_calls(s) == (int)ts->len;
+        for (size_t i = 0; ok && i < ts->len; i++)
+            ok = sdunet_sched_timestep(s, (int)i) == ts->items[i].number;
+        CHECK(ok, "%s %s %d steps: timesteps differ (calls %d, want %zu; first %g want %g)", name,
+              spacing, n, sdunet_sched_num_model_calls(s), ts->len, sdunet_sched_timestep(s, 0),
+              ts->len ? ts->items[0].number : -1.0);
+        /* The reference ran on torch 2.1, whose float32 cumprod of the
+         * alphas differs from torch 1.13's (our golden schedules) in the
+         * last bits: sigmas agree to a few float32 ulps. */
+        if (sg && sg->type == SD_JSON_ARRAY) {
+            ok = sdunet_sched_num_sigmas(s) == (int)sg->len;
+            for (size_t i = 0; ok && i < sg->len; i++) {
+                double a = sdunet_sched_sigma(s, (int)i), b = sg->items[i].number;
+                double rel = fabs(a - b) / (fabs(b) + 1e-30);
+                worst = rel > worst ? rel : worst;
+                ok = rel < 5e-7;
+            }
+            CHECK(ok, "%s %s %d steps: sigmas differ", name, spacing, n);
+        }
+        double want = sd_json_get(k, "init_noise_sigma")->number;
+        double rel = fabs(sdunet_sched_init_noise_sigma(s) - want) / want;
+        worst = rel > worst ? rel : worst;
+        CHECK(rel < 5e-7, "%s %s %d: init_noise_sigma %.9g, want %.9g", name, spacing, n,
+              sdunet_sched_init_noise_sigma(s), want);
+        sdunet_sched_free(s);
+    }
+    printf("  # spacing: worst sigma relative difference %.3g\n", worst);
+    sd_json_free(doc);
+    free(text);
+}
+
 int main(void)
 {
+    RUN(test_spacing);
     RUN(test_golden_ddim);
     RUN(test_golden_ddim_cfg);
     RUN(test_golden_euler);

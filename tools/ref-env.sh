@@ -27,6 +27,7 @@ PINS=(
 	"safetensors==0.8.0"
 	"pillow==13.0.0"
 	"regex==2026.12.2"
+	"scipy==1.11.4"
 )
 
 if [ ! -x "$VENV/bin/python" ]; then

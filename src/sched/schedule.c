@@ -26,6 +26,7 @@ void sdunet_sched_config_default(sdunet_sched_config *cfg)
     cfg->set_alpha_to_one = 0;
     cfg->prediction_type = SDUNET_PRED_EPSILON;
     cfg->eta = 0.0;
+    cfg->timestep_spacing = SDUNET_SPACING_LEADING;
 }
 
 static const struct {
@@ -90,6 +91,11 @@ static sdunet_status check_config(const sdunet_sched_config *c, sdunet_error *er
     if (c->prediction_type != SDUNET_PRED_EPSILON && c->prediction_type != SDUNET_PRED_V)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "scheduler: unknown prediction type %d",
                        (int)c->prediction_type);
+    if (c->timestep_spacing != SDUNET_SPACING_LEADING &&
+        c->timestep_spacing != SDUNET_SPACING_LINSPACE &&
+        c->timestep_spacing != SDUNET_SPACING_TRAILING)
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "scheduler: unknown timestep spacing %d",
+                       (int)c->timestep_spacing);
     if (!(c->eta >= 0.0 && c->eta <= 1.0))
         return sd_fail(err, SDUNET_E_INVALID_ARG, "scheduler: eta %g is outside 0..1", c->eta);
     return SDUNET_OK;
@@ -279,6 +285,34 @@ static sdunet_status karras_schedule(sdunet_scheduler *s, int n, sdunet_error *e
     return SDUNET_OK;
 }
 
+/* numpy's linspace(0, stop, num)[i] (float64). */
+static double np_linspace(double stop, int num, int i)
+{
+    if (num <= 1)
+        return 0.0;
+    if (i == num - 1)
+        return stop;
+    return (double)i * (stop / (double)(num - 1));
+}
+
+/* numpy's arange(T, 0, -T / n)[k], rounded half to even: the trailing grid. */
+static double trailing_at(int T, int n, int k)
+{
+    return rint((double)T + (double)k * -((double)T / (double)n));
+}
+
+/* Timestep k (descending, k < n) of the integer samplers (DDIM, PNDM)
+ * before PNDM's repetition; -1 when out of the table. */
+static double int_timestep(const sdunet_scheduler *s, int n, int k)
+{
+    const int T = s->T;
+    switch (s->cfg.timestep_spacing) {
+    case SDUNET_SPACING_LINSPACE: return rint(np_linspace(T - 1, n, n - 1 - k));
+    case SDUNET_SPACING_TRAILING: return trailing_at(T, n, k) - 1.0;
+    default: return (double)((n - 1 - k) * (T / n) + s->cfg.steps_offset);
+    }
+}
+
 sdunet_status sdunet_sched_set_timesteps(sdunet_scheduler *s, int n, sdunet_error *err)
 {
     if (!s)
@@ -311,25 +345,24 @@ sdunet_status sdunet_sched_set_timesteps(sdunet_scheduler *s, int n, sdunet_erro
     switch (s->kind) {
     case SD_SCHED_DDIM:
     case SD_SCHED_PNDM: {
-        /* "leading": t = k * (T // n) + offset, descending. */
-        const int ratio = T / n;
-        s->step_ratio = ratio;
-        if ((long)(n - 1) * ratio + offset > T - 1) {
+        s->step_ratio = T / n; /* DDIM's step to the previous timestep */
+        double top = int_timestep(s, n, 0), bottom = int_timestep(s, n, n - 1);
+        if (top > T - 1 || bottom < 0) {
             st = sd_fail(err, SDUNET_E_INVALID_ARG,
-                         "scheduler: %d steps with steps_offset %d reach timestep %ld >= %d", n,
-                         offset, (long)(n - 1) * ratio + offset, T);
+                         "scheduler: %d steps with steps_offset %d reach timestep %.0f >= %d", n,
+                         offset, top, T);
             break;
         }
         if (s->kind == SD_SCHED_DDIM || n == 1) {
             for (int i = 0; i < n; i++)
-                ts[i] = (double)((n - 1 - i) * ratio + offset);
+                ts[i] = int_timestep(s, n, i);
         } else {
             /* skip_prk_steps: the second timestep is repeated, and that call
              * redoes the first step with the mean of two model outputs. */
-            ts[0] = (double)((n - 1) * ratio + offset);
-            ts[1] = (double)((n - 2) * ratio + offset);
+            ts[0] = int_timestep(s, n, 0);
+            ts[1] = int_timestep(s, n, 1);
             for (int k = 2; k <= n; k++)
-                ts[k] = (double)((n - k) * ratio + offset);
+                ts[k] = int_timestep(s, n, k - 1);
         }
         s->init_noise_sigma = 1.0;
         break;
@@ -342,16 +375,28 @@ sdunet_status sdunet_sched_set_timesteps(sdunet_scheduler *s, int n, sdunet_erro
         float max_sigma = 0.0f;
         for (int i = 0; i < n; i++) {
             /* Timesteps are float32 here; np.interp clamps beyond T - 1. */
-            ts[i] = (double)((n - 1 - i) * ratio + offset);
+            switch (s->cfg.timestep_spacing) {
+            case SDUNET_SPACING_LINSPACE:
+                ts[i] = (double)(float)np_linspace(T - 1, n, n - 1 - i);
+                break;
+            case SDUNET_SPACING_TRAILING:
+                ts[i] = (double)((float)trailing_at(T, n, i) - 1.0f);
+                break;
+            default: ts[i] = (double)((n - 1 - i) * ratio + offset); break;
+            }
             sig[i] = (float)interp_table(s->train_sigmas, T, ts[i]);
             if (sig[i] > max_sigma)
                 max_sigma = sig[i];
         }
         sig[n] = 0.0f;
-        /* (sigma_max ** 2 + 1) ** 0.5 on a float32 tensor. */
-        float sq = max_sigma * max_sigma;
-        float sum = sq + 1.0f;
-        s->init_noise_sigma = (double)sqrtf(sum);
+        if (s->cfg.timestep_spacing == SDUNET_SPACING_LEADING) {
+            /* (sigma_max ** 2 + 1) ** 0.5 on a float32 tensor. */
+            float sq = max_sigma * max_sigma;
+            float sum = sq + 1.0f;
+            s->init_noise_sigma = (double)sqrtf(sum);
+        } else {
+            s->init_noise_sigma = (double)max_sigma;
+        }
         break;
     }
     case SD_SCHED_DPMPP_2M:
@@ -359,12 +404,16 @@ sdunet_status sdunet_sched_set_timesteps(sdunet_scheduler *s, int n, sdunet_erro
         if (s->karras) {
             st = karras_schedule(s, n, err);
         } else {
-            /* Their own "leading": T // (n + 1), then drop the zero; the last
-             * sigma is sigma(t = 0), not 0. */
+            /* Their own grids: n + 1 points with the zero dropped ("leading":
+             * T // (n + 1)); the last sigma is sigma(t = 0), not 0. */
             const int ratio = T / (n + 1);
             s->step_ratio = ratio;
             for (int i = 0; i < n; i++) {
-                ts[i] = (double)((n - i) * ratio + offset);
+                switch (s->cfg.timestep_spacing) {
+                case SDUNET_SPACING_LINSPACE: ts[i] = rint(np_linspace(T - 1, n + 1, n - i)); break;
+                case SDUNET_SPACING_TRAILING: ts[i] = trailing_at(T, n, i) - 1.0; break;
+                default: ts[i] = (double)((n - i) * ratio + offset); break;
+                }
                 sig[i] = (float)interp_table(s->train_sigmas, T, ts[i]);
             }
             sig[n] = s->train_sigmas[0];
@@ -458,5 +507,44 @@ sdunet_status sd_sched_ensure_state(sdunet_scheduler *s, size_t n, sdunet_error 
         }
     }
     s->buf_elems = n;
+    return SDUNET_OK;
+}
+
+sdunet_status sdunet_sched_add_noise(const sdunet_scheduler *s, int i, const float *x0,
+                                     const float *noise, size_t n, float *out, sdunet_error *err)
+{
+    if (!s || (n && (!x0 || !noise || !out)))
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "add_noise: NULL argument");
+    if (s->n_steps == 0 || i < 0 || i >= s->n_calls)
+        return sd_fail(err, SDUNET_E_INVALID_ARG,
+                       "add_noise: call index %d out of range (set_timesteps first)", i);
+    /* The coefficients as diffusers 0.25.1 forms them, in double (our
+     * reference runs the pipeline in float64); the result rounded once. */
+    double a, b;
+    switch (s->kind) {
+    case SD_SCHED_DDIM:
+    case SD_SCHED_PNDM: { /* alphas_cumprod[t] */
+        int t = (int)s->timesteps[i];
+        if (t < 0 || t >= s->T)
+            return sd_fail(err, SDUNET_E_INVALID_ARG, "add_noise: timestep %d", t);
+        double ac = s->alphas_cumprod[t];
+        a = sqrt(ac);
+        b = sqrt(1.0 - ac);
+        break;
+    }
+    case SD_SCHED_DPMPP_2M:
+    case SD_SCHED_UNIPC: { /* sigma -> (alpha_t, sigma_t) */
+        double sg = s->sigmas[i];
+        a = 1.0 / sqrt(sg * sg + 1.0);
+        b = sg * a;
+        break;
+    }
+    default: /* euler, euler_a, lms: x0 + noise * sigma */
+        a = 1.0;
+        b = s->sigmas[i];
+        break;
+    }
+    for (size_t k = 0; k < n; k++)
+        out[k] = (float)(a * (double)x0[k] + b * (double)noise[k]);
     return SDUNET_OK;
 }
