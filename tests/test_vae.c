@@ -851,6 +851,63 @@ static void test_sd32(void)
     sdunet_vae_free(v);
 }
 
+/* The CLI's decode and encode-image give the API's results (after
+ * test_tiny_files, which makes the pipeline folder). */
+static void test_cli(void)
+{
+    const char *bin = getenv("SDUNET_BIN"), *build = getenv("BUILD");
+    char exe[512];
+    if (bin)
+        snprintf(exe, sizeof exe, "%s", bin);
+    else
+        snprintf(exe, sizeof exe, "%s/sdunet", build && *build ? build : "build");
+    if (access(exe, X_OK) != 0) {
+        CHECK(0, "no CLI binary at %s (set BUILD or SDUNET_BIN)", exe);
+        return;
+    }
+    char dir[1024], cmd[4096];
+    snprintf(dir, sizeof dir, "%s", t_data("vae/vae-tiny"));
+    snprintf(cmd, sizeof cmd,
+             "%s decode --vae %s/weights-ldm.safetensors --latent %s/latent.npy --out %s "
+             "--threads 2 >/dev/null",
+             exe, dir, dir, tmp("cli-dec.npy"));
+    CHECK(system(cmd) == 0, "%s", cmd);
+    snprintf(cmd, sizeof cmd,
+             "%s encode-image --model %s --image %s/image.npy --out %s --sample --noise "
+             "%s/noise.npy --mean %s >/dev/null",
+             exe, tmp("pipe"), dir, tmp("cli-lat.npy"), dir, tmp("cli-mean.npy"));
+    CHECK(system(cmd) == 0, "%s", cmd);
+    float *x = NULL;
+    int nd;
+    int64_t sh[SD_MAX_DIMS];
+    sdunet_error err;
+    CHECK(sd_npy_read_f32(tmp("cli-dec.npy"), &x, &nd, sh, &err) == SDUNET_OK, "%s", err.message);
+    CHECK(x && nd == 4 && sh[1] == 3 && sh[2] == 32 && sh[3] == 24 &&
+              same(x, g_tiny.dec, g_tiny.n_dec),
+          "CLI decode differs from the API's");
+    sd_free(x);
+    x = NULL;
+    CHECK(sd_npy_read_f32(tmp("cli-lat.npy"), &x, &nd, sh, &err) == SDUNET_OK, "%s", err.message);
+    CHECK(x && nd == 4 && sh[1] == 4 && same(x, g_tiny.sample, g_tiny.n_lat),
+          "CLI encode-image --sample differs from the API's");
+    sd_free(x);
+    x = NULL;
+    CHECK(sd_npy_read_f32(tmp("cli-mean.npy"), &x, &nd, sh, &err) == SDUNET_OK, "%s", err.message);
+    CHECK(x && same(x, g_tiny.mean, g_tiny.n_lat), "CLI --mean differs from the API's");
+    sd_free(x);
+    /* errors: a NaN-free but wrong-rank input, a non-.npy output, --sample without noise */
+    snprintf(cmd, sizeof cmd,
+             "%s decode --vae %s --latent %s/latent.npy --out %s 2>/dev/null >/dev/null", exe, dir,
+             dir, tmp("x.png"));
+    CHECK(system(cmd) != 0, "png output accepted");
+    snprintf(cmd, sizeof cmd,
+             "%s encode-image --vae %s/weights.safetensors --image %s/image.npy --out %s --sample "
+             "2>/dev/null "
+             ">/dev/null",
+             exe, dir, dir, tmp("y.npy"));
+    CHECK(system(cmd) != 0, "--sample without --noise accepted");
+}
+
 int main(void)
 {
     snprintf(g_tmp, sizeof g_tmp, "/tmp/sdunet-vae-test-XXXXXX");
@@ -867,6 +924,7 @@ int main(void)
     RUN(test_bad_input);
     RUN(test_u8_input);
     RUN(test_tiled);
+    RUN(test_cli);
     RUN(test_sd32);
     outputs_free(&g_tiny);
     char cmd[400];

@@ -42,5 +42,7 @@ void print_checksum(const float *y, size_t n);
 
 int cmd_sample(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_decode(int argc, char **argv);
+int cmd_encode_image(int argc, char **argv);
 
 #endif
