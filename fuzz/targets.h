@@ -19,6 +19,8 @@ int sd_fuzz_npy(const uint8_t *data, size_t size);
 int sd_fuzz_ckpt(const uint8_t *data, size_t size);
 int sd_fuzz_pickle(const uint8_t *data, size_t size);
 int sd_fuzz_load(const uint8_t *data, size_t size);
+int sd_fuzz_vae(const uint8_t *data, size_t size);
+int sd_fuzz_vae_config(const uint8_t *data, size_t size);
 
 /* The pickle harness's archive: `pickle` stored as archive/data.pkl beside
  * the storages archive/data/0 .. archive/data/<SD_FUZZ_STORAGES - 1>, each
