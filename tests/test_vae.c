@@ -174,6 +174,69 @@ static void test_keymap(void)
           "short buffer");
 }
 
+/* ---- the downsampler's convolution ---- */
+
+/* sd_conv3x3_pad0 against F.pad(x, (0, 1, 0, 1)) and a padding-0 3x3
+ * convolution written out, for even and odd sizes, strides 1 and 2, both
+ * kernel sets, with a bias and a residual. */
+static void test_conv_pad0(void)
+{
+    static const int sizes[][4] = {{6, 4, 5, 7}, {7, 5, 3, 17}, {2, 2, 16, 33}, {9, 12, 20, 16}};
+    const char *sets[2] = {"portable", "avx2"};
+    for (int k = 0; k < 2; k++) {
+        const sd_kernels *kern = sd_kernels_select(sets[k]);
+        if (!kern)
+            continue;
+        for (size_t c = 0; c < sizeof sizes / sizeof sizes[0]; c++)
+            for (int stride = 1; stride <= 2; stride++) {
+                const int H = sizes[c][0], W = sizes[c][1], Cin = sizes[c][2], N = sizes[c][3];
+                const int Ho = (H - 2) / stride + 1, Wo = (W - 2) / stride + 1;
+                float *x = malloc(sizeof(float) * H * W * Cin);
+                float *w = malloc(sizeof(float) * N * Cin * 9);
+                float *b = malloc(sizeof(float) * N), *res = malloc(sizeof(float) * Ho * Wo * N);
+                float *y = malloc(sizeof(float) * Ho * Wo * N);
+                t_fill_random(x, (size_t)H * W * Cin, 1 + c);
+                t_fill_random(w, (size_t)N * Cin * 9, 2 + c);
+                t_fill_random(b, (size_t)N, 3 + c);
+                t_fill_random(res, (size_t)Ho * Wo * N, 4 + c);
+                sd_packed p;
+                CHECK(sd_pack(kern, w, N, Cin, 9, &p) == SDUNET_OK, "pack");
+                int fault = 0;
+                sd_exec ex = {.kern = kern, .fault = &fault};
+                sd_epilogue ep = {.bias = b, .residual = res, .ld_res = N};
+                sd_conv3x3_pad0(&ex, x, 1, H, W, Cin, stride, &p, y, &ep);
+                double worst = 0;
+                for (int oy = 0; oy < Ho; oy++)
+                    for (int ox = 0; ox < Wo; ox++)
+                        for (int n = 0; n < N; n++) {
+                            double acc = b[n] + res[(oy * Wo + ox) * N + n], mag = fabs(acc);
+                            for (int ky = 0; ky < 3; ky++)
+                                for (int kx = 0; kx < 3; kx++) {
+                                    int iy = oy * stride + ky, ix = ox * stride + kx;
+                                    if (iy >= H || ix >= W) /* the one-pixel pad */
+                                        continue;
+                                    for (int ci = 0; ci < Cin; ci++) {
+                                        double t = (double)x[(iy * W + ix) * Cin + ci] *
+                                                   w[((n * Cin + ci) * 3 + ky) * 3 + kx];
+                                        acc += t;
+                                        mag += fabs(t);
+                                    }
+                                }
+                            double e = fabs(y[(oy * Wo + ox) * N + n] - acc) / (mag + 1e-30);
+                            worst = e > worst ? e : worst;
+                        }
+                CHECK(!fault && worst < 1e-6, "%s %dx%dx%d -> %d stride %d: error %.3e", sets[k], H,
+                      W, Cin, N, stride, worst);
+                sd_packed_free(&p);
+                free(x);
+                free(w);
+                free(b);
+                free(res);
+                free(y);
+            }
+    }
+}
+
 /* ---- golden cases ---- */
 
 typedef struct outputs {
@@ -916,6 +979,7 @@ int main(void)
         return 1;
     }
     RUN(test_keymap);
+    RUN(test_conv_pad0);
     RUN(test_tiny_diffusers);
     RUN(test_tiny_trace);
     RUN(test_tiny_ldm_and_inferred);
