@@ -42,7 +42,8 @@ sdunet_status sdunet_vae_load_synthetic(const char *config, const sdunet_options
                                         sdunet_vae **out, sdunet_error *err);
 
 /* Decodes latents as the SD pipelines do: decoder(post_quant_conv(latent /
- * scaling_factor)).
+ * scaling_factor)) (+ shift_factor before the decoder when the config.json
+ * has one; the encoder's latent is then (z - shift_factor) * scaling).
  *   latent: (batch, latent_channels, height, width), as the sampler returns it
  *   image:  (batch, out_channels, height * f, width * f), f = 2^(levels-1)
  *           (8 for SD), nominally in [-1, 1] but not clamped.

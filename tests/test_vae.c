@@ -557,13 +557,13 @@ static int rewrite(const char *src, const char *dst, rename_fn rn, sd_dtype dtyp
         t[n].name = strdup(name);
         float *f = malloc(s->numel * 4 + 4);
         sd_tensor_to_f32(s, f, &err);
-        if (dtype == SD_DT_F16) {
+        if (dtype == SD_DT_F16 || dtype == SD_DT_BF16) {
             uint16_t *h = malloc(s->numel * 2 + 2);
             for (size_t k = 0; k < s->numel; k++)
-                h[k] = sd_f32_to_f16(f[k]);
+                h[k] = dtype == SD_DT_F16 ? sd_f32_to_f16(f[k]) : sd_f32_to_bf16(f[k]);
             free(f);
             t[n].data = h;
-            t[n].dtype = SD_DT_F16;
+            t[n].dtype = dtype;
             t[n].nbytes = s->numel * 2;
         } else {
             t[n].data = f;
@@ -680,6 +680,17 @@ static void test_tiny_files(void)
     }
     outputs_free(&h1);
     outputs_free(&h2);
+    /* bfloat16 LDM single-file names */
+    if (!rewrite(ldm, tmp("ldm-bf16.safetensors"), NULL, SD_DT_BF16, NULL, NULL)) {
+        sdunet_vae *v = load(tmp("ldm-bf16.safetensors"), NULL);
+        if (v && run_case(v, "vae-tiny", &o, NULL)) {
+            double e = t_rel_l2_f32(o.dec, g_tiny.dec, o.n_dec);
+            printf("  bf16 weights vs f32: decode rel %.2e\n", e);
+            CHECK(e > 0 && e < 3e-2, "bf16 vs f32: %.3e", e);
+            outputs_free(&o);
+        }
+        sdunet_vae_free(v);
+    }
 }
 
 static void test_bad_weights(void)
