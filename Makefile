@@ -95,7 +95,7 @@ FUZZ_CC        ?= clang
 FUZZ_BUILD     ?= build-fuzz
 FUZZ_SECONDS   ?= 60
 FUZZ_JOBS      ?= 1
-FUZZ_HARNESSES  = safetensors json npy png ckpt pickle load tokenizer vocab
+FUZZ_HARNESSES  = safetensors json npy png ckpt pickle load tokenizer vocab vae vae_config
 FUZZ_SAN        = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 FUZZ_CFLAGS     = $(CSTD) $(WARN) -O1 -g -Iinclude -Isrc $(FUZZ_SAN)
 

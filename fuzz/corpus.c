@@ -19,6 +19,8 @@
 #include "io/json.h"
 #include "io/png.h"
 #include "io/tensorfile.h"
+#include "engine/synth.h"
+#include "vae/vae.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -604,6 +606,8 @@ static void tokenizer_seeds(void)
     }
     free(v);
     free(m);
+}
+
 /* ------------------------------------------------------------------ png */
 
 static void png_chunk(uint8_t *buf, size_t *n, const char *type, const uint8_t *d, size_t len)
@@ -738,6 +742,100 @@ static void small_png(void)
     free(png);
 }
 
+/* ---- the VAE: a small model (channels 32 and 32, latent 2) with
+ * synthetic weights, under diffusers names and under LDM names with the
+ * single-file prefix (attention as 1x1 convolutions) ---- */
+
+typedef struct vae_list {
+    sd_tensor_info t[160];
+    int n;
+} vae_list;
+
+static void vae_visit(void *user, const char *name, int ndim, const int64_t *shape)
+{
+    vae_list *l = user;
+    if (l->n >= 160)
+        return;
+    sd_tensor_info *t = &l->t[l->n++];
+    t->name = strdup(name);
+    t->dtype = SD_DT_F32;
+    t->ndim = ndim;
+    t->numel = 1;
+    for (int i = 0; i < ndim; i++)
+        t->numel *= (size_t)(t->shape[i] = shape[i]);
+    t->nbytes = t->numel * 4;
+    float *d = malloc(t->nbytes);
+    if (d)
+        sd_synth_weight(name, ndim, shape, d);
+    t->data = d;
+}
+
+static void vae_write(const char *name, vae_list *l)
+{
+    char path[1200];
+    snprintf(path, sizeof path, "%s/vae", g_out);
+    mkdir(path, 0755);
+    snprintf(path, sizeof path, "%s/vae/%s", g_out, name);
+    sdunet_error err;
+    if (sd_safetensors_write(path, l->t, (size_t)l->n, NULL, &err))
+        fail("%s: %s", path, err.message);
+    else
+        g_written++;
+}
+
+static void vae_seeds(void)
+{
+    sd_vae_config c;
+    sd_vae_config_sd(&c);
+    c.latent_channels = 2;
+    c.n_levels = 2;
+    c.block_out_channels[0] = 32;
+    c.block_out_channels[1] = 32;
+    c.layers_per_block = 1;
+    vae_list *l = calloc(1, sizeof *l);
+    if (!l)
+        return;
+    sd_weight_source src = {.check_only = 1, .visit = vae_visit, .visit_user = l};
+    sd_vae v;
+    sdunet_error err;
+    if (sd_vae_build(&v, &c, &src, NULL, sd_kernels_select(NULL), &err) != SDUNET_OK)
+        fail("vae seed: %s", err.message);
+    sd_vae_release(&v);
+    for (int i = 0; i < l->n; i++)
+        if (!l->t[i].data)
+            fail("vae seed: out of memory");
+    vae_write("small-diffusers.safetensors", l);
+    sd_vae_names nm = {.layout = SD_VAE_LAYOUT_LDM, .n_levels = 2};
+    snprintf(nm.prefix, sizeof nm.prefix, "first_stage_model.");
+    for (int i = 0; i < l->n; i++) {
+        char ldm[256];
+        if (!sd_vae_file_name(&nm, l->t[i].name, ldm, sizeof ldm)) {
+            fail("vae seed: no LDM name for %s", l->t[i].name);
+            continue;
+        }
+        free(l->t[i].name);
+        l->t[i].name = strdup(ldm);
+        if (strstr(ldm, ".attn_1.") && l->t[i].ndim == 2) {
+            l->t[i].ndim = 4;
+            l->t[i].shape[2] = l->t[i].shape[3] = 1;
+        }
+    }
+    vae_write("small-ldm.safetensors", l);
+    for (int i = 0; i < l->n; i++) {
+        free(l->t[i].name);
+        free((void *)l->t[i].data);
+    }
+    free(l);
+    seed_file("vae_config", "vae/vae-tiny/config.json");
+    seed_file("vae_config", "vae/vae-sd-32/config.json");
+    seed_str("vae_config", "minimal.json",
+             "{\"block_out_channels\": [32], \"norm_num_groups\": 8}");
+    seed_str("vae_config", "features.json",
+             "{\"_class_name\": \"AutoencoderKL\", \"sample_size\": [64, 48], "
+             "\"shift_factor\": 0.0609, \"use_quant_conv\": false, \"use_post_quant_conv\": "
+             "false, \"mid_block_add_attention\": false, \"latents_mean\": null}");
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3) {
@@ -781,6 +879,7 @@ int main(int argc, char **argv)
     small_npy();
     tokenizer_seeds();
     small_png();
+    vae_seeds();
 
     if (!g_failed)
         printf("corpus: %d seeds in %s\n", g_written, g_out);

@@ -16,6 +16,8 @@
 #include "io/tensorfile.h"
 #include "unet/config.h"
 #include "sdunet.h"
+#include "sdunet_vae.h"
+#include "vae/vae.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -537,12 +539,13 @@ int sd_fuzz_pickle(const uint8_t *data, size_t size)
 
 /* Loading goes through a real file (the library maps it), written into a
  * private temporary folder made on first use and removed at exit. */
-static char g_dir[256], g_weights[300], g_config[300];
+static char g_dir[256], g_weights[300], g_config[300], g_vae[300];
 
 static void remove_tmp(void)
 {
     unlink(g_weights);
     unlink(g_config);
+    unlink(g_vae);
     rmdir(g_dir);
 }
 
@@ -575,6 +578,7 @@ static int tmp_setup(void)
         return state = -1;
     snprintf(g_weights, sizeof g_weights, "%s/weights", g_dir);
     snprintf(g_config, sizeof g_config, "%s/config.json", g_dir);
+    snprintf(g_vae, sizeof g_vae, "%s/vae.safetensors", g_dir);
     if (write_file(g_config, sd_fuzz_micro_config, strlen(sd_fuzz_micro_config))) {
         rmdir(g_dir);
         return state = -1;
@@ -739,6 +743,75 @@ int sd_fuzz_vocab(const uint8_t *data, size_t size)
     return rc;
 }
 
+/* ------------------------------------------------------------ the VAE */
+
+/* A weight file as a VAE: finding it (layout, prefix), inferring the
+ * configuration from the shapes, building; then one decode of a 1x1 latent
+ * and one encode of the smallest image. Every size follows from tensors the
+ * file holds, so memory stays bounded by the input. */
+int sd_fuzz_vae(const uint8_t *data, size_t size)
+{
+    if (tmp_setup() != 1 || write_file(g_vae, data, size))
+        return 0;
+    sdunet_options opt;
+    sdunet_options_default(&opt);
+    opt.threads = 1;
+    sdunet_vae *v = NULL;
+    sdunet_error err;
+    memset(&err, 0, sizeof err);
+    sdunet_status st = sdunet_vae_load(g_vae, NULL, &opt, &v, &err);
+    int rc = check_error(st, &err);
+    if ((st == SDUNET_OK) != (v != NULL))
+        rc = -1;
+    if (!v)
+        return rc;
+    sdunet_vae_info info;
+    sdunet_vae_get_info(v, &info);
+    const int f = info.factor;
+    size_t n_img = (size_t)info.out_channels * f * f, n_in = (size_t)info.in_channels * f * f;
+    float *lat = calloc((size_t)info.latent_channels, sizeof(float));
+    float *img = calloc(n_img > n_in ? n_img : n_in, sizeof(float));
+    float *mean = calloc((size_t)info.latent_channels, sizeof(float));
+    if (f < 1 || f > 128 || info.latent_channels < 1)
+        rc = -1;
+    else if (lat && img && mean) {
+        for (int i = 0; i < info.latent_channels; i++)
+            lat[i] = (float)(i % 7 - 3) * 0.25f;
+        memset(&err, 0, sizeof err);
+        if (sdunet_vae_decode(v, lat, 1, info.latent_channels, 1, 1, img, &err) != SDUNET_OK)
+            rc = -1;
+        for (size_t i = 0; i < n_in; i++)
+            img[i] = (float)((int)(i % 11) - 5) * 0.2f;
+        memset(&err, 0, sizeof err);
+        if (sdunet_vae_encode(v, img, 1, info.in_channels, f, f, NULL, NULL, mean, NULL, &err) !=
+            SDUNET_OK)
+            rc = -1;
+        float acc = 0;
+        for (int i = 0; i < info.latent_channels; i++)
+            acc += mean[i];
+        g_fsink = acc;
+    }
+    free(lat);
+    free(img);
+    free(mean);
+    sdunet_vae_free(v);
+    return rc;
+}
+
+/* An AutoencoderKL config.json: whatever it accepts passes the checks the
+ * graph relies on. */
+int sd_fuzz_vae_config(const uint8_t *data, size_t size)
+{
+    sd_vae_config c;
+    sdunet_error err;
+    memset(&err, 0, sizeof err);
+    sdunet_status st = sd_vae_config_parse((const char *)data, size, &c, &err);
+    int rc = check_error(st, &err);
+    if (st == SDUNET_OK && sd_vae_config_check(&c, &err) != SDUNET_OK)
+        rc = -1;
+    return rc;
+}
+
 const sd_fuzz_harness sd_fuzz_harnesses[] = {
     {"safetensors", sd_fuzz_safetensors},
     {"json", sd_fuzz_json},
@@ -749,5 +822,7 @@ const sd_fuzz_harness sd_fuzz_harnesses[] = {
     {"load", sd_fuzz_load},
     {"tokenizer", sd_fuzz_tokenizer},
     {"vocab", sd_fuzz_vocab},
+    {"vae", sd_fuzz_vae},
+    {"vae_config", sd_fuzz_vae_config},
 };
 const size_t sd_fuzz_n_harnesses = sizeof sd_fuzz_harnesses / sizeof sd_fuzz_harnesses[0];

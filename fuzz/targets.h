@@ -24,6 +24,8 @@ int sd_fuzz_load(const uint8_t *data, size_t size);
 int sd_fuzz_tokenizer(const uint8_t *data, size_t size);
 /* vocab.json, a NUL byte, merges.txt: the tokenizer loader, then a few prompts. */
 int sd_fuzz_vocab(const uint8_t *data, size_t size);
+int sd_fuzz_vae(const uint8_t *data, size_t size);
+int sd_fuzz_vae_config(const uint8_t *data, size_t size);
 
 /* The pickle harness's archive: `pickle` stored as archive/data.pkl beside
  * the storages archive/data/0 .. archive/data/<SD_FUZZ_STORAGES - 1>, each

@@ -1,5 +1,6 @@
 /* sdunet: command-line front end.
- *   sdunet run | demo | synth | info | convert | trace | sample  (sdunet --help) */
+ *   sdunet run | demo | synth | info | convert | trace | sample | decode | encode-image
+ *   (sdunet --help) */
 #include "sdunet.h"
 
 #include "cli.h"
@@ -936,6 +937,8 @@ static const char main_help[] =
     "  bench   time the forward, with a breakdown by op kind\n"
     "  sample  the denoising loop: a latent from noise with a scheduler and guidance\n"
     "  encode-text  prompts to the text encoder's context (.npy), CLIP tokenizer included\n"
+    "  decode  the VAE's decoder: latents to an image (.npy)\n"
+    "  encode-image  the VAE's encoder: an image (.npy) to latents\n"
     "\n"
     "environment: SDUNET_THREADS (default thread count), SDUNET_ISA (force a kernel set:\n"
     "portable, avx2), SDUNET_CONV (3x3 convolution method: auto, direct, winograd),\n"
@@ -974,5 +977,9 @@ int main(int argc, char **argv)
         return cmd_bench(n, a);
     if (strcmp(cmd, "encode-text") == 0)
         return cmd_encode_text(n, a);
+    if (strcmp(cmd, "decode") == 0)
+        return cmd_decode(n, a);
+    if (strcmp(cmd, "encode-image") == 0)
+        return cmd_encode_image(n, a);
     return die("unknown command '%s' (see sdunet --help)", cmd);
 }

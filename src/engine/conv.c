@@ -1,6 +1,7 @@
-/* 3x3 convolution (padding 1, stride 1 or 2) as an implicit GEMM: row m of
- * the virtual A matrix is output pixel (b, y, x), column k = tap*Cin + ci is
- * channel ci of input pixel (y*stride + ky - 1, x*stride + kx - 1). No
+/* 3x3 convolution (padding 1, stride 1 or 2; or the encoder downsampler's
+ * bottom/right-only padding) as an implicit GEMM: row m of the virtual A
+ * matrix is output pixel (b, y, x), column k = tap*Cin + ci is channel ci of
+ * input pixel (y*stride + ky - pad, x*stride + kx - pad). No
  * im2col buffer exists; the A-packing routine gathers each mc x kc block
  * straight from the channels-last input, one contiguous channel run per
  * (row, tap), with padding taps reading a shared zero row. */
@@ -10,7 +11,7 @@
 
 typedef struct {
     const float *in;
-    int H, W, Cin, stride, Ho, Wo;
+    int H, W, Cin, stride, pad, Ho, Wo;
 } conv_src;
 
 static void pack_conv(const void *src, int m0, int rows, int k0, int kc, const sd_kernels *kern,
@@ -20,7 +21,7 @@ static void pack_conv(const void *src, int m0, int rows, int k0, int kc, const s
     const int mr = kern->mr;
     const int Cin = s->Cin, HWo = s->Ho * s->Wo;
     const int tap_first = k0 / Cin, tap_last = (k0 + kc - 1) / Cin;
-    int by[16], yy[16], xx[16]; /* per row of the panel: batch*H, y*stride-1, x*stride-1 */
+    int by[16], yy[16], xx[16]; /* per row of the panel: batch*H, y*stride-pad, x*stride-pad */
     const float *r[16];
     for (int p = 0; p * mr < rows; p++) {
         for (int i = 0; i < mr; i++) {
@@ -32,8 +33,8 @@ static void pack_conv(const void *src, int m0, int rows, int k0, int kc, const s
             m += m0;
             int b = m / HWo, rem = m - b * HWo, y = rem / s->Wo, x = rem - y * s->Wo;
             by[i] = b * s->H;
-            yy[i] = y * s->stride - 1;
-            xx[i] = x * s->stride - 1;
+            yy[i] = y * s->stride - s->pad;
+            xx[i] = x * s->stride - s->pad;
         }
         float *dp = dst + (size_t)p * kc * mr;
         for (int tap = tap_first; tap <= tap_last; tap++) {
@@ -77,7 +78,25 @@ void sd_conv3x3(const sd_exec *ex, const float *in, int batch, int H, int W, int
         (ex->conv == SD_CONV_WINOGRAD || sd_winograd_pays(batch, H, W, Cin, Wp->N)) &&
         sd_conv3x3_winograd(ex, in, batch, H, W, Cin, Wp, out, ep))
         return;
-    conv_src s = {in, H, W, Cin, stride, (H - 1) / stride + 1, (W - 1) / stride + 1};
+    conv_src s = {in, H, W, Cin, stride, 1, (H - 1) / stride + 1, (W - 1) / stride + 1};
+    sd_gemm_src src = {pack_conv, &s};
+    sd_gemm_run(ex, batch * s.Ho * s.Wo, &src, Wp, out, Wp->N, ep);
+}
+
+void sd_conv3x3_pad0(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
+                     int stride, const sd_packed *Wp, float *out, const sd_epilogue *ep)
+{
+    if (batch <= 0 || H <= 0 || W <= 0)
+        return;
+    if (Wp->K != 9 * Cin || stride < 1) {
+        sd_exec_fault(ex);
+        return;
+    }
+    /* Taps at row or column H, W read the zero row: the one-pixel pad at
+     * the bottom and right. */
+    conv_src s = {in, H, W, Cin, stride, 0, (H - 2) / stride + 1, (W - 2) / stride + 1};
+    if (H < 2 || W < 2)
+        return;
     sd_gemm_src src = {pack_conv, &s};
     sd_gemm_run(ex, batch * s.Ho * s.Wo, &src, Wp, out, Wp->N, ep);
 }

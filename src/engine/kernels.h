@@ -185,6 +185,14 @@ void sd_gemm_cat(const sd_exec *ex, int M, const float *A1, int K1, const float 
 void sd_conv3x3(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin, int stride,
                 const sd_packed *Wp, float *out, const sd_epilogue *ep);
 
+/* 3x3 convolution with no padding on the top and left and one zero row
+ * and column on the bottom and right: diffusers' Downsample2D with
+ * padding=0, F.pad(x, (0, 1, 0, 1)) then a padding-0 convolution, without
+ * forming the padded input. Same layouts as sd_conv3x3; out is (batch, Ho,
+ * Wo, N) with Ho = (H - 2) / stride + 1 (same for Wo); H and W >= 2. */
+void sd_conv3x3_pad0(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
+                     int stride, const sd_packed *Wp, float *out, const sd_epilogue *ep);
+
 /* Winograd F(2x2, 3x3) form of sd_conv3x3 for stride 1 (winograd.c), same
  * arguments and result. Returns 0 without touching `out` if it cannot run
  * (no workspace memory); the caller then uses the direct method. */
