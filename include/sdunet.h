@@ -35,7 +35,8 @@ typedef enum sdunet_status {
     SDUNET_E_UNSUPPORTED = 8, /* valid but not supported (dtype, feature) */
     SDUNET_E_NONFINITE = 9,   /* NaN or Inf in an input tensor */
     SDUNET_E_BUSY = 10,       /* the model is running a forward on another thread */
-    SDUNET_E_INTERNAL = 11    /* a library bug was detected; the output is not valid */
+    SDUNET_E_INTERNAL = 11,   /* a library bug was detected; the output is not valid */
+    SDUNET_E_CANCELLED = 12   /* a progress callback asked to stop */
 } sdunet_status;
 
 typedef struct sdunet_error {

@@ -46,5 +46,7 @@ int cmd_encode_text(int argc, char **argv);
 int cmd_bench_text(int argc, char **argv); /* sdunet bench --text */
 int cmd_decode(int argc, char **argv);
 int cmd_encode_image(int argc, char **argv);
+int cmd_txt2img(int argc, char **argv);
+int cmd_img2img(int argc, char **argv);
 
 #endif

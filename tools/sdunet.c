@@ -5,8 +5,10 @@
 
 #include "cli.h"
 
+#include "clip/encoder.h"
 #include "io/keymap.h"
 #include "io/npy.h"
+#include "io/png.h"
 #include "io/tensorfile.h"
 #include "unet/config.h"
 #include "unet/infer.h"
@@ -604,6 +606,63 @@ static int wants_help(int argc, char **argv)
     return 0;
 }
 
+/* A file that starts with the PNG signature. */
+static int is_png(const char *path)
+{
+    static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    unsigned char head[8];
+    FILE *f = fopen(path, "rb");
+    size_t n = f ? fread(head, 1, 8, f) : 0;
+    if (f)
+        fclose(f);
+    return n == 8 && memcmp(head, sig, 8) == 0;
+}
+
+/* sdunet info IMAGE.png: size and the text chunks (the generation
+ * parameters sdunet writes under "parameters"). */
+static int info_png(const char *path)
+{
+    sd_image img;
+    sdunet_error err;
+    if (sd_png_read(path, &img, &err))
+        return die("%s", err.message);
+    printf("image: %s\nsize: %dx%d%s\n", path, img.width, img.height,
+           img.has_alpha ? " (alpha dropped)" : "");
+    int found = 0;
+    for (int i = 0; i < img.n_texts; i++) {
+        if (strcmp(img.texts[i].key, "parameters") == 0) {
+            printf("parameters:\n%s\n", img.texts[i].value);
+            found = 1;
+        } else {
+            printf("%s: %s\n", img.texts[i].key, img.texts[i].value);
+        }
+    }
+    if (!found)
+        printf("parameters: none (not written by sdunet or AUTOMATIC1111)\n");
+    sd_image_free(&img);
+    return 0;
+}
+
+/* What a checkpoint holds besides the UNet, for a pipeline. */
+static void print_pipeline_parts(const sd_tensorfile *tf)
+{
+    sd_clip_names names;
+    sd_clip_config c;
+    sdunet_error err;
+    if (sd_clip_find(tf, &names, &c, &err) == SDUNET_OK) {
+        int sd2 = names.layout == SD_CLIP_OPENCLIP || c.hidden == 1024;
+        printf("text encoder: %s names under '%s', %d layers of %d (%s)\n",
+               names.layout == SD_CLIP_OPENCLIP ? "OpenCLIP" : "transformers", names.prefix,
+               c.layers, c.hidden, sd2 ? "SD2.x" : "SD1.x");
+        printf("prediction type (as txt2img loads it): %s\n",
+               sd2 ? "v_prediction (SD2.x single files, as diffusers assumes; "
+                     "--prediction-type epsilon for 512-pixel base models)"
+                   : "epsilon");
+    } else {
+        printf("text encoder: none (%s)\n", err.message);
+    }
+}
+
 static int cmd_info(int argc, char **argv)
 {
     if (wants_help(argc, argv)) {
@@ -613,6 +672,8 @@ static int cmd_info(int argc, char **argv)
     if (positional(argc, argv, 1, "info", "a weight file or folder path"))
         return 1;
     const char *path = argv[0];
+    if (is_png(path))
+        return info_png(path);
     opt o[] = {{.name = "--config"}, {.name = "--variant"}};
     const int no = sizeof o / sizeof o[0];
     int help;
@@ -645,6 +706,8 @@ static int cmd_info(int argc, char **argv)
     if (tf->metadata)
         printf("metadata: %.300s%s\n", tf->metadata, strlen(tf->metadata) > 300 ? "..." : "");
     print_contents(tf, mf->layout);
+    if (!mf->is_folder)
+        print_pipeline_parts(tf);
 
     /* What the shapes say, whether or not a config file overrides it. */
     sd_unet_config inferred;
@@ -663,7 +726,7 @@ static int cmd_info(int argc, char **argv)
     int rc = 0;
     if (sd_model_files_config(mf, get(o, no, "--config"), &err)) {
         printf("config: none: %s\n", err.message);
-        rc = 1;
+        rc = die("%s", err.message);
     } else {
         char label[4200];
         snprintf(label, sizeof label, "config: %s%s:",
@@ -686,7 +749,7 @@ static int cmd_info(int argc, char **argv)
             rc = die("out of memory");
         } else if (sd_unet_build(&u, &mf->cfg, &src, NULL, &err)) {
             printf("loads: no: %s\n", err.message);
-            rc = 1;
+            rc = die("%s", err.message);
         } else {
             printf("loads: yes (%.1fM parameters used)\n", (double)u.n_params / 1e6);
             sd_unet_release(&u);
@@ -939,6 +1002,8 @@ static const char main_help[] =
     "  encode-text  prompts to the text encoder's context (.npy), CLIP tokenizer included\n"
     "  decode  the VAE's decoder: latents to an image (.npy)\n"
     "  encode-image  the VAE's encoder: an image (.npy) to latents\n"
+    "  txt2img a picture from a prompt (PNG), as diffusers' StableDiffusionPipeline\n"
+    "  img2img a picture from a prompt and an init image\n"
     "\n"
     "environment: SDUNET_THREADS (default thread count), SDUNET_ISA (force a kernel set:\n"
     "portable, avx2), SDUNET_CONV (3x3 convolution method: auto, direct, winograd),\n"
@@ -981,5 +1046,9 @@ int main(int argc, char **argv)
         return cmd_decode(n, a);
     if (strcmp(cmd, "encode-image") == 0)
         return cmd_encode_image(n, a);
+    if (strcmp(cmd, "txt2img") == 0)
+        return cmd_txt2img(n, a);
+    if (strcmp(cmd, "img2img") == 0)
+        return cmd_img2img(n, a);
     return die("unknown command '%s' (see sdunet --help)", cmd);
 }

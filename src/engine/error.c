@@ -64,6 +64,7 @@ const char *sdunet_status_string(sdunet_status code)
     case SDUNET_E_NONFINITE: return "non-finite input";
     case SDUNET_E_BUSY: return "model busy";
     case SDUNET_E_INTERNAL: return "internal error";
+    case SDUNET_E_CANCELLED: return "cancelled";
     }
     return "unknown status";
 }
