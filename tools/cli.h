@@ -48,5 +48,6 @@ int cmd_decode(int argc, char **argv);
 int cmd_encode_image(int argc, char **argv);
 int cmd_txt2img(int argc, char **argv);
 int cmd_img2img(int argc, char **argv);
+int cmd_demo_pipeline(int argc, char **argv); /* sdunet demo (without --unet) */
 
 #endif

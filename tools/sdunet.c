@@ -238,8 +238,8 @@ done:
 /* ---- demo: the full-size model on synthetic weights and inputs ---- */
 
 static const char demo_help[] =
-    "usage: sdunet demo [--synthetic PRESET] [--batch B] [--height H] [--width W]\n"
-    "                   [--timestep T] [--threads N]\n"
+    "usage: sdunet demo --unet [--synthetic PRESET] [--batch B] [--height H] [--width W]\n"
+    "                          [--timestep T] [--threads N]\n"
     "\n"
     "Runs the UNet (default: full-size SD1.5, 64x64 latent, batch 1, timestep 999) on the\n"
     "synthetic weights and inputs of spec/synthetic-weights.md and prints the block shapes,\n"
@@ -247,6 +247,15 @@ static const char demo_help[] =
 
 static int cmd_demo(int argc, char **argv)
 {
+    int unet = 0;
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], "--unet") == 0) {
+            memmove(argv + i, argv + i + 1, sizeof *argv * (size_t)(argc - i - 1));
+            argc--, unet = 1;
+            break;
+        }
+    if (!unet)
+        return cmd_demo_pipeline(argc, argv);
     opt o[] = {{.name = "--synthetic"}, {.name = "--batch"},    {.name = "--height"},
                {.name = "--width"},     {.name = "--timestep"}, {.name = "--threads"}};
     const int no = sizeof o / sizeof o[0];
@@ -991,7 +1000,8 @@ static const char main_help[] =
     "Stable Diffusion (SD1.x / SD2.x) in C: the UNet, its schedulers and the text encoders.\n"
     "\n"
     "commands:\n"
-    "  demo    run the full-size SD1.5 UNet on synthetic weights (shapes, time, checksum)\n"
+    "  demo    a picture end to end on full-size synthetic weights, timed by phase\n"
+    "          (--unet: the UNet alone, with its shapes and checksum)\n"
     "  run     one forward pass on .npy inputs\n"
     "  trace   block and skip-stack shapes for a configuration, without weights\n"
     "  synth   write deterministic synthetic weights to a safetensors file\n"
