@@ -29,7 +29,7 @@ TEST_SUPPORT = $(filter-out $(TEST_SRCS),$(wildcard tests/*.c))
 .SECONDARY:
 
 .PHONY: all lib test test-build asan ubsan install clean format bench
-all: $(BUILD)/libsdunet.a $(BUILD)/libsdunet.so $(BUILD)/sdunet
+all: $(BUILD)/libsdunet.a $(BUILD)/libsdunet.so $(BUILD)/sdunet $(BUILD)/examples/txt2img
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -48,6 +48,11 @@ $(BUILD)/libsdunet.so: $(LIB_OBJS)
 
 $(BUILD)/sdunet: $(TOOL_SRCS:%.c=$(BUILD)/%.o) $(BUILD)/libsdunet.a
 	$(CC) $(SAN) -o $@ $^ $(LDLIBS)
+
+# The README's C example, built so that it keeps compiling.
+$(BUILD)/examples/%: examples/%.c $(BUILD)/libsdunet.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT:%.c=$(BUILD)/%.o) $(BUILD)/libsdunet.a
 	@mkdir -p $(dir $@)

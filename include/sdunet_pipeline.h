@@ -22,14 +22,14 @@ extern "C" {
 typedef struct sdunet_pipeline sdunet_pipeline;
 
 typedef struct sdunet_pipeline_options {
-    int threads;            /* 0 = SDUNET_THREADS, else online CPUs */
-    const char *variant;    /* diffusers folders: "fp16" */
-    const char *vae;        /* NULL: the model's own VAE; else a VAE file or folder */
-    int prediction_type;    /* -1 (default): the scheduler config's, or for single files
-                               epsilon (SD1) / v_prediction (SD2, as diffusers assumes for
-                               SD2 checkpoints); else SDUNET_PRED_EPSILON or SDUNET_PRED_V */
-    int low_memory;         /* 1: free the text encoder after each prompt's encoding and load
-                               it again when needed */
+    int threads;         /* 0 = SDUNET_THREADS, else online CPUs */
+    const char *variant; /* diffusers folders: "fp16" */
+    const char *vae;     /* NULL: the model's own VAE; else a VAE file or folder */
+    int prediction_type; /* -1 (default): the scheduler config's, or for single files
+                            epsilon (SD1) / v_prediction (SD2, as diffusers assumes for
+                            SD2 checkpoints); else SDUNET_PRED_EPSILON or SDUNET_PRED_V */
+    int low_memory;      /* 1: free the text encoder after each prompt's encoding and load
+                            it again when needed */
 } sdunet_pipeline_options;
 
 void sdunet_pipeline_options_default(sdunet_pipeline_options *opt);
@@ -50,10 +50,10 @@ sdunet_status sdunet_pipeline_load_synthetic(const char *preset_or_folder,
                                              sdunet_pipeline **out, sdunet_error *err);
 
 typedef enum sdunet_phase {
-    SDUNET_PHASE_TEXT = 0,   /* encoding the prompts (done 0 / 1) */
-    SDUNET_PHASE_ENCODE = 1, /* VAE-encoding the init image (img2img) */
+    SDUNET_PHASE_TEXT = 0,    /* encoding the prompts (done 0 / 1) */
+    SDUNET_PHASE_ENCODE = 1,  /* VAE-encoding the init image (img2img) */
     SDUNET_PHASE_DENOISE = 2, /* done = UNet calls completed, total = calls */
-    SDUNET_PHASE_DECODE = 3  /* VAE-decoding the latents */
+    SDUNET_PHASE_DECODE = 3   /* VAE-decoding the latents */
 } sdunet_phase;
 
 /* Called at the start (done 0) and end (done total) of each phase and after
@@ -79,10 +79,10 @@ typedef struct sdunet_gen_params {
     double eta;                  /* DDIM's eta, 0 */
     uint64_t seed;
     sdunet_rng_kind rng;
-    int batch;                   /* images (num_images_per_prompt), 1; seeds are not advanced:
-                                    one generator draws for the whole batch, as diffusers */
-    sdunet_text_params text;     /* clip skip (the prompt only, as diffusers 0.25.1: the
-                                    negative prompt is never skipped), long prompts, syntax */
+    int batch;               /* images (num_images_per_prompt), 1; seeds are not advanced:
+                                one generator draws for the whole batch, as diffusers */
+    sdunet_text_params text; /* clip skip (the prompt only, as diffusers 0.25.1: the
+                                negative prompt is never skipped), long prompts, syntax */
     /* img2img: an RGB8 init image (init_height x init_width x 3) and the strength */
     const uint8_t *init_rgb;
     int init_width, init_height;
@@ -106,18 +106,17 @@ sdunet_status sdunet_generate(sdunet_pipeline *pl, const sdunet_gen_params *p, u
 /* AUTOMATIC1111's "parameters" text for a generation (prompt, negative
  * prompt, then "Steps: ..., Sampler: ..., CFG scale: ..., Seed: ..., Size:
  * WxH, Model hash: ..., Model: ..."), into buf. */
-sdunet_status sdunet_pipeline_parameters_text(const sdunet_pipeline *pl,
-                                              const sdunet_gen_params *p, char *buf, size_t len,
-                                              sdunet_error *err);
+sdunet_status sdunet_pipeline_parameters_text(const sdunet_pipeline *pl, const sdunet_gen_params *p,
+                                              char *buf, size_t len, sdunet_error *err);
 
 typedef struct sdunet_pipeline_info {
-    const char *family;         /* "sd1" or "sd2" */
-    const char *scheduler;      /* the default sampler */
+    const char *family;    /* "sd1" or "sd2" */
+    const char *scheduler; /* the default sampler */
     sdunet_prediction_type prediction_type;
     int default_width, default_height;
     int vae_factor;
-    const char *model_name;     /* file or folder name without extension */
-    const char *model_hash;     /* AUTOMATIC1111's short hash, "" for synthetic weights */
+    const char *model_name; /* file or folder name without extension */
+    const char *model_hash; /* AUTOMATIC1111's short hash, "" for synthetic weights */
     int threads;
     const char *isa;
 } sdunet_pipeline_info;

@@ -77,8 +77,10 @@ static void test_help(void)
 {
     result *r = sh("--help");
     CHECK(r->status == 0 && strstr(r->out, "commands:"), "--help: %d", r->status);
-    const char *cmds[] = {"run", "demo", "trace", "synth", "info", "sample"};
-    for (int i = 0; i < 6; i++) {
+    const char *cmds[] = {"run",     "demo",    "demo --unet",   "trace",  "synth",
+                          "info",    "sample",  "encode-text",   "decode", "encode-image",
+                          "txt2img", "img2img", "bench --text x"};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         char a[64];
         snprintf(a, sizeof a, "%s --help", cmds[i]);
         r = sh(a);
@@ -87,6 +89,31 @@ static void test_help(void)
     r = sh("");
     CHECK(r->status == 2, "no command: %d", r->status);
     expect_fail("frobnicate", "unknown command");
+}
+
+/* The commands added with the pipeline: failures are one line on stderr
+ * and a non-zero status, before any work (unwritable outputs included). */
+static void test_pipeline_commands_fail_cleanly(void)
+{
+    char a[2048];
+    const char *m = t_data("micro");
+    snprintf(a, sizeof a, "info %s/missing.safetensors", m);
+    expect_fail(a, "cannot open");
+    snprintf(a, sizeof a, "info %s/config.json", m);
+    expect_fail(a, "config.json");
+    expect_fail("txt2img --synthetic sd15 --prompt x --out /nonexistent-dir/x.png", "cannot write");
+    expect_fail("txt2img --synthetic sd15", "--prompt");
+    expect_fail("txt2img --synthetic sd15 --prompt x --steps 0", "--steps");
+    expect_fail("txt2img --synthetic sd15 --prompt x --seed 12abc", "--seed");
+    expect_fail("img2img --synthetic sd15 --prompt x", "--init");
+    snprintf(a, sizeof a, "txt2img --model %s/weights.safetensors --prompt x --out %s/x.png", m,
+             tmp);
+    expect_fail(a, "no text encoder");
+    expect_fail("encode-text --synthetic sd15 --prompt x --out /nonexistent-dir/c.npy",
+                "cannot write");
+    snprintf(a, sizeof a, "encode-text --synthetic sd15 --prompt x --clip-skip 12 --out %s/c.npy",
+             tmp);
+    expect_fail(a, "clip_skip");
 }
 
 static void test_run_micro(void)
@@ -271,6 +298,7 @@ int main(void)
     if (f)
         fclose(f);
     RUN(test_help);
+    RUN(test_pipeline_commands_fail_cleanly);
     RUN(test_run_micro);
     RUN(test_run_bad_input);
     RUN(test_synth_and_info);

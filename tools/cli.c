@@ -148,3 +148,18 @@ int load_model(const char *model, const char *config, const char *variant, const
              (double)info.n_params / 1e6, info.threads, info.isa);
     return 0;
 }
+
+int check_writable(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    int existed = f != NULL;
+    if (f)
+        fclose(f);
+    f = fopen(path, "ab");
+    if (!f)
+        return die("%s: cannot write: %s", path, strerror(errno));
+    fclose(f);
+    if (!existed)
+        remove(path);
+    return 0;
+}

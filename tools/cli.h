@@ -27,6 +27,9 @@ typedef struct opt {
 int parse_opts(int argc, char **argv, opt *opts, int nopts, int *want_help);
 /* The value given for `name`, or NULL. */
 const char *get(opt *opts, int n, const char *name);
+/* 0 when `path` can be written (checked by opening it for appending; a
+ * file that did not exist is removed again), else the error printed, 1. */
+int check_writable(const char *path);
 /* Integer in lo..hi, else an error naming `what`. */
 int parse_int(const char *s, const char *what, int lo, int hi, int *out);
 /* Comma-separated finite numbers, at most cap. */

@@ -124,15 +124,32 @@ static int ends_with(const char *s, const char *suffix)
 
 static int run_generate(int argc, char **argv, int img2img)
 {
-    opt o[] = {{.name = "--model"},         {.name = "--synthetic"},   {.name = "--vae"},
-               {.name = "--variant"},       {.name = "--prompt"},      {.name = "--negative-prompt"},
-               {.name = "--width"},         {.name = "--height"},      {.name = "--steps"},
-               {.name = "--guidance"},      {.name = "--scheduler"},   {.name = "--prediction-type"},
-               {.name = "--eta"},           {.name = "--seed"},        {.name = "--rng"},
-               {.name = "--batch-size"},    {.name = "--batch-count"}, {.name = "--strength"},
-               {.name = "--clip-skip"},     {.name = "--long-prompt"}, {.name = "--prompt-syntax"},
-               {.name = "--out"},           {.name = "--threads"},     {.name = "--init"},
-               {.name = "--low-memory", .is_flag = 1}, {.name = "--quiet", .is_flag = 1},
+    opt o[] = {{.name = "--model"},
+               {.name = "--synthetic"},
+               {.name = "--vae"},
+               {.name = "--variant"},
+               {.name = "--prompt"},
+               {.name = "--negative-prompt"},
+               {.name = "--width"},
+               {.name = "--height"},
+               {.name = "--steps"},
+               {.name = "--guidance"},
+               {.name = "--scheduler"},
+               {.name = "--prediction-type"},
+               {.name = "--eta"},
+               {.name = "--seed"},
+               {.name = "--rng"},
+               {.name = "--batch-size"},
+               {.name = "--batch-count"},
+               {.name = "--strength"},
+               {.name = "--clip-skip"},
+               {.name = "--long-prompt"},
+               {.name = "--prompt-syntax"},
+               {.name = "--out"},
+               {.name = "--threads"},
+               {.name = "--init"},
+               {.name = "--low-memory", .is_flag = 1},
+               {.name = "--quiet", .is_flag = 1},
                {.name = "--verbose", .is_flag = 1}};
     const int no = sizeof o / sizeof o[0];
     int help;
@@ -159,10 +176,12 @@ static int run_generate(int argc, char **argv, int img2img)
     int count = 1, threads = 0;
     const char *s;
     char *end;
-    if ((get(o, no, "--width") && parse_int(get(o, no, "--width"), "--width", 8, 8192, &gp.width)) ||
+    if ((get(o, no, "--width") &&
+         parse_int(get(o, no, "--width"), "--width", 8, 8192, &gp.width)) ||
         (get(o, no, "--height") &&
          parse_int(get(o, no, "--height"), "--height", 8, 8192, &gp.height)) ||
-        (get(o, no, "--steps") && parse_int(get(o, no, "--steps"), "--steps", 1, 1000, &gp.steps)) ||
+        (get(o, no, "--steps") &&
+         parse_int(get(o, no, "--steps"), "--steps", 1, 1000, &gp.steps)) ||
         (get(o, no, "--batch-size") &&
          parse_int(get(o, no, "--batch-size"), "--batch-size", 1, 64, &gp.batch)) ||
         (get(o, no, "--batch-count") &&
@@ -199,8 +218,8 @@ static int run_generate(int argc, char **argv, int img2img)
     if (random_seed) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        gp.seed = ((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ (uint64_t)getpid()) &
-                  0xffffffffu;
+        gp.seed =
+            ((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ (uint64_t)getpid()) & 0xffffffffu;
     }
     if ((s = get(o, no, "--rng"))) {
         if (strcmp(s, "torch") == 0)
@@ -240,10 +259,8 @@ static int run_generate(int argc, char **argv, int img2img)
     for (int k = 0; k < (npy ? count : count * gp.batch); k++) {
         char name[4096];
         out_name(out_p, k + 1, npy ? count > 1 : many, name, sizeof name);
-        FILE *f = fopen(name, "ab");
-        if (!f)
-            return die("%s: cannot write: %s", name, strerror(errno));
-        fclose(f);
+        if (check_writable(name))
+            return 1;
     }
 
     progress_state ps = {.tty = isatty(2), .quiet = get(o, no, "--quiet") ? 1 : 0};
@@ -377,16 +394,15 @@ int cmd_demo_pipeline(int argc, char **argv)
     gp.scheduler = get(o, no, "--scheduler") ? get(o, no, "--scheduler") : "euler_a";
     sdunet_pipeline_options po;
     sdunet_pipeline_options_default(&po);
-    if ((get(o, no, "--steps") && parse_int(get(o, no, "--steps"), "--steps", 1, 1000, &gp.steps)) ||
+    if ((get(o, no, "--steps") &&
+         parse_int(get(o, no, "--steps"), "--steps", 1, 1000, &gp.steps)) ||
         (get(o, no, "--size") && parse_int(get(o, no, "--size"), "--size", 8, 2048, &gp.width)) ||
         (get(o, no, "--threads") &&
          parse_int(get(o, no, "--threads"), "--threads", 1, 1024, &po.threads)))
         return 1;
     gp.height = gp.width;
-    FILE *f = fopen(out_p, "ab");
-    if (!f)
-        return die("%s: cannot write", out_p);
-    fclose(f);
+    if (check_writable(out_p))
+        return 1;
     progress_state ps = {.tty = isatty(2), .quiet = -1};
     gp.progress = on_progress;
     gp.progress_user = &ps;
@@ -403,8 +419,8 @@ int cmd_demo_pipeline(int argc, char **argv)
     }
     sdunet_pipeline_info info;
     sdunet_pipeline_get_info(pl, &info);
-    fprintf(stderr, "  load (synthetic weights): %.2f s, %s kernels, %d threads\n",
-            now_s() - t0, info.isa, info.threads);
+    fprintf(stderr, "  load (synthetic weights): %.2f s, %s kernels, %d threads\n", now_s() - t0,
+            info.isa, info.threads);
     if (!(rgb = malloc((size_t)gp.width * gp.height * 3))) {
         die("out of memory");
         goto done;

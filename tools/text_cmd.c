@@ -109,12 +109,8 @@ int cmd_encode_text(int argc, char **argv)
     to.tokenizer = get(o, no, "--tokenizer");
     if (synthetic && (to.variant || to.config))
         return die("--variant and --config go with --model");
-    if (out_p) { /* fail on an unwritable output before any work */
-        FILE *f = fopen(out_p, "ab");
-        if (!f)
-            return die("%s: cannot write", out_p);
-        fclose(f);
-    }
+    if (out_p && check_writable(out_p)) /* fail before any work */
+        return 1;
 
     sdunet_error err = {0};
     sdunet_text *t = NULL;

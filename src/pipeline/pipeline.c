@@ -31,10 +31,10 @@ struct sdunet_pipeline {
     int low_memory;
 
     sdunet_sched_config sched_cfg;
-    char sched_name[32];  /* the model's sampler */
-    int spacing_given;    /* the config names its timestep_spacing */
+    char sched_name[32]; /* the model's sampler */
+    int spacing_given;   /* the config names its timestep_spacing */
     int sd2;
-    int sample_size;      /* latent side of the default image */
+    int sample_size; /* latent side of the default image */
     int vae_factor, latent_ch, context_dim;
     char model_name[256];
     char model_hash[16];
@@ -157,7 +157,7 @@ static const struct {
 static sdunet_timestep_spacing class_spacing(const char *name)
 {
     return strcmp(name, "ddim") == 0 || strcmp(name, "pndm") == 0 ? SDUNET_SPACING_LEADING
-                                                                   : SDUNET_SPACING_LINSPACE;
+                                                                  : SDUNET_SPACING_LINSPACE;
 }
 
 static sdunet_status parse_sched(sdunet_pipeline *pl, const char *path, sdunet_error *err)
@@ -190,8 +190,8 @@ static sdunet_status parse_sched(sdunet_pipeline *pl, const char *path, sdunet_e
             snprintf(pl->sched_name, sizeof pl->sched_name, "%s", sched_classes[k].name);
     }
     if (!bad && (v = sd_json_get(j, "num_train_timesteps")) != NULL)
-        v->type == SD_JSON_NUMBER &&v->is_int ? (void)(c->num_train_timesteps = (int)v->integer)
-                                              : (void)(bad = "num_train_timesteps");
+        v->type == SD_JSON_NUMBER && v->is_int ? (void)(c->num_train_timesteps = (int)v->integer)
+                                               : (void)(bad = "num_train_timesteps");
     if (!bad && (v = sd_json_get(j, "beta_start")) != NULL)
         v->type == SD_JSON_NUMBER ? (void)(c->beta_start = v->number) : (void)(bad = "beta_start");
     if (!bad && (v = sd_json_get(j, "beta_end")) != NULL)
@@ -207,8 +207,8 @@ static sdunet_status parse_sched(sdunet_pipeline *pl, const char *path, sdunet_e
     if (!bad && (v = sd_json_get(j, "trained_betas")) != NULL && v->type != SD_JSON_NULL)
         bad = "trained_betas (only null)";
     if (!bad && (v = sd_json_get(j, "steps_offset")) != NULL)
-        v->type == SD_JSON_NUMBER &&v->is_int ? (void)(c->steps_offset = (int)v->integer)
-                                              : (void)(bad = "steps_offset");
+        v->type == SD_JSON_NUMBER && v->is_int ? (void)(c->steps_offset = (int)v->integer)
+                                               : (void)(bad = "steps_offset");
     if (!bad && (v = sd_json_get(j, "set_alpha_to_one")) != NULL)
         v->type == SD_JSON_BOOL ? (void)(c->set_alpha_to_one = v->boolean)
                                 : (void)(bad = "set_alpha_to_one");
@@ -257,8 +257,7 @@ static sdunet_status pipeline_new(const sdunet_pipeline_options *opt, sdunet_pip
                                   sdunet_error *err)
 {
     if (opt && (opt->threads < 0 || opt->threads > 1024))
-        return sd_fail(err, SDUNET_E_INVALID_ARG, "threads must be 0..1024 (got %d)",
-                       opt->threads);
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "threads must be 0..1024 (got %d)", opt->threads);
     if (opt && opt->prediction_type != -1 && opt->prediction_type != SDUNET_PRED_EPSILON &&
         opt->prediction_type != SDUNET_PRED_V)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "unknown prediction type %d",
@@ -423,8 +422,7 @@ sdunet_status sdunet_pipeline_load_synthetic(const char *preset, const sdunet_pi
                 goto fail;
             folder_pred = 1;
         }
-        if (join(pl->tokenizer, sizeof pl->tokenizer, preset, "tokenizer") &&
-            is_dir(pl->tokenizer))
+        if (join(pl->tokenizer, sizeof pl->tokenizer, preset, "tokenizer") && is_dir(pl->tokenizer))
             pl->topt.tokenizer = pl->tokenizer;
         pl->sample_size = read_sample_size(unet_cfg);
     } else if (strcmp(preset, "sd15") == 0 || strcmp(preset, "sd21") == 0) {
@@ -571,8 +569,8 @@ sdunet_status sdunet_generate(sdunet_pipeline *pl, const sdunet_gen_params *p, u
     const int B = p->batch, C = pl->latent_ch, h = H / pl->vae_factor, w = W / pl->vae_factor;
     const int D = pl->context_dim, cfg = p->guidance > 1.0;
     const size_t nlat = (size_t)B * C * h * w;
-    float *ctx = NULL, *x = NULL, *xin = NULL, *out = NULL, *eps = NULL, *noise = NULL,
-          *img = NULL, *init = NULL;
+    float *ctx = NULL, *x = NULL, *xin = NULL, *out = NULL, *eps = NULL, *noise = NULL, *img = NULL,
+          *init = NULL;
     sdunet_scheduler *sched = NULL;
     noise_src ns = {.kind = p->rng};
     if (p->rng == SDUNET_RNG_TORCH)
@@ -624,7 +622,8 @@ sdunet_status sdunet_generate(sdunet_pipeline *pl, const sdunet_gen_params *p, u
     sdunet_sched_config sc = pl->sched_cfg;
     const char *sname = p->scheduler ? p->scheduler : pl->sched_name;
     if (p->scheduler && !pl->spacing_given)
-        sc.timestep_spacing = class_spacing(strncmp(sname, "dpmpp_2m", 8) == 0 ? "dpmpp_2m" : sname);
+        sc.timestep_spacing =
+            class_spacing(strncmp(sname, "dpmpp_2m", 8) == 0 ? "dpmpp_2m" : sname);
     sc.eta = p->eta;
     if ((st = sdunet_sched_create(sname, &sc, &sched, err)) ||
         (st = sdunet_sched_set_timesteps(sched, p->steps, err)))
@@ -757,19 +756,22 @@ static const char *a1111_sampler(const char *name)
 {
     static const struct {
         const char *ours, *theirs;
-    } m[] = {{"ddim", "DDIM"},           {"euler", "Euler"},
-             {"euler_a", "Euler a"},     {"dpmpp_2m", "DPM++ 2M"},
-             {"dpmpp_2m_karras", "DPM++ 2M Karras"}, {"pndm", "PLMS"},
-             {"lms", "LMS"},             {"unipc", "UniPC"}};
+    } m[] = {{"ddim", "DDIM"},
+             {"euler", "Euler"},
+             {"euler_a", "Euler a"},
+             {"dpmpp_2m", "DPM++ 2M"},
+             {"dpmpp_2m_karras", "DPM++ 2M Karras"},
+             {"pndm", "PLMS"},
+             {"lms", "LMS"},
+             {"unipc", "UniPC"}};
     for (size_t i = 0; i < sizeof m / sizeof m[0]; i++)
         if (strcmp(m[i].ours, name) == 0)
             return m[i].theirs;
     return name;
 }
 
-sdunet_status sdunet_pipeline_parameters_text(const sdunet_pipeline *pl,
-                                              const sdunet_gen_params *p, char *buf, size_t len,
-                                              sdunet_error *err)
+sdunet_status sdunet_pipeline_parameters_text(const sdunet_pipeline *pl, const sdunet_gen_params *p,
+                                              char *buf, size_t len, sdunet_error *err)
 {
     if (!pl || !p || !buf || len == 0)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL argument");
