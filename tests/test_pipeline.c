@@ -248,6 +248,30 @@ static void test_sd1_ddim(void)
 {
     run_case("sd1-ddim");
 }
+static void test_sd1_dpmpp2m(void)
+{
+    run_case("sd1-dpmpp2m");
+}
+static void test_sd1_euler_a(void)
+{
+    run_case("sd1-euler-a");
+}
+static void test_sd1_pndm(void)
+{
+    run_case("sd1-pndm");
+}
+static void test_sd1_guidance1(void)
+{
+    run_case("sd1-guidance1");
+}
+static void test_sd1_img2img(void)
+{
+    run_case("sd1-img2img");
+}
+static void test_sd2_v_ddim(void)
+{
+    run_case("sd2-v-ddim");
+}
 
 static int cancel_at_step2(void *user, sdunet_phase ph, int done, int total)
 {
@@ -325,6 +349,12 @@ static void test_bad_input(void)
 int main(void)
 {
     RUN(test_sd1_ddim);
+    RUN(test_sd1_dpmpp2m);
+    RUN(test_sd1_euler_a);
+    RUN(test_sd1_pndm);
+    RUN(test_sd1_guidance1);
+    RUN(test_sd1_img2img);
+    RUN(test_sd2_v_ddim);
     RUN(test_bad_input);
     return t_summary();
 }
