@@ -799,6 +799,42 @@ static void test_bad_input(void)
     sdunet_vae_free(v);
 }
 
+/* A batch of two gives each row's batch-1 result (odd sizes, so the
+ * downsamplers floor). */
+static void test_batch(void)
+{
+    sdunet_vae *v = load(t_data("vae/vae-tiny/weights.safetensors"), NULL);
+    if (!v)
+        return;
+    enum { H = 7, W = 5, N1 = 4 * H * W, O1 = 3 * 2 * H * 2 * W };
+    float lat[2 * N1], img[2 * O1], one[O1];
+    t_fill_random(lat, 2 * N1, 11);
+    sdunet_error err;
+    CHECK(sdunet_vae_decode(v, lat, 2, 4, H, W, img, &err) == SDUNET_OK, "%s", err.message);
+    for (int b = 0; b < 2; b++) {
+        CHECK(sdunet_vae_decode(v, lat + b * N1, 1, 4, H, W, one, &err) == SDUNET_OK, "%s",
+              err.message);
+        double e = t_rel_l2_f32(img + b * O1, one, O1);
+        CHECK(e < 1e-6, "decode row %d: rel %.3e", b, e);
+    }
+    enum { IH = 13, IW = 9, I1 = 3 * IH * IW, L1 = 4 * 6 * 4 };
+    float x[2 * I1], m2[2 * L1], m1[L1];
+    t_fill_random(x, 2 * I1, 12);
+    int lh, lw;
+    sdunet_vae_latent_size(v, IH, IW, &lh, &lw);
+    CHECK(lh == 6 && lw == 4, "latent %dx%d", lh, lw);
+    CHECK(sdunet_vae_encode(v, x, 2, 3, IH, IW, NULL, NULL, m2, NULL, &err) == SDUNET_OK, "%s",
+          err.message);
+    for (int b = 0; b < 2; b++) {
+        CHECK(sdunet_vae_encode(v, x + b * I1, 1, 3, IH, IW, NULL, NULL, m1, NULL, &err) ==
+                  SDUNET_OK,
+              "%s", err.message);
+        double e = t_rel_l2_f32(m2 + b * L1, m1, L1);
+        CHECK(e < 1e-6, "encode row %d: rel %.3e", b, e);
+    }
+    sdunet_vae_free(v);
+}
+
 /* 8-bit input: the preprocessing table bit for bit, and the round trip of
  * decode_u8.npy through the encoder. */
 static void test_u8_input(void)
@@ -997,6 +1033,7 @@ int main(void)
     RUN(test_tiny_files);
     RUN(test_bad_weights);
     RUN(test_bad_input);
+    RUN(test_batch);
     RUN(test_u8_input);
     RUN(test_tiled);
     RUN(test_cli);
