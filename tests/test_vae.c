@@ -511,9 +511,20 @@ static void check_same_as_tiny(const char *what, const outputs *o)
     CHECK(same(o->sample, g_tiny.sample, g_tiny.n_lat), "%s: sample differs", what);
 }
 
+/* A copy of a data file into the temporary folder; 0 on success. */
+static int copy_to(const char *rel, const char *dst)
+{
+    size_t len;
+    char *b = t_read_file(t_data(rel), &len);
+    int rc = b ? t_write_file(dst, b, len) : -1;
+    free(b);
+    CHECK(rc == 0, "copy %s to %s", rel, dst);
+    return rc;
+}
+
 static void test_tiny_ldm_and_inferred(void)
 {
-    /* LDM names under first_stage_model., configuration inferred */
+    /* LDM names under first_stage_model. beside its config.json */
     sdunet_vae *v = load(t_data("vae/vae-tiny/weights-ldm.safetensors"), NULL);
     outputs o;
     if (v && run_case(v, "vae-tiny", &o, NULL)) {
@@ -521,13 +532,40 @@ static void test_tiny_ldm_and_inferred(void)
         outputs_free(&o);
     }
     sdunet_vae_free(v);
-    /* diffusers names, inferred configuration */
-    v = load(t_data("vae/vae-tiny/weights.safetensors"), NULL);
-    if (v && run_case(v, "vae-tiny", &o, NULL)) {
-        check_same_as_tiny("diffusers, inferred config", &o);
-        outputs_free(&o);
+    /* alone in a folder: the configuration inferred from the shapes */
+    mkdir(tmp("infer"), 0700);
+    static const char *const files[2] = {"weights.safetensors", "weights-ldm.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        char rel[96];
+        snprintf(rel, sizeof rel, "vae/vae-tiny/%s", files[i]);
+        if (copy_to(rel, tmp("infer/%s", files[i])))
+            continue;
+        v = load(tmp("infer/%s", files[i]), NULL);
+        if (v && run_case(v, "vae-tiny", &o, NULL)) {
+            check_same_as_tiny(files[i], &o);
+            outputs_free(&o);
+        }
+        sdunet_vae_free(v);
     }
-    sdunet_vae_free(v);
+    /* another model's config.json beside the file is not the VAE's */
+    if (!copy_to("tiny/config.json", tmp("infer/config.json"))) {
+        v = load(tmp("infer/weights.safetensors"), NULL);
+        if (v && run_case(v, "vae-tiny", &o, NULL)) {
+            check_same_as_tiny("beside a UNet config", &o);
+            outputs_free(&o);
+        }
+        sdunet_vae_free(v);
+    }
+    /* an AutoencoderKL config.json beside the file is */
+    const char *cfg = "{\"_class_name\": \"AutoencoderKL\", \"block_out_channels\": [32, 64], "
+                      "\"scaling_factor\": 0.5}";
+    if (!t_write_file(tmp("infer/config.json"), cfg, strlen(cfg))) {
+        v = load(tmp("infer/weights.safetensors"), NULL);
+        sdunet_vae_info info;
+        sdunet_vae_get_info(v, &info);
+        CHECK(v && info.scaling_factor == 0.5f, "scaling factor %g", info.scaling_factor);
+        sdunet_vae_free(v);
+    }
 }
 
 /* Rewrites a weight file: names through rename() (NULL: kept), data as

@@ -203,6 +203,16 @@ sdunet_status sdunet_vae_load(const char *path, const char *config_path, const s
         st = sd_fail(err, SDUNET_E_IO, "%s: path too long", path);
     } else {
         snprintf(f->weights, sizeof f->weights, "%s", path);
+        /* a config.json beside a file counts when it is an AutoencoderKL's
+         * (a VAE folder's file given by path), not another model's */
+        const char *slash = strrchr(path, '/');
+        size_t dir = slash ? (size_t)(slash - path + 1) : 0;
+        if (dir + sizeof "config.json" <= sizeof f->beside) {
+            memcpy(f->beside, path, dir);
+            memcpy(f->beside + dir, "config.json", sizeof "config.json");
+            if (!is_regular(f->beside))
+                f->beside[0] = 0;
+        }
     }
     if (!st)
         st = sd_tensorfile_open(f->weights, &tf, err);
@@ -215,11 +225,17 @@ sdunet_status sdunet_vae_load(const char *path, const char *config_path, const s
     }
     sd_vae_config cfg;
     if (!st) {
-        if (config_path)
+        int have = 0;
+        if (config_path) {
             st = sd_vae_config_load(config_path, &cfg, err);
-        else if (f->beside[0])
+            have = 1;
+        } else if (f->beside[0] && f->is_folder) {
             st = sd_vae_config_load(f->beside, &cfg, err);
-        else {
+            have = 1;
+        } else if (f->beside[0]) {
+            st = sd_vae_config_load_beside(f->beside, &cfg, &have, err);
+        }
+        if (!st && !have) {
             st = sd_vae_config_infer(tf, &names, &cfg, err);
             if (st)
                 sd_err_prefix(err, f->weights);
