@@ -488,8 +488,12 @@ static sdunet_status decode_tiled(sdunet_vae *m, const float *latent, int B, int
     if (!tiles)
         return sd_fail(err, SDUNET_E_NOMEM, "out of memory");
     sdunet_status st = SDUNET_OK;
-    /* decode every tile */
-    for (int i = 0; i < nr && !st; i++)
+    /* Row by row: decode the row's tiles, blend each with its already
+     * blended neighbours above and to the left (diffusers' order), crop and
+     * place; only the row above is kept. */
+    const size_t OH = (size_t)H * f, OW = (size_t)W * f;
+    size_t oy = 0;
+    for (int i = 0; i < nr && !st; i++) {
         for (int j = 0; j < nc && !st; j++) {
             int y0 = i * step, x0 = j * step;
             int h = H - y0 < T ? H - y0 : T, w = W - x0 < T ? W - x0 : T;
@@ -500,11 +504,8 @@ static sdunet_status decode_tiled(sdunet_vae *m, const float *latent, int B, int
             else
                 st = decode_region(m, latent, B, H, W, y0, x0, h, w, t, err);
         }
-    /* blend in diffusers' order (each tile with its already blended
-     * neighbours), crop and place */
-    const size_t OH = (size_t)H * f, OW = (size_t)W * f;
-    size_t oy = 0;
-    for (int i = 0; i < nr && !st; i++) {
+        if (st)
+            break;
         int th = (H - i * step < T ? H - i * step : T) * f;
         size_t ox = 0;
         for (int j = 0; j < nc; j++) {
@@ -541,6 +542,10 @@ static sdunet_status decode_tiled(sdunet_vae *m, const float *latent, int B, int
         if (!st && i == nr - 1 && oy != OH)
             st = sd_fail(err, SDUNET_E_UNSUPPORTED,
                          "tiled decoding: tiles do not cover the image exactly");
+        for (int j = 0; i > 0 && j < nc; j++) {
+            sd_free(tiles[(i - 1) * nc + j]);
+            tiles[(i - 1) * nc + j] = NULL;
+        }
     }
     for (int k = 0; k < nr * nc; k++)
         sd_free(tiles[k]);
