@@ -803,6 +803,12 @@ static void test_bad_input(void)
     CHECK(sdunet_vae_decode(v, lat, 1, 3, 4, 4, out, &err) == SDUNET_E_SHAPE, "channels");
     CHECK(sdunet_vae_decode(v, lat, 0, 4, 4, 4, out, &err) == SDUNET_E_SHAPE, "batch");
     CHECK(sdunet_vae_decode(v, lat, 1, 4, 0, 4, out, &err) == SDUNET_E_SHAPE, "height");
+    /* more pixels than an int counts: refused before anything is allocated */
+    CHECK(sdunet_vae_decode(v, lat, 1024, 4, 8192, 8192, out, &err) == SDUNET_E_SHAPE, "%s",
+          err.message);
+    CHECK(sdunet_vae_encode(v, img, 1024, 3, 16384, 16384, NULL, m, NULL, NULL, &err) ==
+              SDUNET_E_SHAPE,
+          "%s", err.message);
     CHECK(sdunet_vae_decode(v, NULL, 1, 4, 4, 4, out, &err) == SDUNET_E_INVALID_ARG, "NULL");
     CHECK(sdunet_vae_decode(v, lat, 1, 4, 2, 2, lat, &err) == SDUNET_E_INVALID_ARG, "overlap");
     img[7] = NAN;

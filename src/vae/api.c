@@ -8,6 +8,7 @@
 #include "vae/vae.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -580,6 +581,10 @@ sdunet_status sdunet_vae_decode(sdunet_vae *m, const float *latent, int batch, i
     if (channels != c->latent_channels)
         return sd_fail(err, SDUNET_E_SHAPE, "latent has %d channels; the VAE takes %d", channels,
                        c->latent_channels);
+    if ((size_t)batch * height * f * width * f > INT_MAX)
+        return sd_fail(err, SDUNET_E_SHAPE,
+                       "batch %d of %dx%d images is more pixels than supported", batch, height * f,
+                       width * f);
     size_t hw = (size_t)height * width, n_in = (size_t)batch * channels * hw;
     size_t n_out = (size_t)batch * c->out_channels * hw * f * f;
     if (overlaps(image, n_out * 4, latent, n_in * 4))
@@ -618,6 +623,10 @@ sdunet_status sdunet_vae_encode(sdunet_vae *m, const float *image, int batch, in
     if (height < f || width < f)
         return sd_fail(err, SDUNET_E_SHAPE, "image %dx%d smaller than the VAE's factor %d", height,
                        width, f);
+    if ((size_t)batch * height * width > INT_MAX)
+        return sd_fail(err, SDUNET_E_SHAPE,
+                       "batch %d of %dx%d images is more pixels than supported", batch, height,
+                       width);
     int lh, lw;
     sdunet_vae_latent_size(m, height, width, &lh, &lw);
     size_t hw = (size_t)height * width, n_in = (size_t)batch * channels * hw;
