@@ -28,9 +28,10 @@ typedef struct sdunet_vae sdunet_vae;
  *     with config.json and diffusion_pytorch_model[.VARIANT].safetensors
  *     (opt->variant picks the VARIANT file).
  * `config_path`: a diffusers AutoencoderKL config.json or a preset ("sd15",
- * "sd21": the same VAE); NULL takes the config.json beside the weights and
- * otherwise infers the configuration from the tensor shapes (norm groups 32
- * and scaling factor 0.18215 assumed). A file without a VAE is
+ * "sd21": the same VAE); NULL takes a folder's config.json, or for a file
+ * the config.json beside it when that is an AutoencoderKL's (another
+ * model's is ignored), and otherwise infers the configuration from the
+ * tensor shapes (norm groups 32 and scaling factor 0.18215 assumed). A file without a VAE is
  * SDUNET_E_WEIGHTS naming what was looked for. */
 sdunet_status sdunet_vae_load(const char *path, const char *config_path, const sdunet_options *opt,
                               sdunet_vae **out, sdunet_error *err);

@@ -511,9 +511,20 @@ static void check_same_as_tiny(const char *what, const outputs *o)
     CHECK(same(o->sample, g_tiny.sample, g_tiny.n_lat), "%s: sample differs", what);
 }
 
+/* A copy of a data file into the temporary folder; 0 on success. */
+static int copy_to(const char *rel, const char *dst)
+{
+    size_t len;
+    char *b = t_read_file(t_data(rel), &len);
+    int rc = b ? t_write_file(dst, b, len) : -1;
+    free(b);
+    CHECK(rc == 0, "copy %s to %s", rel, dst);
+    return rc;
+}
+
 static void test_tiny_ldm_and_inferred(void)
 {
-    /* LDM names under first_stage_model., configuration inferred */
+    /* LDM names under first_stage_model. beside its config.json */
     sdunet_vae *v = load(t_data("vae/vae-tiny/weights-ldm.safetensors"), NULL);
     outputs o;
     if (v && run_case(v, "vae-tiny", &o, NULL)) {
@@ -521,13 +532,40 @@ static void test_tiny_ldm_and_inferred(void)
         outputs_free(&o);
     }
     sdunet_vae_free(v);
-    /* diffusers names, inferred configuration */
-    v = load(t_data("vae/vae-tiny/weights.safetensors"), NULL);
-    if (v && run_case(v, "vae-tiny", &o, NULL)) {
-        check_same_as_tiny("diffusers, inferred config", &o);
-        outputs_free(&o);
+    /* alone in a folder: the configuration inferred from the shapes */
+    mkdir(tmp("infer"), 0700);
+    static const char *const files[2] = {"weights.safetensors", "weights-ldm.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        char rel[96];
+        snprintf(rel, sizeof rel, "vae/vae-tiny/%s", files[i]);
+        if (copy_to(rel, tmp("infer/%s", files[i])))
+            continue;
+        v = load(tmp("infer/%s", files[i]), NULL);
+        if (v && run_case(v, "vae-tiny", &o, NULL)) {
+            check_same_as_tiny(files[i], &o);
+            outputs_free(&o);
+        }
+        sdunet_vae_free(v);
     }
-    sdunet_vae_free(v);
+    /* another model's config.json beside the file is not the VAE's */
+    if (!copy_to("tiny/config.json", tmp("infer/config.json"))) {
+        v = load(tmp("infer/weights.safetensors"), NULL);
+        if (v && run_case(v, "vae-tiny", &o, NULL)) {
+            check_same_as_tiny("beside a UNet config", &o);
+            outputs_free(&o);
+        }
+        sdunet_vae_free(v);
+    }
+    /* an AutoencoderKL config.json beside the file is */
+    const char *cfg = "{\"_class_name\": \"AutoencoderKL\", \"block_out_channels\": [32, 64], "
+                      "\"scaling_factor\": 0.5}";
+    if (!t_write_file(tmp("infer/config.json"), cfg, strlen(cfg))) {
+        v = load(tmp("infer/weights.safetensors"), NULL);
+        sdunet_vae_info info;
+        sdunet_vae_get_info(v, &info);
+        CHECK(v && info.scaling_factor == 0.5f, "scaling factor %g", info.scaling_factor);
+        sdunet_vae_free(v);
+    }
 }
 
 /* Rewrites a weight file: names through rename() (NULL: kept), data as
@@ -765,6 +803,12 @@ static void test_bad_input(void)
     CHECK(sdunet_vae_decode(v, lat, 1, 3, 4, 4, out, &err) == SDUNET_E_SHAPE, "channels");
     CHECK(sdunet_vae_decode(v, lat, 0, 4, 4, 4, out, &err) == SDUNET_E_SHAPE, "batch");
     CHECK(sdunet_vae_decode(v, lat, 1, 4, 0, 4, out, &err) == SDUNET_E_SHAPE, "height");
+    /* more pixels than an int counts: refused before anything is allocated */
+    CHECK(sdunet_vae_decode(v, lat, 1024, 4, 8192, 8192, out, &err) == SDUNET_E_SHAPE, "%s",
+          err.message);
+    CHECK(sdunet_vae_encode(v, img, 1024, 3, 16384, 16384, NULL, m, NULL, NULL, &err) ==
+              SDUNET_E_SHAPE,
+          "%s", err.message);
     CHECK(sdunet_vae_decode(v, NULL, 1, 4, 4, 4, out, &err) == SDUNET_E_INVALID_ARG, "NULL");
     CHECK(sdunet_vae_decode(v, lat, 1, 4, 2, 2, lat, &err) == SDUNET_E_INVALID_ARG, "overlap");
     img[7] = NAN;
@@ -796,6 +840,42 @@ static void test_bad_input(void)
     lat[5] = NAN;
     CHECK(v && sdunet_vae_decode(v, lat, 1, 4, 4, 4, out, &err) == SDUNET_OK, "%s", err.message);
     CHECK(isnan(out[0]), "NaN spreads through the attention");
+    sdunet_vae_free(v);
+}
+
+/* A batch of two gives each row's batch-1 result (odd sizes, so the
+ * downsamplers floor). */
+static void test_batch(void)
+{
+    sdunet_vae *v = load(t_data("vae/vae-tiny/weights.safetensors"), NULL);
+    if (!v)
+        return;
+    enum { H = 7, W = 5, N1 = 4 * H * W, O1 = 3 * 2 * H * 2 * W };
+    float lat[2 * N1], img[2 * O1], one[O1];
+    t_fill_random(lat, 2 * N1, 11);
+    sdunet_error err;
+    CHECK(sdunet_vae_decode(v, lat, 2, 4, H, W, img, &err) == SDUNET_OK, "%s", err.message);
+    for (int b = 0; b < 2; b++) {
+        CHECK(sdunet_vae_decode(v, lat + b * N1, 1, 4, H, W, one, &err) == SDUNET_OK, "%s",
+              err.message);
+        double e = t_rel_l2_f32(img + b * O1, one, O1);
+        CHECK(e < 1e-6, "decode row %d: rel %.3e", b, e);
+    }
+    enum { IH = 13, IW = 9, I1 = 3 * IH * IW, L1 = 4 * 6 * 4 };
+    float x[2 * I1], m2[2 * L1], m1[L1];
+    t_fill_random(x, 2 * I1, 12);
+    int lh, lw;
+    sdunet_vae_latent_size(v, IH, IW, &lh, &lw);
+    CHECK(lh == 6 && lw == 4, "latent %dx%d", lh, lw);
+    CHECK(sdunet_vae_encode(v, x, 2, 3, IH, IW, NULL, NULL, m2, NULL, &err) == SDUNET_OK, "%s",
+          err.message);
+    for (int b = 0; b < 2; b++) {
+        CHECK(sdunet_vae_encode(v, x + b * I1, 1, 3, IH, IW, NULL, NULL, m1, NULL, &err) ==
+                  SDUNET_OK,
+              "%s", err.message);
+        double e = t_rel_l2_f32(m2 + b * L1, m1, L1);
+        CHECK(e < 1e-6, "encode row %d: rel %.3e", b, e);
+    }
     sdunet_vae_free(v);
 }
 
@@ -997,6 +1077,7 @@ int main(void)
     RUN(test_tiny_files);
     RUN(test_bad_weights);
     RUN(test_bad_input);
+    RUN(test_batch);
     RUN(test_u8_input);
     RUN(test_tiled);
     RUN(test_cli);

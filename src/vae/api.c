@@ -8,6 +8,7 @@
 #include "vae/vae.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -203,6 +204,16 @@ sdunet_status sdunet_vae_load(const char *path, const char *config_path, const s
         st = sd_fail(err, SDUNET_E_IO, "%s: path too long", path);
     } else {
         snprintf(f->weights, sizeof f->weights, "%s", path);
+        /* a config.json beside a file counts when it is an AutoencoderKL's
+         * (a VAE folder's file given by path), not another model's */
+        const char *slash = strrchr(path, '/');
+        size_t dir = slash ? (size_t)(slash - path + 1) : 0;
+        if (dir + sizeof "config.json" <= sizeof f->beside) {
+            memcpy(f->beside, path, dir);
+            memcpy(f->beside + dir, "config.json", sizeof "config.json");
+            if (!is_regular(f->beside))
+                f->beside[0] = 0;
+        }
     }
     if (!st)
         st = sd_tensorfile_open(f->weights, &tf, err);
@@ -215,11 +226,17 @@ sdunet_status sdunet_vae_load(const char *path, const char *config_path, const s
     }
     sd_vae_config cfg;
     if (!st) {
-        if (config_path)
+        int have = 0;
+        if (config_path) {
             st = sd_vae_config_load(config_path, &cfg, err);
-        else if (f->beside[0])
+            have = 1;
+        } else if (f->beside[0] && f->is_folder) {
             st = sd_vae_config_load(f->beside, &cfg, err);
-        else {
+            have = 1;
+        } else if (f->beside[0]) {
+            st = sd_vae_config_load_beside(f->beside, &cfg, &have, err);
+        }
+        if (!st && !have) {
             st = sd_vae_config_infer(tf, &names, &cfg, err);
             if (st)
                 sd_err_prefix(err, f->weights);
@@ -472,8 +489,12 @@ static sdunet_status decode_tiled(sdunet_vae *m, const float *latent, int B, int
     if (!tiles)
         return sd_fail(err, SDUNET_E_NOMEM, "out of memory");
     sdunet_status st = SDUNET_OK;
-    /* decode every tile */
-    for (int i = 0; i < nr && !st; i++)
+    /* Row by row: decode the row's tiles, blend each with its already
+     * blended neighbours above and to the left (diffusers' order), crop and
+     * place; only the row above is kept. */
+    const size_t OH = (size_t)H * f, OW = (size_t)W * f;
+    size_t oy = 0;
+    for (int i = 0; i < nr && !st; i++) {
         for (int j = 0; j < nc && !st; j++) {
             int y0 = i * step, x0 = j * step;
             int h = H - y0 < T ? H - y0 : T, w = W - x0 < T ? W - x0 : T;
@@ -484,11 +505,8 @@ static sdunet_status decode_tiled(sdunet_vae *m, const float *latent, int B, int
             else
                 st = decode_region(m, latent, B, H, W, y0, x0, h, w, t, err);
         }
-    /* blend in diffusers' order (each tile with its already blended
-     * neighbours), crop and place */
-    const size_t OH = (size_t)H * f, OW = (size_t)W * f;
-    size_t oy = 0;
-    for (int i = 0; i < nr && !st; i++) {
+        if (st)
+            break;
         int th = (H - i * step < T ? H - i * step : T) * f;
         size_t ox = 0;
         for (int j = 0; j < nc; j++) {
@@ -525,6 +543,10 @@ static sdunet_status decode_tiled(sdunet_vae *m, const float *latent, int B, int
         if (!st && i == nr - 1 && oy != OH)
             st = sd_fail(err, SDUNET_E_UNSUPPORTED,
                          "tiled decoding: tiles do not cover the image exactly");
+        for (int j = 0; i > 0 && j < nc; j++) {
+            sd_free(tiles[(i - 1) * nc + j]);
+            tiles[(i - 1) * nc + j] = NULL;
+        }
     }
     for (int k = 0; k < nr * nc; k++)
         sd_free(tiles[k]);
@@ -559,6 +581,10 @@ sdunet_status sdunet_vae_decode(sdunet_vae *m, const float *latent, int batch, i
     if (channels != c->latent_channels)
         return sd_fail(err, SDUNET_E_SHAPE, "latent has %d channels; the VAE takes %d", channels,
                        c->latent_channels);
+    if ((size_t)batch * height * f * width * f > INT_MAX)
+        return sd_fail(err, SDUNET_E_SHAPE,
+                       "batch %d of %dx%d images is more pixels than supported", batch, height * f,
+                       width * f);
     size_t hw = (size_t)height * width, n_in = (size_t)batch * channels * hw;
     size_t n_out = (size_t)batch * c->out_channels * hw * f * f;
     if (overlaps(image, n_out * 4, latent, n_in * 4))
@@ -597,6 +623,10 @@ sdunet_status sdunet_vae_encode(sdunet_vae *m, const float *image, int batch, in
     if (height < f || width < f)
         return sd_fail(err, SDUNET_E_SHAPE, "image %dx%d smaller than the VAE's factor %d", height,
                        width, f);
+    if ((size_t)batch * height * width > INT_MAX)
+        return sd_fail(err, SDUNET_E_SHAPE,
+                       "batch %d of %dx%d images is more pixels than supported", batch, height,
+                       width);
     int lh, lw;
     sdunet_vae_latent_size(m, height, width, &lh, &lw);
     size_t hw = (size_t)height * width, n_in = (size_t)batch * channels * hw;

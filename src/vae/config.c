@@ -201,6 +201,36 @@ sdunet_status sd_vae_config_parse(const char *json, size_t len, sd_vae_config *c
     return st;
 }
 
+/* The whole of a config file (at most 1 MiB), malloc'd; NULL with err set. */
+static char *read_config(const char *path, size_t *len, sdunet_error *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        sd_fail(err, SDUNET_E_IO, "%s: cannot open config: %s", path, strerror(errno));
+        return NULL;
+    }
+    enum { MAX_CONFIG = 1 << 20 };
+    char *buf = malloc(MAX_CONFIG + 1);
+    if (!buf) {
+        fclose(f);
+        sd_fail(err, SDUNET_E_NOMEM, "out of memory reading config");
+        return NULL;
+    }
+    size_t n = fread(buf, 1, MAX_CONFIG + 1, f);
+    int rerr = ferror(f);
+    fclose(f);
+    if (rerr || n > MAX_CONFIG) {
+        if (rerr)
+            sd_fail(err, SDUNET_E_IO, "%s: read error", path);
+        else
+            sd_fail(err, SDUNET_E_CONFIG, "%s: config larger than 1 MiB", path);
+        free(buf);
+        return NULL;
+    }
+    *len = n;
+    return buf;
+}
+
 sdunet_status sd_vae_config_load(const char *preset_or_path, sd_vae_config *c, sdunet_error *err)
 {
     if (!preset_or_path || !c)
@@ -215,29 +245,38 @@ sdunet_status sd_vae_config_load(const char *preset_or_path, sd_vae_config *c, s
         return sd_fail(err, SDUNET_E_CONFIG, "unknown VAE preset '%.64s' (known: sd15, sd21)",
                        preset_or_path);
     }
-    FILE *f = fopen(preset_or_path, "rb");
-    if (!f)
-        return sd_fail(err, SDUNET_E_IO, "%s: cannot open config: %s", preset_or_path,
-                       strerror(errno));
-    enum { MAX_CONFIG = 1 << 20 };
-    char *buf = malloc(MAX_CONFIG + 1);
-    if (!buf) {
-        fclose(f);
-        return sd_fail(err, SDUNET_E_NOMEM, "out of memory reading config");
+    size_t n;
+    char *buf = read_config(preset_or_path, &n, err);
+    if (!buf)
+        return err ? err->code : SDUNET_E_IO;
+    sdunet_status st = sd_vae_config_parse(buf, n, c, err);
+    if (st)
+        sd_err_prefix(err, preset_or_path);
+    free(buf);
+    return st;
+}
+
+sdunet_status sd_vae_config_load_beside(const char *path, sd_vae_config *c, int *used,
+                                        sdunet_error *err)
+{
+    *used = 0;
+    size_t n;
+    char *buf = read_config(path, &n, err);
+    if (!buf)
+        return err ? err->code : SDUNET_E_IO;
+    sd_json *root = NULL;
+    sdunet_status st = SDUNET_OK;
+    /* unparsable or another model's: not this VAE's configuration */
+    if (sd_json_parse(buf, n, &root, NULL) == SDUNET_OK) {
+        const sd_json *cls = sd_json_get(root, "_class_name");
+        if (cls && cls->type == SD_JSON_STRING && strcmp(cls->string, "AutoencoderKL") == 0) {
+            *used = 1;
+            st = parse_root(root, c, err);
+            if (st)
+                sd_err_prefix(err, path);
+        }
     }
-    size_t n = fread(buf, 1, MAX_CONFIG + 1, f);
-    int rerr = ferror(f);
-    fclose(f);
-    sdunet_status st;
-    if (rerr)
-        st = sd_fail(err, SDUNET_E_IO, "%s: read error", preset_or_path);
-    else if (n > MAX_CONFIG)
-        st = sd_fail(err, SDUNET_E_CONFIG, "%s: config larger than 1 MiB", preset_or_path);
-    else {
-        st = sd_vae_config_parse(buf, n, c, err);
-        if (st)
-            sd_err_prefix(err, preset_or_path);
-    }
+    sd_json_free(root);
     free(buf);
     return st;
 }

@@ -3,12 +3,14 @@
  * dry run of this same code (kernels skipped, sizes only counted), so the
  * real run never allocates:
  *   - two hidden buffers (ping-pong) holding the tensor between layers,
- *     each as large as the largest activation;
- *   - a scratch stack for temporaries inside one layer, reset after it
- *     (a resnet's normalised input and its conv1 output, attention's q/k/v,
- *     an upsampled tensor, the output head's normalised tensor).
- * Peak: about four times the largest activation, at the decoder's last
- * level. */
+ *     each as large as the largest activation; the one not holding the
+ *     current tensor also takes a layer's first temporary (a resnet's
+ *     normalised input, the upsampled tensor, the head's normalised
+ *     tensor) while the layer's output is not yet written;
+ *   - a scratch stack for the other temporaries inside one layer, reset
+ *     after it (a resnet's conv1 output, attention's q/k/v).
+ * Peak: 2.5 times the largest activation for SD at 512x512 (two hidden
+ * buffers of 256 channels and a 128-channel conv1 output at full size). */
 #include "vae/vae.h"
 
 #include <math.h>
@@ -73,14 +75,18 @@ static void norm(run *r, const float *x, int HW, int C, const sd_norm *n, int si
     sd_tock(r->prof, SD_OP_NORM, t0, 0);
 }
 
-/* ResnetBlock2D without a time embedding:
- * out = shortcut(x) + conv2(SiLU(GN(conv1(SiLU(GN(x)))))). out must not
- * overlap x. */
-static void resnet_fwd(run *r, const sd_vae_resnet *res, const tensor *x, float *out)
+/* ResnetBlock2D without a time embedding, from x into hidden buffer
+ * `which` (not x's): out = shortcut(x) + conv2(SiLU(GN(conv1(SiLU(GN(x)))))).
+ * The normalised input GN(x) lives in the output buffer until conv1 has
+ * read it; only conv1's output takes scratch. */
+static tensor resnet_fwd(run *r, const sd_vae_resnet *res, const tensor *x, int which)
 {
     const int HW = x->H * x->W, M = r->B * HW;
+    const int wide = res->cin > res->cout ? res->cin : res->cout;
+    float *out = hidden(r, which, numel(r, x->H, x->W, wide));
+    tensor o = {out, x->H, x->W, res->cout};
     size_t mark = r->scratch.used;
-    float *t0 = scratch_alloc(r, numel(r, x->H, x->W, res->cin));
+    float *t0 = out;
     float *h = scratch_alloc(r, numel(r, x->H, x->W, res->cout));
     if (!r->dry) {
         norm(r, x->p, HW, res->cin, &res->norm1, 1, t0);
@@ -99,6 +105,7 @@ static void resnet_fwd(run *r, const sd_vae_resnet *res, const tensor *x, float 
         conv3(r, h, x->H, x->W, res->cout, &res->conv2, out, &ep2);
     }
     r->scratch.used = mark;
+    return o;
 }
 
 /* The mid block's single-head self-attention over all pixels, in place:
@@ -126,20 +133,18 @@ static void attn_fwd(run *r, const sd_vae_attn *a, tensor *x)
  * buffers (*cur says which holds it). */
 static void mid_fwd(run *r, const sd_vae_coder *c, tensor *h, int *cur)
 {
-    tensor a = {hidden(r, *cur ^ 1, numel(r, h->H, h->W, h->C)), h->H, h->W, h->C};
-    resnet_fwd(r, &c->mid_res[0], h, a.p);
+    tensor a = resnet_fwd(r, &c->mid_res[0], h, *cur ^ 1);
     if (r->v->cfg.mid_attention)
         attn_fwd(r, &c->mid_attn, &a);
-    tensor b = {hidden(r, *cur, numel(r, h->H, h->W, h->C)), h->H, h->W, h->C};
-    resnet_fwd(r, &c->mid_res[1], &a, b.p);
-    *h = b;
+    *h = resnet_fwd(r, &c->mid_res[1], &a, *cur);
 }
 
-/* GroupNorm, SiLU, conv_out into out. */
-static void head_fwd(run *r, const sd_vae_coder *c, const tensor *h, float *out, int out_ch)
+/* GroupNorm, SiLU, conv_out into out; the normalised tensor goes to the
+ * hidden buffer `spare` (not h's). */
+static void head_fwd(run *r, const sd_vae_coder *c, const tensor *h, int spare, float *out,
+                     int out_ch)
 {
-    size_t mark = r->scratch.used;
-    tensor n = {scratch_alloc(r, numel(r, h->H, h->W, h->C)), h->H, h->W, h->C};
+    tensor n = {hidden(r, spare, numel(r, h->H, h->W, h->C)), h->H, h->W, h->C};
     if (!r->dry)
         norm(r, h->p, h->H * h->W, h->C, &c->norm_out, 0, n.p);
     trace(r, "conv_norm_out", &n);
@@ -151,7 +156,6 @@ static void head_fwd(run *r, const sd_vae_coder *c, const tensor *h, float *out,
         sd_epilogue ep = {.bias = c->conv_out.b};
         conv3(r, n.p, h->H, h->W, h->C, &c->conv_out, out, &ep);
     }
-    r->scratch.used = mark;
     trace(r, "conv_out", &o);
 }
 
@@ -191,17 +195,14 @@ static void decode_graph(run *r, const float *z, float *y)
     for (int i = 0; i < nl; i++) {
         const sd_vae_level *lv = &d->level[i];
         for (int j = 0; j < lv->n_res; j++) {
-            const sd_vae_resnet *res = &lv->res[j];
-            tensor o = {hidden(r, cur ^ 1, numel(r, h.H, h.W, res->cout)), h.H, h.W, res->cout};
-            resnet_fwd(r, res, &h, o.p);
+            h = resnet_fwd(r, &lv->res[j], &h, cur ^ 1);
             cur ^= 1;
-            h = o;
         }
         if (lv->has_sample) {
+            /* nearest 2x into the other buffer, the conv back into h's */
             const int Ho = 2 * h.H, Wo = 2 * h.W;
-            mark = r->scratch.used;
-            tensor up = {scratch_alloc(r, numel(r, Ho, Wo, h.C)), Ho, Wo, h.C};
-            tensor o = {hidden(r, cur ^ 1, numel(r, Ho, Wo, h.C)), Ho, Wo, h.C};
+            tensor up = {hidden(r, cur ^ 1, numel(r, Ho, Wo, h.C)), Ho, Wo, h.C};
+            tensor o = {hidden(r, cur, numel(r, Ho, Wo, h.C)), Ho, Wo, h.C};
             if (!r->dry) {
                 double t0 = sd_tick(r->prof);
                 sd_upsample_nearest(r->ex, h.p, r->B, h.H, h.W, h.C, Ho, Wo, up.p);
@@ -209,14 +210,12 @@ static void decode_graph(run *r, const float *z, float *y)
                 sd_epilogue ep = {.bias = lv->sample_conv.b};
                 conv3(r, up.p, Ho, Wo, h.C, &lv->sample_conv, o.p, &ep);
             }
-            r->scratch.used = mark;
-            cur ^= 1;
             h = o;
         }
         snprintf(name, sizeof name, "up_blocks.%d", i);
         trace(r, name, &h);
     }
-    head_fwd(r, d, &h, y, c->out_channels);
+    head_fwd(r, d, &h, cur ^ 1, y, c->out_channels);
 }
 
 static void encode_graph(run *r, const float *x, float *moments)
@@ -236,11 +235,8 @@ static void encode_graph(run *r, const float *x, float *moments)
     for (int i = 0; i < nl; i++) {
         const sd_vae_level *lv = &e->level[i];
         for (int j = 0; j < lv->n_res; j++) {
-            const sd_vae_resnet *res = &lv->res[j];
-            tensor o = {hidden(r, cur ^ 1, numel(r, h.H, h.W, res->cout)), h.H, h.W, res->cout};
-            resnet_fwd(r, res, &h, o.p);
+            h = resnet_fwd(r, &lv->res[j], &h, cur ^ 1);
             cur ^= 1;
-            h = o;
         }
         if (lv->has_sample) {
             /* F.pad(x, (0, 1, 0, 1)), then 3x3 stride 2 with no padding */
@@ -262,12 +258,12 @@ static void encode_graph(run *r, const float *x, float *moments)
     mid_fwd(r, e, &h, &cur);
     trace(r, "mid_block", &h);
     if (!c->use_quant_conv) {
-        head_fwd(r, e, &h, moments, lc2);
+        head_fwd(r, e, &h, cur ^ 1, moments, lc2);
         return;
     }
     size_t mark = r->scratch.used;
     tensor o = {scratch_alloc(r, numel(r, h.H, h.W, lc2)), h.H, h.W, lc2};
-    head_fwd(r, e, &h, o.p, lc2);
+    head_fwd(r, e, &h, cur ^ 1, o.p, lc2);
     tensor q = {moments, h.H, h.W, lc2};
     conv1x1(r, &v->quant_conv, &o, q.p);
     r->scratch.used = mark;

@@ -32,6 +32,11 @@ void sd_vae_config_sd(sd_vae_config *c);
 /* A preset name ("sd15", "sd14", "sd21", "sd2", "sd") or a diffusers
  * AutoencoderKL config.json path. */
 sdunet_status sd_vae_config_load(const char *preset_or_path, sd_vae_config *c, sdunet_error *err);
+/* A config.json found beside a weight file: used (*used = 1) only when it
+ * is an AutoencoderKL's (_class_name); another model's config or an
+ * unparsable file leaves *used = 0 and returns SDUNET_OK. */
+sdunet_status sd_vae_config_load_beside(const char *path, sd_vae_config *c, int *used,
+                                        sdunet_error *err);
 sdunet_status sd_vae_config_parse(const char *json, size_t len, sd_vae_config *c,
                                   sdunet_error *err);
 /* Checks the ranges and channel/group divisibility the graph relies on. */
