@@ -4,6 +4,7 @@
 #include "check.h"
 
 #include "io/npy.h"
+#include "io/png.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -114,6 +115,39 @@ static void test_pipeline_commands_fail_cleanly(void)
     snprintf(a, sizeof a, "encode-text --synthetic sd15 --prompt x --clip-skip 12 --out %s/c.npy",
              tmp);
     expect_fail(a, "clip_skip");
+}
+
+/* decode to PNG: the golden 8-bit image (vae-tiny: every value equal); and
+ * encode-image reads the PNG back. */
+static void test_decode_png(void)
+{
+    char a[2048], png[600];
+    const char *v = t_data("vae/vae-tiny");
+    snprintf(png, sizeof png, "%s/decoded.png", tmp);
+    snprintf(a, sizeof a, "decode --vae %s/weights.safetensors --latent %s/latent.npy --out %s", v,
+             v, png);
+    result *r = sh(a);
+    CHECK(r->status == 0, "decode: %d %s", r->status, r->err);
+    sd_image img;
+    sdunet_error e;
+    CHECK(sd_png_read(png, &img, &e) == SDUNET_OK, "%s", e.message);
+    char p[600];
+    snprintf(p, sizeof p, "%s/decode_u8.npy", v);
+    size_t n;
+    unsigned char *u = t_read_file(p, &n);
+    size_t hl = u && n > 10 ? (size_t)(u[8] | u[9] << 8) + 10 : 0;
+    if (img.data && u && hl) {
+        /* decode_u8.npy is (B, H, W, 3) uint8 */
+        CHECK(n - hl == (size_t)img.width * img.height * 3 && memcmp(u + hl, img.data, n - hl) == 0,
+              "decoded PNG differs from decode_u8.npy");
+    }
+    free(u);
+    sd_image_free(&img);
+    snprintf(a, sizeof a, "encode-image --vae %s/weights.safetensors --image %s --out %s/lat.npy",
+             v, png, tmp);
+    r = sh(a);
+    CHECK(r->status == 0 && strstr(r->out, "(1,4,16,12)"), "encode-image from PNG: %d %s %s",
+          r->status, r->out, r->err);
 }
 
 static void test_run_micro(void)
@@ -299,6 +333,7 @@ int main(void)
         fclose(f);
     RUN(test_help);
     RUN(test_pipeline_commands_fail_cleanly);
+    RUN(test_decode_png);
     RUN(test_run_micro);
     RUN(test_run_bad_input);
     RUN(test_synth_and_info);

@@ -5,6 +5,7 @@
 #include "sdunet_vae.h"
 
 #include "io/npy.h"
+#include "io/png.h"
 #include "io/tensorfile.h"
 
 #include <limits.h>
@@ -67,7 +68,7 @@ static int read_4d(const char *path, const char *what, float **x, int64_t sh[SD_
 
 static const char decode_help[] =
     "usage: sdunet decode (--model PATH [--vae PATH] | --vae PATH | --synthetic PRESET)\n"
-    "                     --latent L.npy --out OUT.npy [--config FILE|PRESET]\n"
+    "                     --latent L.npy --out OUT.png|OUT.npy [--config FILE|PRESET]\n"
     "                     [--variant NAME] [--tiled] [--threads N] [--allow-nonfinite]\n"
     "\n"
     "Decodes latents with the VAE (diffusers AutoencoderKL): image = decoder(latent /\n"
@@ -81,7 +82,9 @@ static const char decode_help[] =
     "  --variant NAME      diffusers folder: diffusion_pytorch_model.NAME.safetensors\n"
     "  --synthetic PRESET  deterministic synthetic weights (sd15, sd21, or a config.json)\n"
     "  --latent L.npy      latents as the sampler returns them, (B, 4, h, w)\n"
-    "  --out OUT.npy       image, (B, 3, 8h, 8w) float32, nominally in [-1, 1], not clamped\n"
+    "  --out OUT           OUT.npy: the image (B, 3, 8h, 8w) float32, nominally in [-1, 1],\n"
+    "                      not clamped; OUT.png: 8-bit RGB as the pipelines' PIL output\n"
+    "                      (several images: OUT-1.png, OUT-2.png, ...)\n"
     "  --tiled             diffusers' tiled decoding (tiles of 64 latent pixels for SD)\n"
     "  --threads N         worker threads (default: $SDUNET_THREADS or all online CPUs)\n"
     "  --allow-nonfinite   accept NaN/Inf latents (default: rejected with an error)\n";
@@ -116,8 +119,9 @@ int cmd_decode(int argc, char **argv)
                    "or config itself");
     if (!lat_p || !out_p)
         return die("decode needs --latent and --out (see --help)");
-    if (!is_npy(out_p))
-        return die("%s: only .npy output is supported", out_p);
+    const int png = !is_npy(out_p);
+    if (png && check_writable(out_p))
+        return 1;
     int threads = 0;
     if (get(o, no, "--threads") &&
         parse_int(get(o, no, "--threads"), "--threads", 1, 1024, &threads))
@@ -152,7 +156,30 @@ int cmd_decode(int argc, char **argv)
         goto done;
     }
     double dt = now_s() - t0;
-    if (sd_npy_write_f32(out_p, img, 4, os, &err)) {
+    if (png) { /* 8-bit RGB as the pipelines' PIL output; several images: OUT-1.png, ... */
+        size_t per = (size_t)os[2] * (size_t)os[3] * 3;
+        uint8_t *rgb = info.out_channels == 3 ? malloc(per * (size_t)os[0]) : NULL;
+        if (!rgb || sdunet_vae_image_to_rgb8(img, (int)os[0], (int)os[2], (int)os[3], rgb, &err)) {
+            die("%s", rgb ? err.message : "PNG output needs 3 channels (or out of memory)");
+            free(rgb);
+            goto done;
+        }
+        for (int64_t b = 0; b < os[0]; b++) {
+            char name[4096];
+            const char *dot = strrchr(out_p, '.');
+            if (os[0] == 1 || !dot)
+                snprintf(name, sizeof name, "%s", out_p);
+            else
+                snprintf(name, sizeof name, "%.*s-%lld%s", (int)(dot - out_p), out_p,
+                         (long long)b + 1, dot);
+            if (sd_png_write(name, rgb + (size_t)b * per, (int)os[3], (int)os[2], NULL, 0, &err)) {
+                die("%s", err.message);
+                free(rgb);
+                goto done;
+            }
+        }
+        free(rgb);
+    } else if (sd_npy_write_f32(out_p, img, 4, os, &err)) {
         die("%s", err.message);
         goto done;
     }
@@ -170,7 +197,7 @@ done:
 
 static const char encode_help[] =
     "usage: sdunet encode-image (--model PATH [--vae PATH] | --vae PATH | --synthetic PRESET)\n"
-    "                           --image IMG.npy --out LATENT.npy [--sample --noise N.npy]\n"
+    "                           --image IMG.png|IMG.npy --out LATENT.npy [--sample --noise N.npy]\n"
     "                           [--mean M.npy] [--logvar V.npy] [--config FILE|PRESET]\n"
     "                           [--variant NAME] [--threads N] [--allow-nonfinite]\n"
     "\n"
@@ -178,7 +205,8 @@ static const char encode_help[] =
     "the posterior's mean (its mode), or with --sample scaling_factor * (mean + std *\n"
     "noise) with the given standard-normal noise.\n"
     "  --model, --vae, --config, --variant, --synthetic: as for sdunet decode\n"
-    "  --image IMG.npy     images in [-1, 1], (B, 3, H, W)\n"
+    "  --image IMG         IMG.npy: images in [-1, 1], (B, 3, H, W); IMG.png: an 8-bit\n"
+    "                      picture (RGB, RGBA, grey or palette; alpha dropped), x/255*2-1\n"
     "  --out LATENT.npy    latents, (B, 4, H/8, W/8) float32\n"
     "  --sample            sample the posterior (needs --noise) instead of taking its mean\n"
     "  --noise N.npy       standard-normal noise, the latent's shape\n"
@@ -237,8 +265,23 @@ int cmd_encode_image(int argc, char **argv)
     sdunet_vae *v = NULL;
     sdunet_error err = {0};
     int rc = 1;
-    if (read_4d(img_p, "image", &img, sh))
+    if (!is_npy(img_p)) { /* a PNG: 8 bits in, x / 255 * 2 - 1 */
+        sd_image pi;
+        if (sd_png_read(img_p, &pi, &err)) {
+            die("%s", err.message);
+            goto done;
+        }
+        sh[0] = 1, sh[1] = 3, sh[2] = pi.height, sh[3] = pi.width;
+        img = sd_alloc((size_t)3 * pi.width * pi.height * sizeof(float));
+        if (!img || sdunet_vae_rgb8_to_image(pi.data, 1, pi.height, pi.width, img, &err)) {
+            die("%s", img ? err.message : "out of memory");
+            sd_image_free(&pi);
+            goto done;
+        }
+        sd_image_free(&pi);
+    } else if (read_4d(img_p, "image", &img, sh)) {
         goto done;
+    }
     if (noise_p && read_4d(noise_p, "noise", &noise, nsh))
         goto done;
     if (load_vae(model, vae, config, get(o, no, "--variant"), synthetic, threads,
