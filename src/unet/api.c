@@ -143,18 +143,9 @@ sdunet_status sdunet_set_threads(sdunet_model *m, int threads, sdunet_error *err
 {
     if (!m)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL model");
-    if (threads < 0 || threads > 1024)
-        return sd_fail(err, SDUNET_E_INVALID_ARG, "threads must be 0..1024 (got %d)", threads);
     if (atomic_flag_test_and_set(&m->busy))
         return sd_fail(err, SDUNET_E_BUSY, "model is running a forward on another thread");
-    int n = threads ? threads : sd_default_threads();
-    sd_pool *p;
-    sdunet_status st = sd_pool_create(n, &p, err);
-    if (!st) {
-        sd_pool_destroy(m->pool);
-        m->pool = p;
-        m->threads = n;
-    }
+    sdunet_status st = sd_pool_resize(&m->pool, &m->threads, threads, err);
     atomic_flag_clear(&m->busy);
     return st;
 }
