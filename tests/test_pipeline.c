@@ -129,10 +129,12 @@ static void run_case(const char *name)
     char p[512];
     snprintf(p, sizeof p, "pipeline/%s/manifest.json", name);
     size_t len;
-    char *text = t_read_file(t_data(p), &len);
+    char *raw = t_read_file(t_data(p), &len);
+    char *text = raw ? sd_json_from_python(raw, len, &len) : NULL;
     sd_json *m = NULL;
     sdunet_error err;
     CHECK(text && sd_json_parse(text, len, &m, &err) == SDUNET_OK, "%s: no manifest", name);
+    free(raw);
     free(text);
     if (!m)
         return;

@@ -131,9 +131,14 @@ static sdunet_timestep_spacing class_spacing(const char *name)
 static sdunet_status parse_sched(sdunet_pipeline *pl, const char *path, sdunet_error *err)
 {
     size_t len;
-    char *text = sd_read_small_file(path, (size_t)16 << 20, &len);
-    if (!text)
+    char *raw = sd_read_small_file(path, (size_t)16 << 20, &len);
+    if (!raw)
         return sd_fail(err, SDUNET_E_IO, "%s: cannot read", path);
+    /* diffusers writes its configs with Python's json: -Infinity may occur */
+    char *text = sd_json_from_python(raw, len, &len);
+    free(raw);
+    if (!text)
+        return sd_fail(err, SDUNET_E_NOMEM, "out of memory");
     sd_json *j = NULL;
     sdunet_status st = sd_json_parse(text, len, &j, err);
     free(text);
