@@ -27,6 +27,7 @@ import inspect
 import json
 import os
 import platform
+import re
 import sys
 import time
 
@@ -401,7 +402,13 @@ def draw_role(case, caller, index, n_before):
     if caller.endswith("pipeline_stable_diffusion_img2img.prepare_latents"):
         return "img2img noise for scheduler.add_noise(image latents, noise, first timestep)"
     if caller.endswith(".step"):
-        return f"scheduler step noise (step {index - n_before})"
+        k = index - n_before
+        role = f"scheduler step noise (step {k})"
+        if case["scheduler"] == "EulerDiscreteScheduler":
+            role += ": drawn on every step but unused (s_churn 0, so gamma 0 and no noise is added); it still advances the generator"
+        elif case["scheduler"] == "EulerAncestralDiscreteScheduler" and k == case["steps"] - 1:
+            role += ": last step, sigma_to 0 so sigma_up 0 and the noise is multiplied by 0"
+        return role
     return "other"
 
 
@@ -537,8 +544,28 @@ def make_case(case, out_root):
         want = torch.from_numpy(init_u8.astype(np.float32) / np.float32(255)).permute(2, 0, 1)[None] * 2.0 - 1.0
         assert pre.dtype == torch.float32 and torch.equal(pre, want), "image preprocessing is not x/255*2-1"
     with recorded_randn(draw_float32=True) as (draws64, patched):
+        need = {"diffusers.utils.torch_utils", "diffusers.models.autoencoders.vae", type(pipe64).__module__}
+        if hasattr(sys.modules[type(pipe64.scheduler).__module__], "randn_tensor"):
+            need.add(type(pipe64.scheduler).__module__)  # PNDM never draws
+        assert need <= set(patched), f"randn_tensor not replaced in {need - set(patched)}"
         r64 = run_pipeline(pipe64, case, torch.float64, init_pil)
     pe64, ne64 = encode(pipe64, case)
+    neg_ignores_clip_skip = None
+    if case.get("clip_skip") is not None and ne64 is not None:
+        _, ne_noskip = encode(pipe64, dict(case, clip_skip=None))
+        neg_ignores_clip_skip = bool(torch.equal(ne_noskip, ne64))
+    image_latents = None
+    if init_pil is not None:
+        # prepare_latents redone by hand from the recorded draws: posterior
+        # sample with draw 0, add_noise with draw 1 at the first timestep
+        with torch.no_grad():
+            post = pipe64.vae.encode(pre.to(torch.float64)).latent_dist
+            noise0 = torch.from_numpy(draws64[0]["values"]).to(torch.float64)
+            image_latents = pipe64.vae.config.scaling_factor * (post.mean + post.std * noise0)
+            noise1 = torch.from_numpy(draws64[1]["values"]).to(torch.float64)
+            t_first = torch.tensor([r64["timesteps_run"][0]])
+            again = pipe64.scheduler.add_noise(image_latents, noise1, t_first)
+        assert torch.equal(again, r64["start"]), "img2img start latents not reproduced"
     final64 = r64["steps"][-1]
     img64 = decode_f64(pipe64, final64)
     # the pipeline's own output_type='np' result is this image cast to float32
@@ -548,6 +575,8 @@ def make_case(case, out_root):
     u8 = np.stack([np.asarray(p) for p in pil])
     assert np.array_equal(u8, (img64.astype(np.float32) * np.float32(255)).round().astype(np.uint8))
     sched_cfg = jsonable(dict(pipe64.scheduler.config))
+    # diffusers fills this list from a set: sort it so reruns give the same file
+    sched_cfg["_use_default_values"] = sorted(sched_cfg.get("_use_default_values", []))
     sched_extra = {"order": pipe64.scheduler.order, "init_noise_sigma": float(pipe64.scheduler.init_noise_sigma)}
     tok = pipe64.tokenizer
     f64_s = time.time() - t0
@@ -581,6 +610,8 @@ def make_case(case, out_root):
     np.save(os.path.join(out, "prompt_embeds_f64.npy"), pe64.numpy())
     if ne64 is not None:
         np.save(os.path.join(out, "negative_prompt_embeds_f64.npy"), ne64.numpy())
+    if image_latents is not None:
+        np.save(os.path.join(out, "image_latents_f64.npy"), image_latents.numpy())
     with open(os.path.join(out, "unet_config.json"), "w", encoding="utf-8") as f:
         json.dump(read_json(MODELS[case["models"]]["unet"]), f, indent=2, sort_keys=True)
         f.write("\n")
@@ -692,7 +723,7 @@ def make_case(case, out_root):
             "draws_identical": True,
         },
         "precision_notes": [
-            "float64 run: unet, text encoder and VAE .to(torch.float64); randn_tensor replaced in " + ", ".join(sorted(patched)) + " so that it draws float32 from the generator and casts (a float64 torch.randn would be another stream)",
+            "float64 run: unet, text encoder and VAE .to(torch.float64); randn_tensor replaced in diffusers.utils.torch_utils and in every loaded diffusers module holding its own reference (here called from: " + ", ".join(sorted({d["caller"] for d in draws64})) + ") so that it draws float32 from the generator and casts (a float64 torch.randn would be another stream)",
             "inside the float64 run diffusers still computes some pieces in float32: scheduler tables (betas, alphas_cumprod, sigmas) are float32 tensors, the UNet's sinusoidal timestep embedding is computed in float32 and cast, the Euler / Euler-ancestral step casts the sample to float32 and the result back to the model dtype",
             "text encoder run with torch's default dtype equal to its own (transformers 4.36 builds the causal mask in the default dtype)",
         ],
@@ -704,9 +735,13 @@ def make_case(case, out_root):
             "pillow": PIL.__version__,
             "python": platform.python_version(),
         },
-        "compute_seconds": round(time.time() - t0, 1),
         "generator": "tests/gen/make_pipeline_cases.py",
     }
+    if neg_ignores_clip_skip is not None:
+        manifest["clip_skip_note"] = {
+            "negative_prompt_embeds_equal_to_clip_skip_none": neg_ignores_clip_skip,
+            "what": "diffusers 0.25.1 encode_prompt applies clip_skip to the prompt only: the negative prompt is encoded with the last layer (last_hidden_state) whatever clip_skip is",
+        }
     if case["pipeline"] == "img2img":
         init_timestep = min(int(case["steps"] * case["strength"]), case["steps"])
         manifest["img2img"] = {
@@ -720,9 +755,12 @@ def make_case(case, out_root):
         man_files = manifest["files"]
         man_files["init.png"] = "the init image, RGB8"
         man_files["init.npy"] = "the same, uint8 (H,W,3)"
+        man_files["image_latents_f64.npy"] = "float64 (1,4,h,w): scaling_factor * (posterior mean + posterior std * draw 0), the image latents before add_noise; scheduler.add_noise(this, draw 1, timesteps_run[0]) reproduces latents_start_f64 exactly"
+    text = json.dumps(manifest, indent=1, ensure_ascii=False)
+    # integer lists (token ids, timesteps, shapes) on one line
+    text = re.sub(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]", lambda mo: "[" + ", ".join(x.strip() for x in mo.group(1).split(",")) + "]", text)
     with open(os.path.join(out, "manifest.json"), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1, ensure_ascii=False)
-        f.write("\n")
+        f.write(text + "\n")
     fp = manifest["float32_pytorch"]
     print(
         f"{name}: f32 vs f64 image {fp['rel_l2_image']:.2e} latents {fp['rel_l2_latents_final']:.2e},"
