@@ -344,7 +344,8 @@ sdunet_status sdunet_pipeline_load(const char *path, const sdunet_pipeline_optio
     }
     if (folder && sd_path_join(p, sizeof p, path, "", "unet/config.json"))
         pl->sample_size = read_sample_size(p);
-    if ((st = sdunet_load(path, NULL, &uo, &pl->unet, err)))
+    pl->topt.config = opt ? opt->text_config : NULL;
+    if ((st = sdunet_load(path, opt ? opt->unet_config : NULL, &uo, &pl->unet, err)))
         goto fail;
     if ((st = load_text(pl, err)))
         goto fail;
