@@ -258,7 +258,7 @@ static void test_pack_layout(void)
         for (int j = 0; j < P.nr; j++) {
             int tap = k / Cin, ci = k % Cin;
             float want = j < N ? w[(j * Cin + ci) * taps + tap] : 0.0f;
-            ok &= P.data[k * P.nr + j] == want;
+            ok &= ((const float *)P.data)[k * P.nr + j] == want;
         }
     CHECK(ok, "packed layout");
     sd_packed_free(&P);
