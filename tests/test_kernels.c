@@ -1,7 +1,10 @@
 /* Kernel tests: every optimised kernel against its double-accumulating
  * reference, for each available kernel set and for a 1- and a 3-thread
  * pool, on odd and tiny shapes; plus hand-computed checks of the reference
- * kernels themselves so a shared misunderstanding cannot pass. */
+ * kernels themselves so a shared misunderstanding cannot pass. Every
+ * product with packed weights also runs with float16 and bfloat16 panels of
+ * the same (rounded) values, which must give the float32 panels' result bit
+ * for bit. */
 #include "check.h"
 #include "engine/kernels.h"
 #include "io/tensorfile.h"
