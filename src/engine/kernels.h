@@ -242,7 +242,9 @@ typedef struct sd_epilogue {
 
 /* C[M][N] (row stride ldc) = A[M][K] (row stride lda) * B + epilogue.
  * A must not overlap C. Allocates per call: threads x ~144 KiB of packing
- * scratch (on failure it falls back to a slower single-thread path). */
+ * scratch, plus up to 32 KiB for widening 16-bit panels (on failure it
+ * falls back to a slower single-thread path). B may be stored in any
+ * sd_wtype; the result is the same bit for bit. */
 void sd_gemm(const sd_exec *ex, int M, const float *A, int lda, const sd_packed *B, float *C,
              int ldc, const sd_epilogue *ep);
 /* sd_gemm with A the channel concatenation [A1 | A2] of two row-major
