@@ -201,13 +201,23 @@ static const sd_kernels kernels_portable = {
 };
 
 #if SD_HAVE_X86
+#include <cpuid.h>
+
 extern const sd_kernels sd_kernels_avx2; /* gemm_avx2.c */
+
+/* F16C (CPUID leaf 1, ECX bit 29), which every AVX2 CPU has so far; asked
+ * through cpuid.h because not every compiler's __builtin_cpu_supports
+ * knows "f16c". */
+static int have_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1u);
+}
 
 static int have_avx2(void)
 {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && have_f16c();
 }
 #endif
 
