@@ -99,7 +99,7 @@ static const char run_help[] =
     "usage: sdunet run (--model PATH [--config FILE|PRESET] [--variant NAME]\n"
     "                   | --synthetic PRESET)\n"
     "                  --sample S.npy --timestep T[,T...] --context C.npy --out OUT.npy\n"
-    "                  [--threads N] [--allow-nonfinite]\n"
+    "                  [--threads N] [--weights f32|f16|bf16] [--allow-nonfinite]\n"
     "\n"
     "One UNet forward: predicted noise for a noisy latent.\n"
     "  --model PATH        weights: a safetensors or .ckpt file (diffusers or original LDM\n"
@@ -116,6 +116,9 @@ static const char run_help[] =
     "  --context C.npy     text context, (B, L, D) (D = the model's cross-attention width)\n"
     "  --out OUT.npy       predicted noise, (B, 4, H, W) float32\n"
     "  --threads N         worker threads (default: $SDUNET_THREADS or all online CPUs)\n"
+    "  --weights T         store the weight matrices as f32, f16 or bf16 (default:\n"
+    "                      $SDUNET_WEIGHTS, else each tensor's precision in the file, f32\n"
+    "                      for synthetic weights); computation is float32 either way\n"
     "  --allow-nonfinite   accept NaN/Inf inputs (default: rejected with an error)\n";
 
 static int cmd_run(int argc, char **argv)
@@ -124,7 +127,8 @@ static int cmd_run(int argc, char **argv)
                {.name = "--variant"}, {.name = "--synthetic"},
                {.name = "--sample"},  {.name = "--timestep"},
                {.name = "--context"}, {.name = "--out"},
-               {.name = "--threads"}, {.name = "--allow-nonfinite", .is_flag = 1}};
+               {.name = "--threads"}, {.name = "--allow-nonfinite", .is_flag = 1},
+               {.name = "--weights"}};
     const int no = sizeof o / sizeof o[0];
     int help;
     if (parse_opts(argc, argv, o, no, &help))
@@ -145,9 +149,10 @@ static int cmd_run(int argc, char **argv)
         return die("--variant goes with --model DIR (a diffusers folder)");
     if (!sample_p || !ctx_p || !ts || !out_p)
         return die("run needs --sample, --timestep, --context and --out (see --help)");
-    int threads = 0;
-    if (get(o, no, "--threads") &&
-        parse_int(get(o, no, "--threads"), "--threads", 1, 1024, &threads))
+    int threads = 0, weights;
+    if ((get(o, no, "--threads") &&
+         parse_int(get(o, no, "--threads"), "--threads", 1, 1024, &threads)) ||
+        parse_weights(get(o, no, "--weights"), &weights))
         return 1;
     float tsv[1024];
     int nts;
@@ -196,8 +201,8 @@ static int cmd_run(int argc, char **argv)
             (long long)ss[0]);
         goto done;
     }
-    if (load_model(model, config, get(o, no, "--variant"), synthetic, threads,
-                   get(o, no, "--allow-nonfinite") != NULL, &m))
+    if (load_model_w(model, config, get(o, no, "--variant"), synthetic, threads,
+                     get(o, no, "--allow-nonfinite") != NULL, weights, &m))
         goto done;
     sdunet_model_info info;
     sdunet_get_info(m, &info);
@@ -513,7 +518,9 @@ static const char info_help[] =
     "original LDM), dtypes, what else a single-file checkpoint holds (VAE, text encoder,\n"
     "EMA copies, ...), the configuration inferred from the tensor shapes and the tensors\n"
     "it came from, the configuration the model loads with (--config, else config.json\n"
-    "beside the weights, else the inferred one), and the tensors the model does not use.\n";
+    "beside the weights, else the inferred one), the storage of the weight matrices\n"
+    "(each keeps its file precision: F16 and BF16 as they are, others as f32) and their\n"
+    "packed size, and the tensors the model does not use.\n";
 
 typedef struct used_set {
     const sd_tensorfile *tf;
@@ -761,6 +768,13 @@ static int cmd_info(int argc, char **argv)
             rc = die("%s", err.message);
         } else {
             printf("loads: yes (%.1fM parameters used)\n", (double)u.n_params / 1e6);
+            double f32 = 0;
+            for (int t = 0; t < SD_WT_COUNT; t++)
+                f32 += (double)u.packed_bytes[t] / (double)sd_wtype_size(t) * 4.0;
+            printf("weights: %s, %.1f MB packed (as f32: %.1f MB)\n",
+                   sd_weights_label(u.packed_bytes),
+                   (double)(u.packed_bytes[0] + u.packed_bytes[1] + u.packed_bytes[2]) / 1e6,
+                   f32 / 1e6);
             sd_unet_release(&u);
         }
         /* Unused UNet-named tensors matter (a config that does not fit);
