@@ -13,6 +13,7 @@
 #include "unet/config.h"
 #include "unet/infer.h"
 #include "unet/model_internal.h"
+#include "vae/vae.h"
 #include "engine/synth.h"
 
 #include <errno.h>
@@ -391,10 +392,13 @@ static int cmd_trace(int argc, char **argv)
 
 static const char synth_help[] =
     "usage: sdunet synth --config PRESET|FILE --out FILE.safetensors [--dtype f32|f16|bf16]\n"
+    "                    [--checkpoint]\n"
     "\n"
     "Writes the deterministic synthetic weights of spec/synthetic-weights.md for a model\n"
     "configuration as a safetensors file with diffusers names (keys sorted, header padded\n"
-    "to 8 bytes). f16/bf16 round the float32 values to nearest even.\n";
+    "to 8 bytes). f16/bf16 round the float32 values to nearest even. --checkpoint writes\n"
+    "an SD1.x single-file checkpoint instead: the UNet, the CLIP text encoder and the VAE\n"
+    "of the sd15 preset under their original (LDM) names, as txt2img --model reads them.\n";
 
 typedef struct name_list {
     sd_tensor_info *t;
@@ -442,9 +446,40 @@ static void free_names(name_list *l)
     free(l->t);
 }
 
+/* The file name of a synthetic tensor in an SD1 single-file checkpoint:
+ * model 0 UNet (LDM names), 1 text encoder, 2 VAE (LDM names, attention as
+ * 1x1 convolutions). 0 when it has none. */
+static int checkpoint_name(int model, const sd_unet_config *cfg, int vae_levels, sd_tensor_info *t)
+{
+    char out[512], ldm[400];
+    if (model == 0) {
+        if (sd_diffusers_to_ldm(cfg, t->name, out, sizeof out) != 1)
+            return 0;
+    } else if (model == 1) {
+        snprintf(out, sizeof out, "cond_stage_model.transformer.%s", t->name);
+    } else {
+        if (!sd_vae_diffusers_to_ldm(vae_levels, t->name, ldm, sizeof ldm))
+            return 0;
+        snprintf(out, sizeof out, "first_stage_model.%s", ldm);
+        if (t->ndim == 2 && strstr(ldm, "attn_1.")) {
+            t->ndim = 4;
+            t->shape[2] = t->shape[3] = 1;
+        }
+    }
+    char *n = strdup(out);
+    if (!n)
+        return 0;
+    free(t->name);
+    t->name = n;
+    return 1;
+}
+
 static int cmd_synth(int argc, char **argv)
 {
-    opt o[] = {{.name = "--config"}, {.name = "--out"}, {.name = "--dtype"}};
+    opt o[] = {{.name = "--config"},
+               {.name = "--out"},
+               {.name = "--dtype"},
+               {.name = "--checkpoint", .is_flag = 1}};
     const int no = sizeof o / sizeof o[0];
     int help;
     if (parse_opts(argc, argv, o, no, &help))
@@ -478,6 +513,37 @@ static int cmd_synth(int argc, char **argv)
         return die("%s", err.message);
     }
     sd_unet_release(&u);
+    /* --checkpoint: the text encoder and the VAE too, as an SD1 single file */
+    const int ckpt = get(o, no, "--checkpoint") != NULL;
+    size_t model_end[3] = {l.n, l.n, l.n};
+    int vae_levels = 0;
+    if (ckpt) {
+        if (cfg.cross_attention_dim != 768) {
+            free_names(&l);
+            return die("--checkpoint writes SD1.x single files (cross-attention 768), not %d",
+                       cfg.cross_attention_dim);
+        }
+        const sd_kernels *kern = sd_kernels_select(NULL);
+        sd_clip_config cc;
+        sd_clip m;
+        sd_vae_config vc;
+        sd_vae v;
+        sd_clip_preset("sd15", &cc, &err);
+        if (sd_clip_build(&m, &cc, &src, NULL, kern, &err)) {
+            free_names(&l);
+            return die("%s", err.message);
+        }
+        sd_clip_release(&m);
+        model_end[1] = model_end[2] = l.n;
+        sd_vae_config_sd(&vc);
+        vae_levels = vc.n_levels;
+        if (sd_vae_build(&v, &vc, &src, NULL, kern, &err)) {
+            free_names(&l);
+            return die("%s", err.message);
+        }
+        sd_vae_release(&v);
+        model_end[2] = l.n;
+    }
     if (l.oom) {
         free_names(&l);
         return die("out of memory");
@@ -499,6 +565,11 @@ static int cmd_synth(int argc, char **argv)
                 h[k] = dt == SD_DT_F16 ? sd_f32_to_f16(v[k]) : sd_f32_to_bf16(v[k]);
         }
         t->data = v;
+        int model = i < model_end[0] ? 0 : i < model_end[1] ? 1 : 2;
+        if (ckpt && !checkpoint_name(model, &cfg, vae_levels, t)) {
+            free_names(&l);
+            return die("no single-file name for a tensor (or out of memory)");
+        }
     }
     sdunet_status st = sd_safetensors_write(outp, l.t, l.n, NULL, &err);
     size_t n = l.n;

@@ -11,6 +11,7 @@
 #include "sched/torch_rng.h"
 #include "sdunet_sample.h"
 #include "sdunet_vae.h"
+#include "unet/model_internal.h"
 
 #include <errno.h>
 #include <math.h>
@@ -694,7 +695,8 @@ sdunet_status sdunet_generate(sdunet_pipeline *pl, const sdunet_gen_params *p, u
         }
     }
 
-    /* 5. the picture */
+    /* 5. the picture: the UNet's activations are not needed beside the VAE's */
+    sd_model_trim(pl->unet);
     if (report(p, SDUNET_PHASE_DECODE, 0, 1)) {
         st = sd_fail(err, SDUNET_E_CANCELLED, "cancelled");
         goto done;

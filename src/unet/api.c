@@ -29,6 +29,17 @@ struct sdunet_model {
     sd_workspace ws; /* kernel scratch kept between forwards */
 };
 
+void sd_model_trim(sdunet_model *m)
+{
+    if (!m || atomic_flag_test_and_set(&m->busy))
+        return;
+    sd_plan_free(&m->plan);
+    sd_free(m->io);
+    m->io = NULL;
+    sd_workspace_free(&m->ws);
+    atomic_flag_clear(&m->busy);
+}
+
 void sd_model_set_profile(sdunet_model *m, sd_prof *prof)
 {
     if (m)

@@ -22,6 +22,10 @@ void sd_model_packed_bytes(const sdunet_model *m, size_t *bytes);
  * "mixed"; from packed_bytes as sd_model_packed_bytes gives them. */
 const char *sd_weights_label(const size_t *bytes);
 
+/* Frees the activation plan, staging and kernel scratch (the next forward
+ * plans again), e.g. before the VAE runs; a no-op while a forward runs. */
+void sd_model_trim(sdunet_model *m);
+
 /* Accumulate per-op-kind time into prof during forwards (NULL: stop). */
 void sd_model_set_profile(sdunet_model *m, sd_prof *prof);
 
