@@ -9,7 +9,7 @@
 
 #define BAR 1e-6 /* relative L2, float32 kernel vs double reference */
 
-static const sd_kernels *g_sets[2];
+static const sd_kernels *g_sets[3];
 static int g_nsets;
 static sd_pool *g_pools[2];
 static const int g_pool_threads[2] = {1, 3};
@@ -496,9 +496,9 @@ static void attn_case_mask(int batch, int heads, int dh, int Nq, int Nk, float q
     float scale = 1.0f / sqrtf((float)dh);
     fill(ref, (size_t)batch * Nq * ldo, seed + 3, 1, 0);
     if (causal)
-        CHECK(sd_ref_attention_causal(batch, heads, dh, Nq, q, ldq, k, ldk, v, ldv, ref, ldo,
-                                      scale),
-              "reference attention");
+        CHECK(
+            sd_ref_attention_causal(batch, heads, dh, Nq, q, ldq, k, ldk, v, ldv, ref, ldo, scale),
+            "reference attention");
     else
         CHECK(sd_ref_attention(batch, heads, dh, Nq, Nk, q, ldq, k, ldk, v, ldv, ref, ldo, scale),
               "reference attention");
@@ -901,10 +901,12 @@ static void test_empty(void)
 int main(void)
 {
     g_sets[g_nsets++] = sd_kernels_select("portable");
-    const sd_kernels *avx2 = sd_kernels_select("avx2");
+    const sd_kernels *avx2 = sd_kernels_select("avx2"), *avx512 = sd_kernels_select("avx512");
     if (avx2)
         g_sets[g_nsets++] = avx2;
-    printf("# kernel sets: portable%s\n", avx2 ? ", avx2" : "");
+    if (avx512)
+        g_sets[g_nsets++] = avx512;
+    printf("# kernel sets: portable%s%s\n", avx2 ? ", avx2" : "", avx512 ? ", avx512" : "");
     for (int i = 0; i < 2; i++)
         if (sd_pool_create(g_pool_threads[i], &g_pools[i], NULL) != SDUNET_OK) {
             printf("FAIL - pool_create\n");
