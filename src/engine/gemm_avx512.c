@@ -152,14 +152,140 @@ static void pack_avx512(const float *const *rows, int len, float *dst)
     }
 }
 
+/* ---- element-wise kernels: the AVX2 set's methods on 16 lanes (the same
+ * operations per lane, so the same results) ---- */
+
+/* e^x for x in [-87.33, 88], as exp_core_avx2 (gemm_avx2.c): Cody-Waite
+ * reduction, degree-6 polynomial, 2^n built in the exponent field. */
+static inline __m512 exp_core_avx512(__m512 x)
+{
+    const __m512 magic = _mm512_set1_ps(12583039.0f); /* 1.5 * 2^23 + 127 */
+    __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), magic);
+    __m512 n = _mm512_sub_ps(t, magic);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.3836845755577087e-3f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.374815806746483e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.166822507977486e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666419804096222e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.9999991059303284e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    __m512i e = _mm512_slli_epi32(_mm512_castps_si512(t), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+/* e^x for any x: 0 below -87.33, e^88 above 88 (as exp_avx2). */
+static inline __m512 exp_avx512(__m512 x)
+{
+    const __m512 lo_limit = _mm512_set1_ps(-87.33f);
+    __mmask16 keep = _mm512_cmp_ps_mask(x, lo_limit, _CMP_NLT_UQ);
+    x = _mm512_min_ps(_mm512_max_ps(x, lo_limit), _mm512_set1_ps(88.0f));
+    return _mm512_maskz_mov_ps(keep, exp_core_avx512(x));
+}
+
+static void softmax_cols_avx512(float *s, int rows, float scale, float *m, float *colsum)
+{
+    const __m512 vs = _mm512_set1_ps(scale);
+    __m512 mx = _mm512_loadu_ps(m);
+    /* max(t, m) keeps m when t is NaN, like the portable t > m ? t : m */
+    for (int r = 0; r < rows; r++)
+        mx = _mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(s + r * NR), vs), mx);
+    _mm512_storeu_ps(m, mx);
+    /* Arguments are <= 0; below -80 the term is raised to e^-80 (see
+     * softmax_cols_avx2). */
+    const __m512 lo = _mm512_set1_ps(-80.0f);
+    __m512 sum = _mm512_setzero_ps();
+    for (int r = 0; r < rows; r++, s += NR) {
+        __m512 p = exp_core_avx512(_mm512_max_ps(_mm512_fmsub_ps(_mm512_loadu_ps(s), vs, mx), lo));
+        _mm512_storeu_ps(s, p);
+        sum = _mm512_add_ps(sum, p);
+    }
+    _mm512_storeu_ps(colsum, sum);
+}
+
+static inline __m512 silu_vec(__m512 v)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 e = exp_avx512(_mm512_castsi512_ps(
+        _mm512_xor_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int)0x80000000u))));
+    return _mm512_div_ps(v, _mm512_add_ps(one, e));
+}
+
+static void silu_avx512(const float *x, float *y, size_t n)
+{
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, silu_vec(_mm512_loadu_ps(x + i)));
+    if (i < n) {
+        const __mmask16 k = (__mmask16)((1u << (n - i)) - 1u);
+        _mm512_mask_storeu_ps(y + i, k, silu_vec(_mm512_maskz_loadu_ps(k, x + i)));
+    }
+}
+
+/* t = 1/(1 + z/2) and P(t) of the erfc fit in double (see gemm_avx2.c). */
+static inline __m512d erfc_poly_pd(__m512d z, __m512d *t_out)
+{
+    const __m512d one = _mm512_set1_pd(1.0);
+    __m512d t = _mm512_div_pd(one, _mm512_fmadd_pd(_mm512_set1_pd(0.5), z, one));
+    __m512d p = _mm512_set1_pd(0.17087277);
+    p = _mm512_fmadd_pd(p, t, _mm512_set1_pd(-0.82215223));
+    p = _mm512_fmadd_pd(p, t, _mm512_set1_pd(1.48851587));
+    p = _mm512_fmadd_pd(p, t, _mm512_set1_pd(-1.13520398));
+    p = _mm512_fmadd_pd(p, t, _mm512_set1_pd(0.27886807));
+    p = _mm512_fmadd_pd(p, t, _mm512_set1_pd(-0.18628806));
+    p = _mm512_fmadd_pd(p, t, _mm512_set1_pd(0.09678418));
+    p = _mm512_fmadd_pd(p, t, _mm512_set1_pd(0.37409196));
+    p = _mm512_fmadd_pd(p, t, _mm512_set1_pd(1.00002368));
+    p = _mm512_fmadd_pd(p, t, _mm512_set1_pd(-1.26551223));
+    *t_out = t;
+    return p;
+}
+
+/* g * Phi(g) by the erfc fit, as gelu_avx2 (gemm_avx2.c). */
+static inline __m512 gelu_avx512(__m512 g)
+{
+    const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
+    __m512 ag = _mm512_abs_ps(g);
+    const __m512d rs2 = _mm512_set1_pd(0.70710678118654752);
+    __m512d t_lo, t_hi;
+    __m512d p_lo =
+        erfc_poly_pd(_mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(ag)), rs2), &t_lo);
+    __m512d p_hi =
+        erfc_poly_pd(_mm512_mul_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(ag, 1)), rs2), &t_hi);
+    __m512 p =
+        _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(p_lo)), _mm512_cvtpd_ps(p_hi), 1);
+    __m512 t =
+        _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(t_lo)), _mm512_cvtpd_ps(t_hi), 1);
+    __m512 arg = _mm512_fnmadd_ps(_mm512_mul_ps(half, g), g, p);        /* P - g^2/2 */
+    __m512 hc = _mm512_mul_ps(_mm512_mul_ps(half, t), exp_avx512(arg)); /* erfc(z) / 2 */
+    __mmask16 pos = _mm512_cmp_ps_mask(g, _mm512_setzero_ps(), _CMP_GE_OQ);
+    __m512 phi = _mm512_mask_blend_ps(pos, hc, _mm512_sub_ps(one, hc));
+    return _mm512_mul_ps(g, phi);
+}
+
+static void gelu_mul_avx512(const float *h, const float *g, float *y, int n)
+{
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(
+            y + i, _mm512_mul_ps(_mm512_loadu_ps(h + i), gelu_avx512(_mm512_loadu_ps(g + i))));
+    if (i < n) {
+        const __mmask16 k = (__mmask16)((1u << (n - i)) - 1u);
+        _mm512_mask_storeu_ps(y + i, k,
+                              _mm512_mul_ps(_mm512_maskz_loadu_ps(k, h + i),
+                                            gelu_avx512(_mm512_maskz_loadu_ps(k, g + i))));
+    }
+}
+
 const sd_kernels sd_kernels_avx512 = {
     .name = "avx512",
     .mr = MR,
     .nr = NR,
     .micro = micro_avx512,
     .pack_panel = pack_avx512,
-    .softmax_cols = sd_softmax_cols_avx2,
-    .silu = sd_silu_avx2,
-    .gelu_mul = sd_gelu_mul_avx2,
+    .softmax_cols = softmax_cols_avx512,
+    .silu = silu_avx512,
+    .gelu_mul = gelu_mul_avx512,
     .winograd = sd_conv3x3_winograd_avx2,
 };
