@@ -1,4 +1,4 @@
-/* AVX-512 kernel set: a tall MR x 16 GEMM microkernel, one zmm register per
+/* AVX-512 kernel set: a tall 16 x 16 GEMM microkernel, one zmm register per
  * tile row. Compiled with -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma
  * -mf16c on x86-64 only and reached through sd_kernels_select after a CPUID
  * and XGETBV check (gemm.c).
@@ -8,15 +8,19 @@
  * MR accumulators + the B vector out of 32 zmm registers. On cores with
  * full-width 512-bit FMA units (Zen 5) that is twice the FMA work per
  * instruction of the AVX2 kernel's 6x16 tile. The element-wise kernels
- * (softmax, SiLU, GELU) and the Winograd transforms come from the AVX2 set:
- * they do not depend on mr, and the Winograd code reaches the GEMM through
- * the kernel set it is given. */
+ * (softmax, SiLU, GELU) are the AVX2 set's on 16 lanes; the Winograd
+ * convolution is the AVX2 build (its transforms are 8-channel vectors and
+ * it reaches the GEMM through the kernel set it is given, any mr). */
 #include "engine/kernels.h"
 
 #include <immintrin.h>
 
+/* Tile rows (9..16; -DSD_AVX512_MR=n to measure others). 16 measured best
+ * on Zen 5: 12 and 14 ran the GEMMs about as fast, but the UNet's Winograd
+ * tile counts and token counts are powers of two, which 16-row panels
+ * split with no padding rows (the 3x3 convolutions ran 5-15% faster). */
 #ifndef SD_AVX512_MR
-#define SD_AVX512_MR 14
+#define SD_AVX512_MR 16
 #endif
 #define MR SD_AVX512_MR
 #define NR 16
