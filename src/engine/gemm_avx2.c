@@ -230,7 +230,7 @@ static inline __m256 exp_avx2(__m256 x)
     return _mm256_andnot_ps(tiny, exp_core_avx2(x));
 }
 
-void sd_softmax_cols_avx2(float *s, int rows, float scale, float *m, float *colsum)
+static void softmax_cols_avx2(float *s, int rows, float scale, float *m, float *colsum)
 {
     const __m256 vs = _mm256_set1_ps(scale);
     __m256 m0 = _mm256_loadu_ps(m), m1 = _mm256_loadu_ps(m + 8);
@@ -260,7 +260,7 @@ void sd_softmax_cols_avx2(float *s, int rows, float scale, float *m, float *cols
     _mm256_storeu_ps(colsum + 8, s1);
 }
 
-void sd_silu_avx2(const float *x, float *y, size_t n)
+static void silu_avx2(const float *x, float *y, size_t n)
 {
     /* x / (1 + e^-x). For x < -88 e^-x saturates at e^88 and y ~ -x e^-88
      * (true value: x e^x, below 1e-36 either way); for x > 87 e^-x flushes
@@ -330,7 +330,7 @@ static inline __m256 gelu_avx2(__m256 g)
     return _mm256_mul_ps(g, phi);
 }
 
-void sd_gelu_mul_avx2(const float *h, const float *g, float *y, int n)
+static void gelu_mul_avx2(const float *h, const float *g, float *y, int n)
 {
     int i = 0;
     for (; i + 8 <= n; i += 8)
@@ -348,14 +348,17 @@ void sd_gelu_mul_avx2(const float *h, const float *g, float *y, int n)
     }
 }
 
+int sd_conv3x3_winograd_avx2(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
+                             const sd_packed *Wp, float *out, const sd_epilogue *ep);
+
 const sd_kernels sd_kernels_avx2 = {
     .name = "avx2",
     .mr = MR,
     .nr = NR,
     .micro = micro_6x16,
     .pack_panel = pack6,
-    .softmax_cols = sd_softmax_cols_avx2,
-    .silu = sd_silu_avx2,
-    .gelu_mul = sd_gelu_mul_avx2,
+    .softmax_cols = softmax_cols_avx2,
+    .silu = silu_avx2,
+    .gelu_mul = gelu_mul_avx2,
     .winograd = sd_conv3x3_winograd_avx2,
 };

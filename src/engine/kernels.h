@@ -293,13 +293,10 @@ void sd_pack_rows(const float *const *rows, int mr, int len, float *dst);
 extern const float sd_zero_row[SD_KC_MAX];
 
 #if SD_HAVE_X86
-/* The x86 kernel sets and the AVX2 pieces the AVX-512 set shares (built
- * with -mavx2 -mfma: call only where sd_kernels_select("avx2") works). */
+/* The x86 kernel sets; the AVX-512 set uses the AVX2 build of the Winograd
+ * convolution (its transforms do not depend on the tile height). */
 extern const sd_kernels sd_kernels_avx2;   /* gemm_avx2.c */
 extern const sd_kernels sd_kernels_avx512; /* gemm_avx512.c */
-void sd_softmax_cols_avx2(float *s, int rows, float scale, float *m, float *colsum);
-void sd_silu_avx2(const float *x, float *y, size_t n);
-void sd_gelu_mul_avx2(const float *h, const float *g, float *y, int n);
 int sd_conv3x3_winograd_avx2(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
                              const sd_packed *Wp, float *out, const sd_epilogue *ep);
 #endif
