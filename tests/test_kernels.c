@@ -13,7 +13,7 @@
 
 #define BAR 1e-6 /* relative L2, float32 kernel vs double reference */
 
-static const sd_kernels *g_sets[2];
+static const sd_kernels *g_sets[3];
 static int g_nsets;
 static sd_pool *g_pools[2];
 static const int g_pool_threads[2] = {1, 3};
@@ -327,6 +327,18 @@ static void test_pack_layout(void)
     sd_packed_free(&P);
     CHECK(sd_kernels_select("nonsense") == NULL, "unknown set");
     CHECK(sd_kernels_select(NULL) != NULL, "default set");
+    /* Forced sets are the named ones; the default is the widest available. */
+    static const char *const names[] = {"portable", "avx2", "avx512"};
+    const sd_kernels *widest = NULL;
+    for (int i = 0; i < 3; i++) {
+        const sd_kernels *k = sd_kernels_select(names[i]);
+        if (!k)
+            continue;
+        widest = k;
+        CHECK(strcmp(k->name, names[i]) == 0 && k->nr == 16 && k->mr >= 1 && k->mr <= SD_MR_MAX,
+              "set %s: name %s mr %d nr %d", names[i], k->name, k->mr, k->nr);
+    }
+    CHECK(sd_kernels_select(NULL) == widest, "default set %s", sd_kernels_select(NULL)->name);
 }
 
 /* ---- conv ---- */
@@ -608,9 +620,9 @@ static void attn_case_mask(int batch, int heads, int dh, int Nq, int Nk, float q
     float scale = 1.0f / sqrtf((float)dh);
     fill(ref, (size_t)batch * Nq * ldo, seed + 3, 1, 0);
     if (causal)
-        CHECK(sd_ref_attention_causal(batch, heads, dh, Nq, q, ldq, k, ldk, v, ldv, ref, ldo,
-                                      scale),
-              "reference attention");
+        CHECK(
+            sd_ref_attention_causal(batch, heads, dh, Nq, q, ldq, k, ldk, v, ldv, ref, ldo, scale),
+            "reference attention");
     else
         CHECK(sd_ref_attention(batch, heads, dh, Nq, Nk, q, ldq, k, ldk, v, ldv, ref, ldo, scale),
               "reference attention");
@@ -1282,6 +1294,56 @@ static void test_special_weights(void)
     sd_free(in), sd_free(wc), sd_free(o32), sd_free(o16), sd_free(hc);
 }
 
+/* The AVX-512 set's element-wise kernels run the AVX2 set's operations on
+ * 16 lanes instead of 8: their results must be the same bits, tails and
+ * special values included. */
+static void test_isa_elementwise_agree(void)
+{
+    const sd_kernels *a2 = sd_kernels_select("avx2"), *a5 = sd_kernels_select("avx512");
+    if (!a2 || !a5) {
+        printf("# avx2 or avx512 unavailable: skipped\n");
+        return;
+    }
+    const int n = 1000; /* 62 vectors of 16 and a tail of 8 */
+    float *x = falloc(n), *h = falloc(n), *y2 = falloc(n), *y5 = falloc(n);
+    fill(x, n, 900, 30, 0);
+    fill(h, n, 901, 2, 0);
+    static const float special[] = {0.0f,   -0.0f,    88.5f,     -88.5f, -87.2f, 87.5f, -15.0f,
+                                    1e-30f, INFINITY, -INFINITY, NAN,    -2.5f,  3.0f,  -1.5f};
+    for (size_t i = 0; i < sizeof special / sizeof special[0]; i++)
+        x[i * 7] = special[i];
+    for (int len = n; len >= n - 13; len -= 13) {
+        memset(y2, 0, sizeof(float) * n);
+        memset(y5, 0, sizeof(float) * n);
+        a2->silu(x, y2, (size_t)len);
+        a5->silu(x, y5, (size_t)len);
+        CHECK(memcmp(y2, y5, sizeof(float) * n) == 0, "silu n=%d differs", len);
+        a2->gelu_mul(h, x, y2, len);
+        a5->gelu_mul(h, x, y5, len);
+        CHECK(memcmp(y2, y5, sizeof(float) * n) == 0, "gelu_mul n=%d differs", len);
+    }
+    /* softmax_cols on 37 rows of 16 scores (one column all -inf but one). */
+    enum { R = 37 };
+    float s2[R * 16], s5[R * 16], m2[16], m5[16], c2[16], c5[16];
+    for (int i = 0; i < R * 16; i++)
+        s2[i] = x[i] * 0.5f;
+    s2[3] = NAN;
+    for (int r = 1; r < R; r++)
+        s2[r * 16 + 5] = -INFINITY;
+    memcpy(s5, s2, sizeof s2);
+    for (int j = 0; j < 16; j++)
+        m2[j] = m5[j] = j % 3 ? -INFINITY : 2.0f;
+    a2->softmax_cols(s2, R, 0.125f, m2, c2);
+    a5->softmax_cols(s5, R, 0.125f, m5, c5);
+    CHECK(memcmp(s2, s5, sizeof s2) == 0 && memcmp(m2, m5, sizeof m2) == 0 &&
+              memcmp(c2, c5, sizeof c2) == 0,
+          "softmax_cols differs");
+    sd_free(x);
+    sd_free(h);
+    sd_free(y2);
+    sd_free(y5);
+}
+
 static void test_upsample(void)
 {
     static const int cfg[][4] = {
@@ -1338,10 +1400,12 @@ static void test_empty(void)
 int main(void)
 {
     g_sets[g_nsets++] = sd_kernels_select("portable");
-    const sd_kernels *avx2 = sd_kernels_select("avx2");
+    const sd_kernels *avx2 = sd_kernels_select("avx2"), *avx512 = sd_kernels_select("avx512");
     if (avx2)
         g_sets[g_nsets++] = avx2;
-    printf("# kernel sets: portable%s\n", avx2 ? ", avx2" : "");
+    if (avx512)
+        g_sets[g_nsets++] = avx512;
+    printf("# kernel sets: portable%s%s\n", avx2 ? ", avx2" : "", avx512 ? ", avx512" : "");
     for (int i = 0; i < 2; i++)
         if (sd_pool_create(g_pool_threads[i], &g_pools[i], NULL) != SDUNET_OK) {
             printf("FAIL - pool_create\n");
@@ -1366,6 +1430,7 @@ int main(void)
     RUN(test_widen);
     RUN(test_pack_types);
     RUN(test_special_weights);
+    RUN(test_isa_elementwise_agree);
     RUN(test_upsample);
     RUN(test_empty);
     for (int i = 0; i < 2; i++)

@@ -177,13 +177,13 @@ static void test_keymap(void)
 /* ---- the downsampler's convolution ---- */
 
 /* sd_conv3x3_pad0 against F.pad(x, (0, 1, 0, 1)) and a padding-0 3x3
- * convolution written out, for even and odd sizes, strides 1 and 2, both
- * kernel sets, with a bias and a residual. */
+ * convolution written out, for even and odd sizes, strides 1 and 2, every
+ * kernel set, with a bias and a residual. */
 static void test_conv_pad0(void)
 {
     static const int sizes[][4] = {{6, 4, 5, 7}, {7, 5, 3, 17}, {2, 2, 16, 33}, {9, 12, 20, 16}};
-    const char *sets[2] = {"portable", "avx2"};
-    for (int k = 0; k < 2; k++) {
+    const char *sets[3] = {"portable", "avx2", "avx512"};
+    for (int k = 0; k < 3; k++) {
         const sd_kernels *kern = sd_kernels_select(sets[k]);
         if (!kern)
             continue;

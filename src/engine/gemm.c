@@ -203,8 +203,6 @@ static const sd_kernels kernels_portable = {
 #if SD_HAVE_X86
 #include <cpuid.h>
 
-extern const sd_kernels sd_kernels_avx2; /* gemm_avx2.c */
-
 /* F16C (CPUID leaf 1, ECX bit 29), which every AVX2 CPU has so far; asked
  * through cpuid.h because not every compiler's __builtin_cpu_supports
  * knows "f16c". */
@@ -219,6 +217,27 @@ static int have_avx2(void)
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && have_f16c();
 }
+
+/* AVX-512 F/BW/DQ/VL (plus the AVX2 set it shares code with, FMA and F16C,
+ * which its file is built with), and an OS that saves the opmask and all
+ * 32 zmm registers on a context switch (XCR0 bits 1, 2, 5, 6, 7). */
+static int have_avx512(void)
+{
+    unsigned a, b, c, d;
+    if (!have_avx2() || !__get_cpuid(1, &a, &b, &c, &d))
+        return 0;
+    if (!(c & bit_OSXSAVE) || !(c & bit_FMA) || !(c & bit_F16C))
+        return 0;
+    unsigned xlo, xhi;
+    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    (void)xhi;
+    if ((xlo & 0xE6u) != 0xE6u)
+        return 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
+        return 0;
+    const unsigned need = bit_AVX512F | bit_AVX512DQ | bit_AVX512BW | bit_AVX512VL;
+    return (b & need) == need;
+}
 #endif
 
 const sd_kernels *sd_kernels_select(const char *force)
@@ -229,10 +248,16 @@ const sd_kernels *sd_kernels_select(const char *force)
 #if SD_HAVE_X86
         if (strcmp(force, "avx2") == 0)
             return have_avx2() ? &sd_kernels_avx2 : NULL;
+        if (strcmp(force, "avx512") == 0)
+            return have_avx512() ? &sd_kernels_avx512 : NULL;
 #endif
         return NULL;
     }
 #if SD_HAVE_X86
+    /* AVX-512 wherever it is usable: measured on Zen 5 (full-width 512-bit
+     * FMA units), 1.5-1.6x the AVX2 set on the SD1.5 UNet. */
+    if (have_avx512())
+        return &sd_kernels_avx512;
     if (have_avx2())
         return &sd_kernels_avx2;
 #endif

@@ -42,7 +42,7 @@ struct sd_epilogue;
 
 /* A kernel set chosen at run time from the CPU's features. */
 typedef struct sd_kernels {
-    const char *name; /* "avx2", "portable" */
+    const char *name; /* "avx512", "avx2", "portable" */
     int mr, nr;       /* microkernel tile: mr rows of A by nr columns of B */
     /* C[mr x nr] (row stride ldc) = (accumulate ? C : 0) + Apanel * Bpanel,
      * Apanel: kc steps of mr floats (packed column-major by k),
@@ -78,7 +78,7 @@ typedef struct sd_kernels {
                     const struct sd_packed *Wp, float *out, const struct sd_epilogue *ep);
 } sd_kernels;
 
-/* Best kernel set for this CPU. `force` may name one ("portable", "avx2")
+/* Best kernel set for this CPU. `force` may name one ("portable", "avx2", "avx512")
  * or be NULL; an unknown or unavailable name returns NULL. */
 const sd_kernels *sd_kernels_select(const char *force);
 
@@ -367,6 +367,15 @@ void sd_gemm_run(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_packed
  * k < len. A row may point at sd_zero_row (len <= SD_KC_MAX). */
 void sd_pack_rows(const float *const *rows, int mr, int len, float *dst);
 extern const float sd_zero_row[SD_KC_MAX];
+
+#if SD_HAVE_X86
+/* The x86 kernel sets; the AVX-512 set uses the AVX2 build of the Winograd
+ * convolution (its transforms do not depend on the tile height). */
+extern const sd_kernels sd_kernels_avx2;   /* gemm_avx2.c */
+extern const sd_kernels sd_kernels_avx512; /* gemm_avx512.c */
+int sd_conv3x3_winograd_avx2(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
+                             const sd_packed *Wp, float *out, const sd_epilogue *ep);
+#endif
 
 /* ---- reference (naive, obviously correct) versions for the tests ---- */
 void sd_ref_gemm(int M, int N, int K, const float *A, int lda, const float *Bkn, float *C, int ldc,
