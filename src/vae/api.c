@@ -42,6 +42,10 @@ static sdunet_status vae_new(const sdunet_options *opt, sdunet_vae **out, sdunet
     int threads = opt ? opt->threads : 0;
     if (threads < 0 || threads > 1024)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "threads must be 0..1024 (got %d)", threads);
+    if (opt && ((int)opt->weights < (int)SDUNET_WEIGHTS_AUTO ||
+                (int)opt->weights > (int)SDUNET_WEIGHTS_BF16))
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "weights must be SDUNET_WEIGHTS_* 0..3 (got %d)",
+                       (int)opt->weights);
     sdunet_vae *m = calloc(1, sizeof *m);
     if (!m)
         return sd_fail(err, SDUNET_E_NOMEM, "out of memory");
@@ -72,6 +76,8 @@ static sdunet_status vae_create(const sd_vae_config *cfg, const sd_weight_source
     sd_weight_source s = *src;
     if (!s.pool)
         s.pool = m->pool;
+    if (opt && opt->weights != SDUNET_WEIGHTS_AUTO)
+        s.weights = opt->weights;
     if ((st = sd_vae_build(&m->vae, cfg, &s, names, m->kern, err))) {
         sdunet_vae_free(m);
         return st;
