@@ -14,7 +14,7 @@ BUILD=${BUILD:-/tmp/bench-build}
 THREADS=${THREADS:-1}
 CC=${CC:-cc}
 # OpenBLAS picks its kernels from the CPU unless these force a core type
-# (see /work/.library/env/README.md): benchmark the kernels it would choose.
+# (some machines set them for old OpenBLAS builds): benchmark the kernels it would choose.
 unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS OMP_NUM_THREADS || true
 
 if [ ! -f /usr/include/x86_64-linux-gnu/cblas.h ] && [ ! -f /usr/include/cblas.h ] &&

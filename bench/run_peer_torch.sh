@@ -26,7 +26,7 @@ BUILD=${BUILD:-/tmp/bench-build}
 WEIGHTS=${WEIGHTS:-/tmp/sd15.safetensors}
 KEEP=${KEEP:-0}
 PY=${PY:-/usr/bin/python3}
-# Same BLAS conditions for every process (see /work/.library/env/README.md).
+# Same BLAS conditions for every process (some machines force an OpenBLAS core type).
 unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE OMP_NUM_THREADS MKL_NUM_THREADS OPENBLAS_NUM_THREADS || true
 
 "$PY" -c "import torch, numpy" 2>/dev/null || {
