@@ -13,7 +13,7 @@ LDLIBS   = -lm -lpthread
 
 ARCH := $(shell $(CC) -dumpmachine 2>/dev/null)
 ifneq (,$(findstring x86_64,$(ARCH)))
-  ISA_SRCS = $(wildcard src/*/*_avx2.c)
+  ISA_SRCS = $(wildcard src/*/*_avx2.c) $(wildcard src/*/*_avx512.c)
   ALL_CFLAGS += -DSD_HAVE_X86=1
 else
   ISA_SRCS =
@@ -38,6 +38,10 @@ $(BUILD)/%.o: %.c
 $(BUILD)/%_avx2.o: %_avx2.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -mavx2 -mfma -mf16c -MMD -MP -c $< -o $@
+
+$(BUILD)/%_avx512.o: %_avx512.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mf16c -MMD -MP -c $< -o $@
 
 $(BUILD)/libsdunet.a: $(LIB_OBJS)
 	rm -f $@

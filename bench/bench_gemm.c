@@ -1,7 +1,8 @@
 /* GFLOP/s of the GEMM, the 3x3 convolution and attention at UNet shapes.
  * Usage: bench_gemm [threads...] (default: 1 and all CPUs); SD_KERNELS=portable
  * picks the kernel set, SD_CONV=direct|winograd the 3x3 method, SD_GEGLU=unfused the feed-forward
- * projection as GEMM + sd_geglu instead of sd_gemm_geglu, SD_BENCH_FILTER=text runs only the
+ * projection as GEMM + sd_geglu instead of sd_gemm_geglu, SD_WEIGHTS=f16|bf16 stores the weight
+ * panels in 16 bits (widened in the kernels), SD_BENCH_FILTER=text runs only the
  * cases whose "kind shape" label contains it, SD_BENCH_SECONDS=s sets the time per case. Each case
  * runs until ~0.3 s have passed and reports the best repetition (1 thread: per CPU second, see
  * now()). */
@@ -17,8 +18,17 @@
 /* One thread: this thread's CPU time, so other load on the machine (time
  * slices lost to other processes) does not count. Several: wall time. */
 static int g_cpu_clock;
-static double g_seconds = 0.3; /* per case and thread count; SD_BENCH_SECONDS */
-static int g_geglu_fused = 1;  /* SD_GEGLU=unfused: GEMM into [hidden | gate], then sd_geglu */
+static double g_seconds = 0.3;  /* per case and thread count; SD_BENCH_SECONDS */
+static int g_geglu_fused = 1;   /* SD_GEGLU=unfused: GEMM into [hidden | gate], then sd_geglu */
+static int g_store = SD_WT_F32; /* SD_WEIGHTS=f16|bf16: weight panels stored in 16 bits */
+
+/* sd_pack / sd_pack_geglu (geglu_F > 0) with the panels stored as g_store. */
+static sdunet_status pack_w(const sd_kernels *kern, const float *w, int N, int Cin, int taps,
+                            int geglu_F, sd_packed *P)
+{
+    sd_wsrc src = {.type = SD_WT_F32, .parts = 1, .rows = N, .part = {w}};
+    return sd_pack_src(kern, &src, N, Cin, taps, geglu_F, g_store, P);
+}
 
 static double now(void)
 {
@@ -40,8 +50,7 @@ static double run_case(const sd_exec *ex, const bench_case *bc)
         const int geglu = strcmp(bc->kind, "geglu") == 0, M = bc->a, K = bc->c;
         const int N = geglu ? 2 * bc->b : bc->b;
         float *w = bench_rnd((size_t)N * K, 1);
-        if ((geglu && g_geglu_fused ? sd_pack_geglu(ex->kern, w, N / 2, K, &P)
-                                    : sd_pack(ex->kern, w, N, K, 1, &P)) != SDUNET_OK)
+        if (pack_w(ex->kern, w, N, K, 1, geglu && g_geglu_fused ? N / 2 : 0, &P) != SDUNET_OK)
             exit(1);
         sd_free(w);
         A = bench_rnd((size_t)M * K, 2);
@@ -52,7 +61,7 @@ static double run_case(const sd_exec *ex, const bench_case *bc)
     } else if (strcmp(bc->kind, "conv") == 0) {
         int H = bc->a, W = bc->b, Cin = bc->c, N = bc->d;
         float *w = bench_rnd((size_t)N * Cin * 9, 1);
-        if (sd_pack(ex->kern, w, N, Cin, 9, &P) != SDUNET_OK)
+        if (pack_w(ex->kern, w, N, Cin, 9, 0, &P) != SDUNET_OK)
             exit(1);
         sd_free(w);
         A = bench_rnd((size_t)H * W * Cin, 2);
@@ -115,6 +124,10 @@ int main(int argc, char **argv)
     sd_conv_algo conv_algo = sd_conv_algo_parse(getenv("SD_CONV"));
     if (getenv("SD_GEGLU"))
         g_geglu_fused = strcmp(getenv("SD_GEGLU"), "unfused") != 0;
+    if (getenv("SD_WEIGHTS"))
+        g_store = strcmp(getenv("SD_WEIGHTS"), "f16") == 0    ? SD_WT_F16
+                  : strcmp(getenv("SD_WEIGHTS"), "bf16") == 0 ? SD_WT_BF16
+                                                              : SD_WT_F32;
     if (getenv("SD_BENCH_SECONDS"))
         g_seconds = atof(getenv("SD_BENCH_SECONDS"));
     int threads[8], nt = 0;

@@ -248,6 +248,24 @@ int sd_fuzz_json(const uint8_t *data, size_t size)
             if (cfg.block_out_channels[b] < 1 || cfg.block_out_channels[b] % cfg.norm_num_groups)
                 rc = -1;
     }
+
+    /* Python's literals mapped to null: the copy parses whenever the
+     * original did (it differs only outside strings, by those literals). */
+    size_t plen = 0;
+    char *py = sd_json_from_python(text, size, &plen);
+    if (py) {
+        sd_json *jp = NULL;
+        memset(&err, 0, sizeof err);
+        sdunet_status st2 = sd_json_parse(py, plen, &jp, &err);
+        if (check_error(st2, &err) || (st2 == SDUNET_OK && (!jp || walk_json(jp, 0))))
+            rc = -1;
+        sd_json *j0 = NULL;
+        if (sd_json_parse(text, size, &j0, NULL) == SDUNET_OK && st2 != SDUNET_OK)
+            rc = -1;
+        sd_json_free(j0);
+        sd_json_free(jp);
+        free(py);
+    }
     return rc;
 }
 

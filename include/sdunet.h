@@ -47,6 +47,20 @@ typedef struct sdunet_error {
 /* Returns a static, human-readable name for a status code. */
 const char *sdunet_status_string(sdunet_status code);
 
+/* How a model stores its weight matrices (the linear layers' and
+ * convolutions' weights, nearly all of its memory). Computation is float32
+ * either way: 16-bit weights are widened exactly inside the kernels, so a
+ * float16 file gives the same output with SDUNET_WEIGHTS_AUTO (half the
+ * memory) as with SDUNET_WEIGHTS_F32. Biases and norms stay float32. */
+typedef enum sdunet_weights {
+    SDUNET_WEIGHTS_AUTO = 0, /* keep each tensor's precision from the file: F16 and BF16 as
+                                they are, F32 and F64 as float32; synthetic weights float32 */
+    SDUNET_WEIGHTS_F32 = 1,  /* float32 */
+    SDUNET_WEIGHTS_F16 = 2,  /* IEEE float16: wider values are rounded to nearest even
+                                (lossy: magnitudes past 65504 become Inf, below 6.1e-5 lose bits) */
+    SDUNET_WEIGHTS_BF16 = 3  /* bfloat16: wider values are rounded to nearest even (lossy) */
+} sdunet_weights;
+
 typedef struct sdunet_options {
     int threads;         /* worker threads; 0 = SDUNET_THREADS env var, else online CPUs */
     int allow_nonfinite; /* 0 (default): NaN/Inf inputs are rejected with SDUNET_E_NONFINITE;
@@ -55,6 +69,9 @@ typedef struct sdunet_options {
                             diffusion_pytorch_model.safetensors (or, when that is absent,
                             the .fp16 one); "fp16" loads diffusion_pytorch_model.fp16.safetensors.
                             Read during sdunet_load only. */
+
+    /* Weight storage (default SDUNET_WEIGHTS_AUTO); read while loading. */
+    sdunet_weights weights;
 } sdunet_options;
 
 /* Fills `opt` with the defaults. */

@@ -22,14 +22,17 @@ extern "C" {
 typedef struct sdunet_pipeline sdunet_pipeline;
 
 typedef struct sdunet_pipeline_options {
-    int threads;         /* 0 = SDUNET_THREADS, else online CPUs */
-    const char *variant; /* diffusers folders: "fp16" */
-    const char *vae;     /* NULL: the model's own VAE; else a VAE file or folder */
-    int prediction_type; /* -1 (default): the scheduler config's, or for single files
-                            epsilon (SD1) / v_prediction (SD2, as diffusers assumes for
-                            SD2 checkpoints); else SDUNET_PRED_EPSILON or SDUNET_PRED_V */
-    int low_memory;      /* 1: free the text encoder after each prompt's encoding and load
-                            it again when needed */
+    int threads;             /* 0 = SDUNET_THREADS, else online CPUs */
+    const char *variant;     /* diffusers folders: "fp16" */
+    const char *vae;         /* NULL: the model's own VAE; else a VAE file or folder */
+    int prediction_type;     /* -1 (default): the scheduler config's, or for single files
+                                epsilon (SD1) / v_prediction (SD2, as diffusers assumes for
+                                SD2 checkpoints); else SDUNET_PRED_EPSILON or SDUNET_PRED_V */
+    int low_memory;          /* 1: free the text encoder after each prompt's encoding and load
+                                it again when needed */
+    const char *unet_config; /* NULL: found or inferred; else the UNet's config.json or
+                                preset (files whose UNet cannot be inferred) */
+    const char *text_config; /* NULL: found or inferred; else the text encoder's config.json */
 } sdunet_pipeline_options;
 
 void sdunet_pipeline_options_default(sdunet_pipeline_options *opt);

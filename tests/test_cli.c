@@ -338,6 +338,86 @@ static void test_synth_and_info(void)
     expect_fail("info /nonexistent.safetensors", "nonexistent");
 }
 
+/* Weight storage: a float16 file keeps float16 panels (info and bench say
+ * so) and gives the same output as with --weights f32; --weights f16 on a
+ * float32 file rounds the weights (close to, not equal to, the float32
+ * result); bad values are one-line errors. */
+static void test_weights_option(void)
+{
+    char a[1024], p16[600], p32[600];
+    const char *m = t_data("micro");
+    const char *io = "--sample %s/sample.npy --timestep 1 --context %s/context.npy";
+    char in[700];
+    snprintf(in, sizeof in, io, m, m);
+    snprintf(a, sizeof a, "run --model %s/weights-fp16.safetensors %s --out %s/o16.npy", m, in,
+             tmp);
+    result *r = sh(a);
+    CHECK(r->status == 0, "run fp16: %s", r->err);
+    snprintf(a, sizeof a,
+             "run --model %s/weights-fp16.safetensors %s --out %s/o32.npy --weights f32", m, in,
+             tmp);
+    r = sh(a);
+    CHECK(r->status == 0, "run fp16 --weights f32: %s", r->err);
+    snprintf(p16, sizeof p16, "%s/o16.npy", tmp);
+    snprintf(p32, sizeof p32, "%s/o32.npy", tmp);
+    CHECK(same_file(p16, p32), "f16 panels and --weights f32 outputs differ");
+
+    snprintf(a, sizeof a, "run --model %s/weights.safetensors %s --out %s/of.npy --weights f16", m,
+             in, tmp);
+    r = sh(a);
+    CHECK(r->status == 0, "run --weights f16: %s", r->err);
+    float *y = NULL;
+    double *ref = NULL;
+    int nd;
+    int64_t s[8];
+    sdunet_error e;
+    snprintf(p16, sizeof p16, "%s/of.npy", tmp);
+    snprintf(p32, sizeof p32, "%s/expected_f64.npy", m);
+    if (sd_npy_read_f32(p16, &y, &nd, s, &e) == SDUNET_OK &&
+        sd_npy_read_f64(p32, &ref, &nd, s, &e) == SDUNET_OK) {
+        double rel = t_rel_l2_f32_f64(y, ref, 4 * 16 * 16);
+        CHECK(rel > 1e-5 && rel < 4e-3, "--weights f16 on a float32 file: relative L2 %.3g", rel);
+    } else {
+        CHECK(0, "%s", e.message);
+    }
+    sd_free(y);
+    sd_free(ref);
+
+    snprintf(a, sizeof a, "info %s/weights-fp16.safetensors", m);
+    r = sh(a);
+    CHECK(r->status == 0 && strstr(r->out, "weights: f16, 2.1 MB packed (as f32: 4.2 MB)"),
+          "info fp16: %s", r->out);
+    snprintf(a, sizeof a, "info %s/weights-bf16.safetensors", m);
+    r = sh(a);
+    CHECK(r->status == 0 && strstr(r->out, "weights: bf16, 2.1 MB packed"), "info bf16: %s",
+          r->out);
+    snprintf(a, sizeof a,
+             "bench --synthetic %s/config.json --height 8 --width 8 --context-len 5 --runs 1 "
+             "--warmup 0 --threads 1 --weights bf16",
+             m);
+    r = sh(a);
+    CHECK(r->status == 0 && strstr(r->out, "weights=bf16 packed_mb=2.1 "), "bench: %s", r->out);
+    snprintf(a, sizeof a,
+             "bench --model %s/weights-fp16.safetensors --height 8 --width 8 --context-len 5 "
+             "--runs 1 --warmup 0 --threads 1",
+             m);
+    r = sh(a);
+    CHECK(r->status == 0 && strstr(r->out, "weights=f16 packed_mb=2.1 "), "bench fp16: %s", r->out);
+    snprintf(a, sizeof a, "run --model %s/weights.safetensors %s --out %s/x.npy --weights f8", m,
+             in, tmp);
+    expect_fail(a, "--weights");
+    snprintf(a, sizeof a, "SDUNET_WEIGHTS=half %s bench --synthetic %s/config.json --runs 1", g_bin,
+             m);
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "%s >%s/out.txt 2>%s/err.txt </dev/null", a, tmp, tmp);
+    int st = system(cmd);
+    char errbuf[4096], ep[600];
+    snprintf(ep, sizeof ep, "%s/err.txt", tmp);
+    read_all(ep, errbuf, sizeof errbuf);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 1 && strstr(errbuf, "SDUNET_WEIGHTS"),
+          "SDUNET_WEIGHTS=half: status %d, '%s'", st, errbuf);
+}
+
 static void test_trace(void)
 {
     result *r = sh("trace --config sd15");
@@ -374,6 +454,7 @@ int main(void)
     RUN(test_run_micro);
     RUN(test_run_bad_input);
     RUN(test_synth_and_info);
+    RUN(test_weights_option);
     RUN(test_trace);
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     if (system(cmd) != 0)

@@ -370,8 +370,28 @@ static void test_messages(void)
     CHECK(sd_json_parse("[", 1, &j, NULL) == SDUNET_E_FORMAT, "NULL err");
 }
 
+/* Python's NaN / Infinity / -Infinity (diffusers' configs) read as null;
+ * the same words inside strings are kept. */
+static void test_python_literals(void)
+{
+    const char *in = "{\"a\": -Infinity, \"b\": [NaN, Infinity, 1], \"c\": \"NaN \\\" Infinity\"}";
+    size_t n;
+    char *t = sd_json_from_python(in, strlen(in), &n);
+    CHECK(t &&
+              strcmp(t, "{\"a\": null, \"b\": [null, null, 1], \"c\": \"NaN \\\" Infinity\"}") == 0,
+          "converted: %s", t ? t : "(null)");
+    sd_json *j = NULL;
+    sdunet_error err;
+    CHECK(t && sd_json_parse(t, n, &j, &err) == SDUNET_OK, "parse");
+    CHECK(j && sd_json_get(j, "a")->type == SD_JSON_NULL, "-Infinity is null");
+    sd_json_free(j);
+    free(t);
+    CHECK(sd_json_parse(in, strlen(in), &j, &err) == SDUNET_E_FORMAT, "strict parser refuses");
+}
+
 int main(void)
 {
+    RUN(test_python_literals);
     RUN(test_scalars);
     RUN(test_numbers);
     RUN(test_numbers_random);

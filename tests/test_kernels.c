@@ -1,15 +1,19 @@
 /* Kernel tests: every optimised kernel against its double-accumulating
  * reference, for each available kernel set and for a 1- and a 3-thread
  * pool, on odd and tiny shapes; plus hand-computed checks of the reference
- * kernels themselves so a shared misunderstanding cannot pass. */
+ * kernels themselves so a shared misunderstanding cannot pass. Every
+ * product with packed weights also runs with float16 and bfloat16 panels of
+ * the same (rounded) values, which must give the float32 panels' result bit
+ * for bit. */
 #include "check.h"
 #include "engine/kernels.h"
+#include "io/tensorfile.h"
 
 #include <string.h>
 
 #define BAR 1e-6 /* relative L2, float32 kernel vs double reference */
 
-static const sd_kernels *g_sets[2];
+static const sd_kernels *g_sets[3];
 static int g_nsets;
 static sd_pool *g_pools[2];
 static const int g_pool_threads[2] = {1, 3};
@@ -42,6 +46,37 @@ static double rel_l2_2d(const float *a, int lda, const float *ref, int ldr, int 
             den += (double)ref[(size_t)m * ldr + n] * ref[(size_t)m * ldr + n];
         }
     return den == 0 ? (num == 0 ? 0 : INFINITY) : sqrt(num / den);
+}
+
+/* dst = src rounded to storage type st (nearest even), as float32 values:
+ * the values 16-bit panels of that type hold exactly. */
+static void round_to(float *dst, const float *src, size_t n, int st)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = st == SD_WT_F16    ? sd_f16_to_f32(sd_f32_to_f16(src[i]))
+                 : st == SD_WT_BF16 ? sd_bf16_to_f32(sd_f32_to_bf16(src[i]))
+                                    : src[i];
+}
+
+/* sd_pack (geglu_F 0) / sd_pack_geglu of float32 w with panels stored as st. */
+static int pack_as(const sd_kernels *kern, const float *w, int N, int Cin, int taps, int geglu_F,
+                   int st, sd_packed *P)
+{
+    sd_wsrc src = {.type = SD_WT_F32, .parts = 1, .rows = N, .part = {w}};
+    sdunet_status s = sd_pack_src(kern, &src, N, Cin, taps, geglu_F, st, P);
+    return s == SDUNET_OK && P->type == st;
+}
+
+static void set_all_f(float *x, size_t n, float v)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = v;
+}
+
+/* Whether two float arrays hold the same bits. */
+static int same_bits(const float *a, const float *b, size_t n)
+{
+    return memcmp(a, b, sizeof(float) * n) == 0;
 }
 
 #define FOR_EACH_EXEC(ex)                                                                          \
@@ -202,6 +237,34 @@ static void gemm_case(int M, int N, int K, int ep_kind, unsigned long long seed)
         CHECK(pad_ok, "%s/%d M=%d N=%d K=%d wrote past N", WHERE(ex), M, N, K);
         sd_packed_free(&P);
     }
+    /* 16-bit panels: bit for bit the result of float32 panels holding the
+     * same (rounded) values, epilogue and aliasing included. */
+    float *wr = falloc((size_t)K * N), *C16 = falloc((size_t)M * ldc);
+    for (int st = SD_WT_F16; st <= SD_WT_BF16; st++) {
+        round_to(wr, w, (size_t)K * N, st);
+        FOR_EACH_EXEC(ex)
+        {
+            sd_packed P32, P16;
+            CHECK(pack_as(ex.kern, wr, N, K, 1, 0, SD_WT_F32, &P32) &&
+                      pack_as(ex.kern, wr, N, K, 1, 0, st, &P16),
+                  "pack %s", sd_wtype_name(st));
+            memcpy(C, C0, sizeof(float) * M * ldc);
+            memcpy(C16, C0, sizeof(float) * M * ldc);
+            if (ep_kind == EP_RES_ALIAS)
+                ep.residual = C;
+            sd_gemm(&ex, M, A, lda, &P32, C, ldc, ep_kind == EP_NONE ? NULL : &ep);
+            if (ep_kind == EP_RES_ALIAS)
+                ep.residual = C16;
+            sd_gemm(&ex, M, A, lda, &P16, C16, ldc, ep_kind == EP_NONE ? NULL : &ep);
+            CHECK(same_bits(C, C16, (size_t)M * ldc),
+                  "%s/%d %s panels M=%d N=%d K=%d ep=%d differ from f32 panels", WHERE(ex),
+                  sd_wtype_name(st), M, N, K, ep_kind);
+            sd_packed_free(&P32);
+            sd_packed_free(&P16);
+        }
+    }
+    sd_free(wr);
+    sd_free(C16);
     sd_free(A);
     sd_free(Bkn);
     sd_free(w);
@@ -258,12 +321,24 @@ static void test_pack_layout(void)
         for (int j = 0; j < P.nr; j++) {
             int tap = k / Cin, ci = k % Cin;
             float want = j < N ? w[(j * Cin + ci) * taps + tap] : 0.0f;
-            ok &= P.data[k * P.nr + j] == want;
+            ok &= ((const float *)P.data)[k * P.nr + j] == want;
         }
     CHECK(ok, "packed layout");
     sd_packed_free(&P);
     CHECK(sd_kernels_select("nonsense") == NULL, "unknown set");
     CHECK(sd_kernels_select(NULL) != NULL, "default set");
+    /* Forced sets are the named ones; the default is the widest available. */
+    static const char *const names[] = {"portable", "avx2", "avx512"};
+    const sd_kernels *widest = NULL;
+    for (int i = 0; i < 3; i++) {
+        const sd_kernels *k = sd_kernels_select(names[i]);
+        if (!k)
+            continue;
+        widest = k;
+        CHECK(strcmp(k->name, names[i]) == 0 && k->nr == 16 && k->mr >= 1 && k->mr <= SD_MR_MAX,
+              "set %s: name %s mr %d nr %d", names[i], k->name, k->mr, k->nr);
+    }
+    CHECK(sd_kernels_select(NULL) == widest, "default set %s", sd_kernels_select(NULL)->name);
 }
 
 /* ---- conv ---- */
@@ -303,6 +378,38 @@ static void conv_case(int batch, int H, int W, int Cin, int N, int stride, int w
         sd_workspace_free(&ws);
         sd_packed_free(&P);
     }
+    /* 16-bit panels, both methods (Winograd widens in its weight
+     * transform, the direct method in the GEMM driver): bit for bit the
+     * float32 panels of the same values. */
+    float *wr = falloc(nw), *out16 = falloc((size_t)M * N);
+    for (int st = SD_WT_F16; st <= SD_WT_BF16; st++) {
+        round_to(wr, w, nw, st);
+        FOR_EACH_EXEC(ex)
+        {
+            sd_packed P32, P16;
+            CHECK(pack_as(ex.kern, wr, N, Cin, 9, 0, SD_WT_F32, &P32) &&
+                      pack_as(ex.kern, wr, N, Cin, 9, 0, st, &P16),
+                  "pack %s", sd_wtype_name(st));
+            sd_workspace ws = {0};
+            for (int v = 0; v < 4; v++) {
+                ex.conv = v < 2 ? SD_CONV_DIRECT : SD_CONV_WINOGRAD;
+                ex.ws = v & 1 ? &ws : NULL;
+                fill(out, (size_t)M * N, seed + 5, 1, 0);
+                memcpy(out16, out, sizeof(float) * M * N);
+                sd_conv3x3(&ex, in, batch, H, W, Cin, stride, &P32, out, with_ep ? &ep : NULL);
+                sd_conv3x3(&ex, in, batch, H, W, Cin, stride, &P16, out16, with_ep ? &ep : NULL);
+                CHECK(same_bits(out, out16, (size_t)M * N),
+                      "%s/%d threads %s %s panels b=%d %dx%d Cin=%d N=%d s=%d: differ from f32",
+                      WHERE(ex), algo_name[ex.conv], sd_wtype_name(st), batch, H, W, Cin, N,
+                      stride);
+            }
+            sd_workspace_free(&ws);
+            sd_packed_free(&P32);
+            sd_packed_free(&P16);
+        }
+    }
+    sd_free(wr);
+    sd_free(out16);
     sd_free(in);
     sd_free(w);
     sd_free(out);
@@ -439,6 +546,23 @@ static void test_concat_inputs(void)
                   "%s/%d gemm_cat M=%d K1=%d K2=%d N=%d differs from sd_gemm", WHERE(ex), M, K1, K2,
                   N);
             sd_packed_free(&P);
+            /* 16-bit panels of the rounded weights: the f32 panels' result */
+            for (int st = SD_WT_F16; st <= SD_WT_BF16; st++) {
+                float *wr = falloc((size_t)N * K);
+                round_to(wr, w, (size_t)N * K, st);
+                sd_packed P32, P16;
+                CHECK(pack_as(ex.kern, wr, N, K, 1, 0, SD_WT_F32, &P32) &&
+                          pack_as(ex.kern, wr, N, K, 1, 0, st, &P16),
+                      "pack %s", sd_wtype_name(st));
+                sd_gemm_cat(&ex, M, a1, K1, a2, K2, &P16, y, N, &ep);
+                sd_gemm_cat(&ex, M, a1, K1, a2, K2, &P32, y2, N, &ep);
+                CHECK(same_bits(y, y2, (size_t)M * N),
+                      "%s/%d gemm_cat %s panels M=%d K1=%d K2=%d N=%d differ from f32", WHERE(ex),
+                      sd_wtype_name(st), M, K1, K2, N);
+                sd_packed_free(&P32);
+                sd_packed_free(&P16);
+                sd_free(wr);
+            }
         }
         sd_free(a1);
         sd_free(a2);
@@ -496,9 +620,9 @@ static void attn_case_mask(int batch, int heads, int dh, int Nq, int Nk, float q
     float scale = 1.0f / sqrtf((float)dh);
     fill(ref, (size_t)batch * Nq * ldo, seed + 3, 1, 0);
     if (causal)
-        CHECK(sd_ref_attention_causal(batch, heads, dh, Nq, q, ldq, k, ldk, v, ldv, ref, ldo,
-                                      scale),
-              "reference attention");
+        CHECK(
+            sd_ref_attention_causal(batch, heads, dh, Nq, q, ldq, k, ldk, v, ldv, ref, ldo, scale),
+            "reference attention");
     else
         CHECK(sd_ref_attention(batch, heads, dh, Nq, Nk, q, ldq, k, ldk, v, ldv, ref, ldo, scale),
               "reference attention");
@@ -680,6 +804,25 @@ static void test_gemm_geglu(void)
             CHECK(pad_ok, "%s/%d M=%d F=%d: wrote past F", WHERE(ex), M, F);
             sd_packed_free(&P);
             sd_packed_free(&Pg);
+            /* 16-bit GEGLU panels: the f32 panels' result, bit for bit */
+            float *wr = falloc((size_t)N * K);
+            for (int st = SD_WT_F16; st <= SD_WT_BF16; st++) {
+                round_to(wr, w, (size_t)N * K, st);
+                sd_packed P32, P16;
+                CHECK(pack_as(ex.kern, wr, N, K, 1, F, SD_WT_F32, &P32) &&
+                          pack_as(ex.kern, wr, N, K, 1, F, st, &P16),
+                      "pack %s", sd_wtype_name(st));
+                sd_gemm_geglu(&ex, M, A, K, &P32, bias, y, ldy);
+                sd_gemm_geglu(&ex, M, A, K, &P16, bias, y2, F);
+                same = 1;
+                for (int m = 0; m < M; m++)
+                    same &= same_bits(y + (size_t)m * ldy, y2 + (size_t)m * F, (size_t)F);
+                CHECK(same, "%s/%d %s GEGLU panels M=%d F=%d K=%d differ from f32", WHERE(ex),
+                      sd_wtype_name(st), M, F, K);
+                sd_packed_free(&P32);
+                sd_packed_free(&P16);
+            }
+            sd_free(wr);
         }
         sd_free(A);
         sd_free(w);
@@ -729,46 +872,55 @@ static void test_alloc_fallbacks(void)
     CHECK(sd_ref_attention(1, heads, dh, Nq, Nk, q, ld, k, ld, v, ld, oref, ld, 0.25f),
           "reference attention");
     sd_epilogue ep = {.bias = bias};
-    FOR_EACH_EXEC(ex)
-    {
-        sd_packed P, Pg, Pc;
-        CHECK(sd_pack(ex.kern, w, N, K, 1, &P) == SDUNET_OK &&
-                  sd_pack_geglu(ex.kern, wg, F, K, &Pg) == SDUNET_OK &&
-                  sd_pack(ex.kern, wc, Co, Cin, 9, &Pc) == SDUNET_OK,
-              "pack");
-        sd_gemm(&ex, M, A, K, &P, y0, N, &ep);
-        sd_gemm_geglu(&ex, M, A, K, &Pg, bias, g0, F);
-        sd_exec direct = ex;
-        direct.conv = SD_CONV_DIRECT;
-        sd_conv3x3(&direct, in, 1, H, W, Cin, 1, &Pc, c0, &ep);
+    /* Each storage type (the weights rounded to it): 16-bit panels widen
+     * into the fallback's stack block. */
+    for (int st = SD_WT_F32; st < SD_WT_COUNT; st++) {
+        round_to(w, w, (size_t)N * K, st);
+        round_to(wg, wg, (size_t)2 * F * K, st);
+        round_to(wc, wc, (size_t)Co * Cin * 9, st);
+        FOR_EACH_EXEC(ex)
+        {
+            sd_packed P, Pg, Pc;
+            CHECK(pack_as(ex.kern, w, N, K, 1, 0, st, &P) &&
+                      pack_as(ex.kern, wg, 2 * F, K, 1, F, st, &Pg) &&
+                      pack_as(ex.kern, wc, Co, Cin, 9, 0, st, &Pc),
+                  "pack %s", sd_wtype_name(st));
+            sd_gemm(&ex, M, A, K, &P, y0, N, &ep);
+            sd_gemm_geglu(&ex, M, A, K, &Pg, bias, g0, F);
+            sd_exec direct = ex;
+            direct.conv = SD_CONV_DIRECT;
+            sd_conv3x3(&direct, in, 1, H, W, Cin, 1, &Pc, c0, &ep);
 
-        sd_workspace none = {.limit = 1};
-        sd_exec lean = ex;
-        lean.ws = &none;
-        lean.conv = SD_CONV_WINOGRAD;
-        sd_gemm(&lean, M, A, K, &P, y, N, &ep);
-        sd_gemm_geglu(&lean, M, A, K, &Pg, bias, g, F);
-        sd_conv3x3(&lean, in, 1, H, W, Cin, 1, &Pc, c, &ep);
-        sd_attention(&lean, 1, heads, dh, Nq, Nk, q, ld, k, ld, v, ld, o, ld, 0.25f);
-        float *oc = falloc((size_t)Nq * ld), *ocref = falloc((size_t)Nq * ld);
-        CHECK(sd_ref_attention_causal(1, heads, dh, Nq, q, ld, k, ld, v, ld, ocref, ld, 0.25f),
-              "reference causal attention");
-        sd_attention_causal(&lean, 1, heads, dh, Nq, q, ld, k, ld, v, ld, oc, ld, 0.25f);
-        double ec = t_rel_l2_f32(oc, ocref, (size_t)Nq * ld);
-        CHECK(ec < BAR, "%s/%d causal attention fallback: rel L2 %.3g", WHERE(ex), ec);
-        sd_free(oc);
-        sd_free(ocref);
-        CHECK(memcmp(y, y0, sizeof(float) * M * N) == 0, "%s/%d gemm fallback differs", WHERE(ex));
-        CHECK(memcmp(g, g0, sizeof(float) * M * F) == 0, "%s/%d geglu fallback differs", WHERE(ex));
-        CHECK(memcmp(c, c0, sizeof(float) * H * W * Co) == 0, "%s/%d conv fallback differs",
-              WHERE(ex));
-        double e = t_rel_l2_f32(o, oref, (size_t)Nq * ld);
-        CHECK(e < BAR, "%s/%d attention fallback: rel L2 %.3g", WHERE(ex), e);
-        for (int i = 0; i < SD_WS_SLOTS; i++)
-            CHECK(none.buf[i] == NULL, "limited workspace slot %d holds a buffer", i);
-        sd_packed_free(&P);
-        sd_packed_free(&Pg);
-        sd_packed_free(&Pc);
+            sd_workspace none = {.limit = 1};
+            sd_exec lean = ex;
+            lean.ws = &none;
+            lean.conv = SD_CONV_WINOGRAD;
+            sd_gemm(&lean, M, A, K, &P, y, N, &ep);
+            sd_gemm_geglu(&lean, M, A, K, &Pg, bias, g, F);
+            sd_conv3x3(&lean, in, 1, H, W, Cin, 1, &Pc, c, &ep);
+            sd_attention(&lean, 1, heads, dh, Nq, Nk, q, ld, k, ld, v, ld, o, ld, 0.25f);
+            float *oc = falloc((size_t)Nq * ld), *ocref = falloc((size_t)Nq * ld);
+            CHECK(sd_ref_attention_causal(1, heads, dh, Nq, q, ld, k, ld, v, ld, ocref, ld, 0.25f),
+                  "reference causal attention");
+            sd_attention_causal(&lean, 1, heads, dh, Nq, q, ld, k, ld, v, ld, oc, ld, 0.25f);
+            double ec = t_rel_l2_f32(oc, ocref, (size_t)Nq * ld);
+            CHECK(ec < BAR, "%s/%d causal attention fallback: rel L2 %.3g", WHERE(ex), ec);
+            sd_free(oc);
+            sd_free(ocref);
+            CHECK(memcmp(y, y0, sizeof(float) * M * N) == 0, "%s/%d gemm fallback differs (%s)",
+                  WHERE(ex), sd_wtype_name(st));
+            CHECK(memcmp(g, g0, sizeof(float) * M * F) == 0, "%s/%d geglu fallback differs (%s)",
+                  WHERE(ex), sd_wtype_name(st));
+            CHECK(memcmp(c, c0, sizeof(float) * H * W * Co) == 0,
+                  "%s/%d conv fallback differs (%s)", WHERE(ex), sd_wtype_name(st));
+            double e = t_rel_l2_f32(o, oref, (size_t)Nq * ld);
+            CHECK(e < BAR, "%s/%d attention fallback: rel L2 %.3g", WHERE(ex), e);
+            for (int i = 0; i < SD_WS_SLOTS; i++)
+                CHECK(none.buf[i] == NULL, "limited workspace slot %d holds a buffer", i);
+            sd_packed_free(&P);
+            sd_packed_free(&Pg);
+            sd_packed_free(&Pc);
+        }
     }
     float *bufs[] = {A, w, bias, wg, in, wc, y, y0, g, g0, c, c0, q, k, v, o, oref};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
@@ -832,6 +984,29 @@ static void test_kernel_faults(void)
             CHECK((!with_flag || fault == 1) && written == 0,
                   "conv with the wrong depth: fault %d, %zu values written (%s, %d threads)", fault,
                   written, WHERE(ex));
+            /* panels of an unknown storage type */
+            sd_packed Pb = P, Pgb = Pg, Pcb = Pc;
+            Pb.type = Pgb.type = Pcb.type = 7;
+            for (int v = 0; v < 2; v++) {
+                sd_exec e2 = ex;
+                e2.conv = v ? SD_CONV_WINOGRAD : SD_CONV_DIRECT;
+                fault = 0;
+                set_all(y, (size_t)M * 2 * F, 7.0f);
+                set_all(c, (size_t)H * W * Co, 7.0f);
+                sd_gemm(&e2, M, A, K, &Pb, y, 2 * F, NULL);
+                int f1 = fault;
+                fault = 0;
+                sd_gemm_geglu(&e2, M, A, K, &Pgb, NULL, y, F);
+                int f2 = fault;
+                fault = 0;
+                sd_conv3x3(&e2, in, 1, H, W, Cin, 1, &Pcb, c, NULL);
+                int f3 = fault;
+                written =
+                    count_not(y, (size_t)M * 2 * F, 7.0f) + count_not(c, (size_t)H * W * Co, 7.0f);
+                CHECK((!with_flag || (f1 && f2 && f3)) && written == 0,
+                      "unknown panel type: faults %d %d %d, %zu values written (%s, %d threads)",
+                      f1, f2, f3, written, WHERE(ex));
+            }
             fault = 0;
             sd_gemm(&ex, M, A, K, &P, y, 2 * F, NULL);
             sd_gemm_geglu(&ex, M, A, K, &Pg, NULL, y, F);
@@ -843,6 +1018,330 @@ static void test_kernel_faults(void)
         sd_packed_free(&Pc);
     }
     sd_free(A), sd_free(w), sd_free(wc), sd_free(in), sd_free(y), sd_free(c);
+}
+
+/* ---- 16-bit weights ---- */
+
+/* kern->widen and sd_wt_widen1 against the file conversions for all 65536
+ * patterns of each 16-bit type: float16 exactly as sd_f16_to_f32 (zeros,
+ * subnormals, normals, Inf) except that a NaN comes out quiet with its sign
+ * and payload (IEEE convertFormat; F16C does the same); bfloat16 bit for
+ * bit. Odd lengths and offsets cover the vector loops' tails. */
+static void test_widen(void)
+{
+    uint16_t *h = sd_alloc(sizeof(uint16_t) * 65536);
+    float *f = falloc(65536);
+    if (!h)
+        exit(2);
+    for (int i = 0; i < 65536; i++)
+        h[i] = (uint16_t)i;
+    for (int si = 0; si < g_nsets; si++)
+        for (int st = SD_WT_F16; st <= SD_WT_BF16; st++)
+            for (int part = 0; part < 3; part++) {
+                /* whole range; then 13 values from an odd offset; then 5 */
+                const size_t off = part == 0   ? 0
+                                   : part == 1 ? 31741
+                                               : 64511,
+                             n = part == 0   ? 65536
+                                 : part == 1 ? 13
+                                             : 5;
+                set_all_f(f, 65536, 12345.0f);
+                g_sets[si]->widen(st, h + off, f + off, n);
+                size_t bad = 0, first = 0;
+                for (size_t i = off; i < off + n; i++) {
+                    uint32_t want, got, one;
+                    float w = st == SD_WT_F16 ? sd_f16_to_f32(h[i]) : sd_bf16_to_f32(h[i]);
+                    float o = sd_wt_widen1(st, h[i]);
+                    memcpy(&want, &w, 4);
+                    memcpy(&got, &f[i], 4);
+                    memcpy(&one, &o, 4);
+                    if (st == SD_WT_F16 && isnan(w))
+                        want |= 0x400000u;
+                    if (got != want || one != want) {
+                        if (!bad)
+                            first = i;
+                        bad++;
+                    }
+                }
+                CHECK(bad == 0, "%s widen %s: %zu wrong, first 0x%04zx", g_sets[si]->name,
+                      sd_wtype_name(st), bad, first);
+                CHECK(count_not(f, off, 12345.0f) == 0 &&
+                          count_not(f + off + n, 65536 - off - n, 12345.0f) == 0,
+                      "%s widen %s wrote outside [%zu, %zu)", g_sets[si]->name, sd_wtype_name(st),
+                      off, off + n);
+            }
+    /* spot values, independent of sd_f16_to_f32 */
+    float v;
+    CHECK((v = sd_wt_widen1(SD_WT_F16, 0x0001)) == 0x1p-24f, "smallest subnormal %g", v);
+    CHECK((v = sd_wt_widen1(SD_WT_F16, 0x83FF)) == -0x3FFp-24f, "largest subnormal %g", v);
+    CHECK((v = sd_wt_widen1(SD_WT_F16, 0x7BFF)) == 65504.0f, "max %g", v);
+    CHECK((v = sd_wt_widen1(SD_WT_F16, 0xFC00)) == -INFINITY, "-Inf %g", v);
+    CHECK((v = sd_wt_widen1(SD_WT_F16, 0x3C01)) == 1.0f + 0x1p-10f, "1 + ulp %g", v);
+    v = sd_wt_widen1(SD_WT_F16, 0x8000);
+    CHECK(v == 0 && signbit(v), "-0");
+    uint32_t b;
+    v = sd_wt_widen1(SD_WT_F16, 0x7C01); /* signalling NaN, payload 1 */
+    memcpy(&b, &v, 4);
+    CHECK(b == 0x7FC02000u, "sNaN widens to quiet 0x%08x", (unsigned)b);
+    CHECK((v = sd_wt_widen1(SD_WT_BF16, 0x3F81)) == 1.0f + 0x1p-7f, "bf16 1 + ulp %g", v);
+    sd_free(h);
+    sd_free(f);
+}
+
+/* sd_pack_src: every (source, storage) pair against the float32 packing
+ * of the same values; q|k|v parts from 16-bit sources at odd addresses (a
+ * file mapping as it is); float32 -> 16-bit rounding; bad arguments. */
+static void test_pack_types(void)
+{
+    const sd_kernels *kern = g_sets[g_nsets - 1];
+    const int rows = 21, parts = 3, N = rows * parts, Cin = 7, taps = 9, K = Cin * taps;
+    const size_t n = (size_t)N * K;
+    float *w = falloc(n), *wr = falloc(n);
+    unsigned char *raw = sd_alloc(2 * n + 1);
+    if (!raw)
+        exit(2);
+    fill(w, n, 1234, 3.0f, 0);
+    w[5] = 1e-6f;    /* a float16 subnormal after rounding */
+    w[6] = 70000.0f; /* past float16's range: Inf */
+    w[7] = -2e-8f;   /* rounds to -0 in float16 (a third of the smallest subnormal) */
+    for (int st = SD_WT_F16; st <= SD_WT_BF16; st++) {
+        round_to(wr, w, n, st);
+        /* the rounded values as little-endian 16-bit words at an odd address */
+        for (size_t i = 0; i < n; i++) {
+            uint16_t hv = st == SD_WT_F16 ? sd_f32_to_f16(w[i]) : sd_f32_to_bf16(w[i]);
+            raw[1 + 2 * i] = (unsigned char)(hv & 0xFF);
+            raw[2 + 2 * i] = (unsigned char)(hv >> 8);
+        }
+        sd_wsrc s16 = {.type = st, .parts = parts, .rows = rows};
+        sd_wsrc s32 = {.type = SD_WT_F32, .parts = parts, .rows = rows};
+        for (int p = 0; p < parts; p++) {
+            s16.part[p] = raw + 1 + 2 * (size_t)p * rows * K;
+            s32.part[p] = wr + (size_t)p * rows * K;
+        }
+        sd_packed Pref, Pa, Pb, Pc, Pd;
+        CHECK(sd_pack(kern, wr, N, Cin, taps, &Pref) == SDUNET_OK, "pack f32");
+        /* 16-bit source: copied (same type), widened (f32) */
+        CHECK(sd_pack_src(kern, &s16, N, Cin, taps, 0, st, &Pa) == SDUNET_OK, "pack 16->16");
+        CHECK(sd_pack_src(kern, &s16, N, Cin, taps, 0, SD_WT_F32, &Pb) == SDUNET_OK, "pack 16->32");
+        /* float32 source: the rounded values, and the unrounded ones rounded by the packer */
+        CHECK(sd_pack_src(kern, &s32, N, Cin, taps, 0, st, &Pc) == SDUNET_OK, "pack 32->16");
+        sd_wsrc sw = {.type = SD_WT_F32, .parts = 1, .rows = N, .part = {w}};
+        CHECK(sd_pack_src(kern, &sw, N, Cin, taps, 0, st, &Pd) == SDUNET_OK, "pack 32->16 round");
+        const size_t cnt = (size_t)(N + 15) / 16 * 16 * K;
+        CHECK(Pa.type == st && Pb.type == SD_WT_F32 && Pc.type == st && Pd.type == st, "types");
+        CHECK(memcmp(Pb.data, Pref.data, cnt * 4) == 0, "%s source widened at packing",
+              sd_wtype_name(st));
+        CHECK(memcmp(Pa.data, Pc.data, cnt * 2) == 0 && memcmp(Pa.data, Pd.data, cnt * 2) == 0,
+              "%s panels from 16-bit, rounded and unrounded float32 sources differ",
+              sd_wtype_name(st));
+        size_t bad = 0;
+        for (size_t i = 0; i < cnt; i++) {
+            const float a = ((const float *)Pref.data)[i];
+            const float b16 = sd_wt_widen1(st, ((const uint16_t *)Pa.data)[i]);
+            bad += memcmp(&a, &b16, 4) != 0;
+        }
+        CHECK(bad == 0, "%s panels widen to the f32 panels: %zu differ", sd_wtype_name(st), bad);
+        CHECK(sd_packed_bytes(N, (size_t)K, 16, st) == cnt * 2 &&
+                  sd_packed_bytes(N, (size_t)K, 16, SD_WT_F32) == cnt * 4,
+              "sd_packed_bytes");
+        /* the special values: row 0, k 5..7 sit at panel 0, rows k' of lane 0 */
+        if (st == SD_WT_F16) {
+            const uint16_t *d = Pd.data;
+            /* w index i = ci*taps + t maps to panel row t*Cin + ci */
+            uint16_t s5 = d[((size_t)(5 % taps) * Cin + 5 / taps) * 16],
+                     s6 = d[((size_t)(6 % taps) * Cin + 6 / taps) * 16],
+                     s7 = d[((size_t)(7 % taps) * Cin + 7 / taps) * 16];
+            CHECK(s5 == sd_f32_to_f16(1e-6f) && s5 != 0 && s5 < 0x0400, "subnormal 0x%04x", s5);
+            CHECK(s6 == 0x7C00, "70000 -> Inf: 0x%04x", s6);
+            CHECK(s7 == 0x8000, "-2e-8 -> -0: 0x%04x", s7);
+        }
+        sd_packed_free(&Pref);
+        sd_packed_free(&Pa);
+        sd_packed_free(&Pb);
+        sd_packed_free(&Pc);
+        sd_packed_free(&Pd);
+    }
+    /* bad arguments */
+    sd_packed P;
+    sd_wsrc ok = {.type = SD_WT_F32, .parts = 1, .rows = N, .part = {w}};
+    sd_wsrc bad = ok;
+    CHECK(sd_pack_src(kern, &ok, N + 1, Cin, taps, 0, SD_WT_F16, &P) == SDUNET_E_INVALID_ARG &&
+              P.data == NULL,
+          "N != parts * rows");
+    CHECK(sd_pack_src(kern, &ok, N, Cin, taps, 0, 3, &P) == SDUNET_E_INVALID_ARG, "store 3");
+    bad.type = -1;
+    CHECK(sd_pack_src(kern, &bad, N, Cin, taps, 0, SD_WT_F32, &P) == SDUNET_E_INVALID_ARG,
+          "source type -1");
+    bad = ok;
+    bad.parts = 0;
+    CHECK(sd_pack_src(kern, &bad, N, Cin, taps, 0, SD_WT_F32, &P) == SDUNET_E_INVALID_ARG,
+          "0 parts");
+    bad.parts = SD_WSRC_PARTS + 1;
+    CHECK(sd_pack_src(kern, &bad, N, Cin, taps, 0, SD_WT_F32, &P) == SDUNET_E_INVALID_ARG,
+          "too many parts");
+    bad = ok;
+    bad.part[0] = NULL;
+    CHECK(sd_pack_src(kern, &bad, N, Cin, taps, 0, SD_WT_F32, &P) == SDUNET_E_INVALID_ARG,
+          "NULL part");
+    ok.rows = 32;
+    CHECK(sd_pack_src(kern, &ok, 32, 2, 1, 8, SD_WT_F16, &P) == SDUNET_E_INVALID_ARG,
+          "GEGLU F = 8 (not whole panels)");
+    CHECK(sd_pack_src(kern, &ok, 32, 2, 1, 32, SD_WT_F16, &P) == SDUNET_E_INVALID_ARG,
+          "GEGLU N != 2F");
+    CHECK(sd_pack_src(kern, &ok, 32, 2, 1, 16, SD_WT_F16, &P) == SDUNET_OK && P.geglu_F == 16,
+          "GEGLU F = 16");
+    sd_packed_free(&P);
+    CHECK(strcmp(sd_wtype_name(SD_WT_BF16), "bf16") == 0 && strcmp(sd_wtype_name(9), "?") == 0,
+          "names");
+    sd_free(w);
+    sd_free(wr);
+    sd_free(raw);
+}
+
+/* float16 weights that are NaN (quiet and signalling), +-Inf, subnormal,
+ * -0 and the largest finite value, through the GEMM and both convolution
+ * methods: bit for bit the float32 panels of sd_f16_to_f32's values, and
+ * the values IEEE arithmetic gives where they can be told by hand. */
+static void test_special_weights(void)
+{
+    static const uint16_t special[] = {0x7E00, 0x7C01, 0xFE3F, 0x7C00, 0xFC00, 0x0001,
+                                       0x83FF, 0x8000, 0x7BFF, 0x0400, 0x3C00};
+    const int ns = (int)(sizeof special / sizeof special[0]);
+    const int M = 9, K = 5, N = 2 * ns + 3; /* two panels, a partial one */
+    float *A = falloc((size_t)M * K), *C = falloc((size_t)M * N), *C16 = falloc((size_t)M * N);
+    float *w = falloc((size_t)N * K);
+    uint16_t *h = sd_alloc(sizeof(uint16_t) * (size_t)N * K);
+    if (!h)
+        exit(2);
+    /* A: row m is (m + 1, 0, 0, 0, 0) for m < 4, else small integers */
+    for (int m = 0; m < M; m++)
+        for (int k = 0; k < K; k++)
+            A[(size_t)m * K + k] = m < 4 ? (k == 0 ? (float)(m + 1) : 0.0f) : (float)(m - k);
+    /* weight row n: the special value at k = 0 (column n < ns) or k = 2,
+     * small exact values elsewhere */
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < K; k++) {
+            uint16_t v = sd_f32_to_f16((float)((n + 2 * k) % 5) - 2.0f);
+            if (n < 2 * ns && k == (n < ns ? 0 : 2))
+                v = special[n % ns];
+            h[(size_t)n * K + k] = v;
+            w[(size_t)n * K + k] = sd_f16_to_f32(v);
+        }
+    FOR_EACH_EXEC(ex)
+    {
+        sd_wsrc s16 = {.type = SD_WT_F16, .parts = 1, .rows = N, .part = {h}};
+        sd_packed P32, P16;
+        CHECK(sd_pack(ex.kern, w, N, K, 1, &P32) == SDUNET_OK &&
+                  sd_pack_src(ex.kern, &s16, N, K, 1, 0, SD_WT_F16, &P16) == SDUNET_OK,
+              "pack");
+        sd_gemm(&ex, M, A, K, &P32, C, N, NULL);
+        sd_gemm(&ex, M, A, K, &P16, C16, N, NULL);
+        CHECK(same_bits(C, C16, (size_t)M * N), "%s/%d special f16 weights: GEMM differs",
+              WHERE(ex));
+        /* rows m < 4: C[m][n] = (m + 1) * special[n] exactly (a -0 weight
+         * gives +0: the other k add +-0 products) */
+        int ok = 1;
+        for (int m = 0; m < 4; m++)
+            for (int n = 0; n < ns; n++) {
+                const float want = (float)(m + 1) * sd_f16_to_f32(special[n]), got = C16[m * N + n];
+                ok &= isnan(want) ? isnan(got) != 0 : got == want;
+            }
+        CHECK(ok, "%s/%d special f16 weights: C = a * w", WHERE(ex));
+        /* a NaN weight's output keeps the payload and is quiet */
+        uint32_t bits;
+        memcpy(&bits, &C16[1 * N + 1], 4);
+        CHECK(bits == 0x7FC02000u, "%s/%d sNaN weight -> 0x%08x", WHERE(ex), (unsigned)bits);
+        sd_packed_free(&P32);
+        sd_packed_free(&P16);
+    }
+    /* 3x3 convolution: special values among random float16 weights */
+    const int H = 8, W = 7, Cin = 6, Co = 20;
+    const size_t nw = (size_t)Co * Cin * 9, nin = (size_t)H * W * Cin, nout = (size_t)H * W * Co;
+    float *in = falloc(nin), *wc = falloc(nw), *o32 = falloc(nout), *o16 = falloc(nout);
+    uint16_t *hc = sd_alloc(sizeof(uint16_t) * nw);
+    if (!hc)
+        exit(2);
+    fill(in, nin, 4242, 1, 0);
+    fill(wc, nw, 4243, 0.5f, 0);
+    for (size_t i = 0; i < nw; i++) {
+        hc[i] = sd_f32_to_f16(wc[i]);
+        if (i % 97 == 3)
+            hc[i] = special[(i / 97) % ns];
+        wc[i] = sd_f16_to_f32(hc[i]);
+    }
+    FOR_EACH_EXEC(ex)
+    {
+        sd_wsrc s16 = {.type = SD_WT_F16, .parts = 1, .rows = Co, .part = {hc}};
+        sd_packed P32, P16;
+        CHECK(sd_pack(ex.kern, wc, Co, Cin, 9, &P32) == SDUNET_OK &&
+                  sd_pack_src(ex.kern, &s16, Co, Cin, 9, 0, SD_WT_F16, &P16) == SDUNET_OK,
+              "pack");
+        for (int v = 0; v < 2; v++) {
+            ex.conv = v ? SD_CONV_WINOGRAD : SD_CONV_DIRECT;
+            sd_conv3x3(&ex, in, 1, H, W, Cin, 1, &P32, o32, NULL);
+            sd_conv3x3(&ex, in, 1, H, W, Cin, 1, &P16, o16, NULL);
+            size_t nans = 0;
+            for (size_t i = 0; i < nout; i++)
+                nans += isnan(o16[i]) != 0;
+            CHECK(same_bits(o32, o16, nout) && nans > 0 && nans < nout,
+                  "%s/%d special f16 weights: %s conv differs (%zu NaN of %zu)", WHERE(ex),
+                  v ? "winograd" : "direct", nans, nout);
+        }
+        sd_packed_free(&P32);
+        sd_packed_free(&P16);
+    }
+    sd_free(A), sd_free(C), sd_free(C16), sd_free(w), sd_free(h);
+    sd_free(in), sd_free(wc), sd_free(o32), sd_free(o16), sd_free(hc);
+}
+
+/* The AVX-512 set's element-wise kernels run the AVX2 set's operations on
+ * 16 lanes instead of 8: their results must be the same bits, tails and
+ * special values included. */
+static void test_isa_elementwise_agree(void)
+{
+    const sd_kernels *a2 = sd_kernels_select("avx2"), *a5 = sd_kernels_select("avx512");
+    if (!a2 || !a5) {
+        printf("# avx2 or avx512 unavailable: skipped\n");
+        return;
+    }
+    const int n = 1000; /* 62 vectors of 16 and a tail of 8 */
+    float *x = falloc(n), *h = falloc(n), *y2 = falloc(n), *y5 = falloc(n);
+    fill(x, n, 900, 30, 0);
+    fill(h, n, 901, 2, 0);
+    static const float special[] = {0.0f,   -0.0f,    88.5f,     -88.5f, -87.2f, 87.5f, -15.0f,
+                                    1e-30f, INFINITY, -INFINITY, NAN,    -2.5f,  3.0f,  -1.5f};
+    for (size_t i = 0; i < sizeof special / sizeof special[0]; i++)
+        x[i * 7] = special[i];
+    for (int len = n; len >= n - 13; len -= 13) {
+        memset(y2, 0, sizeof(float) * n);
+        memset(y5, 0, sizeof(float) * n);
+        a2->silu(x, y2, (size_t)len);
+        a5->silu(x, y5, (size_t)len);
+        CHECK(memcmp(y2, y5, sizeof(float) * n) == 0, "silu n=%d differs", len);
+        a2->gelu_mul(h, x, y2, len);
+        a5->gelu_mul(h, x, y5, len);
+        CHECK(memcmp(y2, y5, sizeof(float) * n) == 0, "gelu_mul n=%d differs", len);
+    }
+    /* softmax_cols on 37 rows of 16 scores (one column all -inf but one). */
+    enum { R = 37 };
+    float s2[R * 16], s5[R * 16], m2[16], m5[16], c2[16], c5[16];
+    for (int i = 0; i < R * 16; i++)
+        s2[i] = x[i] * 0.5f;
+    s2[3] = NAN;
+    for (int r = 1; r < R; r++)
+        s2[r * 16 + 5] = -INFINITY;
+    memcpy(s5, s2, sizeof s2);
+    for (int j = 0; j < 16; j++)
+        m2[j] = m5[j] = j % 3 ? -INFINITY : 2.0f;
+    a2->softmax_cols(s2, R, 0.125f, m2, c2);
+    a5->softmax_cols(s5, R, 0.125f, m5, c5);
+    CHECK(memcmp(s2, s5, sizeof s2) == 0 && memcmp(m2, m5, sizeof m2) == 0 &&
+              memcmp(c2, c5, sizeof c2) == 0,
+          "softmax_cols differs");
+    sd_free(x);
+    sd_free(h);
+    sd_free(y2);
+    sd_free(y5);
 }
 
 static void test_upsample(void)
@@ -901,10 +1400,12 @@ static void test_empty(void)
 int main(void)
 {
     g_sets[g_nsets++] = sd_kernels_select("portable");
-    const sd_kernels *avx2 = sd_kernels_select("avx2");
+    const sd_kernels *avx2 = sd_kernels_select("avx2"), *avx512 = sd_kernels_select("avx512");
     if (avx2)
         g_sets[g_nsets++] = avx2;
-    printf("# kernel sets: portable%s\n", avx2 ? ", avx2" : "");
+    if (avx512)
+        g_sets[g_nsets++] = avx512;
+    printf("# kernel sets: portable%s%s\n", avx2 ? ", avx2" : "", avx512 ? ", avx512" : "");
     for (int i = 0; i < 2; i++)
         if (sd_pool_create(g_pool_threads[i], &g_pools[i], NULL) != SDUNET_OK) {
             printf("FAIL - pool_create\n");
@@ -926,6 +1427,10 @@ int main(void)
     RUN(test_gemm_geglu);
     RUN(test_alloc_fallbacks);
     RUN(test_kernel_faults);
+    RUN(test_widen);
+    RUN(test_pack_types);
+    RUN(test_special_weights);
+    RUN(test_isa_elementwise_agree);
     RUN(test_upsample);
     RUN(test_empty);
     for (int i = 0; i < 2; i++)

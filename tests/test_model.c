@@ -12,6 +12,7 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- synthetic generator: bit-exact against synth-vectors.json ---- */
@@ -277,6 +278,219 @@ static void test_micro_bf16_file(void)
     check_half_file("weights-bf16.safetensors", SD_DT_BF16);
 }
 
+/* ---- weight storage: 16-bit panels ---- */
+
+typedef struct tensor_list {
+    sd_tensor_info t[1024];
+    size_t n;
+} tensor_list;
+
+static void list_tensor(void *user, const char *name, int ndim, const int64_t *shape)
+{
+    tensor_list *l = user;
+    if (l->n == sizeof l->t / sizeof l->t[0])
+        return;
+    sd_tensor_info *t = &l->t[l->n++];
+    memset(t, 0, sizeof *t);
+    t->name = strdup(name);
+    t->ndim = ndim;
+    t->numel = 1;
+    for (int i = 0; i < ndim; i++)
+        t->numel *= (size_t)(t->shape[i] = shape[i]);
+}
+
+/* Writes the synthetic weights of a case's config as a float16 or
+ * bfloat16 safetensors file (what `sdunet synth --dtype` writes). */
+static int write_half_file(const char *case_name, sd_dtype dt, const char *out)
+{
+    char p[256];
+    snprintf(p, sizeof p, "%s/config.json", t_data(case_name));
+    sd_unet_config cfg;
+    sdunet_error err;
+    if (sd_config_load(p, &cfg, &err)) {
+        printf("  %s\n", err.message);
+        return -1;
+    }
+    tensor_list *l = calloc(1, sizeof *l);
+    sd_weight_source src = {.visit = list_tensor, .visit_user = l, .check_only = 1};
+    sd_unet u;
+    int rc = -1;
+    if (l && sd_unet_build(&u, &cfg, &src, NULL, &err) == SDUNET_OK) {
+        sd_unet_release(&u);
+        rc = 0;
+        for (size_t i = 0; i < l->n && !rc; i++) {
+            sd_tensor_info *t = &l->t[i];
+            float *v = malloc(t->numel * sizeof(float));
+            uint16_t *h = malloc(t->numel * sizeof(uint16_t));
+            if (!v || !h || !t->name) {
+                free(v), free(h);
+                rc = -1;
+                break;
+            }
+            sd_synth_weight(t->name, t->ndim, t->shape, v);
+            for (size_t k = 0; k < t->numel; k++) {
+                uint16_t x = dt == SD_DT_F16 ? sd_f32_to_f16(v[k]) : sd_f32_to_bf16(v[k]);
+                memcpy((unsigned char *)h + 2 * k, &x, 2); /* little-endian host */
+            }
+            free(v);
+            t->dtype = dt;
+            t->data = h;
+            t->nbytes = t->numel * 2;
+        }
+        if (!rc && sd_safetensors_write(out, l->t, l->n, NULL, &err) != SDUNET_OK) {
+            printf("  %s\n", err.message);
+            rc = -1;
+        }
+    }
+    for (size_t i = 0; l && i < l->n; i++) {
+        free(l->t[i].name);
+        free((void *)l->t[i].data);
+    }
+    free(l);
+    return rc;
+}
+
+static sdunet_model *load_file(const char *path, const char *case_name, sdunet_weights w)
+{
+    char c[256];
+    snprintf(c, sizeof c, "%s/config.json", t_data(case_name));
+    sdunet_options o;
+    sdunet_options_default(&o);
+    o.weights = w;
+    sdunet_model *m = NULL;
+    sdunet_error err;
+    if (sdunet_load(path, c, &o, &m, &err))
+        printf("  %s\n", err.message);
+    return m;
+}
+
+static size_t total_bytes(const size_t *b)
+{
+    return b[SD_WT_F32] + b[SD_WT_F16] + b[SD_WT_BF16];
+}
+
+/* Every golden case from a float16 (and a bfloat16) file: packed as it is
+ * (16-bit panels, half the bytes), the output equals bit for bit the same
+ * file widened to float32 panels and the synthetic model rounded the same
+ * way; and it is within the half-precision bar of the float64 reference. */
+static void test_half_files_golden(void)
+{
+    static const char *const cases[][2] = {
+        {"micro", "micro"}, {"tiny", "tiny"}, {"tiny-b2-odd", "tiny"}, {"tiny-sd2", "tiny-sd2"}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+        for (int d = 0; d < 2; d++) {
+            const sd_dtype dt = d ? SD_DT_BF16 : SD_DT_F16;
+            const int wt = d ? SD_WT_BF16 : SD_WT_F16;
+            const char *name = cases[c][0], *wcase = cases[c][1];
+            char path[256];
+            snprintf(path, sizeof path, "/tmp/sdunet-test-%s-%s.safetensors", wcase,
+                     sd_wtype_name(wt));
+            golden_case g;
+            CHECK(golden_load(name, &g) == 0, "load %s", name);
+            CHECK(write_half_file(wcase, dt, path) == 0, "write %s", path);
+            sdunet_model *m16 = load_file(path, wcase, SDUNET_WEIGHTS_AUTO);
+            sdunet_model *m32 = load_file(path, wcase, SDUNET_WEIGHTS_F32);
+            sdunet_model *syn = synthetic_for(wcase, dt);
+            CHECK(m16 && m32 && syn, "%s: models", name);
+            if (m16 && m32 && syn && g.sample) {
+                size_t b16[SD_WT_COUNT], b32[SD_WT_COUNT];
+                sd_model_packed_bytes(m16, b16);
+                sd_model_packed_bytes(m32, b32);
+                CHECK(b16[wt] > 0 && b16[wt] == total_bytes(b16) && b32[SD_WT_F32] > 0 &&
+                          b32[SD_WT_F32] == total_bytes(b32) && 2 * b16[wt] == b32[SD_WT_F32],
+                      "%s: packed bytes %zu %s vs %zu f32", name, b16[wt], sd_wtype_name(wt),
+                      b32[SD_WT_F32]);
+                float *a = malloc(g.n_out * 4), *b = malloc(g.n_out * 4), *e = malloc(g.n_out * 4);
+                double rel = golden_run(m16, &g, 0, NULL, a);
+                golden_run(m32, &g, 0, NULL, b);
+                golden_run(syn, &g, 0, NULL, e);
+                printf("  %s from a %s file, %s panels (%.2f MB, f32 %.2f MB): vs float64 %.3g, "
+                       "%s vs f32 panels\n",
+                       name, sd_dtype_name(dt), sd_wtype_name(wt), b16[wt] / 1e6,
+                       b32[SD_WT_F32] / 1e6, rel,
+                       memcmp(a, b, g.n_out * 4) == 0 ? "identical" : "DIFFERENT");
+                CHECK(memcmp(a, b, g.n_out * 4) == 0, "%s %s: 16-bit and f32 panels differ (%.3g)",
+                      name, sd_dtype_name(dt), t_rel_l2_f32(a, b, g.n_out));
+                CHECK(memcmp(a, e, g.n_out * 4) == 0,
+                      "%s %s: differs from the rounded synthetic model (%.3g)", name,
+                      sd_dtype_name(dt), t_rel_l2_f32(a, e, g.n_out));
+                CHECK(rel >= 0 && rel < (d ? 2e-2 : 4e-3), "%s %s: relative L2 %.3g", name,
+                      sd_dtype_name(dt), rel);
+                free(a), free(b), free(e);
+            }
+            sdunet_free(m16);
+            sdunet_free(m32);
+            sdunet_free(syn);
+            golden_free(&g);
+            remove(path);
+        }
+}
+
+/* A float32 model forced into 16-bit panels (sdunet_options.weights):
+ * lossy, the weights rounded to nearest even; measured against the
+ * float64 reference and the float32 model. From the micro float32 file
+ * and from synthetic weights for the other cases. */
+static void test_forced_half_weights(void)
+{
+    static const char *const cases[][2] = {
+        {"micro", "micro"}, {"tiny", "tiny"}, {"tiny-b2-odd", "tiny"}, {"tiny-sd2", "tiny-sd2"}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+        for (int d = 0; d < 2; d++) {
+            const char *name = cases[c][0], *wcase = cases[c][1];
+            const sdunet_weights w = d ? SDUNET_WEIGHTS_BF16 : SDUNET_WEIGHTS_F16;
+            const int wt = d ? SD_WT_BF16 : SD_WT_F16;
+            golden_case g;
+            CHECK(golden_load(name, &g) == 0, "load %s", name);
+            sdunet_model *mf = NULL, *m32 = NULL;
+            if (c == 0) {
+                char path[256];
+                snprintf(path, sizeof path, "%s/weights.safetensors", t_data("micro"));
+                mf = load_file(path, "micro", w);
+                m32 = load_file(path, "micro", SDUNET_WEIGHTS_AUTO);
+            } else {
+                char p[256];
+                snprintf(p, sizeof p, "%s/config.json", t_data(wcase));
+                sdunet_options o;
+                sdunet_options_default(&o);
+                o.weights = w;
+                sdunet_error err;
+                CHECK(sdunet_load_synthetic(p, &o, &mf, &err) == SDUNET_OK, "%s", err.message);
+                m32 = synthetic_for(wcase, SD_DT_F32);
+            }
+            CHECK(mf && m32, "%s: models", name);
+            if (mf && m32 && g.sample) {
+                size_t bf[SD_WT_COUNT], b32[SD_WT_COUNT];
+                sd_model_packed_bytes(mf, bf);
+                sd_model_packed_bytes(m32, b32);
+                CHECK(bf[wt] == total_bytes(bf) && 2 * bf[wt] == b32[SD_WT_F32] &&
+                          b32[SD_WT_F32] == total_bytes(b32),
+                      "%s: packed bytes", name);
+                float *a = malloc(g.n_out * 4), *b = malloc(g.n_out * 4);
+                double rel = golden_run(mf, &g, 0, NULL, a);
+                double rel32 = golden_run(m32, &g, 0, NULL, b);
+                double vs32 = t_rel_l2_f32(a, b, g.n_out);
+                printf("  %s forced to %s panels: vs float64 %.3g (f32 panels %.3g), vs f32 "
+                       "model %.3g\n",
+                       name, sd_wtype_name(wt), rel, rel32, vs32);
+                CHECK(vs32 > 0 && rel >= 0 && rel < (d ? 2e-2 : 4e-3),
+                      "%s forced %s: relative L2 %.3g, vs f32 %.3g", name, sd_wtype_name(wt), rel,
+                      vs32);
+                free(a), free(b);
+            }
+            sdunet_free(mf);
+            sdunet_free(m32);
+            golden_free(&g);
+        }
+    /* out-of-range option */
+    sdunet_options o;
+    sdunet_options_default(&o);
+    o.weights = (sdunet_weights)4;
+    sdunet_model *m = NULL;
+    sdunet_error err;
+    CHECK(sdunet_load_synthetic("sd15", &o, &m, &err) == SDUNET_E_INVALID_ARG && m == NULL,
+          "weights 4 rejected");
+}
+
 /* A weight file missing a tensor, or with one of the wrong shape, is a
  * clear error naming it. */
 static void test_missing_and_mismatched_tensors(void)
@@ -427,6 +641,8 @@ int main(void)
     RUN(test_micro_f32_file);
     RUN(test_micro_fp16_file);
     RUN(test_micro_bf16_file);
+    RUN(test_half_files_golden);
+    RUN(test_forced_half_weights);
     RUN(test_missing_and_mismatched_tensors);
     RUN(test_forward_bad_input);
     RUN(test_shape_changes);

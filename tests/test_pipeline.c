@@ -5,6 +5,12 @@
  * of the float64 run and the 8-bit image equal but for values within 0.01
  * of a rounding boundary. Also the pipeline's bad-input errors. */
 #include "check.h"
+#include "clip/encoder.h"
+#include "engine/synth.h"
+#include "io/keymap.h"
+#include "unet/config.h"
+#include "unet/unet.h"
+#include "vae/vae.h"
 #include "io/json.h"
 #include "io/npy.h"
 #include "io/png.h"
@@ -129,10 +135,12 @@ static void run_case(const char *name)
     char p[512];
     snprintf(p, sizeof p, "pipeline/%s/manifest.json", name);
     size_t len;
-    char *text = t_read_file(t_data(p), &len);
+    char *raw = t_read_file(t_data(p), &len);
+    char *text = raw ? sd_json_from_python(raw, len, &len) : NULL;
     sd_json *m = NULL;
     sdunet_error err;
     CHECK(text && sd_json_parse(text, len, &m, &err) == SDUNET_OK, "%s: no manifest", name);
+    free(raw);
     free(text);
     if (!m)
         return;
@@ -273,6 +281,220 @@ static void test_sd2_v_ddim(void)
     run_case("sd2-v-ddim");
 }
 
+/* ---- the same pipeline from weight files: a diffusers folder and an SD1
+ * single-file checkpoint written here from the synthetic weights ---- */
+
+typedef struct tlist {
+    sd_tensor_info t[1400];
+    int n;
+    int ldm;   /* 0: diffusers / transformers names; 1: a single file's */
+    int model; /* 0 UNet, 1 text encoder, 2 VAE */
+    const sd_unet_config *ucfg;
+    int vae_levels;
+} tlist;
+
+static void collect(void *user, const char *name, int ndim, const int64_t *shape)
+{
+    tlist *l = user;
+    if (l->n >= 1400)
+        return;
+    char file[300];
+    int64_t fshape[4] = {0};
+    int fnd = ndim;
+    memcpy(fshape, shape, sizeof(int64_t) * (size_t)(ndim < 4 ? ndim : 4));
+    if (!l->ldm) {
+        snprintf(file, sizeof file, "%s", name);
+    } else if (l->model == 0) {
+        if (sd_diffusers_to_ldm(l->ucfg, name, file, sizeof file) != 1)
+            return;
+    } else if (l->model == 1) {
+        snprintf(file, sizeof file, "cond_stage_model.transformer.%s", name);
+    } else {
+        char ldm[256];
+        if (!sd_vae_diffusers_to_ldm(l->vae_levels, name, ldm, sizeof ldm))
+            return;
+        snprintf(file, sizeof file, "first_stage_model.%s", ldm);
+        /* LDM keeps the mid-block attention as 1x1 convolutions */
+        if (ndim == 2 && strstr(ldm, "attn_1."))
+            fnd = 4, fshape[2] = fshape[3] = 1;
+    }
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        n *= (size_t)shape[i];
+    float *v = malloc(n * sizeof(float));
+    sd_synth_weight(name, ndim, shape, v); /* values by the reference name */
+    sd_tensor_info *t = &l->t[l->n++];
+    memset(t, 0, sizeof *t);
+    t->name = strdup(file);
+    t->dtype = SD_DT_F32;
+    t->ndim = fnd;
+    memcpy(t->shape, fshape, sizeof fshape);
+    t->numel = n;
+    t->data = v;
+    t->nbytes = n * 4;
+}
+
+static void tlist_free(tlist *l)
+{
+    for (int i = 0; i < l->n; i++) {
+        free(l->t[i].name);
+        free((void *)l->t[i].data);
+    }
+    l->n = 0;
+}
+
+/* Collects the tensors of the sd1-ddim case's three models into l. */
+static int collect_models(tlist *l, int ldm, int which)
+{
+    sdunet_error err;
+    const sd_kernels *kern = sd_kernels_select(NULL);
+    sd_weight_source src = {.check_only = 1, .visit = collect, .visit_user = l};
+    l->ldm = ldm;
+    l->model = which;
+    if (which == 0) {
+        static sd_unet_config uc;
+        if (sd_config_load(t_data("pipeline/sd1-ddim/unet_config.json"), &uc, &err))
+            return -1;
+        l->ucfg = &uc;
+        sd_unet u;
+        if (sd_unet_build(&u, &uc, &src, kern, &err))
+            return -1;
+        sd_unet_release(&u);
+    } else if (which == 1) {
+        size_t len;
+        char *text = t_read_file(t_data("text/clip-tiny-sd1/config.json"), &len);
+        sd_clip_config cc;
+        int bad = !text || sd_clip_config_parse(text, len, &cc, &err);
+        free(text);
+        sd_clip m;
+        if (bad || sd_clip_build(&m, &cc, &src, NULL, kern, &err))
+            return -1;
+        sd_clip_release(&m);
+    } else {
+        sd_vae_config vc;
+        if (sd_vae_config_load(t_data("pipeline/sd1-ddim/vae_config.json"), &vc, &err))
+            return -1;
+        l->vae_levels = vc.n_levels;
+        sd_vae v;
+        if (sd_vae_build(&v, &vc, &src, NULL, kern, &err))
+            return -1;
+        sd_vae_release(&v);
+    }
+    return 0;
+}
+
+static int write_list(tlist *l, const char *path)
+{
+    sdunet_error err;
+    int rc = sd_safetensors_write(path, l->t, (size_t)l->n, NULL, &err) == SDUNET_OK ? 0 : -1;
+    if (rc)
+        printf("  %s: %s\n", path, err.message);
+    tlist_free(l);
+    return rc;
+}
+
+/* Generates the sd1-ddim case from a pipeline and checks the image. */
+static void check_sd1_ddim(sdunet_pipeline *pl, const char *what)
+{
+    sdunet_gen_params g;
+    sdunet_gen_params_default(&g);
+    g.prompt = "a photo of an astronaut riding a horse on mars";
+    g.seed = 0;
+    g.steps = 4;
+    g.width = g.height = 32;
+    g.scheduler = "ddim";
+    float img[32 * 32 * 3];
+    uint8_t rgb[32 * 32 * 3];
+    sdunet_error err;
+    CHECK(sdunet_generate(pl, &g, rgb, img, &err) == SDUNET_OK, "%s: %s", what, err.message);
+    double *ref = NULL;
+    int ndim;
+    int64_t shape[SD_MAX_DIMS];
+    double e = INFINITY;
+    if (sd_npy_read_f64(t_data("pipeline/sd1-ddim/image_f64.npy"), &ref, &ndim, shape, &err) ==
+        SDUNET_OK)
+        e = t_rel_l2_f32_f64(img, ref, 32 * 32 * 3);
+    free(ref);
+    printf("  sd1-ddim from %s: image rel L2 %.3g\n", what, e);
+    CHECK(e < BAR, "%s: rel L2 %.3g", what, e);
+}
+
+static void test_from_files(void)
+{
+    tlist *l = calloc(1, sizeof *l);
+    const char *dir = tmp_path("files");
+    char p[1024];
+    int ok = make_folder(dir, "pipeline/sd1-ddim", "text/clip-tiny-sd1/config.json", 0) == 0;
+    snprintf(p, sizeof p, "%s/unet/diffusion_pytorch_model.safetensors", dir);
+    ok = ok && collect_models(l, 0, 0) == 0 && write_list(l, p) == 0;
+    snprintf(p, sizeof p, "%s/text_encoder/model.safetensors", dir);
+    ok = ok && collect_models(l, 0, 1) == 0 && write_list(l, p) == 0;
+    snprintf(p, sizeof p, "%s/vae/diffusion_pytorch_model.safetensors", dir);
+    ok = ok && collect_models(l, 0, 2) == 0 && write_list(l, p) == 0;
+    snprintf(p, sizeof p, "%s/scheduler", dir);
+    mkdir(p, 0700);
+    snprintf(p, sizeof p, "%s/scheduler/scheduler_config.json", dir);
+    const char *sc = "{\"_class_name\": \"DDIMScheduler\", \"beta_start\": 0.00085, "
+                     "\"beta_end\": 0.012, \"beta_schedule\": \"scaled_linear\", "
+                     "\"steps_offset\": 1, \"set_alpha_to_one\": false, \"clip_sample\": false, "
+                     "\"lambda_min_clipped\": -Infinity}";
+    ok = ok && t_write_file(p, sc, strlen(sc)) == 0;
+    CHECK(ok, "writing the pipeline folder");
+    sdunet_pipeline *pl = NULL;
+    sdunet_error err;
+    sdunet_pipeline_options po;
+    sdunet_pipeline_options_default(&po);
+    po.threads = 2;
+    if (ok) {
+        CHECK(sdunet_pipeline_load(dir, &po, &pl, &err) == SDUNET_OK, "folder: %s", err.message);
+        if (pl) {
+            sdunet_pipeline_info info;
+            sdunet_pipeline_get_info(pl, &info);
+            CHECK(strcmp(info.scheduler, "ddim") == 0 && info.vae_factor == 2 &&
+                      strcmp(info.family, "sd1") == 0,
+                  "folder info: %s %d %s", info.scheduler, info.vae_factor, info.family);
+            check_sd1_ddim(pl, "a diffusers folder");
+            sdunet_pipeline_free(pl);
+            pl = NULL;
+        }
+    }
+    static const char *const files[] = {
+        "unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"};
+    for (size_t i = 0; i < 4; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        remove(p);
+    }
+    snprintf(p, sizeof p, "%s/scheduler", dir);
+    rmdir(p);
+    remove_folder(dir);
+
+    /* the same three models as one SD1 single-file checkpoint (the tiny
+     * UNet's heads and the 32-wide encoder's cannot be inferred: configs) */
+    po.unet_config = t_data("pipeline/sd1-ddim/unet_config.json");
+    po.text_config = t_data("text/clip-tiny-sd1/config.json");
+    const char *single = tmp_path("single.safetensors");
+    ok = collect_models(l, 1, 0) == 0 && collect_models(l, 1, 1) == 0 &&
+         collect_models(l, 1, 2) == 0 && write_list(l, single) == 0;
+    CHECK(ok, "writing the single file");
+    if (ok) {
+        CHECK(sdunet_pipeline_load(single, &po, &pl, &err) == SDUNET_OK, "single file: %s",
+              err.message);
+        if (pl) {
+            sdunet_pipeline_info info;
+            sdunet_pipeline_get_info(pl, &info);
+            CHECK(strcmp(info.scheduler, "pndm") == 0 &&
+                      info.prediction_type == SDUNET_PRED_EPSILON && strlen(info.model_hash) == 8,
+                  "single-file defaults: %s, hash '%s'", info.scheduler, info.model_hash);
+            check_sd1_ddim(pl, "a single-file checkpoint");
+            sdunet_pipeline_free(pl);
+        }
+    }
+    remove(single);
+    tlist_free(l);
+    free(l);
+}
+
 static int cancel_at_step2(void *user, sdunet_phase ph, int done, int total)
 {
     (void)total;
@@ -355,6 +577,7 @@ int main(void)
     RUN(test_sd1_guidance1);
     RUN(test_sd1_img2img);
     RUN(test_sd2_v_ddim);
+    RUN(test_from_files);
     RUN(test_bad_input);
     return t_summary();
 }

@@ -5,9 +5,11 @@
 #include "golden.h"
 
 #include "io/json.h"
+#include "unet/config.h"
 #include "unet/model_internal.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static sdunet_model *g_model;
@@ -103,6 +105,71 @@ static void test_sd15_b2_96x64(void)
     golden_free(&g);
 }
 
+/* A synthetic sd15 model: weights rounded through `round` (SD_DT_F32: not
+ * rounded), panels stored as `weights`; NULL on failure. */
+static sdunet_model *sd15_model(sd_dtype round, sdunet_weights weights)
+{
+    sd_unet_config cfg;
+    sdunet_error err;
+    sdunet_model *m = NULL;
+    if (sd_config_preset("sd15", &cfg, &err)) {
+        printf("  %s\n", err.message);
+        return NULL;
+    }
+    sd_weight_source src = {.synth_round = round};
+    sdunet_options o;
+    sdunet_options_default(&o);
+    o.weights = weights;
+    if (sd_model_create(&cfg, &src, &o, &m, &err))
+        printf("  %s\n", err.message);
+    return m;
+}
+
+/* Full size with 16-bit panels: float16-rounded weights in float16 panels
+ * give bit for bit the output of the same values in float32 panels; float32
+ * weights forced into float16 panels are measured against float64. One
+ * model at a time (peak: the float32 one, 3.4 GB). */
+static void test_sd15_half_panels(void)
+{
+    golden_case g;
+    CHECK(golden_load("sd15-64", &g) == 0, "load case");
+    float *a = malloc(g.n_out * sizeof(float)), *b = malloc(g.n_out * sizeof(float));
+    double rel[3] = {-1, -1, -1};
+    size_t bytes[3][SD_WT_COUNT] = {{0}};
+    static const struct {
+        sd_dtype round;
+        sdunet_weights w;
+    } v[3] = {{SD_DT_F16, SDUNET_WEIGHTS_F32},
+              {SD_DT_F16, SDUNET_WEIGHTS_F16},
+              {SD_DT_F32, SDUNET_WEIGHTS_F16}};
+    for (int i = 0; i < 3 && a && b && g.sample; i++) {
+        sdunet_model *m = sd15_model(v[i].round, v[i].w);
+        CHECK(m != NULL, "model %d", i);
+        if (!m)
+            break;
+        sd_model_packed_bytes(m, bytes[i]);
+        rel[i] = golden_run(m, &g, 0, NULL, i == 1 ? b : a);
+        sdunet_free(m);
+        if (i == 1)
+            CHECK(memcmp(a, b, g.n_out * sizeof(float)) == 0,
+                  "f16 panels differ from f32 panels of the same values (%.3g)",
+                  t_rel_l2_f32(b, a, g.n_out));
+    }
+    printf("  sd15-64, float16-rounded weights: f32 panels %.1f MB, rel L2 %.3g; f16 panels "
+           "%.1f MB, rel L2 %.3g (identical)\n",
+           bytes[0][SD_WT_F32] / 1e6, rel[0], bytes[1][SD_WT_F16] / 1e6, rel[1]);
+    printf("  sd15-64, float32 weights forced to f16 panels: rel L2 %.3g\n", rel[2]);
+    CHECK(bytes[1][SD_WT_F16] > 0 && 2 * bytes[1][SD_WT_F16] == bytes[0][SD_WT_F32] &&
+              bytes[1][SD_WT_F32] == 0,
+          "packed bytes");
+    CHECK(rel[0] >= 0 && rel[0] < 4e-3 && rel[1] == rel[0], "rounded weights: %.3g, %.3g", rel[0],
+          rel[1]);
+    CHECK(rel[2] > 0 && rel[2] < 4e-3, "forced f16: relative L2 %.3g", rel[2]);
+    free(a);
+    free(b);
+    golden_free(&g);
+}
+
 int main(void)
 {
     if (t_small_only()) {
@@ -115,5 +182,6 @@ int main(void)
     RUN(test_sd15_64);
     RUN(test_sd15_b2_96x64);
     sdunet_free(g_model);
+    RUN(test_sd15_half_panels);
     return t_summary();
 }

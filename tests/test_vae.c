@@ -177,13 +177,13 @@ static void test_keymap(void)
 /* ---- the downsampler's convolution ---- */
 
 /* sd_conv3x3_pad0 against F.pad(x, (0, 1, 0, 1)) and a padding-0 3x3
- * convolution written out, for even and odd sizes, strides 1 and 2, both
- * kernel sets, with a bias and a residual. */
+ * convolution written out, for even and odd sizes, strides 1 and 2, every
+ * kernel set, with a bias and a residual. */
 static void test_conv_pad0(void)
 {
     static const int sizes[][4] = {{6, 4, 5, 7}, {7, 5, 3, 17}, {2, 2, 16, 33}, {9, 12, 20, 16}};
-    const char *sets[2] = {"portable", "avx2"};
-    for (int k = 0; k < 2; k++) {
+    const char *sets[3] = {"portable", "avx2", "avx512"};
+    for (int k = 0; k < 3; k++) {
         const sd_kernels *kern = sd_kernels_select(sets[k]);
         if (!kern)
             continue;
@@ -1007,6 +1007,52 @@ static void test_sd32(void)
 
 /* The CLI's decode and encode-image give the API's results (after
  * test_tiny_files, which makes the pipeline folder). */
+/* Our own case from diffusers 0.25.1 (tests/gen/make_vae_cases.py): 8
+ * GroupNorm groups, batch 2, 40x56 latents (attention over 2240 positions);
+ * references are float32 copies of the float64 results. */
+static void test_gen_small(void)
+{
+    sdunet_vae *v = load(t_data("vae/vae-gen-small/weights.safetensors"),
+                         t_data("vae/vae-gen-small/config.json"));
+    arr lat, img, noise, ref;
+    if (!v || !load_f32("vae/vae-gen-small/latent.npy", &lat) ||
+        !load_f32("vae/vae-gen-small/image.npy", &img) ||
+        !load_f32("vae/vae-gen-small/noise.npy", &noise)) {
+        sdunet_vae_free(v);
+        return;
+    }
+    const size_t n_dec = 2 * 3 * 80 * 112, n_lat = 2 * 4 * 40 * 56;
+    float *dec = malloc(n_dec * 4), *mean = malloc(n_lat * 4), *logvar = malloc(n_lat * 4),
+          *mode = malloc(n_lat * 4), *sample = malloc(n_lat * 4);
+    sdunet_error err;
+    CHECK(sdunet_vae_decode(v, lat.f, 2, 4, 40, 56, dec, &err) == SDUNET_OK, "%s", err.message);
+    CHECK(sdunet_vae_encode(v, img.f, 2, 3, 80, 112, NULL, mode, mean, logvar, &err) == SDUNET_OK,
+          "%s", err.message);
+    CHECK(sdunet_vae_encode(v, img.f, 2, 3, 80, 112, noise.f, sample, NULL, NULL, &err) ==
+              SDUNET_OK,
+          "%s", err.message);
+    static const char *const names[] = {"decode", "encode_mean", "encode_logvar",
+                                        "encode_latent_mode", "encode_latent_sample"};
+    float *outs[] = {dec, mean, logvar, mode, sample};
+    for (int i = 0; i < 5; i++) {
+        char p[128];
+        snprintf(p, sizeof p, "vae/vae-gen-small/%s.npy", names[i]);
+        if (!load_f32(p, &ref))
+            continue;
+        size_t n = i == 0 ? n_dec : n_lat;
+        double e = ref.n == n ? t_rel_l2_f32(outs[i], ref.f, n) : INFINITY;
+        printf("  vae-gen-small %-20s rel L2 %.3e\n", names[i], e);
+        CHECK(e < BAR, "vae-gen-small %s: rel L2 %.3e", names[i], e);
+        arr_free(&ref);
+    }
+    for (int i = 0; i < 5; i++)
+        free(outs[i]);
+    arr_free(&lat);
+    arr_free(&img);
+    arr_free(&noise);
+    sdunet_vae_free(v);
+}
+
 static void test_cli(void)
 {
     const char *bin = getenv("SDUNET_BIN"), *build = getenv("BUILD");
@@ -1081,6 +1127,7 @@ int main(void)
     RUN(test_u8_input);
     RUN(test_tiled);
     RUN(test_cli);
+    RUN(test_gen_small);
     RUN(test_sd32);
     outputs_free(&g_tiny);
     char cmd[400];

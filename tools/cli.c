@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include "sdunet.h"
+#include "unet/model_internal.h"
 
 #include <errno.h>
 #include <math.h>
@@ -122,14 +123,44 @@ void print_checksum(const float *y, size_t n)
     printf("checksum: sum=%.9g l2=%.9g max_abs=%.9g\n", sum, sqrt(sq), mx);
 }
 
+int parse_weights(const char *s, int *out)
+{
+    const char *src = "--weights";
+    if (!s) {
+        s = getenv("SDUNET_WEIGHTS");
+        src = "SDUNET_WEIGHTS";
+    }
+    if (!s || !*s || strcmp(s, "auto") == 0)
+        *out = SDUNET_WEIGHTS_AUTO;
+    else if (strcmp(s, "f32") == 0)
+        *out = SDUNET_WEIGHTS_F32;
+    else if (strcmp(s, "f16") == 0)
+        *out = SDUNET_WEIGHTS_F16;
+    else if (strcmp(s, "bf16") == 0)
+        *out = SDUNET_WEIGHTS_BF16;
+    else
+        return die("%s must be f32, f16, bf16 or auto (got '%s')", src, s);
+    return 0;
+}
+
 int load_model(const char *model, const char *config, const char *variant, const char *synthetic,
                int threads, int allow_nonfinite, sdunet_model **m)
+{
+    int w;
+    if (parse_weights(NULL, &w))
+        return 1;
+    return load_model_w(model, config, variant, synthetic, threads, allow_nonfinite, w, m);
+}
+
+int load_model_w(const char *model, const char *config, const char *variant, const char *synthetic,
+                 int threads, int allow_nonfinite, int weights, sdunet_model **m)
 {
     sdunet_options o;
     sdunet_options_default(&o);
     o.threads = threads;
     o.allow_nonfinite = allow_nonfinite;
     o.variant = variant;
+    o.weights = (sdunet_weights)weights;
     sdunet_error err = {0};
     sdunet_status st;
     double t0 = now_s();
@@ -144,8 +175,12 @@ int load_model(const char *model, const char *config, const char *variant, const
         return die("%s", err.message);
     sdunet_model_info info;
     sdunet_get_info(*m, &info);
-    progress("model ready in %.2f s: %.1fM parameters, %d threads, %s kernels\n", now_s() - t0,
-             (double)info.n_params / 1e6, info.threads, info.isa);
+    size_t pb[SD_WT_COUNT];
+    sd_model_packed_bytes(*m, pb);
+    progress("model ready in %.2f s: %.1fM parameters, %s weights (%.1f MB packed), %d threads, "
+             "%s kernels\n",
+             now_s() - t0, (double)info.n_params / 1e6, sd_weights_label(pb),
+             (double)(pb[0] + pb[1] + pb[2]) / 1e6, info.threads, info.isa);
     return 0;
 }
 

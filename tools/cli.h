@@ -40,6 +40,14 @@ int parse_timesteps(const char *s, float *out, int cap, int *n);
 struct sdunet_model;
 int load_model(const char *model, const char *config, const char *variant, const char *synthetic,
                int threads, int allow_nonfinite, struct sdunet_model **m);
+/* The --weights value s ("f32", "f16", "bf16", "auto"; NULL: $SDUNET_WEIGHTS,
+ * else auto) as an sdunet_weights value; prints the error and returns 1 on
+ * anything else. */
+int parse_weights(const char *s, int *out);
+/* load_model with a weight storage (sdunet_weights); load_model takes it
+ * from $SDUNET_WEIGHTS. */
+int load_model_w(const char *model, const char *config, const char *variant, const char *synthetic,
+                 int threads, int allow_nonfinite, int weights, struct sdunet_model **m);
 /* Prints "checksum: sum=... l2=... max_abs=..." for an output on stdout. */
 void print_checksum(const float *y, size_t n);
 

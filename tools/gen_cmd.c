@@ -57,6 +57,8 @@ static const char gen_help[] =
     "                       (B, H, W, 3) in [0, 1] as diffusers' output_type=\"np\"\n"
     "  --threads N          worker threads (default: SDUNET_THREADS, else all CPUs)\n"
     "  --low-memory         free the text encoder once the prompts are encoded\n"
+    "  --unet-config F      the UNet's config.json or preset when it cannot be inferred\n"
+    "  --text-config F      the text encoder's config.json when it cannot be inferred\n"
     "  --quiet / --verbose  no progress / timings per phase on stderr\n";
 
 typedef struct progress_state {
@@ -150,7 +152,9 @@ static int run_generate(int argc, char **argv, int img2img)
                {.name = "--init"},
                {.name = "--low-memory", .is_flag = 1},
                {.name = "--quiet", .is_flag = 1},
-               {.name = "--verbose", .is_flag = 1}};
+               {.name = "--verbose", .is_flag = 1},
+               {.name = "--unet-config"},
+               {.name = "--text-config"}};
     const int no = sizeof o / sizeof o[0];
     int help;
     if (parse_opts(argc, argv, o, no, &help))
@@ -242,6 +246,8 @@ static int run_generate(int argc, char **argv, int img2img)
     po.variant = get(o, no, "--variant");
     po.vae = get(o, no, "--vae");
     po.low_memory = get(o, no, "--low-memory") != NULL;
+    po.unet_config = get(o, no, "--unet-config");
+    po.text_config = get(o, no, "--text-config");
     if ((s = get(o, no, "--prediction-type"))) {
         if (strcmp(s, "epsilon") == 0)
             po.prediction_type = SDUNET_PRED_EPSILON;

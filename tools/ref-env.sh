@@ -5,7 +5,7 @@
 # pip only installs what is missing or at another version.
 #
 #   bash tools/ref-env.sh            # create or update .venv-ref/
-#   PYTHON=python3.11 bash tools/ref-env.sh
+#   PYTHON=python3.11 bash tools/ref-env.sh   # the golden files were made with 3.11
 #
 # torch comes from PyPI's default wheel (with its CUDA libraries on x86-64
 # Linux; only the CPU is used). TORCH_VERSION overrides the pin.
@@ -54,5 +54,9 @@ print(f"python=={sys.version.split()[0]} unicodedata=={unicodedata.unidata_versi
 assert numpy.__version__.startswith("1."), "numpy must be < 2"
 assert diffusers.__version__ == "0.25.1"
 assert transformers.__version__.startswith("4.36.")
+if unicodedata.unidata_version != "14.0.0":
+    print("ref-env: warning: the tokenizer cases were made with Python 3.11 "
+          "(Unicode 14.0.0); this Python has Unicode " + unicodedata.unidata_version
+          + ", so ids of newly assigned characters may differ", file=sys.stderr)
 PYEOF
 echo "ref-env: ready at $VENV"

@@ -13,6 +13,7 @@
 #include "unet/config.h"
 #include "unet/infer.h"
 #include "unet/model_internal.h"
+#include "vae/vae.h"
 #include "engine/synth.h"
 
 #include <errno.h>
@@ -99,7 +100,7 @@ static const char run_help[] =
     "usage: sdunet run (--model PATH [--config FILE|PRESET] [--variant NAME]\n"
     "                   | --synthetic PRESET)\n"
     "                  --sample S.npy --timestep T[,T...] --context C.npy --out OUT.npy\n"
-    "                  [--threads N] [--allow-nonfinite]\n"
+    "                  [--threads N] [--weights f32|f16|bf16] [--allow-nonfinite]\n"
     "\n"
     "One UNet forward: predicted noise for a noisy latent.\n"
     "  --model PATH        weights: a safetensors or .ckpt file (diffusers or original LDM\n"
@@ -116,6 +117,9 @@ static const char run_help[] =
     "  --context C.npy     text context, (B, L, D) (D = the model's cross-attention width)\n"
     "  --out OUT.npy       predicted noise, (B, 4, H, W) float32\n"
     "  --threads N         worker threads (default: $SDUNET_THREADS or all online CPUs)\n"
+    "  --weights T         store the weight matrices as f32, f16 or bf16 (default:\n"
+    "                      $SDUNET_WEIGHTS, else each tensor's precision in the file, f32\n"
+    "                      for synthetic weights); computation is float32 either way\n"
     "  --allow-nonfinite   accept NaN/Inf inputs (default: rejected with an error)\n";
 
 static int cmd_run(int argc, char **argv)
@@ -124,7 +128,8 @@ static int cmd_run(int argc, char **argv)
                {.name = "--variant"}, {.name = "--synthetic"},
                {.name = "--sample"},  {.name = "--timestep"},
                {.name = "--context"}, {.name = "--out"},
-               {.name = "--threads"}, {.name = "--allow-nonfinite", .is_flag = 1}};
+               {.name = "--threads"}, {.name = "--allow-nonfinite", .is_flag = 1},
+               {.name = "--weights"}};
     const int no = sizeof o / sizeof o[0];
     int help;
     if (parse_opts(argc, argv, o, no, &help))
@@ -145,9 +150,10 @@ static int cmd_run(int argc, char **argv)
         return die("--variant goes with --model DIR (a diffusers folder)");
     if (!sample_p || !ctx_p || !ts || !out_p)
         return die("run needs --sample, --timestep, --context and --out (see --help)");
-    int threads = 0;
-    if (get(o, no, "--threads") &&
-        parse_int(get(o, no, "--threads"), "--threads", 1, 1024, &threads))
+    int threads = 0, weights;
+    if ((get(o, no, "--threads") &&
+         parse_int(get(o, no, "--threads"), "--threads", 1, 1024, &threads)) ||
+        parse_weights(get(o, no, "--weights"), &weights))
         return 1;
     float tsv[1024];
     int nts;
@@ -196,8 +202,8 @@ static int cmd_run(int argc, char **argv)
             (long long)ss[0]);
         goto done;
     }
-    if (load_model(model, config, get(o, no, "--variant"), synthetic, threads,
-                   get(o, no, "--allow-nonfinite") != NULL, &m))
+    if (load_model_w(model, config, get(o, no, "--variant"), synthetic, threads,
+                     get(o, no, "--allow-nonfinite") != NULL, weights, &m))
         goto done;
     sdunet_model_info info;
     sdunet_get_info(m, &info);
@@ -386,10 +392,13 @@ static int cmd_trace(int argc, char **argv)
 
 static const char synth_help[] =
     "usage: sdunet synth --config PRESET|FILE --out FILE.safetensors [--dtype f32|f16|bf16]\n"
+    "                    [--checkpoint]\n"
     "\n"
     "Writes the deterministic synthetic weights of spec/synthetic-weights.md for a model\n"
     "configuration as a safetensors file with diffusers names (keys sorted, header padded\n"
-    "to 8 bytes). f16/bf16 round the float32 values to nearest even.\n";
+    "to 8 bytes). f16/bf16 round the float32 values to nearest even. --checkpoint writes\n"
+    "an SD1.x single-file checkpoint instead: the UNet, the CLIP text encoder and the VAE\n"
+    "of the sd15 preset under their original (LDM) names, as txt2img --model reads them.\n";
 
 typedef struct name_list {
     sd_tensor_info *t;
@@ -437,9 +446,40 @@ static void free_names(name_list *l)
     free(l->t);
 }
 
+/* The file name of a synthetic tensor in an SD1 single-file checkpoint:
+ * model 0 UNet (LDM names), 1 text encoder, 2 VAE (LDM names, attention as
+ * 1x1 convolutions). 0 when it has none. */
+static int checkpoint_name(int model, const sd_unet_config *cfg, int vae_levels, sd_tensor_info *t)
+{
+    char out[512], ldm[400];
+    if (model == 0) {
+        if (sd_diffusers_to_ldm(cfg, t->name, out, sizeof out) != 1)
+            return 0;
+    } else if (model == 1) {
+        snprintf(out, sizeof out, "cond_stage_model.transformer.%s", t->name);
+    } else {
+        if (!sd_vae_diffusers_to_ldm(vae_levels, t->name, ldm, sizeof ldm))
+            return 0;
+        snprintf(out, sizeof out, "first_stage_model.%s", ldm);
+        if (t->ndim == 2 && strstr(ldm, "attn_1.")) {
+            t->ndim = 4;
+            t->shape[2] = t->shape[3] = 1;
+        }
+    }
+    char *n = strdup(out);
+    if (!n)
+        return 0;
+    free(t->name);
+    t->name = n;
+    return 1;
+}
+
 static int cmd_synth(int argc, char **argv)
 {
-    opt o[] = {{.name = "--config"}, {.name = "--out"}, {.name = "--dtype"}};
+    opt o[] = {{.name = "--config"},
+               {.name = "--out"},
+               {.name = "--dtype"},
+               {.name = "--checkpoint", .is_flag = 1}};
     const int no = sizeof o / sizeof o[0];
     int help;
     if (parse_opts(argc, argv, o, no, &help))
@@ -473,6 +513,37 @@ static int cmd_synth(int argc, char **argv)
         return die("%s", err.message);
     }
     sd_unet_release(&u);
+    /* --checkpoint: the text encoder and the VAE too, as an SD1 single file */
+    const int ckpt = get(o, no, "--checkpoint") != NULL;
+    size_t model_end[3] = {l.n, l.n, l.n};
+    int vae_levels = 0;
+    if (ckpt) {
+        if (cfg.cross_attention_dim != 768) {
+            free_names(&l);
+            return die("--checkpoint writes SD1.x single files (cross-attention 768), not %d",
+                       cfg.cross_attention_dim);
+        }
+        const sd_kernels *kern = sd_kernels_select(NULL);
+        sd_clip_config cc;
+        sd_clip m;
+        sd_vae_config vc;
+        sd_vae v;
+        sd_clip_preset("sd15", &cc, &err);
+        if (sd_clip_build(&m, &cc, &src, NULL, kern, &err)) {
+            free_names(&l);
+            return die("%s", err.message);
+        }
+        sd_clip_release(&m);
+        model_end[1] = model_end[2] = l.n;
+        sd_vae_config_sd(&vc);
+        vae_levels = vc.n_levels;
+        if (sd_vae_build(&v, &vc, &src, NULL, kern, &err)) {
+            free_names(&l);
+            return die("%s", err.message);
+        }
+        sd_vae_release(&v);
+        model_end[2] = l.n;
+    }
     if (l.oom) {
         free_names(&l);
         return die("out of memory");
@@ -494,6 +565,11 @@ static int cmd_synth(int argc, char **argv)
                 h[k] = dt == SD_DT_F16 ? sd_f32_to_f16(v[k]) : sd_f32_to_bf16(v[k]);
         }
         t->data = v;
+        int model = i < model_end[0] ? 0 : i < model_end[1] ? 1 : 2;
+        if (ckpt && !checkpoint_name(model, &cfg, vae_levels, t)) {
+            free_names(&l);
+            return die("no single-file name for a tensor (or out of memory)");
+        }
     }
     sdunet_status st = sd_safetensors_write(outp, l.t, l.n, NULL, &err);
     size_t n = l.n;
@@ -513,7 +589,9 @@ static const char info_help[] =
     "original LDM), dtypes, what else a single-file checkpoint holds (VAE, text encoder,\n"
     "EMA copies, ...), the configuration inferred from the tensor shapes and the tensors\n"
     "it came from, the configuration the model loads with (--config, else config.json\n"
-    "beside the weights, else the inferred one), and the tensors the model does not use.\n";
+    "beside the weights, else the inferred one), the storage of the weight matrices\n"
+    "(each keeps its file precision: F16 and BF16 as they are, others as f32) and their\n"
+    "packed size, and the tensors the model does not use.\n";
 
 typedef struct used_set {
     const sd_tensorfile *tf;
@@ -761,6 +839,13 @@ static int cmd_info(int argc, char **argv)
             rc = die("%s", err.message);
         } else {
             printf("loads: yes (%.1fM parameters used)\n", (double)u.n_params / 1e6);
+            double f32 = 0;
+            for (int t = 0; t < SD_WT_COUNT; t++)
+                f32 += (double)u.packed_bytes[t] / (double)sd_wtype_size(t) * 4.0;
+            printf("weights: %s, %.1f MB packed (as f32: %.1f MB)\n",
+                   sd_weights_label(u.packed_bytes),
+                   (double)(u.packed_bytes[0] + u.packed_bytes[1] + u.packed_bytes[2]) / 1e6,
+                   f32 / 1e6);
             sd_unet_release(&u);
         }
         /* Unused UNet-named tensors matter (a config that does not fit);
@@ -1016,7 +1101,7 @@ static const char main_help[] =
     "  img2img a picture from a prompt and an init image\n"
     "\n"
     "environment: SDUNET_THREADS (default thread count), SDUNET_ISA (force a kernel set:\n"
-    "portable, avx2), SDUNET_CONV (3x3 convolution method: auto, direct, winograd),\n"
+    "portable, avx2, avx512), SDUNET_CONV (3x3 convolution method: auto, direct, winograd),\n"
     "SDUNET_GEGLU (unfused: feed-forward projection and gating as two passes)\n";
 
 int main(int argc, char **argv)

@@ -6,6 +6,7 @@
 #include "clip/prompt.h"
 #include "clip/tokenizer.h"
 #include "engine/pool.h"
+#include "io/fileio.h"
 #include "io/json.h"
 
 #include <errno.h>
@@ -40,60 +41,6 @@ void sdunet_text_params_default(sdunet_text_params *p)
         memset(p, 0, sizeof *p);
 }
 
-static int is_regular(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-static int is_dir(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-static int join(char *out, size_t len, const char *dir, const char *name)
-{
-    size_t n = strlen(dir);
-    int k = snprintf(out, len, "%s%s%s", dir, n && dir[n - 1] != '/' ? "/" : "", name);
-    return k >= 0 && (size_t)k < len;
-}
-
-static char *read_text(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (n + 4096 + 1 > cap) {
-            if (cap > (16u << 20)) { /* config files are small */
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            size_t nc = cap ? 2 * cap : 8192;
-            char *nb = realloc(buf, nc);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            buf = nb;
-            cap = nc;
-        }
-        size_t got = fread(buf + n, 1, 4096, f);
-        n += got;
-        if (got < 4096)
-            break;
-    }
-    fclose(f);
-    buf[n] = 0;
-    *len = n;
-    return buf;
-}
-
 /* The pad token of a tokenizer folder: special_tokens_map.json, else
  * tokenizer_config.json ("pad_token": "!" or {"content": "!"}); "" when
  * neither says. */
@@ -105,7 +52,8 @@ static void folder_pad_token(const char *dir, char *out, size_t outlen)
         char path[4096];
         size_t len;
         char *text;
-        if (!join(path, sizeof path, dir, files[f]) || !(text = read_text(path, &len)))
+        if (!sd_path_join(path, sizeof path, dir, "", files[f]) ||
+            !(text = sd_read_small_file(path, (size_t)16 << 20, &len)))
             continue;
         sd_json *root = NULL;
         if (sd_json_parse(text, len, &root, NULL) == SDUNET_OK) {
@@ -149,8 +97,8 @@ static sdunet_status setup_tokenizer(sdunet_text *t, const char *folder, sdunet_
     sdunet_status st;
     if (folder) {
         char vocab[4096], merges[4096];
-        if (!join(vocab, sizeof vocab, folder, "vocab.json") ||
-            !join(merges, sizeof merges, folder, "merges.txt"))
+        if (!sd_path_join(vocab, sizeof vocab, folder, "", "vocab.json") ||
+            !sd_path_join(merges, sizeof merges, folder, "", "merges.txt"))
             return sd_fail(err, SDUNET_E_IO, "%s: path too long", folder);
         if ((st = sd_tokenizer_from_files(vocab, merges, &t->tok, err)))
             return st;
@@ -171,7 +119,7 @@ static sdunet_status load_config(const char *config, sd_clip_config *cfg, sdunet
     if (strcmp(config, "sd15") == 0 || strcmp(config, "sd21") == 0)
         return sd_clip_preset(config, cfg, err);
     size_t len;
-    char *text = read_text(config, &len);
+    char *text = sd_read_small_file(config, (size_t)16 << 20, &len);
     if (!text)
         return sd_fail(err, SDUNET_E_IO, "%s: cannot read", config);
     sdunet_status st = sd_clip_config_parse(text, len, cfg, err);
@@ -222,7 +170,7 @@ static int find_weights(const char *dir, const char *variant, char *out, size_t 
         snprintf(names[nn++], sizeof names[0], "model.fp16.safetensors");
     }
     for (int i = 0; i < nn; i++)
-        if (join(out, len, dir, names[i]) && is_regular(out))
+        if (sd_path_join(out, len, dir, "", names[i]) && sd_is_regular(out))
             return 1;
     return 0;
 }
@@ -250,7 +198,8 @@ sdunet_status sdunet_text_load(const char *path, const sdunet_text_options *opt,
         return sd_fail(err, SDUNET_E_NOMEM, "out of memory");
     sdunet_status st = SDUNET_OK;
     if (S_ISDIR(sst.st_mode)) {
-        if (!join(p->encdir, sizeof p->encdir, path, "text_encoder") || !is_dir(p->encdir))
+        if (!sd_path_join(p->encdir, sizeof p->encdir, path, "", "text_encoder") ||
+            !sd_is_dir(p->encdir))
             snprintf(p->encdir, sizeof p->encdir, "%s", path); /* the text_encoder folder */
         if (!find_weights(p->encdir, variant, p->weights, sizeof p->weights))
             st = sd_fail(err, SDUNET_E_IO,
@@ -258,11 +207,13 @@ sdunet_status sdunet_text_load(const char *path, const sdunet_text_options *opt,
                          "%s)",
                          path, variant ? "model.VARIANT.safetensors" : "model.safetensors", path,
                          path);
-        if (join(p->config, sizeof p->config, p->encdir, "config.json") && !is_regular(p->config))
+        if (sd_path_join(p->config, sizeof p->config, p->encdir, "", "config.json") &&
+            !sd_is_regular(p->config))
             p->config[0] = 0;
-        if (join(p->tokdir, sizeof p->tokdir, path, "tokenizer") &&
-            !(is_dir(p->tokdir) && join(p->probe, sizeof p->probe, p->tokdir, "vocab.json") &&
-              is_regular(p->probe)))
+        if (sd_path_join(p->tokdir, sizeof p->tokdir, path, "", "tokenizer") &&
+            !(sd_is_dir(p->tokdir) &&
+              sd_path_join(p->probe, sizeof p->probe, p->tokdir, "", "vocab.json") &&
+              sd_is_regular(p->probe)))
             p->tokdir[0] = 0;
     } else if (variant) {
         st = sd_fail(err, SDUNET_E_INVALID_ARG,
@@ -576,18 +527,9 @@ sdunet_status sdunet_text_set_threads(sdunet_text *t, int threads, sdunet_error 
 {
     if (!t)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL text encoder");
-    if (threads < 0 || threads > 1024)
-        return sd_fail(err, SDUNET_E_INVALID_ARG, "threads must be 0..1024 (got %d)", threads);
     if (atomic_flag_test_and_set(&t->busy))
         return sd_fail(err, SDUNET_E_BUSY, "text encoder is in use on another thread");
-    int n = threads ? threads : sd_default_threads();
-    sd_pool *pool;
-    sdunet_status st = sd_pool_create(n, &pool, err);
-    if (!st) {
-        sd_pool_destroy(t->pool);
-        t->pool = pool;
-        t->threads = n;
-    }
+    sdunet_status st = sd_pool_resize(&t->pool, &t->threads, threads, err);
     atomic_flag_clear(&t->busy);
     return st;
 }

@@ -9,7 +9,7 @@
  * exactly the B-panel layout P^T needs, so probabilities are never
  * repacked; each query is one vector lane, so the running max, the sums and
  * the rescaling are plain vertical vector operations (kern->softmax_cols); and channels are
- * padded to a multiple of mr (6) rather than nr (16).
+ * padded to a multiple of mr rather than nr (16).
  *
  * K and V are packed once per (batch, head) into a shared buffer, a few
  * (batch, head) pairs at a time to bound its size; then a task owns one

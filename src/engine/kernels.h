@@ -18,6 +18,8 @@
 #include "common.h"
 #include "engine/pool.h"
 
+#include <string.h>
+
 /* Epilogue terms for one microkernel tile at C[m][n] (see sd_epilogue):
  * bias at column n; per tile row i, the group_add and residual rows at
  * column n. Any may be NULL. */
@@ -40,7 +42,7 @@ struct sd_epilogue;
 
 /* A kernel set chosen at run time from the CPU's features. */
 typedef struct sd_kernels {
-    const char *name; /* "avx2", "portable" */
+    const char *name; /* "avx512", "avx2", "portable" */
     int mr, nr;       /* microkernel tile: mr rows of A by nr columns of B */
     /* C[mr x nr] (row stride ldc) = (accumulate ? C : 0) + Apanel * Bpanel,
      * Apanel: kc steps of mr floats (packed column-major by k),
@@ -65,12 +67,18 @@ typedef struct sd_kernels {
     /* y[i] = h[i] * gelu(g[i]), exact-erf GELU, for i < n (one GEGLU row):
      * within ~3e-7 relative for g > -2.5, and in absolute terms beyond. */
     void (*gelu_mul)(const float *h, const float *g, float *y, int n);
+    /* dst[i] = the float32 value of the 16-bit weight src[i], i < n, for
+     * type SD_WT_F16 (IEEE binary16: exact, subnormals included, Inf kept,
+     * a NaN keeps its sign and payload and comes out quiet, as IEEE
+     * convertFormat and F16C give it) or SD_WT_BF16 (the top half of a
+     * float32: exact, bits kept). Results equal sd_wt_widen1. */
+    void (*widen)(int type, const uint16_t *src, float *dst, size_t n);
     /* sd_conv3x3_winograd built for this set, or NULL for the portable build. */
     int (*winograd)(const struct sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
                     const struct sd_packed *Wp, float *out, const struct sd_epilogue *ep);
 } sd_kernels;
 
-/* Best kernel set for this CPU. `force` may name one ("portable", "avx2")
+/* Best kernel set for this CPU. `force` may name one ("portable", "avx2", "avx512")
  * or be NULL; an unknown or unavailable name returns NULL. */
 const sd_kernels *sd_kernels_select(const char *force);
 
@@ -125,10 +133,53 @@ static inline void sd_exec_fault(const sd_exec *ex)
 void *sd_ws_get(const sd_exec *ex, int slot, size_t bytes);
 void sd_ws_put(const sd_exec *ex, int slot, void *p);
 
+/* How packed weights are stored. The kernels compute in float32 either
+ * way: 16-bit panels are widened block by block (a kc x nr slice of one
+ * panel at a time, into per-thread scratch) right before the microkernel
+ * sweeps it over the rows of the product, so a layer never exists as a
+ * float32 copy. Widening is exact, so a product with 16-bit panels equals,
+ * bit for bit, the product with float32 panels of the same values. */
+typedef enum sd_wtype {
+    SD_WT_F32 = 0,
+    SD_WT_F16 = 1,  /* IEEE binary16 */
+    SD_WT_BF16 = 2, /* bfloat16 */
+} sd_wtype;
+#define SD_WT_COUNT 3
+/* "f32", "f16", "bf16" ("?" for anything else). */
+const char *sd_wtype_name(int type);
+/* Bytes per stored weight: 4 or 2. */
+static inline size_t sd_wtype_size(int type)
+{
+    return type == SD_WT_F32 ? 4 : 2;
+}
+
+/* One weight widened: the scalar form of kern->widen (the portable set's). */
+static inline float sd_wt_widen1(int type, uint16_t h)
+{
+    uint32_t bits;
+    if (type == SD_WT_BF16) {
+        bits = (uint32_t)h << 16;
+    } else {
+        const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+        if (e == 0x1F) /* Inf, or NaN made quiet */
+            bits = sign | 0x7F800000u | (m << 13) | (m ? 0x400000u : 0);
+        else if (e)
+            bits = sign | ((e + 112) << 23) | (m << 13);
+        else { /* zero or subnormal: m * 2^-24, exact (a normal float32) */
+            float f = (float)m * 0x1p-24f;
+            return sign ? -f : f;
+        }
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
 /* Weights packed for the GEMM: logical B[K][N], N = output features. */
 typedef struct sd_packed {
     int K, N, nr;
-    float *data; /* ceil(N/nr) panels, each K x nr floats (k-major), zero padded */
+    int type;   /* sd_wtype of the stored values */
+    void *data; /* ceil(N/nr) panels, each K x nr values (k-major), zero padded */
     /* 0, or F for a GEGLU projection packed by sd_pack_geglu: its N = 2F
      * columns [hidden | gate] are stored as panel pairs (hidden panel q,
      * gate panel q), so only sd_gemm_geglu may multiply by it. */
@@ -151,6 +202,29 @@ static inline int sd_geglu_packable(int F, int nr)
 {
     return F > 0 && F % nr == 0 && F <= INT32_MAX / 2;
 }
+/* Where sd_pack_src reads weights laid out as sd_pack's w: `parts`
+ * (1..SD_WSRC_PARTS) blocks of `rows` output rows each stacked along N
+ * (q|k|v fused), part p at part[p]; values of `type`: SD_WT_F32 native
+ * floats (float aligned), SD_WT_F16 / SD_WT_BF16 little-endian 16-bit
+ * values at any alignment (a file mapping as it is). */
+#define SD_WSRC_PARTS 4
+typedef struct sd_wsrc {
+    int type;
+    int parts, rows;
+    const void *part[SD_WSRC_PARTS];
+} sd_wsrc;
+
+/* sd_pack (geglu_F = 0) or sd_pack_geglu (geglu_F = F, N = 2F) from w, with
+ * the panels stored as `store`: the same type is copied bit for bit, a
+ * wider one widened exactly, a narrower one rounded to nearest even
+ * (float32 -> float16 overflows to Inf past 65504 and loses precision below
+ * 2^-14). SDUNET_E_INVALID_ARG on bad arguments (N != parts * rows, a
+ * geglu_F that sd_geglu_packable refuses), SDUNET_E_NOMEM. */
+sdunet_status sd_pack_src(const sd_kernels *kern, const sd_wsrc *w, int N, int Cin, int taps,
+                          int geglu_F, int store, sd_packed *out);
+/* Bytes of the panels sd_pack_src makes for N x K weights stored as
+ * `store` in panels nr wide (SIZE_MAX on overflow). */
+size_t sd_packed_bytes(int N, size_t K, int nr, int store);
 void sd_packed_free(sd_packed *p);
 
 /* Fused epilogue, applied once per output element after the full K sum:
@@ -168,7 +242,9 @@ typedef struct sd_epilogue {
 
 /* C[M][N] (row stride ldc) = A[M][K] (row stride lda) * B + epilogue.
  * A must not overlap C. Allocates per call: threads x ~144 KiB of packing
- * scratch (on failure it falls back to a slower single-thread path). */
+ * scratch, plus up to 32 KiB for widening 16-bit panels (on failure it
+ * falls back to a slower single-thread path). B may be stored in any
+ * sd_wtype; the result is the same bit for bit. */
 void sd_gemm(const sd_exec *ex, int M, const float *A, int lda, const sd_packed *B, float *C,
              int ldc, const sd_epilogue *ep);
 /* sd_gemm with A the channel concatenation [A1 | A2] of two row-major
@@ -291,6 +367,15 @@ void sd_gemm_run(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_packed
  * k < len. A row may point at sd_zero_row (len <= SD_KC_MAX). */
 void sd_pack_rows(const float *const *rows, int mr, int len, float *dst);
 extern const float sd_zero_row[SD_KC_MAX];
+
+#if SD_HAVE_X86
+/* The x86 kernel sets; the AVX-512 set uses the AVX2 build of the Winograd
+ * convolution (its transforms do not depend on the tile height). */
+extern const sd_kernels sd_kernels_avx2;   /* gemm_avx2.c */
+extern const sd_kernels sd_kernels_avx512; /* gemm_avx512.c */
+int sd_conv3x3_winograd_avx2(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
+                             const sd_packed *Wp, float *out, const sd_epilogue *ep);
+#endif
 
 /* ---- reference (naive, obviously correct) versions for the tests ---- */
 void sd_ref_gemm(int M, int N, int K, const float *A, int lda, const float *Bkn, float *C, int ldc,

@@ -54,10 +54,15 @@ typedef struct sd_weight_source {
      * the forward runs it as GEMM + sd_geglu instead of sd_gemm_geglu
      * (SDUNET_GEGLU=unfused; the tests use it to cover that path). */
     int geglu_unfused;
+    /* Storage of the packed weight panels (sdunet_options.weights):
+     * SDUNET_WEIGHTS_AUTO keeps each file tensor's precision (F16 -> f16,
+     * BF16 -> bf16, others and synthetic weights -> f32); the others force
+     * f32, f16 or bf16 (narrowing rounds to nearest even). */
+    sdunet_weights weights;
 } sd_weight_source;
 
 /* A model build in progress: fetches tensors by reference name, checks
- * shapes, converts to float32 and packs. Missing and mismatched tensors are
+ * shapes, converts and packs. Missing and mismatched tensors are
  * collected so that one error lists them all (sd_loader_finish). */
 typedef struct sd_loader {
     const sd_weight_source *src;
@@ -73,6 +78,9 @@ typedef struct sd_loader {
     sdunet_status fatal;
     sdunet_error *err;
     int64_t n_params;
+    /* Bytes of packed weight panels by sd_wtype (also counted when
+     * check_only, as the build would pack them). */
+    size_t packed_bytes[SD_WT_COUNT];
 } sd_loader;
 
 void sd_loader_init(sd_loader *ld, const sd_weight_source *src, const sd_kernels *kern,

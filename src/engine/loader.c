@@ -1,9 +1,9 @@
 /* The loader behind every model's build: fetches tensors by reference name
  * (from a file through the model's name map, or from the synthetic
- * generator), checks their shapes, converts them to float32 and packs them
- * for the kernels. Missing and mismatched tensors are collected so one error
- * lists them all. Once a tensor is packed its file pages are released, so a
- * large file is not held in memory beside the model. */
+ * generator), checks their shapes and packs them for the kernels (weight
+ * panels in float32, float16 or bfloat16; everything else in float32). Missing and mismatched
+ * tensors are collected so one error lists them all. Once a tensor is packed its file pages are
+ * released, so a large file is not held in memory beside the model. */
 #include "engine/layers.h"
 #include "engine/synth.h"
 
@@ -132,6 +132,21 @@ static const sd_tensor_info *lookup(sd_loader *ld, const char *name, int ndim, c
 
 /* Fetches tensor `name` of the given shape into dst (numel floats). On a
  * missing or mismatched tensor, records it and fills dst with zeros. */
+/* Synthetic tensor `name` into dst, rounded as src->synth_round says. */
+static void synth(sd_loader *ld, const char *name, int ndim, const int64_t *shape, float *dst)
+{
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        n *= (size_t)shape[i];
+    sd_synth_weight_pool(name, ndim, shape, dst, ld->src->pool);
+    if (ld->src->synth_round == SD_DT_F16)
+        for (size_t i = 0; i < n; i++)
+            dst[i] = sd_f16_to_f32(sd_f32_to_f16(dst[i]));
+    else if (ld->src->synth_round == SD_DT_BF16)
+        for (size_t i = 0; i < n; i++)
+            dst[i] = sd_bf16_to_f32(sd_f32_to_bf16(dst[i]));
+}
+
 static void fetch(sd_loader *ld, const char *name, int ndim, const int64_t *shape, float *dst)
 {
     size_t n = 1;
@@ -139,15 +154,8 @@ static void fetch(sd_loader *ld, const char *name, int ndim, const int64_t *shap
         n *= (size_t)shape[i];
     if (!ld->src->file) {
         lookup(ld, name, ndim, shape);
-        if (ld->src->check_only)
-            return;
-        sd_synth_weight_pool(name, ndim, shape, dst, ld->src->pool);
-        if (ld->src->synth_round == SD_DT_F16)
-            for (size_t i = 0; i < n; i++)
-                dst[i] = sd_f16_to_f32(sd_f32_to_f16(dst[i]));
-        else if (ld->src->synth_round == SD_DT_BF16)
-            for (size_t i = 0; i < n; i++)
-                dst[i] = sd_bf16_to_f32(sd_f32_to_bf16(dst[i]));
+        if (!ld->src->check_only)
+            synth(ld, name, ndim, shape, dst);
         return;
     }
     const sd_tensor_info *t = lookup(ld, name, ndim, shape);
@@ -188,12 +196,24 @@ void sd_load_norm(sd_loader *ld, sd_norm *g, const char *prefix, int C)
     g->beta = sd_load_tensor(ld, name, 1, shape);
 }
 
-/* SD_LIN_GEGLU: a Linear whose 2F outputs are [hidden | gate] of a GEGLU,
- * packed for sd_gemm_geglu when F allows (sd_pack_geglu), else as a Linear. */
+/* The panel storage type a file tensor of dtype dt keeps by default. */
+static int keep_type(sd_dtype dt)
+{
+    return dt == SD_DT_F16 ? SD_WT_F16 : dt == SD_DT_BF16 ? SD_WT_BF16 : SD_WT_F32;
+}
 
 /* Loads one or more weight tensors stacked along the output axis into one
  * packed matrix (fusing q|k|v). prefixes[i] names each part; all parts have
- * N_part outputs. Bias only when with_bias. */
+ * N_part outputs. Bias only when with_bias. SD_LIN_GEGLU: a Linear whose 2F
+ * outputs are [hidden | gate] of a GEGLU, packed for sd_gemm_geglu when F
+ * allows (sd_pack_geglu), else as a Linear.
+ *
+ * File tensors that are all float16, all bfloat16 or all aligned float32
+ * are packed straight from the file mapping: no copy of the largest
+ * tensors (118 MB for SD1.5's widest conv in float32), none of a 16-bit
+ * model in float32. Other dtypes go through a float32 scratch of this one
+ * layer. The panels keep the file's precision (float16 and bfloat16 as
+ * they are, anything else float32) unless src->weights forces a type. */
 void sd_load_lin_multi(sd_loader *ld, sd_lin *l, const char *const *prefixes, int parts, int N_part,
                        int Cin, sd_lin_kind kind, int with_bias)
 {
@@ -202,36 +222,66 @@ void sd_load_lin_multi(sd_loader *ld, sd_lin *l, const char *const *prefixes, in
     char name[256];
     int64_t shape[4] = {N_part, Cin, kind == SD_LIN_CONV3 ? 3 : 1, kind == SD_LIN_CONV3 ? 3 : 1};
     const int ndim = kind == SD_LIN_LINEAR || kind == SD_LIN_GEGLU ? 2 : 4;
-    /* A lone float32 tensor is packed straight from the file mapping: no
-     * scratch copy of the largest tensors (118 MB for SD1.5's widest conv). */
-    const float *w_in = NULL;
-    const sd_tensor_info *direct = NULL;
-    float *w = NULL;
-    if (parts == 1 && ld->src->file && !ld->src->check_only && !ld->fatal) {
-        snprintf(name, sizeof name, "%s.weight", prefixes[0]);
-        direct = lookup(ld, name, ndim, shape);
-        if (direct && usable_in_place(direct)) {
-            w_in = direct->data;
-        } else if (direct) {
-            if (!(w = scratch(ld, part)))
-                return;
-            sdunet_error e;
-            if (sd_tensor_to_f32(direct, w, &e) != SDUNET_OK) {
-                note_bad(ld, "%s: %s", direct->name, e.message);
-                zero(ld, w, part);
-            }
+    if (parts < 1 || parts > SD_WSRC_PARTS) {
+        if (!ld->fatal)
+            ld->fatal =
+                sd_fail(ld->err, SDUNET_E_INTERNAL, "internal error: %d stacked layers", parts);
+        return;
+    }
+    const sd_tensor_info *t[SD_WSRC_PARTS] = {0};
+    const int file = ld->src->file != NULL;
+    /* Which precision the panels keep, and whether the mapping can be
+     * packed from as it is (all parts found, one dtype, readable in place). */
+    int keep = -1, in_place = file;
+    for (int p = 0; p < parts; p++) {
+        snprintf(name, sizeof name, "%s.weight", prefixes[p]);
+        t[p] = lookup(ld, name, ndim, shape);
+        if (!t[p]) {
+            in_place = 0;
+            continue;
         }
-    } else {
-        w = scratch(ld, part * (size_t)parts); /* untouched pages cost nothing when check_only */
-        if (!w)
+        const int k = keep_type(t[p]->dtype);
+        keep = keep < 0 || keep == k ? k : SD_WT_F32;
+        in_place &= p == 0 || t[p]->dtype == t[0]->dtype;
+        in_place &= t[p]->dtype == SD_DT_F16 || t[p]->dtype == SD_DT_BF16 || usable_in_place(t[p]);
+    }
+    const sdunet_weights force = ld->src->weights;
+    const int store = force >= SDUNET_WEIGHTS_F32 && force <= SDUNET_WEIGHTS_BF16 ? (int)force - 1
+                      : keep >= 0                                                 ? keep
+                                                                                  : SD_WT_F32;
+    const int N = N_part * parts;
+    const size_t K = (size_t)Cin * (size_t)taps;
+    size_t bytes = sd_packed_bytes(N, K, ld->kern ? ld->kern->nr : 16, store);
+    if (!sd_add_size(ld->packed_bytes[store], bytes, &ld->packed_bytes[store]))
+        ld->packed_bytes[store] = SIZE_MAX;
+
+    sd_wsrc w = {.type = SD_WT_F32, .parts = parts, .rows = N_part};
+    float *conv = NULL;
+    if (!ld->src->check_only && !ld->fatal && in_place) {
+        w.type = keep_type(t[0]->dtype);
+        for (int p = 0; p < parts; p++)
+            w.part[p] = t[p]->data;
+    } else if (!ld->src->check_only && !ld->fatal && (!file || !ld->n_bad)) {
+        /* Synthetic weights, or file tensors converted to float32. */
+        if (!(conv = scratch(ld, part * (size_t)parts)))
             return;
         for (int p = 0; p < parts; p++) {
-            snprintf(name, sizeof name, "%s.weight", prefixes[p]);
-            fetch(ld, name, ndim, shape, w + part * (size_t)p);
+            float *dst = conv + part * (size_t)p;
+            w.part[p] = dst;
+            if (!file) {
+                snprintf(name, sizeof name, "%s.weight", prefixes[p]);
+                synth(ld, name, ndim, shape, dst);
+                continue;
+            }
+            sdunet_error e;
+            if (t[p] && sd_tensor_to_f32(t[p], dst, &e) != SDUNET_OK) {
+                note_bad(ld, "%s: %s", t[p]->name, e.message);
+                zero(ld, dst, part);
+            }
+            if (t[p])
+                sd_tensorfile_release(ld->src->file, t[p]);
         }
     }
-    if (!w_in)
-        w_in = w;
     if (with_bias) {
         l->b = sd_alloc((size_t)N_part * (size_t)parts * sizeof(float));
         if (!l->b) {
@@ -246,19 +296,20 @@ void sd_load_lin_multi(sd_loader *ld, sd_lin *l, const char *const *prefixes, in
         }
     }
     /* Once a tensor is missing the build fails: packing more is wasted. */
-    if (ld->fatal || ld->src->check_only || ld->n_bad || !w_in)
+    if (ld->fatal || ld->src->check_only || ld->n_bad || !w.part[0])
         return;
-    const int N = N_part * parts;
     sdunet_status st = SDUNET_E_INVALID_ARG;
-    /* sd_pack_geglu refuses (INVALID_ARG) unless N/2 is whole panels */
+    /* sd_pack_src refuses a GEGLU interleave (INVALID_ARG) unless N/2 is
+     * whole panels; then the layer is packed as a plain Linear */
     if (kind == SD_LIN_GEGLU && N % 2 == 0 && !ld->src->geglu_unfused)
-        st = sd_pack_geglu(ld->kern, w_in, N / 2, Cin, &l->w);
+        st = sd_pack_src(ld->kern, &w, N, Cin, taps, N / 2, store, &l->w);
     if (st == SDUNET_E_INVALID_ARG)
-        st = sd_pack(ld->kern, w_in, N, Cin, taps, &l->w);
+        st = sd_pack_src(ld->kern, &w, N, Cin, taps, 0, store, &l->w);
     if (st != SDUNET_OK)
         ld->fatal = sd_fail(ld->err, SDUNET_E_NOMEM, "out of memory packing weights");
-    if (direct)
-        sd_tensorfile_release(ld->src->file, direct);
+    if (in_place)
+        for (int p = 0; p < parts; p++)
+            sd_tensorfile_release(ld->src->file, t[p]);
 }
 
 void sd_load_lin(sd_loader *ld, sd_lin *l, const char *prefix, int N, int Cin, sd_lin_kind kind,

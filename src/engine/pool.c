@@ -188,3 +188,18 @@ int sd_default_threads(void)
     }
     return sd_cpu_count();
 }
+
+sdunet_status sd_pool_resize(sd_pool **pool, int *threads, int requested, sdunet_error *err)
+{
+    if (requested < 0 || requested > 1024)
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "threads must be 0..1024 (got %d)", requested);
+    int n = requested ? requested : sd_default_threads();
+    sd_pool *p;
+    sdunet_status st = sd_pool_create(n, &p, err);
+    if (st)
+        return st;
+    sd_pool_destroy(*pool);
+    *pool = p;
+    *threads = n;
+    return SDUNET_OK;
+}

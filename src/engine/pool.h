@@ -24,5 +24,8 @@ void sd_pool_run(sd_pool *pool, int64_t ntasks, sd_task_fn fn, void *ctx);
 int sd_cpu_count(void);
 /* SDUNET_THREADS when it is a number in 1..1024, else sd_cpu_count(). */
 int sd_default_threads(void);
+/* Replaces *pool by a pool of `requested` threads (1..1024; 0 = the
+ * default), updating *threads; on failure *pool is kept. */
+sdunet_status sd_pool_resize(sd_pool **pool, int *threads, int requested, sdunet_error *err);
 
 #endif

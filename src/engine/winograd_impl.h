@@ -10,6 +10,9 @@
 
 #include <stddef.h>
 #include <string.h>
+#if defined(__F16C__) && defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #ifndef WG_V_BYTES
 #define WG_V_BYTES (12u << 20) /* transformed inputs of one tile block: L3 */
@@ -165,19 +168,49 @@ static void in_panel(void *ctx, int64_t task, int thread)
 
 /* ---- weights: U = G g G^T, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1] ---- */
 
-/* Channels [k0, k0 + kc) of output panel `wp` (packed direct weights, rows
- * k = tap*Cin + ci of 16 floats) into ub[ad][k - k0][16]. */
-static void weights_block(const float *wp, int Cin, int k0, int kc, float *ub)
+/* Eight packed weights at element i of wp, of type `type` (sd_wtype), as
+ * float32: 16-bit ones are widened exactly, as kern->widen does (F16C
+ * where this file is built with it). */
+static inline void wg_ld_w(wv *v, const void *wp, size_t i, int type)
+{
+    if (type == SD_WT_F32) {
+        wv_ld(v, (const float *)wp + i);
+        return;
+    }
+    const uint16_t *hp = (const uint16_t *)wp + i;
+#if defined(__F16C__) && defined(__AVX2__)
+    const __m128i h = _mm_loadu_si128((const __m128i *)hp);
+    if (type == SD_WT_F16)
+        *v = (wv)_mm256_cvtph_ps(h);
+    else
+        *v = (wv)_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+#else
+    float f[8];
+    for (int q = 0; q < 8; q++)
+        f[q] = sd_wt_widen1(type, hp[q]);
+    wv_ld(v, f);
+#endif
+}
+
+/* Channels [k0, k0 + kc) of output panel `wp` (packed direct weights of
+ * type `type`, rows k = tap*Cin + ci of 16 values) into ub[ad][k - k0][16].
+ * Inlined per type (weights_block), so the type is not tested per load. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void
+weights_block_t(const void *wp, int type, int Cin, int k0, int kc, float *ub)
 {
     const wv half = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
-    const size_t ad_step = (size_t)kc * 16;
+    const size_t ad_step = (size_t)kc * 16, esz = sd_wtype_size(type);
     for (int k = 0; k < kc; k++)
         for (int h = 0; h < 16; h += 8) {
             wv g[9], t[12];
             for (int tap = 0; tap < 9; tap++) {
-                const float *gp = wp + ((size_t)tap * Cin + k0 + k) * 16 + h;
-                __builtin_prefetch(gp + 8 * 16); /* nine streams: help the prefetcher */
-                wv_ld(&g[tap], gp);
+                const size_t gi = ((size_t)tap * Cin + k0 + k) * 16 + h;
+                /* nine streams: help the prefetcher */
+                __builtin_prefetch((const char *)wp + (gi + 8 * 16) * esz);
+                wg_ld_w(&g[tap], wp, gi, type);
             }
             for (int kx = 0; kx < 3; kx++) { /* G g (4 x 3); the halving is exact */
                 wv s = g[0 + kx] + g[6 + kx];
@@ -196,6 +229,16 @@ static void weights_block(const float *wp, int Cin, int k0, int kc, float *ub)
                 wv_st(o + (4 * a + 3) * ad_step, &q[2]);
             }
         }
+}
+
+static void weights_block(const void *wp, int type, int Cin, int k0, int kc, float *ub)
+{
+    if (type == SD_WT_F16)
+        weights_block_t(wp, SD_WT_F16, Cin, k0, kc, ub);
+    else if (type == SD_WT_BF16)
+        weights_block_t(wp, SD_WT_BF16, Cin, k0, kc, ub);
+    else
+        weights_block_t(wp, SD_WT_F32, Cin, k0, kc, ub);
 }
 
 /* ---- one output panel: products, then Y = A^T M A, A^T = [1 1 1 0; 0 1 -1 -1] ---- */
@@ -221,11 +264,12 @@ static void out_panel(void *ctx, int64_t task, int thread)
     const int nkb = (Cin + WG_KC - 1) / WG_KC, kcb = (Cin + nkb - 1) / nkb;
     const size_t acc_step = (size_t)j->tpan * mr * 16; /* floats per position in Acc */
     float *ub = j->scratch + (size_t)thread * j->per_thread, *acc = ub + (size_t)16 * kcb * 16;
-    const float *wp = j->Wp->data + (size_t)p * j->Wp->K * 16;
+    const int wtype = j->Wp->type;
+    const void *wp = (const char *)j->Wp->data + (size_t)p * j->Wp->K * 16 * sd_wtype_size(wtype);
 
     for (int kb = 0; kb < nkb; kb++) {
         const int k0 = kb * kcb, kc = Cin - k0 < kcb ? Cin - k0 : kcb;
-        weights_block(wp, Cin, k0, kc, ub);
+        weights_block(wp, wtype, Cin, k0, kc, ub);
         for (int ad = 0; ad < 16; ad++)
             for (int tp = 0; tp < j->tpan; tp++)
                 kern->micro(kc, j->V + ad * j->ad_step + ((size_t)tp * Cin + k0) * mr,
@@ -296,7 +340,8 @@ static int wg_run(const sd_exec *ex, const float *in, int batch, int H, int W, i
     const sd_kernels *kern = ex->kern;
     const int mr = kern->mr, N = Wp->N;
     if (Wp->nr != 16 || kern->nr != 16 || mr > SD_MR_MAX || Wp->K != 9 * Cin || batch <= 0 ||
-        H <= 0 || W <= 0)
+        H <= 0 || W <= 0 ||
+        (Wp->type != SD_WT_F32 && Wp->type != SD_WT_F16 && Wp->type != SD_WT_BF16))
         return 0;
     const int th = (H + 1) / 2, tw = (W + 1) / 2;
     const long tiles_l = (long)batch * th * tw;

@@ -788,3 +788,44 @@ const sd_json *sd_json_get(const sd_json *obj, const char *key)
             return &obj->items[i];
     return NULL;
 }
+
+char *sd_json_from_python(const char *text, size_t len, size_t *out_len)
+{
+    size_t cap;
+    if (!sd_mul_size(len, 2, &cap) || !sd_add_size(cap, 1, &cap))
+        return NULL;
+    char *out = malloc(cap);
+    if (!out)
+        return NULL;
+    size_t o = 0;
+    int in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = text[i];
+        if (in_str) {
+            out[o++] = c;
+            if (c == '\\' && i + 1 < len)
+                out[o++] = text[++i];
+            else if (c == '"')
+                in_str = 0;
+            continue;
+        }
+        static const char *const lit[3] = {"-Infinity", "Infinity", "NaN"};
+        size_t k;
+        for (k = 0; k < 3; k++) {
+            size_t n = strlen(lit[k]);
+            if (len - i >= n && memcmp(text + i, lit[k], n) == 0)
+                break;
+        }
+        if (k < 3) {
+            memcpy(out + o, "null", 4);
+            o += 4;
+            i += strlen(lit[k]) - 1;
+            continue;
+        }
+        in_str = c == '"';
+        out[o++] = c;
+    }
+    out[o] = 0;
+    *out_len = o;
+    return out;
+}

@@ -32,6 +32,13 @@ struct sd_json {
 sdunet_status sd_json_parse(const char *text, size_t len, sd_json **out, sdunet_error *err);
 void sd_json_free(sd_json *j);
 
+/* Python's json module writes NaN, Infinity and -Infinity, which are not
+ * JSON (diffusers' configs can hold them, e.g. lambda_min_clipped: -Infinity).
+ * Returns a malloc'd copy of the text with those literals, outside strings,
+ * replaced by null (*out_len its length), for sd_json_parse; NULL when out
+ * of memory. A key whose value was one of them then reads as null. */
+char *sd_json_from_python(const char *text, size_t len, size_t *out_len);
+
 /* Object member by key or NULL (also NULL if obj is not an object). */
 const sd_json *sd_json_get(const sd_json *obj, const char *key);
 

@@ -5,11 +5,13 @@
 
 #include "common.h"
 #include "engine/pool.h"
+#include "io/fileio.h"
 #include "io/json.h"
 #include "io/sha256.h"
 #include "sched/torch_rng.h"
 #include "sdunet_sample.h"
 #include "sdunet_vae.h"
+#include "unet/model_internal.h"
 
 #include <errno.h>
 #include <math.h>
@@ -63,39 +65,6 @@ void sdunet_gen_params_default(sdunet_gen_params *p)
 }
 
 /* ---- files ---- */
-
-static int is_dir(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-static int is_regular(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-static int join(char *out, size_t len, const char *dir, const char *name)
-{
-    size_t n = strlen(dir);
-    int k = snprintf(out, len, "%s%s%s", dir, n && dir[n - 1] != '/' ? "/" : "", name);
-    return k >= 0 && (size_t)k < len;
-}
-
-static char *read_small(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *buf = malloc(1 << 20);
-    size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
-    fclose(f);
-    if (buf)
-        buf[n] = 0;
-    *len = n;
-    return buf;
-}
 
 /* The file or folder name without its extension. */
 static void base_name(const char *path, char *out, size_t len)
@@ -163,9 +132,14 @@ static sdunet_timestep_spacing class_spacing(const char *name)
 static sdunet_status parse_sched(sdunet_pipeline *pl, const char *path, sdunet_error *err)
 {
     size_t len;
-    char *text = read_small(path, &len);
-    if (!text)
+    char *raw = sd_read_small_file(path, (size_t)16 << 20, &len);
+    if (!raw)
         return sd_fail(err, SDUNET_E_IO, "%s: cannot read", path);
+    /* diffusers writes its configs with Python's json: -Infinity may occur */
+    char *text = sd_json_from_python(raw, len, &len);
+    free(raw);
+    if (!text)
+        return sd_fail(err, SDUNET_E_NOMEM, "out of memory");
     sd_json *j = NULL;
     sdunet_status st = sd_json_parse(text, len, &j, err);
     free(text);
@@ -321,7 +295,7 @@ static sdunet_status finish_load(sdunet_pipeline *pl, const sdunet_pipeline_opti
 static int read_sample_size(const char *unet_config)
 {
     size_t len;
-    char *text = read_small(unet_config, &len);
+    char *text = sd_read_small_file(unet_config, (size_t)16 << 20, &len);
     sd_json *j = NULL;
     int v = 0;
     if (text && sd_json_parse(text, len, &j, NULL) == SDUNET_OK) {
@@ -363,14 +337,16 @@ sdunet_status sdunet_pipeline_load(const char *path, const sdunet_pipeline_optio
         model_hash(path, pl->model_hash);
     int folder_pred = 0;
     char p[4096];
-    if (folder && join(p, sizeof p, path, "scheduler/scheduler_config.json") && is_regular(p)) {
+    if (folder && sd_path_join(p, sizeof p, path, "", "scheduler/scheduler_config.json") &&
+        sd_is_regular(p)) {
         if ((st = parse_sched(pl, p, err)))
             goto fail;
         folder_pred = 1;
     }
-    if (folder && join(p, sizeof p, path, "unet/config.json"))
+    if (folder && sd_path_join(p, sizeof p, path, "", "unet/config.json"))
         pl->sample_size = read_sample_size(p);
-    if ((st = sdunet_load(path, NULL, &uo, &pl->unet, err)))
+    pl->topt.config = opt ? opt->text_config : NULL;
+    if ((st = sdunet_load(path, opt ? opt->unet_config : NULL, &uo, &pl->unet, err)))
         goto fail;
     if ((st = load_text(pl, err)))
         goto fail;
@@ -407,22 +383,24 @@ sdunet_status sdunet_pipeline_load_synthetic(const char *preset, const sdunet_pi
     snprintf(pl->model_name, sizeof pl->model_name, "synthetic-%s", preset);
     int folder_pred = 0;
     char unet_cfg[4096], vae_cfg[4096];
-    if (is_dir(preset)) {
+    if (sd_is_dir(preset)) {
         base_name(preset, pl->model_name, sizeof pl->model_name);
         char p[4096];
-        if (!join(unet_cfg, sizeof unet_cfg, preset, "unet/config.json") ||
-            !join(vae_cfg, sizeof vae_cfg, preset, "vae/config.json") ||
-            !join(pl->text_path, sizeof pl->text_path, preset, "text_encoder/config.json") ||
-            !join(p, sizeof p, preset, "scheduler/scheduler_config.json")) {
+        if (!sd_path_join(unet_cfg, sizeof unet_cfg, preset, "", "unet/config.json") ||
+            !sd_path_join(vae_cfg, sizeof vae_cfg, preset, "", "vae/config.json") ||
+            !sd_path_join(pl->text_path, sizeof pl->text_path, preset, "",
+                          "text_encoder/config.json") ||
+            !sd_path_join(p, sizeof p, preset, "", "scheduler/scheduler_config.json")) {
             st = sd_fail(err, SDUNET_E_IO, "%s: path too long", preset);
             goto fail;
         }
-        if (is_regular(p)) {
+        if (sd_is_regular(p)) {
             if ((st = parse_sched(pl, p, err)))
                 goto fail;
             folder_pred = 1;
         }
-        if (join(pl->tokenizer, sizeof pl->tokenizer, preset, "tokenizer") && is_dir(pl->tokenizer))
+        if (sd_path_join(pl->tokenizer, sizeof pl->tokenizer, preset, "", "tokenizer") &&
+            sd_is_dir(pl->tokenizer))
             pl->topt.tokenizer = pl->tokenizer;
         pl->sample_size = read_sample_size(unet_cfg);
     } else if (strcmp(preset, "sd15") == 0 || strcmp(preset, "sd21") == 0) {
@@ -717,7 +695,8 @@ sdunet_status sdunet_generate(sdunet_pipeline *pl, const sdunet_gen_params *p, u
         }
     }
 
-    /* 5. the picture */
+    /* 5. the picture: the UNet's activations are not needed beside the VAE's */
+    sd_model_trim(pl->unet);
     if (report(p, SDUNET_PHASE_DECODE, 0, 1)) {
         st = sd_fail(err, SDUNET_E_CANCELLED, "cancelled");
         goto done;

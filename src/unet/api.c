@@ -29,6 +29,17 @@ struct sdunet_model {
     sd_workspace ws; /* kernel scratch kept between forwards */
 };
 
+void sd_model_trim(sdunet_model *m)
+{
+    if (!m || atomic_flag_test_and_set(&m->busy))
+        return;
+    sd_plan_free(&m->plan);
+    sd_free(m->io);
+    m->io = NULL;
+    sd_workspace_free(&m->ws);
+    atomic_flag_clear(&m->busy);
+}
+
 void sd_model_set_profile(sdunet_model *m, sd_prof *prof)
 {
     if (m)
@@ -57,6 +68,10 @@ static sdunet_status model_new(const sdunet_options *opt, sdunet_model **out, sd
     }
     if (opt->threads < 0 || opt->threads > 1024)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "threads must be 0..1024 (got %d)", opt->threads);
+    if ((int)opt->weights < (int)SDUNET_WEIGHTS_AUTO ||
+        (int)opt->weights > (int)SDUNET_WEIGHTS_BF16)
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "weights must be SDUNET_WEIGHTS_* 0..3 (got %d)",
+                       (int)opt->weights);
     sdunet_model *m = calloc(1, sizeof *m);
     if (!m)
         return sd_fail(err, SDUNET_E_NOMEM, "out of memory");
@@ -86,6 +101,8 @@ sdunet_status sd_model_create(const sd_unet_config *cfg, const sd_weight_source 
     sd_weight_source s = *src;
     if (!s.pool)
         s.pool = m->pool;
+    if (opt && opt->weights != SDUNET_WEIGHTS_AUTO)
+        s.weights = opt->weights;
     const char *geglu = getenv("SDUNET_GEGLU");
     if (geglu && strcmp(geglu, "unfused") == 0)
         s.geglu_unfused = 1;
@@ -143,18 +160,9 @@ sdunet_status sdunet_set_threads(sdunet_model *m, int threads, sdunet_error *err
 {
     if (!m)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL model");
-    if (threads < 0 || threads > 1024)
-        return sd_fail(err, SDUNET_E_INVALID_ARG, "threads must be 0..1024 (got %d)", threads);
     if (atomic_flag_test_and_set(&m->busy))
         return sd_fail(err, SDUNET_E_BUSY, "model is running a forward on another thread");
-    int n = threads ? threads : sd_default_threads();
-    sd_pool *p;
-    sdunet_status st = sd_pool_create(n, &p, err);
-    if (!st) {
-        sd_pool_destroy(m->pool);
-        m->pool = p;
-        m->threads = n;
-    }
+    sdunet_status st = sd_pool_resize(&m->pool, &m->threads, threads, err);
     atomic_flag_clear(&m->busy);
     return st;
 }
@@ -172,6 +180,21 @@ void sdunet_get_info(const sdunet_model *m, sdunet_model_info *info)
     info->n_params = m->unet.n_params;
     info->threads = m->threads;
     info->isa = m->kern->name;
+}
+
+void sd_model_packed_bytes(const sdunet_model *m, size_t *bytes)
+{
+    for (int t = 0; t < SD_WT_COUNT; t++)
+        bytes[t] = m ? m->unet.packed_bytes[t] : 0;
+}
+
+const char *sd_weights_label(const size_t *bytes)
+{
+    int only = -1;
+    for (int t = 0; t < SD_WT_COUNT; t++)
+        if (bytes[t])
+            only = only < 0 ? t : SD_WT_COUNT;
+    return only < 0 ? "none" : only == SD_WT_COUNT ? "mixed" : sd_wtype_name(only);
 }
 
 void sdunet_free(sdunet_model *m)

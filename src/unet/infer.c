@@ -7,6 +7,7 @@
  * which is all the LDM <-> diffusers key map needs; every other fact is
  * then looked up by diffusers name through that map. */
 #include "unet/infer.h"
+#include "io/fileio.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -373,63 +374,21 @@ const char *sd_layout_name(sd_layout layout)
     }
 }
 
-static int is_regular(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-static int join(char *out, size_t len, const char *dir, const char *sub, const char *name)
-{
-    int n = snprintf(out, len, "%s%s%s%s%s", dir, dir[0] && dir[strlen(dir) - 1] != '/' ? "/" : "",
-                     sub, sub[0] ? "/" : "", name);
-    return n >= 0 && (size_t)n < len;
-}
-
-/* A variant is a file-name part: keep it to a plain word. */
-static int valid_variant(const char *v)
-{
-    if (!*v || strlen(v) > 64)
-        return 0;
-    for (const char *p = v; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-              *p == '_' || *p == '-'))
-            return 0;
-    return 1;
-}
-
 /* The weights of a diffusers folder: DIR/unet/ (a pipeline) before DIR/ (the
- * UNet's own folder); safetensors before torch's .bin. Without a variant an
- * fp16-only folder still loads (same model, half-precision weights). */
+ * UNet's own folder); see sd_find_model_weights. */
 static sdunet_status find_in_folder(const char *dir, const char *variant, sd_model_files *mf,
                                     sdunet_error *err)
 {
-    char names[4][128];
-    int nn = 0;
-    if (variant) {
-        snprintf(names[nn++], sizeof names[0], "diffusion_pytorch_model.%s.safetensors", variant);
-        snprintf(names[nn++], sizeof names[0], "diffusion_pytorch_model.%s.bin", variant);
-    } else {
-        snprintf(names[nn++], sizeof names[0], "diffusion_pytorch_model.safetensors");
-        snprintf(names[nn++], sizeof names[0], "diffusion_pytorch_model.bin");
-        snprintf(names[nn++], sizeof names[0], "diffusion_pytorch_model.fp16.safetensors");
-    }
-    static const char *const subs[2] = {"unet", ""};
-    for (int s = 0; s < 2; s++)
-        for (int k = 0; k < nn; k++) {
-            if (!join(mf->weights, sizeof mf->weights, dir, subs[s], names[k]))
-                return sd_fail(err, SDUNET_E_IO, "%s: path too long", dir);
-            if (!is_regular(mf->weights))
-                continue;
-            char cfgp[4096];
-            if (join(cfgp, sizeof cfgp, dir, subs[s], "config.json") && is_regular(cfgp))
-                snprintf(mf->beside, sizeof mf->beside, "%s", cfgp);
-            return SDUNET_OK;
-        }
-    mf->weights[0] = 0;
-    return sd_fail(err, SDUNET_E_IO,
-                   "%s: no UNet weights in this folder (looked for %s in %s/unet and %s)", dir,
-                   names[0], dir, dir);
+    int r = sd_find_model_weights(dir, "unet", "diffusion_pytorch_model", variant, mf->weights,
+                                  sizeof mf->weights, mf->beside, sizeof mf->beside);
+    if (r < 0)
+        return sd_fail(err, SDUNET_E_IO, "%s: path too long", dir);
+    if (r == 0)
+        return sd_fail(err, SDUNET_E_IO,
+                       "%s: no UNet weights in this folder (looked for "
+                       "diffusion_pytorch_model.%s%ssafetensors in %s/unet and %s)",
+                       dir, variant ? variant : "", variant ? "." : "", dir, dir);
+    return SDUNET_OK;
 }
 
 sdunet_status sd_model_files_open(const char *path, const char *variant, sd_model_files *mf,
@@ -442,7 +401,7 @@ sdunet_status sd_model_files_open(const char *path, const char *variant, sd_mode
         return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL or empty weights path");
     if (variant && !*variant)
         variant = NULL; /* "" reads as no variant, like NULL */
-    if (variant && !valid_variant(variant))
+    if (variant && !sd_valid_variant(variant))
         return sd_fail(err, SDUNET_E_INVALID_ARG, "variant '%.64s' is not a plain name like fp16",
                        variant);
     struct stat st;
@@ -467,7 +426,7 @@ sdunet_status sd_model_files_open(const char *path, const char *variant, sd_mode
         if (dir + sizeof "config.json" <= sizeof mf->beside) {
             memcpy(mf->beside, path, dir);
             memcpy(mf->beside + dir, "config.json", sizeof "config.json");
-            if (!is_regular(mf->beside))
+            if (!sd_is_regular(mf->beside))
                 mf->beside[0] = 0;
         }
     }

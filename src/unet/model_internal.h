@@ -14,6 +14,18 @@ sdunet_status sd_model_forward_ev(sdunet_model *m, const float *sample, int batc
 sdunet_status sd_model_create(const sd_unet_config *cfg, const sd_weight_source *src,
                               const sdunet_options *opt, sdunet_model **out, sdunet_error *err);
 
+/* Bytes of the model's packed weight panels by storage type (bytes[t]
+ * for sd_wtype t, SD_WT_COUNT entries). */
+void sd_model_packed_bytes(const sdunet_model *m, size_t *bytes);
+
+/* "f32", "f16", "bf16" for a model whose panels all have that type, else
+ * "mixed"; from packed_bytes as sd_model_packed_bytes gives them. */
+const char *sd_weights_label(const size_t *bytes);
+
+/* Frees the activation plan, staging and kernel scratch (the next forward
+ * plans again), e.g. before the VAE runs; a no-op while a forward runs. */
+void sd_model_trim(sdunet_model *m);
+
 /* Accumulate per-op-kind time into prof during forwards (NULL: stop). */
 void sd_model_set_profile(sdunet_model *m, sd_prof *prof);
 

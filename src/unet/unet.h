@@ -47,6 +47,7 @@ typedef struct sd_unet {
     sd_resnet mid_res[2];
     sd_xformer mid_attn;
     int64_t n_params;
+    size_t packed_bytes[SD_WT_COUNT]; /* weight panels by storage type (sd_wtype) */
     int has_weights;
 } sd_unet;
 

@@ -198,6 +198,7 @@ sdunet_status sd_unet_build(sd_unet *u, const sd_unet_config *cfg, const sd_weig
         return st;
     }
     u->n_params = L.n_params;
+    memcpy(u->packed_bytes, L.packed_bytes, sizeof u->packed_bytes);
     u->has_weights = ld != NULL;
     return SDUNET_OK;
 }

@@ -5,6 +5,7 @@
 #include "sdunet_vae.h"
 
 #include "engine/pool.h"
+#include "io/fileio.h"
 #include "vae/vae.h"
 
 #include <errno.h>
@@ -35,18 +36,6 @@ struct sdunet_vae {
     sd_workspace ws;
 };
 
-static int default_threads(void)
-{
-    const char *s = getenv("SDUNET_THREADS");
-    if (s && *s) {
-        char *end;
-        long v = strtol(s, &end, 10);
-        if (*end == 0 && v >= 1 && v <= 1024)
-            return (int)v;
-    }
-    return sd_cpu_count();
-}
-
 static sdunet_status vae_new(const sdunet_options *opt, sdunet_vae **out, sdunet_error *err)
 {
     *out = NULL;
@@ -62,7 +51,7 @@ static sdunet_status vae_new(const sdunet_options *opt, sdunet_vae **out, sdunet
     if (!m->kern)
         m->kern = sd_kernels_select(NULL);
     m->conv = sd_conv_algo_parse(getenv("SDUNET_CONV"));
-    m->threads = threads ? threads : default_threads();
+    m->threads = threads ? threads : sd_default_threads();
     sdunet_status st = sd_pool_create(m->threads, &m->pool, err);
     if (st) {
         free(m);
@@ -109,68 +98,27 @@ sdunet_status sdunet_vae_load_synthetic(const char *config, const sdunet_options
 
 /* ---- finding the files ---- */
 
-static int is_regular(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-static int join(char *out, size_t len, const char *dir, const char *sub, const char *name)
-{
-    size_t dl = strlen(dir);
-    int n = snprintf(out, len, "%s%s%s%s%s", dir, dl && dir[dl - 1] != '/' ? "/" : "", sub,
-                     sub[0] ? "/" : "", name);
-    return n >= 0 && (size_t)n < len;
-}
-
-static int valid_variant(const char *v)
-{
-    if (!*v || strlen(v) > 64)
-        return 0;
-    for (const char *p = v; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-              *p == '_' || *p == '-'))
-            return 0;
-    return 1;
-}
-
 typedef struct vae_files {
     char weights[4096];
     char beside[4096]; /* the folder's config.json, "" if none */
     int is_folder;
 } vae_files;
 
-/* DIR/vae/ (a pipeline) before DIR/ (the VAE's own folder); safetensors
- * before .bin; without a variant an fp16-only folder still loads. */
+/* DIR/vae/ (a pipeline) before DIR/ (the VAE's own folder); see
+ * sd_find_model_weights. */
 static sdunet_status find_in_folder(const char *dir, const char *variant, vae_files *f,
                                     sdunet_error *err)
 {
-    char names[3][128];
-    int nn = 0;
-    if (variant) {
-        snprintf(names[nn++], sizeof names[0], "diffusion_pytorch_model.%s.safetensors", variant);
-        snprintf(names[nn++], sizeof names[0], "diffusion_pytorch_model.%s.bin", variant);
-    } else {
-        snprintf(names[nn++], sizeof names[0], "diffusion_pytorch_model.safetensors");
-        snprintf(names[nn++], sizeof names[0], "diffusion_pytorch_model.bin");
-        snprintf(names[nn++], sizeof names[0], "diffusion_pytorch_model.fp16.safetensors");
-    }
-    static const char *const subs[2] = {"vae", ""};
-    for (int s = 0; s < 2; s++)
-        for (int k = 0; k < nn; k++) {
-            if (!join(f->weights, sizeof f->weights, dir, subs[s], names[k]))
-                return sd_fail(err, SDUNET_E_IO, "%s: path too long", dir);
-            if (!is_regular(f->weights))
-                continue;
-            char cfgp[4096];
-            if (join(cfgp, sizeof cfgp, dir, subs[s], "config.json") && is_regular(cfgp))
-                snprintf(f->beside, sizeof f->beside, "%s", cfgp);
-            return SDUNET_OK;
-        }
-    f->weights[0] = 0;
-    return sd_fail(err, SDUNET_E_WEIGHTS,
-                   "%s: no VAE weights in this folder (looked for %s in %s/vae and %s)", dir,
-                   names[0], dir, dir);
+    int r = sd_find_model_weights(dir, "vae", "diffusion_pytorch_model", variant, f->weights,
+                                  sizeof f->weights, f->beside, sizeof f->beside);
+    if (r < 0)
+        return sd_fail(err, SDUNET_E_IO, "%s: path too long", dir);
+    if (r == 0)
+        return sd_fail(err, SDUNET_E_WEIGHTS,
+                       "%s: no VAE weights in this folder (looked for "
+                       "diffusion_pytorch_model.%s%ssafetensors in %s/vae and %s)",
+                       dir, variant ? variant : "", variant ? "." : "", dir, dir);
+    return SDUNET_OK;
 }
 
 sdunet_status sdunet_vae_load(const char *path, const char *config_path, const sdunet_options *opt,
@@ -182,7 +130,7 @@ sdunet_status sdunet_vae_load(const char *path, const char *config_path, const s
     if (!path || !*path)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL or empty weights path");
     const char *variant = opt && opt->variant && *opt->variant ? opt->variant : NULL;
-    if (variant && !valid_variant(variant))
+    if (variant && !sd_valid_variant(variant))
         return sd_fail(err, SDUNET_E_INVALID_ARG, "variant '%.64s' is not a plain name like fp16",
                        variant);
     vae_files *f = calloc(1, sizeof *f);
@@ -211,7 +159,7 @@ sdunet_status sdunet_vae_load(const char *path, const char *config_path, const s
         if (dir + sizeof "config.json" <= sizeof f->beside) {
             memcpy(f->beside, path, dir);
             memcpy(f->beside + dir, "config.json", sizeof "config.json");
-            if (!is_regular(f->beside))
+            if (!sd_is_regular(f->beside))
                 f->beside[0] = 0;
         }
     }
@@ -259,18 +207,9 @@ sdunet_status sdunet_vae_set_threads(sdunet_vae *m, int threads, sdunet_error *e
 {
     if (!m)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL VAE");
-    if (threads < 0 || threads > 1024)
-        return sd_fail(err, SDUNET_E_INVALID_ARG, "threads must be 0..1024 (got %d)", threads);
     if (atomic_flag_test_and_set(&m->busy))
         return sd_fail(err, SDUNET_E_BUSY, "the VAE is running on another thread");
-    int n = threads ? threads : default_threads();
-    sd_pool *p;
-    sdunet_status st = sd_pool_create(n, &p, err);
-    if (!st) {
-        sd_pool_destroy(m->pool);
-        m->pool = p;
-        m->threads = n;
-    }
+    sdunet_status st = sd_pool_resize(&m->pool, &m->threads, threads, err);
     atomic_flag_clear(&m->busy);
     return st;
 }

@@ -174,7 +174,27 @@ def tokenizer_case(sd1, sd2, name, prompt):
     }
 
 
-def make_tokenizer_cases(vocab_dir, out_dir):
+def check_published_ids(sd1, sd2, path):
+    """Compares the tokenizers with a published tokenizer case file (same
+    fields); returns a summary for the reference block."""
+    with open(path, encoding="utf-8") as f:
+        published = json.load(f)["cases"]
+    bad = []
+    for c in published:
+        prompt = bytes.fromhex(c["prompt_utf8_hex"]).decode("utf-8")
+        got = tokenizer_case(sd1, sd2, c["name"], prompt)
+        for k in ("ids_sd1", "ids_sd2", "ids_full", "ids_full_sd2"):
+            if got[k] != c[k]:
+                bad.append(f"{c['name']}:{k}")
+    print(f"published tokenizer cases: {len(published)} prompts, {len(bad)} disagreements {bad[:5]}")
+    return {
+        "what": "these tokenizers reproduce the ids of the published tokenizer.json cases (made by a separate port)",
+        "prompts": len(published),
+        "disagreements": bad,
+    }
+
+
+def make_tokenizer_cases(vocab_dir, out_dir, published=None):
     import regex
     import transformers
 
@@ -210,6 +230,8 @@ def make_tokenizer_cases(vocab_dir, out_dir):
         },
         "cases": cases,
     }
+    if published:
+        doc["reference"]["published_cases_check"] = check_published_ids(sd1, sd2, published)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "tokenizer-extra.json")
     with open(path, "w", encoding="utf-8") as f:
@@ -344,11 +366,12 @@ def make_encoder_case(case, config_dict, prompts, tokenizer, flavor, out_dir, cr
 
     model.float()
     last32, skip32 = forward(model, ids)
-    # one prompt, float32, 2 threads: best of 3 after a warm-up
+    # one prompt, float32, 2 threads: best of 5 after a warm-up
     one = ids[:1]
     forward(model, one)
+    load_before = os.getloadavg()[0]
     times = []
-    for _ in range(3):
+    for _ in range(5):
         t0 = time.perf_counter()
         forward(model, one)
         times.append(time.perf_counter() - t0)
@@ -410,11 +433,13 @@ def make_encoder_case(case, config_dict, prompts, tokenizer, flavor, out_dir, cr
             "rel_l2_of_stored_float32_rounding": rel_l2(last64.astype(np.float32), last64),
         },
         "timing_float32_one_prompt": {
-            "what": "torch float32 forward of 1 prompt (1x77), torch.set_num_threads(2), best of 3 after a warm-up (output_hidden_states=True)",
+            "what": "torch float32 forward of 1 prompt (1x77), torch.set_num_threads(2), best of 5 after a warm-up (output_hidden_states=True); wall time, so other load on the machine inflates it (load_average_1min)",
             "seconds": round(min(times), 4),
             "all_seconds": [round(t, 4) for t in times],
             "cpu": platform.processor() or platform.machine(),
             "torch_num_threads": torch.get_num_threads(),
+            "load_average_1min": round(load_before, 2),
+            "cpu_count": os.cpu_count(),
         },
         "versions": {
             "torch": torch.__version__,
@@ -439,6 +464,21 @@ def make_encoder_case(case, config_dict, prompts, tokenizer, flavor, out_dir, cr
         f"wrote {out_dir}: f32 vs f64 rel L2 last {manifest['float32_torch']['rel_l2_last_hidden_state']:.3e}"
         f" skip1 {manifest['float32_torch']['rel_l2_skip1']:.3e}; f32 1 prompt {min(times):.3f}s; f64 {f64_s:.1f}s"
     )
+
+
+def time_float32(config_dict, ids, repeats):
+    """Best wall time of a float32 forward of IDS at 2 threads."""
+    import torch
+
+    torch.set_num_threads(2)
+    model, _ = build_model(config_dict)
+    forward(model, ids)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        forward(model, ids)
+        times.append(time.perf_counter() - t0)
+    return min(times), times
 
 
 def crosscheck_tiny(case_dir, tokenizer):
@@ -494,9 +534,14 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "tests", "data", "text"))
     ap.add_argument("--only", choices=["tokenizer", "sd15", "sd21"], action="append")
     ap.add_argument(
+        "--timing-only",
+        action="store_true",
+        help="write nothing: time the float32 forward of one prompt (2 threads) for the chosen encoders and print it, for a comparison run on a quiet machine",
+    )
+    ap.add_argument(
         "--crosscheck",
         metavar="DIR",
-        help="folder holding published small cases clip-tiny-sd1/ and clip-tiny-sd2/ to cross-check the encoder set-up against (optional)",
+        help="folder holding the published text cases (tokenizer.json, clip-tiny-sd1/, clip-tiny-sd2/) to cross-check the tokenizers and the encoder set-up against (optional)",
     )
     args = ap.parse_args()
     require_no_ftfy()
@@ -505,8 +550,18 @@ def main():
             sys.exit(f"no {f} in {args.vocab} (give the CLIP vocabulary folder with --vocab)")
     only = set(args.only or ["tokenizer", "sd15", "sd21"])
     sd1, sd2 = load_tokenizers(args.vocab)
+    if args.timing_only:
+        import torch
+
+        for key, cfg, prompt, tok in (("sd15", SD15_CONFIG, SD15_PROMPTS[0], sd1), ("sd21", SD21_CONFIG, SD21_PROMPTS[0], sd2)):
+            if key in only:
+                ids = torch.tensor([tok(prompt, padding="max_length", max_length=MAX_LEN, truncation=True).input_ids])
+                best, times = time_float32(cfg, ids, 10)
+                print(json.dumps({"encoder": key, "best_seconds": round(best, 4), "all": [round(t, 4) for t in times], "load_average_1min": os.getloadavg()[0]}))
+        return
     if "tokenizer" in only:
-        make_tokenizer_cases(args.vocab, args.out)
+        published = os.path.join(args.crosscheck, "tokenizer.json") if args.crosscheck else None
+        make_tokenizer_cases(args.vocab, args.out, published)
     if "sd15" in only:
         cc = crosscheck_tiny(os.path.join(args.crosscheck, "clip-tiny-sd1"), sd1) if args.crosscheck else None
         make_encoder_case("clip-sd15-full", SD15_CONFIG, SD15_PROMPTS, sd1, "sd1", os.path.join(args.out, "clip-sd15-full"), cc)

@@ -1,0 +1,315 @@
+/* AVX-512 kernel set: a tall 16 x 16 GEMM microkernel, one zmm register per
+ * tile row. Compiled with -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma
+ * -mf16c on x86-64 only and reached through sd_kernels_select after a CPUID
+ * and XGETBV check (gemm.c).
+ *
+ * Each k step loads one 16-float B vector and issues MR FMAs whose A operand
+ * is a broadcast straight from memory (vfmadd231ps zmm, zmm, m32{1to16}):
+ * MR accumulators + the B vector out of 32 zmm registers. On cores with
+ * full-width 512-bit FMA units (Zen 5) that is twice the FMA work per
+ * instruction of the AVX2 kernel's 6x16 tile. The element-wise kernels
+ * (softmax, SiLU, GELU) are the AVX2 set's on 16 lanes; the Winograd
+ * convolution is the AVX2 build (its transforms are 8-channel vectors and
+ * it reaches the GEMM through the kernel set it is given, any mr). */
+#include "engine/kernels.h"
+
+#include <immintrin.h>
+
+/* Tile rows (9..16; -DSD_AVX512_MR=n to measure others). 16 measured best
+ * on Zen 5: 12 and 14 ran the GEMMs about as fast, but the UNet's Winograd
+ * tile counts and token counts are powers of two, which 16-row panels
+ * split with no padding rows (the 3x3 convolutions ran 5-15% faster). */
+#ifndef SD_AVX512_MR
+#define SD_AVX512_MR 16
+#endif
+#define MR SD_AVX512_MR
+#define NR 16
+
+#if MR < 9 || MR > SD_MR_MAX
+#error "SD_AVX512_MR must be 9..SD_MR_MAX (the A packer fills 16-lane columns)"
+#endif
+
+/* Tile row i of the last run, summed with the earlier runs in t (when prev)
+ * and stored with sd_tile_store's order: (accumulate ? c : 0) + t + bias + g
+ * + r, on the columns in `mask`. The residual row may be c itself: both
+ * are loaded before the store. */
+static inline void store_row_ep(float *c, const float *t, __m512 v, int prev, int accumulate,
+                                __mmask16 mask, const float *bias, const float *g, const float *r)
+{
+    if (prev)
+        v = _mm512_add_ps(_mm512_load_ps(t), v);
+    if (accumulate)
+        v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, c), v);
+    if (bias)
+        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, bias));
+    if (g)
+        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, g));
+    if (r)
+        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, r));
+    _mm512_mask_storeu_ps(c, mask, v);
+}
+
+static void micro_avx512(int kc, const float *restrict a, const float *restrict b, float *c,
+                         int ldc, int accumulate, int rows, int cols, const sd_tile_ep *te)
+{
+    /* A full tile without an epilogue is summed in C; otherwise the runs
+     * before the last are summed in a local tile and the last run is
+     * stored with masks (partial rows and columns) and the epilogue. */
+    const int full = rows == MR && cols == NR, direct = full && !te;
+    _Alignas(64) float t[MR * NR];
+    float *dst = direct ? c : t;
+    const size_t ld = direct ? (size_t)ldc : NR;
+    const __mmask16 mask = (__mmask16)((1u << cols) - 1u);
+    int add = direct && accumulate;
+    if (full)
+        for (int i = 0; i < MR; i++) {
+            _mm_prefetch((const char *)(c + (size_t)i * ldc), _MM_HINT_T0);
+            _mm_prefetch((const char *)(c + (size_t)i * ldc + NR - 1), _MM_HINT_T0);
+        }
+
+    /* Runs of SD_MICRO_SUB steps, summed from zero and added up (see gemm.c). */
+    int k0 = 0;
+    do {
+        const int len = kc - k0 < SD_MICRO_SUB ? kc - k0 : SD_MICRO_SUB;
+        __m512 acc[MR];
+#pragma GCC unroll 32
+        for (int i = 0; i < MR; i++)
+            acc[i] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+        for (int k = 0; k < len; k++) {
+            const __m512 bv = _mm512_loadu_ps(b);
+            _mm_prefetch((const char *)(b + 8 * NR), _MM_HINT_T0);
+#pragma GCC unroll 32
+            for (int i = 0; i < MR; i++)
+                acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(a[i]), bv, acc[i]);
+            a += MR;
+            b += NR;
+        }
+        k0 += len;
+        if (k0 >= kc && !direct) {
+            const float *bias = te ? te->bias : NULL;
+#pragma GCC unroll 32
+            for (int i = 0; i < MR; i++)
+                if (i < rows)
+                    store_row_ep(c + (size_t)i * ldc, t + i * NR, acc[i], add, accumulate, mask,
+                                 bias, te ? te->g[i] : NULL, te ? te->r[i] : NULL);
+            return;
+        }
+#pragma GCC unroll 32
+        for (int i = 0; i < MR; i++) {
+            float *d = dst + (size_t)i * ld;
+            __m512 v = acc[i];
+            if (add)
+                v = _mm512_add_ps(_mm512_loadu_ps(d), v);
+            _mm512_storeu_ps(d, v);
+        }
+        add = 1;
+    } while (k0 < kc);
+}
+
+/* MR-row A micro-panel, 8 k at a time: rows i and i + 8 share a zmm (low and
+ * high 256 bits), an 8 x 8 transpose runs in both halves at once, and each
+ * resulting vector (rows 0..15 at one k) is stored with an MR-lane mask.
+ * The last len % 8 steps use masked loads, which read nothing past len. */
+static void pack_avx512(const float *const *rows, int len, float *dst)
+{
+    const __mmask16 keep = (__mmask16)((1u << MR) - 1u);
+    for (int k = 0; k < len; k += 8) {
+        const int n = len - k < 8 ? len - k : 8;
+        const __mmask8 lm = (__mmask8)((1u << n) - 1u);
+        __m512 r[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) {
+            __m512 lo = _mm512_castps256_ps512(_mm256_maskz_loadu_ps(lm, rows[i] + k));
+            r[i] = i + 8 < MR
+                       ? _mm512_insertf32x8(lo, _mm256_maskz_loadu_ps(lm, rows[i + 8] + k), 1)
+                       : _mm512_insertf32x8(lo, _mm256_setzero_ps(), 1);
+        }
+        /* Per 128-bit lane: rows 0-3 (4-7) of k and k + 4. */
+        __m512 t0 = _mm512_unpacklo_ps(r[0], r[1]), t1 = _mm512_unpackhi_ps(r[0], r[1]);
+        __m512 t2 = _mm512_unpacklo_ps(r[2], r[3]), t3 = _mm512_unpackhi_ps(r[2], r[3]);
+        __m512 t4 = _mm512_unpacklo_ps(r[4], r[5]), t5 = _mm512_unpackhi_ps(r[4], r[5]);
+        __m512 t6 = _mm512_unpacklo_ps(r[6], r[7]), t7 = _mm512_unpackhi_ps(r[6], r[7]);
+        __m512 u[8];
+        u[0] = _mm512_shuffle_ps(t0, t2, 0x44); /* rows 0-3: k0 | k4 (x2 halves) */
+        u[1] = _mm512_shuffle_ps(t0, t2, 0xEE); /* k1 | k5 */
+        u[2] = _mm512_shuffle_ps(t1, t3, 0x44); /* k2 | k6 */
+        u[3] = _mm512_shuffle_ps(t1, t3, 0xEE); /* k3 | k7 */
+        u[4] = _mm512_shuffle_ps(t4, t6, 0x44); /* rows 4-7 */
+        u[5] = _mm512_shuffle_ps(t4, t6, 0xEE);
+        u[6] = _mm512_shuffle_ps(t5, t7, 0x44);
+        u[7] = _mm512_shuffle_ps(t5, t7, 0xEE);
+        /* 128-bit lanes of u[q]: rows 0-3 at k=q, at k=q+4, rows 8-11 at
+         * k=q, at k=q+4; u[q+4] the same for rows 4-7 and 12-15. Column
+         * k=q is lanes (u[q].0, u[q+4].0, u[q].2, u[q+4].2), k=q+4 lanes
+         * (u[q].1, u[q+4].1, u[q].3, u[q+4].3). */
+        float *d = dst + (size_t)k * MR;
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++) {
+            __m512 lo = _mm512_mask_shuffle_f32x4(u[q], 0xF0F0, u[q + 4], u[q + 4], 0xA0);
+            __m512 hi = _mm512_mask_shuffle_f32x4(u[q + 4], 0x0F0F, u[q], u[q], 0xF5);
+            if (q < n)
+                _mm512_mask_storeu_ps(d + q * MR, keep, lo);
+            if (q + 4 < n)
+                _mm512_mask_storeu_ps(d + (q + 4) * MR, keep, hi);
+        }
+    }
+}
+
+/* ---- element-wise kernels: the AVX2 set's methods on 16 lanes (the same
+ * operations per lane, so the same results) ---- */
+
+/* e^x for x in [-87.33, 88], as exp_core_avx2 (gemm_avx2.c): Cody-Waite
+ * reduction, degree-6 polynomial, 2^n built in the exponent field. */
+static inline __m512 exp_core_avx512(__m512 x)
+{
+    const __m512 magic = _mm512_set1_ps(12583039.0f); /* 1.5 * 2^23 + 127 */
+    __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), magic);
+    __m512 n = _mm512_sub_ps(t, magic);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.3836845755577087e-3f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.374815806746483e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.166822507977486e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666419804096222e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.9999991059303284e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    __m512i e = _mm512_slli_epi32(_mm512_castps_si512(t), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+/* e^x for any x: 0 below -87.33, e^88 above 88 (as exp_avx2). */
+static inline __m512 exp_avx512(__m512 x)
+{
+    const __m512 lo_limit = _mm512_set1_ps(-87.33f);
+    __mmask16 keep = _mm512_cmp_ps_mask(x, lo_limit, _CMP_NLT_UQ);
+    x = _mm512_min_ps(_mm512_max_ps(x, lo_limit), _mm512_set1_ps(88.0f));
+    return _mm512_maskz_mov_ps(keep, exp_core_avx512(x));
+}
+
+static void softmax_cols_avx512(float *s, int rows, float scale, float *m, float *colsum)
+{
+    const __m512 vs = _mm512_set1_ps(scale);
+    __m512 mx = _mm512_loadu_ps(m);
+    /* max(t, m) keeps m when t is NaN, like the portable t > m ? t : m */
+    for (int r = 0; r < rows; r++)
+        mx = _mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(s + r * NR), vs), mx);
+    _mm512_storeu_ps(m, mx);
+    /* Arguments are <= 0; below -80 the term is raised to e^-80 (see
+     * softmax_cols_avx2). */
+    const __m512 lo = _mm512_set1_ps(-80.0f);
+    __m512 sum = _mm512_setzero_ps();
+    for (int r = 0; r < rows; r++, s += NR) {
+        __m512 p = exp_core_avx512(_mm512_max_ps(_mm512_fmsub_ps(_mm512_loadu_ps(s), vs, mx), lo));
+        _mm512_storeu_ps(s, p);
+        sum = _mm512_add_ps(sum, p);
+    }
+    _mm512_storeu_ps(colsum, sum);
+}
+
+static inline __m512 silu_vec(__m512 v)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 e = exp_avx512(_mm512_castsi512_ps(
+        _mm512_xor_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int)0x80000000u))));
+    return _mm512_div_ps(v, _mm512_add_ps(one, e));
+}
+
+static void silu_avx512(const float *x, float *y, size_t n)
+{
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, silu_vec(_mm512_loadu_ps(x + i)));
+    if (i < n) {
+        const __mmask16 k = (__mmask16)((1u << (n - i)) - 1u);
+        _mm512_mask_storeu_ps(y + i, k, silu_vec(_mm512_maskz_loadu_ps(k, x + i)));
+    }
+}
+
+/* t = 1/(1 + z/2) and P(t) of the erfc fit in double (see gemm_avx2.c). */
+static inline __m512d erfc_poly_pd(__m512d z, __m512d *t_out)
+{
+    const __m512d one = _mm512_set1_pd(1.0);
+    __m512d t = _mm512_div_pd(one, _mm512_fmadd_pd(_mm512_set1_pd(0.5), z, one));
+    __m512d p = _mm512_set1_pd(0.17087277);
+    p = _mm512_fmadd_pd(p, t, _mm512_set1_pd(-0.82215223));
+    p = _mm512_fmadd_pd(p, t, _mm512_set1_pd(1.48851587));
+    p = _mm512_fmadd_pd(p, t, _mm512_set1_pd(-1.13520398));
+    p = _mm512_fmadd_pd(p, t, _mm512_set1_pd(0.27886807));
+    p = _mm512_fmadd_pd(p, t, _mm512_set1_pd(-0.18628806));
+    p = _mm512_fmadd_pd(p, t, _mm512_set1_pd(0.09678418));
+    p = _mm512_fmadd_pd(p, t, _mm512_set1_pd(0.37409196));
+    p = _mm512_fmadd_pd(p, t, _mm512_set1_pd(1.00002368));
+    p = _mm512_fmadd_pd(p, t, _mm512_set1_pd(-1.26551223));
+    *t_out = t;
+    return p;
+}
+
+/* g * Phi(g) by the erfc fit, as gelu_avx2 (gemm_avx2.c). */
+static inline __m512 gelu_avx512(__m512 g)
+{
+    const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
+    __m512 ag = _mm512_abs_ps(g);
+    const __m512d rs2 = _mm512_set1_pd(0.70710678118654752);
+    __m512d t_lo, t_hi;
+    __m512d p_lo =
+        erfc_poly_pd(_mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(ag)), rs2), &t_lo);
+    __m512d p_hi =
+        erfc_poly_pd(_mm512_mul_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(ag, 1)), rs2), &t_hi);
+    __m512 p =
+        _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(p_lo)), _mm512_cvtpd_ps(p_hi), 1);
+    __m512 t =
+        _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(t_lo)), _mm512_cvtpd_ps(t_hi), 1);
+    __m512 arg = _mm512_fnmadd_ps(_mm512_mul_ps(half, g), g, p);        /* P - g^2/2 */
+    __m512 hc = _mm512_mul_ps(_mm512_mul_ps(half, t), exp_avx512(arg)); /* erfc(z) / 2 */
+    __mmask16 pos = _mm512_cmp_ps_mask(g, _mm512_setzero_ps(), _CMP_GE_OQ);
+    __m512 phi = _mm512_mask_blend_ps(pos, hc, _mm512_sub_ps(one, hc));
+    return _mm512_mul_ps(g, phi);
+}
+
+static void gelu_mul_avx512(const float *h, const float *g, float *y, int n)
+{
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(
+            y + i, _mm512_mul_ps(_mm512_loadu_ps(h + i), gelu_avx512(_mm512_loadu_ps(g + i))));
+    if (i < n) {
+        const __mmask16 k = (__mmask16)((1u << (n - i)) - 1u);
+        _mm512_mask_storeu_ps(y + i, k,
+                              _mm512_mul_ps(_mm512_maskz_loadu_ps(k, h + i),
+                                            gelu_avx512(_mm512_maskz_loadu_ps(k, g + i))));
+    }
+}
+
+/* 16-bit weights to float32, 16 at a time: vcvtph2ps for float16 (exact;
+ * NaNs come out quiet, as in sd_wt_widen1), a 16-bit shift for bfloat16. */
+static void widen_avx512(int type, const uint16_t *src, float *dst, size_t n)
+{
+    size_t i = 0;
+    if (type == SD_WT_BF16) {
+        for (; i + 16 <= n; i += 16) {
+            __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + i)));
+            _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
+        }
+    } else {
+        for (; i + 16 <= n; i += 16)
+            _mm512_storeu_ps(dst + i,
+                             _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
+    }
+    for (; i < n; i++)
+        dst[i] = sd_wt_widen1(type, src[i]);
+}
+
+const sd_kernels sd_kernels_avx512 = {
+    .name = "avx512",
+    .mr = MR,
+    .nr = NR,
+    .micro = micro_avx512,
+    .pack_panel = pack_avx512,
+    .softmax_cols = softmax_cols_avx512,
+    .silu = silu_avx512,
+    .gelu_mul = gelu_mul_avx512,
+    .winograd = sd_conv3x3_winograd_avx2,
+    .widen = widen_avx512,
+};
