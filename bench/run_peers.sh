@@ -131,7 +131,7 @@ fi
 
 BATCHES=1
 [ "$BATCH2" = 1 ] && BATCHES="1 2"
-ISA=?
+ISA=? TISA=?
 for w in $WORKLOADS; do
     case $w in unet) bs=$BATCHES ;; *) bs=1 ;; esac
     for b in $bs; do
@@ -145,7 +145,7 @@ for w in $WORKLOADS; do
                 unet)
                     "$SDUNET" bench --synthetic sd15 --batch "$b" --threads "$t" --runs "$RUNS" \
                         --warmup "$WARMUP" >"$LOG.t"
-                    ISA=$(sed -n 's/.*parameters, \([^ ]*\) kernels.*/\1/p' "$LOG.t" | head -n 1)
+                    ISA=$(sed -n 's/.* \([a-z0-9_]*\) kernels, .*/\1/p' "$LOG.t" | head -n 1)
                     l=$(grep '^bench:' "$LOG.t")
                     rl=$SD_CHECK_UNET
                     [ "$b" = 1 ] || rl=-
@@ -172,7 +172,7 @@ for w in $WORKLOADS; do
                 text)
                     "$SDUNET" bench --text sd15 --prompt "$PROMPT" --threads "$t" --runs "$TEXT_RUNS" >"$LOG.t"
                     l=$(grep '^bench:' "$LOG.t")
-                    [ "$ISA" != "?" ] || ISA=$(sed -n 's/^text encoder: .*, \([a-z0-9_]*\), [0-9]* thread.*/\1/p' "$LOG.t")
+                    TISA=$(sed -n 's/^text encoder: .*, \([a-z0-9_]*\), [0-9]* thread.*/\1/p' "$LOG.t")
                     row "workload=$w batch=1 threads=$t round=$r engine=sdunet" \
                         "median_s=$(kv "$l" median_s) peak_rss_mb=$(kv "$l" peak_rss_mb) rel_l2=$SD_CHECK_TEXT"
                     if has "$ENGINES" torch; then
@@ -214,7 +214,7 @@ vers=$(grep '^row:' "$LOG" | tr ' ' '\n' | sed -n 's/^version=//p' | sort -u | t
 prec=$(grep '^row:.*engine=openvino' "$LOG" | tr ' ' '\n' | sed -n 's/^precision=//p' | sort -u | tr '\n' ' ')
 echo
 echo "date: $START to $(date -u '+%H:%M') UTC  commit: $commit"
-echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs; avx2 $(yn avx2), avx512f $(yn avx512f), avx512_bf16 $(yn avx512_bf16), amx $(yn amx_tile); sdunet kernels: $ISA"
+echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs; avx2 $(yn avx2), avx512f $(yn avx512f), avx512_bf16 $(yn avx512_bf16), amx $(yn amx_tile); sdunet kernels: UNet $ISA, text encoder $TISA"
 echo "peers: $("$PY" -c 'import torch, diffusers, onnxruntime, openvino; print("torch %s, diffusers %s, onnxruntime %s, openvino %s" % (torch.__version__.split("+")[0], diffusers.__version__, onnxruntime.__version__, openvino.__version__.split("-")[0]))' 2>/dev/null || echo "$vers")"
 echo "load average (1/5/15 min): before $LOAD0, after $LOAD1; per round: $(sed -n 's/^load=\([^ ]*\).*/\1/p' "$LOG" | tr '\n' ' ')"
 [ -z "$prec" ] || echo "OpenVINO inference precision (read back from the compiled models): $prec"
