@@ -3,11 +3,12 @@ as diffusers loads it) + CLIPTextModel in float32 on the same synthetic
 weights, one prompt, timed like the C bench (warm-up, then the median of
 --runs). Prints one machine-readable line:
 
-    peer: torch=2.1.2 preset=sd15 threads=2 median_s=... min_s=... rel_l2_vs_ref=...
+    peer: torch=2.1.2 preset=sd15 threads=2 median_s=... min_s=... rel_l2_vs_ref=... peak_rss_mb=...
 
 Needs the reference environment (tools/ref-env.sh)."""
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
@@ -63,7 +64,8 @@ def main():
         o = out[0].double().numpy()
         rel = float(np.linalg.norm(o - ref) / np.linalg.norm(ref))
     print(f"peer: torch={torch.__version__} preset={a.preset} threads={a.threads} "
-          f"median_s={statistics.median(times):.4f} min_s={min(times):.4f} rel_l2_vs_ref={rel:.3g}")
+          f"median_s={statistics.median(times):.4f} min_s={min(times):.4f} rel_l2_vs_ref={rel:.3g} "
+          f"peak_rss_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
 
 
 if __name__ == "__main__":

@@ -150,6 +150,42 @@ static void test_decode_png(void)
           r->status, r->out, r->err);
 }
 
+/* decode --runs N: N decodes, the median and minimum on one line, the same
+ * output as one decode; --runs 0 is refused. */
+static void test_decode_runs(void)
+{
+    char a[2048];
+    const char *v = t_data("vae/vae-tiny");
+    snprintf(a, sizeof a,
+             "decode --vae %s/weights.safetensors --latent %s/latent.npy --out %s/d1.npy", v, v,
+             tmp);
+    result *r = sh(a);
+    CHECK(r->status == 0 && strstr(r->out, "decode: ") && !strstr(r->out, "median_s="),
+          "decode: %d %s %s", r->status, r->out, r->err);
+    const char *c1 = strstr(r->out, "checksum:");
+    char sum1[256] = "";
+    if (c1)
+        snprintf(sum1, sizeof sum1, "%s", c1);
+    snprintf(a, sizeof a,
+             "decode --vae %s/weights.safetensors --latent %s/latent.npy --out %s/d3.npy --runs 3",
+             v, v, tmp);
+    r = sh(a);
+    CHECK(r->status == 0, "decode --runs 3: %d %s", r->status, r->err);
+    const char *m = strstr(r->out, "decode: median_s=");
+    double med = -1, mn = -1;
+    int n = 0;
+    CHECK(m && sscanf(m, "decode: median_s=%lf min_s=%lf runs=%d", &med, &mn, &n) == 3 && n == 3 &&
+              mn > 0 && mn <= med,
+          "decode --runs 3 printed '%s'", r->out);
+    const char *c3 = strstr(r->out, "checksum:");
+    CHECK(c1 && c3 && strcmp(sum1, c3) == 0, "checksums differ: '%s' vs '%s'", sum1, c3 ? c3 : "");
+    snprintf(a, sizeof a,
+             "decode --vae %s/weights.safetensors --latent %s/latent.npy --out %s/d0.npy --runs 0",
+             v, v, tmp);
+    r = sh(a);
+    CHECK(r->status != 0 && strstr(r->err, "--runs"), "decode --runs 0: %d %s", r->status, r->err);
+}
+
 static void test_run_micro(void)
 {
     char args[1024];
@@ -414,6 +450,7 @@ int main(void)
     RUN(test_help);
     RUN(test_pipeline_commands_fail_cleanly);
     RUN(test_decode_png);
+    RUN(test_decode_runs);
     RUN(test_run_micro);
     RUN(test_run_bad_input);
     RUN(test_synth_and_info);

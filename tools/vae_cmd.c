@@ -70,6 +70,7 @@ static const char decode_help[] =
     "usage: sdunet decode (--model PATH [--vae PATH] | --vae PATH | --synthetic PRESET)\n"
     "                     --latent L.npy --out OUT.png|OUT.npy [--config FILE|PRESET]\n"
     "                     [--variant NAME] [--tiled] [--threads N] [--allow-nonfinite]\n"
+    "                     [--runs N]\n"
     "\n"
     "Decodes latents with the VAE (diffusers AutoencoderKL): image = decoder(latent /\n"
     "scaling_factor), as the SD pipelines do before postprocessing.\n"
@@ -87,7 +88,15 @@ static const char decode_help[] =
     "                      (several images: OUT-1.png, OUT-2.png, ...)\n"
     "  --tiled             diffusers' tiled decoding (tiles of 64 latent pixels for SD)\n"
     "  --threads N         worker threads (default: $SDUNET_THREADS or all online CPUs)\n"
-    "  --allow-nonfinite   accept NaN/Inf latents (default: rejected with an error)\n";
+    "  --allow-nonfinite   accept NaN/Inf latents (default: rejected with an error)\n"
+    "  --runs N            decode N times (default 1) and print the median and minimum\n"
+    "                      time: decode: median_s=... min_s=... runs=N\n";
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
 
 int cmd_decode(int argc, char **argv)
 {
@@ -99,6 +108,7 @@ int cmd_decode(int argc, char **argv)
                {.name = "--latent"},
                {.name = "--out"},
                {.name = "--threads"},
+               {.name = "--runs"},
                {.name = "--tiled", .is_flag = 1},
                {.name = "--allow-nonfinite", .is_flag = 1}};
     const int no = sizeof o / sizeof o[0];
@@ -126,6 +136,10 @@ int cmd_decode(int argc, char **argv)
     if (get(o, no, "--threads") &&
         parse_int(get(o, no, "--threads"), "--threads", 1, 1024, &threads))
         return 1;
+    int runs = 1;
+    if (get(o, no, "--runs") && parse_int(get(o, no, "--runs"), "--runs", 1, 1000, &runs))
+        return 1;
+    double times[1000];
     float *lat = NULL, *img = NULL;
     int64_t sh[SD_MAX_DIMS];
     sdunet_vae *v = NULL;
@@ -150,12 +164,18 @@ int cmd_decode(int argc, char **argv)
     }
     progress("decode: latent (%lld,%lld,%lld,%lld)...\n", (long long)sh[0], (long long)sh[1],
              (long long)sh[2], (long long)sh[3]);
-    double t0 = now_s();
-    if (sdunet_vae_decode(v, lat, (int)sh[0], (int)sh[1], (int)sh[2], (int)sh[3], img, &err)) {
-        die("%s", err.message);
-        goto done;
+    for (int r = 0; r < runs; r++) {
+        double t0 = now_s();
+        if (sdunet_vae_decode(v, lat, (int)sh[0], (int)sh[1], (int)sh[2], (int)sh[3], img, &err)) {
+            die("%s", err.message);
+            goto done;
+        }
+        times[r] = now_s() - t0;
+        if (runs > 1)
+            progress("run %d/%d: %.3f s\n", r + 1, runs, times[r]);
     }
-    double dt = now_s() - t0;
+    qsort(times, (size_t)runs, sizeof *times, cmp_double);
+    double dt = runs % 2 ? times[runs / 2] : 0.5 * (times[runs / 2 - 1] + times[runs / 2]);
     if (png) { /* 8-bit RGB as the pipelines' PIL output; several images: OUT-1.png, ... */
         size_t per = (size_t)os[2] * (size_t)os[3] * 3;
         uint8_t *rgb = info.out_channels == 3 ? malloc(per * (size_t)os[0]) : NULL;
@@ -185,7 +205,10 @@ int cmd_decode(int argc, char **argv)
     }
     printf("output: (%lld,%lld,%lld,%lld) -> %s\n", (long long)os[0], (long long)os[1],
            (long long)os[2], (long long)os[3], out_p);
-    printf("decode: %.3f s\n", dt);
+    if (runs > 1)
+        printf("decode: median_s=%.3f min_s=%.3f runs=%d\n", dt, times[0], runs);
+    else
+        printf("decode: %.3f s\n", dt);
     print_checksum(img, n_out);
     rc = 0;
 done:
