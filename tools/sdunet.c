@@ -660,7 +660,7 @@ static void print_contents(const sd_tensorfile *tf, sd_layout layout)
         printf(", %s.* %zu", group[g], count[g]);
     if (other)
         printf(", other %zu", other);
-    printf(" (only the UNet is loaded)\n");
+    printf(" (run and sample load the UNet; txt2img also the text encoder and the VAE)\n");
 }
 
 static void print_config(const char *label, const sd_unet_config *cfg)
