@@ -242,8 +242,11 @@ void sd_load_lin_multi(sd_loader *ld, sd_lin *l, const char *const *prefixes, in
         }
         const int k = keep_type(t[p]->dtype);
         keep = keep < 0 || keep == k ? k : SD_WT_F32;
-        in_place &= p == 0 || t[p]->dtype == t[0]->dtype;
-        in_place &= t[p]->dtype == SD_DT_F16 || t[p]->dtype == SD_DT_BF16 || usable_in_place(t[p]);
+        /* (t[0] is NULL when the first part is missing: in_place is 0 then) */
+        if (in_place)
+            in_place = (p == 0 || t[p]->dtype == t[0]->dtype) &&
+                       (t[p]->dtype == SD_DT_F16 || t[p]->dtype == SD_DT_BF16 ||
+                        usable_in_place(t[p]));
     }
     const sdunet_weights force = ld->src->weights;
     const int store = force >= SDUNET_WEIGHTS_F32 && force <= SDUNET_WEIGHTS_BF16 ? (int)force - 1
