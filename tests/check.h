@@ -35,6 +35,9 @@ int t_small_only(void);
 /* Relative L2 error ||a - ref|| / ||ref|| in double. */
 double t_rel_l2_f32_f64(const float *a, const double *ref, size_t n);
 double t_rel_l2_f32(const float *a, const float *ref, size_t n);
+/* Relative L2 of a against the float64 .npy at path (any shape with n
+ * elements); INFINITY when it cannot be read or has another size. */
+double t_rel_l2_npy(const float *a, const char *path, size_t n);
 
 /* A whole file, malloc'd and NUL-terminated (free with free); NULL if it
  * cannot be read. *size gets the byte count. */

@@ -42,22 +42,6 @@ static size_t read_ids(const char *path, int32_t *ids, size_t cap)
     return n;
 }
 
-static double rel_to_f64(const float *y, const char *path, size_t n)
-{
-    double *ref = NULL;
-    int ndim;
-    int64_t shape[SD_MAX_DIMS];
-    sdunet_error err;
-    if (sd_npy_read_f64(path, &ref, &ndim, shape, &err) != SDUNET_OK)
-        return INFINITY;
-    size_t m = 1;
-    for (int i = 0; i < ndim; i++)
-        m *= (size_t)shape[i];
-    double e = m == n ? t_rel_l2_f32_f64(y, ref, n) : INFINITY;
-    free(ref);
-    return e;
-}
-
 static sd_clip_config read_config(const char *path)
 {
     sd_clip_config c = {0};
@@ -187,7 +171,7 @@ static void check_case(const char *dir, const char *file, int want_layout, const
         for (int skip = 0; skip < 2; skip++) {
             sd_clip_forward(&m, &ex, mem, B, 77, ids, skip, out, NULL);
             snprintf(p, sizeof p, "%s/expected%s_f64.npy", dir, skip ? "_skip1" : "");
-            double e = rel_to_f64(out, t_data(p), n_out);
+            double e = t_rel_l2_npy(out, t_data(p), n_out);
             printf("  %s skip %d: rel L2 %.3g\n",
                    file + (strlen(file) > 40 ? strlen(file) - 40 : 0), skip, e);
             CHECK(e < BAR, "%s skip %d: rel L2 %.3g", file, skip, e);

@@ -17,22 +17,6 @@
 
 #define BAR 2e-6
 
-static double rel_to_f64(const float *y, const char *path, size_t n)
-{
-    double *ref = NULL;
-    int ndim;
-    int64_t shape[SD_MAX_DIMS];
-    sdunet_error err;
-    if (sd_npy_read_f64(path, &ref, &ndim, shape, &err) != SDUNET_OK)
-        return INFINITY;
-    size_t m = 1;
-    for (int i = 0; i < ndim; i++)
-        m *= (size_t)shape[i];
-    double e = m == n ? t_rel_l2_f32_f64(y, ref, n) : INFINITY;
-    free(ref);
-    return e;
-}
-
 static const char *tmp_path(const char *name)
 {
     static char buf[4][512];
@@ -89,10 +73,10 @@ static void test_sd2_single_file(void)
         p.clip_skip = skip;
         st = sdunet_text_encode(t, ps, 1, &p, out, 77, &err);
         CHECK(st == SDUNET_OK, "encode: %s", err.message);
-        double e = rel_to_f64(out,
-                              t_data(skip ? "text/clip-tiny-sd2/expected_skip1_f64.npy"
-                                          : "text/clip-tiny-sd2/expected_f64.npy"),
-                              77 * 48);
+        double e = t_rel_l2_npy(out,
+                                t_data(skip ? "text/clip-tiny-sd2/expected_skip1_f64.npy"
+                                            : "text/clip-tiny-sd2/expected_f64.npy"),
+                                77 * 48);
         printf("  sd2 prompt, skip %d: rel L2 %.3g\n", skip, e);
         CHECK(e < BAR, "skip %d: rel L2 %.3g", skip, e);
     }
@@ -219,10 +203,10 @@ static void test_sd1_folder(void)
             tp.clip_skip = skip;
             st = sdunet_text_encode(t, ps, 2, &tp, out, 77, &err);
             CHECK(st == SDUNET_OK, "encode: %s", err.message);
-            double e = rel_to_f64(out,
-                                  t_data(skip ? "text/clip-tiny-sd1/expected_skip1_f64.npy"
-                                              : "text/clip-tiny-sd1/expected_f64.npy"),
-                                  2 * 77 * 32);
+            double e = t_rel_l2_npy(out,
+                                    t_data(skip ? "text/clip-tiny-sd1/expected_skip1_f64.npy"
+                                                : "text/clip-tiny-sd1/expected_f64.npy"),
+                                    2 * 77 * 32);
             printf("  sd1 folder, batch 2, skip %d: rel L2 %.3g\n", skip, e);
             CHECK(e < BAR, "skip %d: rel L2 %.3g", skip, e);
         }

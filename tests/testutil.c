@@ -1,4 +1,5 @@
 #include "check.h"
+#include "io/npy.h"
 
 #include <stdint.h>
 #include <string.h>
@@ -107,4 +108,20 @@ int t_write_file(const char *path, const void *data, size_t n)
         return -1;
     size_t w = n ? fwrite(data, 1, n, f) : 0;
     return (fclose(f) == 0 && w == n) ? 0 : -1;
+}
+
+double t_rel_l2_npy(const float *a, const char *path, size_t n)
+{
+    double *ref = NULL;
+    int ndim;
+    int64_t shape[SD_MAX_DIMS];
+    sdunet_error err;
+    if (sd_npy_read_f64(path, &ref, &ndim, shape, &err) != SDUNET_OK)
+        return INFINITY;
+    size_t m = 1;
+    for (int i = 0; i < ndim; i++)
+        m *= (size_t)shape[i];
+    double e = m == n ? t_rel_l2_f32_f64(a, ref, n) : INFINITY;
+    sd_free(ref);
+    return e;
 }
