@@ -28,8 +28,11 @@ typedef struct sdunet_pipeline_options {
     int prediction_type;     /* -1 (default): the scheduler config's, or for single files
                                 epsilon (SD1) / v_prediction (SD2, as diffusers assumes for
                                 SD2 checkpoints); else SDUNET_PRED_EPSILON or SDUNET_PRED_V */
-    int low_memory;          /* 1: free the text encoder after each prompt's encoding and load
-                                it again when needed */
+    int low_memory;          /* 1: each model is loaded when its phase starts and freed when
+                                it ends (text encoder, UNet, VAE), so the peak is about the
+                                UNet alone; every generation loads them again, so the
+                                files must stay in place (a single file stays open and is
+                                parsed once) */
     const char *unet_config; /* NULL: found or inferred; else the UNet's config.json or
                                 preset (files whose UNet cannot be inferred) */
     const char *text_config; /* NULL: found or inferred; else the text encoder's config.json */

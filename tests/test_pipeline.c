@@ -6,6 +6,7 @@
  * of a rounding boundary. Also the pipeline's bad-input errors. */
 #include "check.h"
 #include "clip/encoder.h"
+#include "engine/layers.h"
 #include "engine/synth.h"
 #include "io/keymap.h"
 #include "unet/config.h"
@@ -130,7 +131,9 @@ static int u8_mismatches(const uint8_t *rgb, const uint8_t *ref, const double *e
     return bad;
 }
 
-static void run_case(const char *name)
+/* One golden case; low_memory: the models loaded for each phase and freed
+ * after it (the image must not change). */
+static void run_case(const char *name, int low_memory)
 {
     char p[512];
     snprintf(p, sizeof p, "pipeline/%s/manifest.json", name);
@@ -177,13 +180,10 @@ static void run_case(const char *name)
     sdunet_pipeline_options po;
     sdunet_pipeline_options_default(&po);
     po.threads = 2;
+    po.low_memory = low_memory;
     sdunet_pipeline *pl = NULL;
     sdunet_status st = sdunet_pipeline_load_synthetic(dir, &po, &pl, &err);
     CHECK(st == SDUNET_OK, "%s: load: %s", name, err.message);
-    remove(sp);
-    snprintf(sp, sizeof sp, "%s/scheduler", dir);
-    rmdir(sp);
-    remove_folder(dir);
     sd_image init = {0};
     if (st == SDUNET_OK) {
         sdunet_gen_params g;
@@ -250,35 +250,40 @@ static void run_case(const char *name)
     sd_image_free(&init);
     sdunet_pipeline_free(pl);
     sd_json_free(m);
+    /* a low-memory pipeline reads its files again at each generation */
+    remove(sp);
+    snprintf(sp, sizeof sp, "%s/scheduler", dir);
+    rmdir(sp);
+    remove_folder(dir);
 }
 
 static void test_sd1_ddim(void)
 {
-    run_case("sd1-ddim");
+    run_case("sd1-ddim", 0);
 }
 static void test_sd1_dpmpp2m(void)
 {
-    run_case("sd1-dpmpp2m");
+    run_case("sd1-dpmpp2m", 0);
 }
 static void test_sd1_euler_a(void)
 {
-    run_case("sd1-euler-a");
+    run_case("sd1-euler-a", 0);
 }
 static void test_sd1_pndm(void)
 {
-    run_case("sd1-pndm");
+    run_case("sd1-pndm", 0);
 }
 static void test_sd1_guidance1(void)
 {
-    run_case("sd1-guidance1");
+    run_case("sd1-guidance1", 0);
 }
 static void test_sd1_img2img(void)
 {
-    run_case("sd1-img2img");
+    run_case("sd1-img2img", 1); /* VAE encode, UNet, VAE decode: each loaded in turn */
 }
 static void test_sd2_v_ddim(void)
 {
-    run_case("sd2-v-ddim");
+    run_case("sd2-v-ddim", 0);
 }
 
 /* ---- the same pipeline from weight files: a diffusers folder and an SD1
@@ -394,7 +399,9 @@ static int write_list(tlist *l, const char *path)
 }
 
 /* Generates the sd1-ddim case from a pipeline and checks the image. */
-static void check_sd1_ddim(sdunet_pipeline *pl, const char *what)
+/* The sd1-ddim case through pl; the float image also into `out` when
+ * non-NULL (32 * 32 * 3 values). */
+static void check_sd1_ddim(sdunet_pipeline *pl, const char *what, float *out)
 {
     sdunet_gen_params g;
     sdunet_gen_params_default(&g);
@@ -417,6 +424,8 @@ static void check_sd1_ddim(sdunet_pipeline *pl, const char *what)
     free(ref);
     printf("  sd1-ddim from %s: image rel L2 %.3g\n", what, e);
     CHECK(e < BAR, "%s: rel L2 %.3g", what, e);
+    if (out)
+        memcpy(out, img, sizeof img);
 }
 
 static void test_from_files(void)
@@ -453,7 +462,7 @@ static void test_from_files(void)
             CHECK(strcmp(info.scheduler, "ddim") == 0 && info.vae_factor == 2 &&
                       strcmp(info.family, "sd1") == 0,
                   "folder info: %s %d %s", info.scheduler, info.vae_factor, info.family);
-            check_sd1_ddim(pl, "a diffusers folder");
+            check_sd1_ddim(pl, "a diffusers folder", NULL);
             sdunet_pipeline_free(pl);
             pl = NULL;
         }
@@ -486,13 +495,73 @@ static void test_from_files(void)
             CHECK(strcmp(info.scheduler, "pndm") == 0 &&
                       info.prediction_type == SDUNET_PRED_EPSILON && strlen(info.model_hash) == 8,
                   "single-file defaults: %s, hash '%s'", info.scheduler, info.model_hash);
-            check_sd1_ddim(pl, "a single-file checkpoint");
+            float once[32 * 32 * 3], lowmem[32 * 32 * 3];
+            check_sd1_ddim(pl, "a single-file checkpoint", once);
+            sdunet_pipeline_free(pl);
+            pl = NULL;
+            /* low_memory: each model loaded for its phase from the file the
+             * pipeline keeps open, freed after it; twice, so the second
+             * generation loads all three again */
+            po.low_memory = 1;
+            CHECK(sdunet_pipeline_load(single, &po, &pl, &err) == SDUNET_OK,
+                  "single file, low memory: %s", err.message);
+            for (int round = 0; pl && round < 2; round++) {
+                memset(lowmem, 0, sizeof lowmem);
+                check_sd1_ddim(pl, round ? "the same, low memory, again" : "the same, low memory",
+                               lowmem);
+                CHECK(memcmp(once, lowmem, sizeof once) == 0,
+                      "low memory changes the image (round %d)", round);
+            }
             sdunet_pipeline_free(pl);
         }
     }
     remove(single);
     tlist_free(l);
     free(l);
+}
+
+static void add_task(void *ctx, int64_t task, int thread)
+{
+    (void)thread;
+    __atomic_fetch_add((int64_t *)ctx, task, __ATOMIC_RELAXED);
+}
+
+/* What the pipeline's models share: one pool and one open file, each
+ * holder with its own reference, released in any order. */
+static void test_share(void)
+{
+    sdunet_error err;
+    sd_pool *pool = NULL;
+    CHECK(sd_pool_create(2, &pool, &err) == SDUNET_OK, "pool: %s", err.message);
+    sd_pool *mine = NULL;
+    int threads = 1;
+    CHECK(sd_share_pool(pool, &threads, &mine, &err) == SDUNET_OK && mine == pool && threads == 2,
+          "a shared pool is the same pool (threads %d)", threads);
+    sd_pool_destroy(pool); /* the creator lets go first: `mine` still runs */
+    int64_t sum = 0;
+    sd_pool_run(mine, 100, add_task, &sum);
+    CHECK(sum == 4950, "the remaining holder's pool runs (sum %lld)", (long long)sum);
+    sd_pool_destroy(mine);
+
+    const char *path = t_data("pipeline/sd1-ddim/unet_config.json");
+    const char *file = tmp_path("share.safetensors");
+    sd_tensor_info t = {
+        .name = (char *)"x", .dtype = SD_DT_F32, .ndim = 1, .shape = {3}, .numel = 3, .nbytes = 12};
+    const float v[3] = {1, 2, 3};
+    t.data = v;
+    CHECK(sd_safetensors_write(file, &t, 1, NULL, &err) == SDUNET_OK, "write: %s", err.message);
+    sd_share sh = {.path = file};
+    CHECK(sd_tensorfile_open(file, &sh.file, &err) == SDUNET_OK, "open: %s", err.message);
+    sd_tensorfile *a = NULL, *b = NULL;
+    CHECK(sd_share_open_file(&sh, file, &a, &err) == SDUNET_OK && a == sh.file,
+          "the shared file for its own path");
+    CHECK(sd_share_open_file(&sh, path, &b, &err) != SDUNET_OK && b == NULL,
+          "another path is opened on its own (and this one is no weight file)");
+    sd_tensorfile_close(sh.file);
+    const sd_tensor_info *x = a ? sd_tensorfile_find(a, "x") : NULL;
+    CHECK(x && ((const float *)x->data)[2] == 3.0f, "the remaining holder reads the file");
+    sd_tensorfile_close(a);
+    remove(file);
 }
 
 static int cancel_at_step2(void *user, sdunet_phase ph, int done, int total)
@@ -578,6 +647,7 @@ int main(void)
     RUN(test_sd1_img2img);
     RUN(test_sd2_v_ddim);
     RUN(test_from_files);
+    RUN(test_share);
     RUN(test_bad_input);
     return t_summary();
 }

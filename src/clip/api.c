@@ -68,7 +68,8 @@ static void folder_pad_token(const char *dir, char *out, size_t outlen)
     }
 }
 
-static sdunet_status text_new(const sdunet_text_options *opt, sdunet_text **out, sdunet_error *err)
+static sdunet_status text_new(const sdunet_text_options *opt, sd_pool *shared, sdunet_text **out,
+                              sdunet_error *err)
 {
     if (opt && (opt->threads < 0 || opt->threads > 1024))
         return sd_fail(err, SDUNET_E_INVALID_ARG, "threads must be 0..1024 (got %d)", opt->threads);
@@ -80,7 +81,7 @@ static sdunet_status text_new(const sdunet_text_options *opt, sdunet_text **out,
     if (!t->kern)
         t->kern = sd_kernels_select(NULL);
     t->threads = opt && opt->threads ? opt->threads : sd_default_threads();
-    sdunet_status st = sd_pool_create(t->threads, &t->pool, err);
+    sdunet_status st = sd_share_pool(shared, &t->threads, &t->pool, err);
     if (st) {
         free(t);
         return st;
@@ -129,8 +130,8 @@ static sdunet_status load_config(const char *config, sd_clip_config *cfg, sdunet
     return st;
 }
 
-sdunet_status sdunet_text_load_synthetic(const char *preset, const sdunet_text_options *opt,
-                                         sdunet_text **out, sdunet_error *err)
+static sdunet_status text_synthetic(const char *preset, const sdunet_text_options *opt,
+                                    const sd_share *sh, sdunet_text **out, sdunet_error *err)
 {
     if (!out)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL output pointer");
@@ -142,7 +143,7 @@ sdunet_status sdunet_text_load_synthetic(const char *preset, const sdunet_text_o
     if (st)
         return st;
     sdunet_text *t;
-    if ((st = text_new(opt, &t, err)))
+    if ((st = text_new(opt, sh ? sh->pool : NULL, &t, err)))
         return st;
     t->sd2 = cfg.hidden == 1024;
     sd_weight_source src = {.pool = t->pool};
@@ -154,6 +155,12 @@ sdunet_status sdunet_text_load_synthetic(const char *preset, const sdunet_text_o
     }
     *out = t;
     return SDUNET_OK;
+}
+
+sdunet_status sdunet_text_load_synthetic(const char *preset, const sdunet_text_options *opt,
+                                         sdunet_text **out, sdunet_error *err)
+{
+    return text_synthetic(preset, opt, NULL, out, err);
 }
 
 /* The weight file of a text_encoder folder. */
@@ -175,8 +182,8 @@ static int find_weights(const char *dir, const char *variant, char *out, size_t 
     return 0;
 }
 
-sdunet_status sdunet_text_load(const char *path, const sdunet_text_options *opt, sdunet_text **out,
-                               sdunet_error *err)
+static sdunet_status text_load(const char *path, const sdunet_text_options *opt, const sd_share *sh,
+                               sdunet_text **out, sdunet_error *err)
 {
     if (!out)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL output pointer");
@@ -227,8 +234,8 @@ sdunet_status sdunet_text_load(const char *path, const sdunet_text_options *opt,
     sd_clip_names names;
     sd_clip_config cfg, found;
     if (!st)
-        st = text_new(opt, &t, err);
-    if (!st && (st = sd_tensorfile_open(p->weights, &tf, err)) == SDUNET_OK) {
+        st = text_new(opt, sh ? sh->pool : NULL, &t, err);
+    if (!st && (st = sd_share_open_file(sh, p->weights, &tf, err)) == SDUNET_OK) {
         st = sd_clip_find(tf, &names, &found, err);
         if (st)
             sd_err_prefix(err, p->weights);
@@ -266,6 +273,18 @@ sdunet_status sdunet_text_load(const char *path, const sdunet_text_options *opt,
     }
     *out = t;
     return SDUNET_OK;
+}
+
+sdunet_status sdunet_text_load(const char *path, const sdunet_text_options *opt, sdunet_text **out,
+                               sdunet_error *err)
+{
+    return text_load(path, opt, NULL, out, err);
+}
+
+sdunet_status sd_text_open(const char *path, int synthetic, const sdunet_text_options *opt,
+                           const sd_share *sh, sdunet_text **out, sdunet_error *err)
+{
+    return synthetic ? text_synthetic(path, opt, sh, out, err) : text_load(path, opt, sh, out, err);
 }
 
 /* ---- encoding ---- */

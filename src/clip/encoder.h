@@ -13,6 +13,7 @@
 #include "common.h"
 #include "engine/layers.h"
 #include "io/tensorfile.h"
+#include "sdunet_text.h"
 
 #define SD_CLIP_MAX_LAYERS 64
 
@@ -83,5 +84,11 @@ size_t sd_clip_plan(const sd_clip *m, int B, int L);
  * mem: sd_clip_plan(m, B, L) floats. */
 void sd_clip_forward(const sd_clip *m, const sd_exec *ex, float *mem, int B, int L,
                      const int32_t *ids, int skip, float *out, sd_prof *prof);
+
+/* sdunet_text_load (synthetic 0: path) or sdunet_text_load_synthetic
+ * (synthetic 1: path is the preset or config), running on the share's pool
+ * and reading its open file when that is the weight file (sh may be NULL). */
+sdunet_status sd_text_open(const char *path, int synthetic, const sdunet_text_options *opt,
+                           const sd_share *sh, sdunet_text **out, sdunet_error *err);
 
 #endif

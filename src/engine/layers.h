@@ -61,6 +61,25 @@ typedef struct sd_weight_source {
     sdunet_weights weights;
 } sd_weight_source;
 
+/* What a pipeline lends the models it composes: one thread pool, and the
+ * open weight file when they all come from one single-file checkpoint.
+ * Each model takes its own reference (sd_pool_retain,
+ * sd_tensorfile_retain), so models and share are freed in any order. */
+typedef struct sd_share {
+    sd_pool *pool;       /* NULL: each model makes its own */
+    const char *path;    /* the path `file` was opened from */
+    sd_tensorfile *file; /* NULL: each model opens its files */
+} sd_share;
+
+/* The weight file at `path`: another reference to the share's file when it
+ * was opened from that path, else newly opened. Close with
+ * sd_tensorfile_close either way. */
+sdunet_status sd_share_open_file(const sd_share *sh, const char *path, sd_tensorfile **tf,
+                                 sdunet_error *err);
+/* The pool a model runs on: another reference to `shared` when non-NULL
+ * (*threads becomes its size), else a new pool of *threads. */
+sdunet_status sd_share_pool(sd_pool *shared, int *threads, sd_pool **pool, sdunet_error *err);
+
 /* A model build in progress: fetches tensors by reference name, checks
  * shapes, converts and packs. Missing and mismatched tensors are
  * collected so that one error lists them all (sd_loader_finish). */

@@ -244,9 +244,9 @@ void sd_load_lin_multi(sd_loader *ld, sd_lin *l, const char *const *prefixes, in
         keep = keep < 0 || keep == k ? k : SD_WT_F32;
         /* (t[0] is NULL when the first part is missing: in_place is 0 then) */
         if (in_place)
-            in_place = (p == 0 || t[p]->dtype == t[0]->dtype) &&
-                       (t[p]->dtype == SD_DT_F16 || t[p]->dtype == SD_DT_BF16 ||
-                        usable_in_place(t[p]));
+            in_place =
+                (p == 0 || t[p]->dtype == t[0]->dtype) &&
+                (t[p]->dtype == SD_DT_F16 || t[p]->dtype == SD_DT_BF16 || usable_in_place(t[p]));
     }
     const sdunet_weights force = ld->src->weights;
     const int store = force >= SDUNET_WEIGHTS_F32 && force <= SDUNET_WEIGHTS_BF16 ? (int)force - 1
@@ -366,4 +366,26 @@ void sd_attention_op(const sd_exec *ex, sd_prof *prof, int batch, int heads, int
     double t0 = sd_tick(prof);
     sd_attention(ex, batch, heads, dh, Nq, Nk, q, ldq, k, ldk, v, ldv, o, ldo, scale);
     sd_tock(prof, SD_OP_ATTN, t0, 4.0 * batch * heads * (double)Nq * Nk * dh);
+}
+
+/* ---- sharing between the models of a pipeline ---- */
+
+sdunet_status sd_share_open_file(const sd_share *sh, const char *path, sd_tensorfile **tf,
+                                 sdunet_error *err)
+{
+    if (sh && sh->file && sh->path && path && strcmp(sh->path, path) == 0) {
+        *tf = sd_tensorfile_retain(sh->file);
+        return SDUNET_OK;
+    }
+    return sd_tensorfile_open(path, tf, err);
+}
+
+sdunet_status sd_share_pool(sd_pool *shared, int *threads, sd_pool **pool, sdunet_error *err)
+{
+    if (shared) {
+        *pool = sd_pool_retain(shared);
+        *threads = sd_pool_size(shared);
+        return SDUNET_OK;
+    }
+    return sd_pool_create(*threads, pool, err);
 }

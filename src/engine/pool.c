@@ -26,6 +26,7 @@ struct sd_pool {
     atomic_int active;       /* workers still inside the current job */
     atomic_ulong generation; /* bumped (release) per job and at quit */
     int quit;
+    atomic_int refs; /* holders beyond the creator (sd_pool_retain) */
 };
 
 /* Spin iterations before blocking (~30-100 us with the pause hint). */
@@ -124,10 +125,19 @@ sdunet_status sd_pool_create(int nthreads, sd_pool **out, sdunet_error *err)
     return SDUNET_OK;
 }
 
+sd_pool *sd_pool_retain(sd_pool *p)
+{
+    if (p)
+        atomic_fetch_add(&p->refs, 1);
+    return p;
+}
+
 void sd_pool_destroy(sd_pool *p)
 {
     if (!p)
         return;
+    if (atomic_fetch_sub(&p->refs, 1) > 0)
+        return; /* another holder still uses it */
     pthread_mutex_lock(&p->mu);
     p->quit = 1;
     atomic_fetch_add(&p->generation, 1); /* spinning workers stop spinning */

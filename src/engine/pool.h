@@ -1,5 +1,7 @@
-/* A fixed pool of worker threads, made once per model. The caller's thread
- * takes part in the work, so a pool of size 1 runs everything inline. */
+/* A fixed pool of worker threads, made once per model or once for the
+ * models a pipeline composes (they run one at a time, so they can share
+ * it). The caller's thread takes part in the work, so a pool of size 1 runs
+ * everything inline. */
 #ifndef SD_POOL_H
 #define SD_POOL_H
 
@@ -12,7 +14,10 @@ typedef struct sd_pool sd_pool;
 typedef void (*sd_task_fn)(void *ctx, int64_t task, int thread);
 
 sdunet_status sd_pool_create(int nthreads, sd_pool **out, sdunet_error *err);
-void sd_pool_destroy(sd_pool *pool);   /* NULL is a no-op */
+/* Another holder of `pool` (returned); each holder calls sd_pool_destroy,
+ * and the last one stops the threads. */
+sd_pool *sd_pool_retain(sd_pool *pool);
+void sd_pool_destroy(sd_pool *pool);   /* drops one holder; NULL is a no-op */
 int sd_pool_size(const sd_pool *pool); /* 1 for NULL */
 
 /* Runs fn(ctx, t, thread) for t = 0..ntasks-1 across the pool and returns

@@ -320,10 +320,21 @@ void sd_tensorfile_clear(sd_tensorfile *tf)
     tf->metadata = NULL;
 }
 
+sd_tensorfile *sd_tensorfile_retain(sd_tensorfile *tf)
+{
+    if (tf)
+        tf->refs++;
+    return tf;
+}
+
 void sd_tensorfile_close(sd_tensorfile *tf)
 {
     if (!tf)
         return;
+    if (tf->refs > 0) {
+        tf->refs--; /* another holder still reads it */
+        return;
+    }
     sd_tensorfile_clear(tf);
     if (tf->map)
         munmap(tf->map, tf->map_size);

@@ -54,13 +54,18 @@ typedef struct sd_tensorfile {
     char *metadata; /* raw JSON text of __metadata__ or NULL (owned) */
     void **owned;   /* extra owned buffers, freed at close */
     size_t n_owned;
+    int refs; /* holders beyond the opener (sd_tensorfile_retain); one thread */
 } sd_tensorfile;
 
 /* Opens a weight file, detecting the format from its contents. */
 sdunet_status sd_tensorfile_open(const char *path, sd_tensorfile **out, sdunet_error *err);
 /* Binary search by exact name; NULL if absent. */
 const sd_tensor_info *sd_tensorfile_find(const sd_tensorfile *tf, const char *name);
+/* Drops one holder; the last one unmaps and frees. NULL is a no-op. */
 void sd_tensorfile_close(sd_tensorfile *tf);
+/* Another holder of an open file (returned), e.g. the UNet, text encoder
+ * and VAE of one single-file checkpoint; not thread-safe. */
+sd_tensorfile *sd_tensorfile_retain(sd_tensorfile *tf);
 /* Frees what a parser allocated (names, the table, owned buffers, metadata)
  * and zeroes those fields; leaves `map` and `tf` itself (for a table parsed
  * from memory the caller owns). NULL is a no-op. */

@@ -11,7 +11,9 @@
 #include "sched/torch_rng.h"
 #include "sdunet_sample.h"
 #include "sdunet_vae.h"
+#include "clip/encoder.h"
 #include "unet/model_internal.h"
+#include "vae/vae.h"
 
 #include <errno.h>
 #include <math.h>
@@ -22,14 +24,28 @@
 #include <sys/stat.h>
 
 struct sdunet_pipeline {
+    /* The models, NULL while released: with low_memory each one is loaded
+     * when its phase starts and freed when it ends (the text encoder after
+     * the prompts, the UNet before the VAE decodes). */
     sdunet_model *unet;
-    sdunet_text *text; /* NULL between generations with low_memory */
+    sdunet_text *text;
     sdunet_vae *vae;
-    /* how to load the text encoder again (low_memory) */
-    char text_path[4096];
-    int text_synthetic;
+    /* What the three share: one thread pool, and a single-file
+     * checkpoint's open file (kept open with low_memory, to load again) */
+    sd_pool *pool;
+    sd_tensorfile *file;
+    /* how to load each model (again) */
+    int synthetic;        /* path: a preset or a folder of configs */
+    char path[4096];      /* the checkpoint file or diffusers folder */
+    char unet_cfg[4096];  /* "" or the UNet's config / preset */
+    char vae_path[4096];  /* the VAE's file or folder ("" for synthetic) */
+    char vae_cfg[4096];   /* synthetic: the VAE's config or preset */
+    char text_path[4096]; /* the text encoder's path, or its synthetic config */
+    char text_cfg[4096];  /* "" or the text encoder's config.json */
+    char tokenizer[4096]; /* "" or a synthetic folder's tokenizer/ */
+    char variant[72];
+    sdunet_options uo;
     sdunet_text_options topt;
-    char tokenizer[4096];
     int low_memory;
 
     sdunet_sched_config sched_cfg;
@@ -38,6 +54,7 @@ struct sdunet_pipeline {
     int sd2;
     int sample_size; /* latent side of the default image */
     int vae_factor, latent_ch, context_dim;
+    const char *isa;
     char model_name[256];
     char model_hash[16];
     int threads;
@@ -236,6 +253,17 @@ static sdunet_status pipeline_new(const sdunet_pipeline_options *opt, sdunet_pip
         opt->prediction_type != SDUNET_PRED_V)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "unknown prediction type %d",
                        opt->prediction_type);
+    const char *too_long = NULL;
+    if (opt && opt->variant && strlen(opt->variant) >= 72)
+        too_long = "variant";
+    if (opt && opt->vae && strlen(opt->vae) >= 4096)
+        too_long = "VAE path";
+    if (opt && opt->unet_config && strlen(opt->unet_config) >= 4096)
+        too_long = "UNet config path";
+    if (opt && opt->text_config && strlen(opt->text_config) >= 4096)
+        too_long = "text encoder config path";
+    if (too_long)
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "%s too long", too_long);
     sdunet_pipeline *pl = calloc(1, sizeof *pl);
     if (!pl)
         return sd_fail(err, SDUNET_E_NOMEM, "out of memory");
@@ -244,29 +272,110 @@ static sdunet_status pipeline_new(const sdunet_pipeline_options *opt, sdunet_pip
     pl->low_memory = opt && opt->low_memory;
     sdunet_sched_config_default(&pl->sched_cfg);
     snprintf(pl->sched_name, sizeof pl->sched_name, "pndm");
+    if (opt && opt->variant)
+        snprintf(pl->variant, sizeof pl->variant, "%s", opt->variant);
+    if (opt && opt->unet_config)
+        snprintf(pl->unet_cfg, sizeof pl->unet_cfg, "%s", opt->unet_config);
+    if (opt && opt->text_config)
+        snprintf(pl->text_cfg, sizeof pl->text_cfg, "%s", opt->text_config);
+    sdunet_options_default(&pl->uo);
+    pl->uo.threads = pl->threads;
+    pl->uo.variant = pl->variant[0] ? pl->variant : NULL;
+    sdunet_text_options_default(&pl->topt);
+    pl->topt.threads = pl->threads;
+    pl->topt.variant = pl->uo.variant;
+    pl->topt.config = pl->text_cfg[0] ? pl->text_cfg : NULL;
+    sdunet_status st = sd_pool_create(pl->threads, &pl->pool, err);
+    if (st) {
+        free(pl);
+        return st;
+    }
     *out = pl;
     return SDUNET_OK;
 }
 
-static sdunet_status load_text(sdunet_pipeline *pl, sdunet_error *err)
+/* ---- the models, loaded when needed ---- */
+
+static sd_share share_of(const sdunet_pipeline *pl)
+{
+    sd_share sh = {.pool = pl->pool, .path = pl->path, .file = pl->file};
+    return sh;
+}
+
+static sdunet_status need_text(sdunet_pipeline *pl, sdunet_error *err)
 {
     if (pl->text)
         return SDUNET_OK;
-    return pl->text_synthetic ? sdunet_text_load_synthetic(pl->text_path, &pl->topt, &pl->text, err)
-                              : sdunet_text_load(pl->text_path, &pl->topt, &pl->text, err);
+    sd_share sh = share_of(pl);
+    pl->topt.tokenizer = pl->tokenizer[0] ? pl->tokenizer : NULL;
+    return sd_text_open(pl->text_path, pl->synthetic, &pl->topt, &sh, &pl->text, err);
 }
 
-/* What every load does once the models are there: family, sizes, the
- * prediction type. */
-static sdunet_status finish_load(sdunet_pipeline *pl, const sdunet_pipeline_options *opt,
+static sdunet_status need_unet(sdunet_pipeline *pl, sdunet_error *err)
+{
+    if (pl->unet)
+        return SDUNET_OK;
+    sd_share sh = share_of(pl);
+    return sd_model_open(pl->synthetic ? NULL : pl->path, pl->unet_cfg[0] ? pl->unet_cfg : NULL,
+                         pl->synthetic, &pl->uo, &sh, &pl->unet, err);
+}
+
+static sdunet_status need_vae(sdunet_pipeline *pl, sdunet_error *err)
+{
+    if (pl->vae)
+        return SDUNET_OK;
+    sd_share sh = share_of(pl);
+    return sd_vae_open(pl->synthetic ? NULL : pl->vae_path, pl->synthetic ? pl->vae_cfg : NULL,
+                       pl->synthetic, &pl->uo, &sh, &pl->vae, err);
+}
+
+/* With low_memory: a model whose phase is over. */
+static void release_text(sdunet_pipeline *pl)
+{
+    if (pl->low_memory) {
+        sdunet_text_free(pl->text);
+        pl->text = NULL;
+    }
+}
+
+static void release_unet(sdunet_pipeline *pl)
+{
+    if (pl->low_memory) {
+        sdunet_free(pl->unet);
+        pl->unet = NULL;
+    }
+}
+
+static void release_vae(sdunet_pipeline *pl)
+{
+    if (pl->low_memory) {
+        sdunet_vae_free(pl->vae);
+        pl->vae = NULL;
+    }
+}
+
+/* Loads the three models (with low_memory one at a time, each released
+ * once its facts are read, the UNet kept for the first generation), checks
+ * that they fit together, and settles family, sizes and prediction type. */
+static sdunet_status load_models(sdunet_pipeline *pl, const sdunet_pipeline_options *opt,
                                  int folder_pred, sdunet_error *err)
 {
+    sdunet_status st;
     sdunet_text_info ti;
-    sdunet_text_get_info(pl->text, &ti);
-    sdunet_model_info ui;
-    sdunet_get_info(pl->unet, &ui);
     sdunet_vae_info vi;
+    sdunet_model_info ui;
+    if ((st = need_text(pl, err)))
+        return st;
+    sdunet_text_get_info(pl->text, &ti);
+    int sd2 = strcmp(ti.family, "sd2") == 0;
+    release_text(pl);
+    if ((st = need_vae(pl, err)))
+        return st;
     sdunet_vae_get_info(pl->vae, &vi);
+    release_vae(pl);
+    if ((st = need_unet(pl, err)))
+        return st;
+    sdunet_get_info(pl->unet, &ui);
     if (ui.context_dim != ti.hidden)
         return sd_fail(err, SDUNET_E_CONFIG,
                        "the UNet takes a %d-wide context but the text encoder gives %d",
@@ -274,7 +383,8 @@ static sdunet_status finish_load(sdunet_pipeline *pl, const sdunet_pipeline_opti
     if (ui.in_channels != vi.latent_channels || ui.out_channels != vi.latent_channels)
         return sd_fail(err, SDUNET_E_CONFIG, "the UNet's %d/%d channels do not fit the VAE's %d",
                        ui.in_channels, ui.out_channels, vi.latent_channels);
-    pl->sd2 = strcmp(ti.family, "sd2") == 0;
+    pl->isa = ui.isa;
+    pl->sd2 = sd2;
     pl->vae_factor = vi.factor;
     pl->latent_ch = vi.latent_channels;
     pl->context_dim = ti.hidden;
@@ -284,9 +394,9 @@ static sdunet_status finish_load(sdunet_pipeline *pl, const sdunet_pipeline_opti
         pl->sched_cfg.prediction_type = (sdunet_prediction_type)opt->prediction_type;
     if (!pl->sample_size)
         pl->sample_size = pl->sd2 && pl->sched_cfg.prediction_type == SDUNET_PRED_V ? 96 : 64;
-    if (pl->low_memory) {
-        sdunet_text_free(pl->text);
-        pl->text = NULL;
+    if (!pl->low_memory) { /* nothing is loaded again */
+        sd_tensorfile_close(pl->file);
+        pl->file = NULL;
     }
     return SDUNET_OK;
 }
@@ -316,6 +426,8 @@ sdunet_status sdunet_pipeline_load(const char *path, const sdunet_pipeline_optio
     *out = NULL;
     if (!path || !*path)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL or empty path");
+    if (strlen(path) >= 4096)
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "path too long");
     struct stat st0;
     if (stat(path, &st0) != 0)
         return sd_fail(err, SDUNET_E_IO, "%s: cannot open: %s", path, strerror(errno));
@@ -324,14 +436,9 @@ sdunet_status sdunet_pipeline_load(const char *path, const sdunet_pipeline_optio
     if (st)
         return st;
     const int folder = S_ISDIR(st0.st_mode);
-    sdunet_options uo;
-    sdunet_options_default(&uo);
-    uo.threads = pl->threads;
-    uo.variant = opt ? opt->variant : NULL;
-    sdunet_text_options_default(&pl->topt);
-    pl->topt.threads = pl->threads;
-    pl->topt.variant = uo.variant;
+    snprintf(pl->path, sizeof pl->path, "%s", path);
     snprintf(pl->text_path, sizeof pl->text_path, "%s", path);
+    snprintf(pl->vae_path, sizeof pl->vae_path, "%s", opt && opt->vae ? opt->vae : path);
     base_name(path, pl->model_name, sizeof pl->model_name);
     if (!folder)
         model_hash(path, pl->model_hash);
@@ -345,15 +452,10 @@ sdunet_status sdunet_pipeline_load(const char *path, const sdunet_pipeline_optio
     }
     if (folder && sd_path_join(p, sizeof p, path, "", "unet/config.json"))
         pl->sample_size = read_sample_size(p);
-    pl->topt.config = opt ? opt->text_config : NULL;
-    if ((st = sdunet_load(path, opt ? opt->unet_config : NULL, &uo, &pl->unet, err)))
+    /* a single file holds all three models: open and parse it once */
+    if (!folder && !pl->variant[0] && (st = sd_tensorfile_open(path, &pl->file, err)))
         goto fail;
-    if ((st = load_text(pl, err)))
-        goto fail;
-    const char *vae_path = opt && opt->vae ? opt->vae : path;
-    if ((st = sdunet_vae_load(vae_path, NULL, &uo, &pl->vae, err)))
-        goto fail;
-    if ((st = finish_load(pl, opt, folder_pred, err)))
+    if ((st = load_models(pl, opt, folder_pred, err)))
         goto fail;
     *out = pl;
     return SDUNET_OK;
@@ -374,20 +476,14 @@ sdunet_status sdunet_pipeline_load_synthetic(const char *preset, const sdunet_pi
     sdunet_status st = pipeline_new(opt, &pl, err);
     if (st)
         return st;
-    sdunet_options uo;
-    sdunet_options_default(&uo);
-    uo.threads = pl->threads;
-    sdunet_text_options_default(&pl->topt);
-    pl->topt.threads = pl->threads;
-    pl->text_synthetic = 1;
+    pl->synthetic = 1;
     snprintf(pl->model_name, sizeof pl->model_name, "synthetic-%s", preset);
     int folder_pred = 0;
-    char unet_cfg[4096], vae_cfg[4096];
     if (sd_is_dir(preset)) {
         base_name(preset, pl->model_name, sizeof pl->model_name);
         char p[4096];
-        if (!sd_path_join(unet_cfg, sizeof unet_cfg, preset, "", "unet/config.json") ||
-            !sd_path_join(vae_cfg, sizeof vae_cfg, preset, "", "vae/config.json") ||
+        if (!sd_path_join(pl->unet_cfg, sizeof pl->unet_cfg, preset, "", "unet/config.json") ||
+            !sd_path_join(pl->vae_cfg, sizeof pl->vae_cfg, preset, "", "vae/config.json") ||
             !sd_path_join(pl->text_path, sizeof pl->text_path, preset, "",
                           "text_encoder/config.json") ||
             !sd_path_join(p, sizeof p, preset, "", "scheduler/scheduler_config.json")) {
@@ -399,22 +495,20 @@ sdunet_status sdunet_pipeline_load_synthetic(const char *preset, const sdunet_pi
                 goto fail;
             folder_pred = 1;
         }
-        if (sd_path_join(pl->tokenizer, sizeof pl->tokenizer, preset, "", "tokenizer") &&
-            sd_is_dir(pl->tokenizer))
-            pl->topt.tokenizer = pl->tokenizer;
-        pl->sample_size = read_sample_size(unet_cfg);
+        if (!(sd_path_join(pl->tokenizer, sizeof pl->tokenizer, preset, "", "tokenizer") &&
+              sd_is_dir(pl->tokenizer)))
+            pl->tokenizer[0] = 0;
+        pl->sample_size = read_sample_size(pl->unet_cfg);
     } else if (strcmp(preset, "sd15") == 0 || strcmp(preset, "sd21") == 0) {
-        snprintf(unet_cfg, sizeof unet_cfg, "%s", preset);
-        snprintf(vae_cfg, sizeof vae_cfg, "sd15"); /* SD1 and SD2 share the VAE */
+        snprintf(pl->unet_cfg, sizeof pl->unet_cfg, "%s", preset);
+        snprintf(pl->vae_cfg, sizeof pl->vae_cfg, "sd15"); /* SD1 and SD2 share the VAE */
         snprintf(pl->text_path, sizeof pl->text_path, "%s", preset);
     } else {
         st = sd_fail(err, SDUNET_E_INVALID_ARG,
                      "synthetic pipeline '%.200s': give sd15, sd21 or a folder of configs", preset);
         goto fail;
     }
-    if ((st = sdunet_load_synthetic(unet_cfg, &uo, &pl->unet, err)) || (st = load_text(pl, err)) ||
-        (st = sdunet_vae_load_synthetic(vae_cfg, &uo, &pl->vae, err)) ||
-        (st = finish_load(pl, opt, folder_pred, err)))
+    if ((st = load_models(pl, opt, folder_pred, err)))
         goto fail;
     *out = pl;
     return SDUNET_OK;
@@ -430,6 +524,8 @@ void sdunet_pipeline_free(sdunet_pipeline *pl)
     sdunet_free(pl->unet);
     sdunet_text_free(pl->text);
     sdunet_vae_free(pl->vae);
+    sd_tensorfile_close(pl->file);
+    sd_pool_destroy(pl->pool);
     free(pl);
 }
 
@@ -448,9 +544,7 @@ void sdunet_pipeline_get_info(const sdunet_pipeline *pl, sdunet_pipeline_info *i
     info->model_name = pl->model_name;
     info->model_hash = pl->model_hash;
     info->threads = pl->threads;
-    sdunet_model_info ui;
-    sdunet_get_info(pl->unet, &ui);
-    info->isa = ui.isa;
+    info->isa = pl->isa;
 }
 
 /* ---- generation ---- */
@@ -562,7 +656,7 @@ sdunet_status sdunet_generate(sdunet_pipeline *pl, const sdunet_gen_params *p, u
         st = sd_fail(err, SDUNET_E_CANCELLED, "cancelled");
         goto done;
     }
-    if ((st = load_text(pl, err)))
+    if ((st = need_text(pl, err)))
         goto done;
     sdunet_text_params tneg = p->text;
     tneg.clip_skip = 0;
@@ -587,10 +681,7 @@ sdunet_status sdunet_generate(sdunet_pipeline *pl, const sdunet_gen_params *p, u
         if (cfg)
             memcpy(ctx + (size_t)b * L * D, ctx, sizeof(float) * L * D);
     }
-    if (pl->low_memory) {
-        sdunet_text_free(pl->text);
-        pl->text = NULL;
-    }
+    release_text(pl);
     if (report(p, SDUNET_PHASE_TEXT, 1, 1)) {
         st = sd_fail(err, SDUNET_E_CANCELLED, "cancelled");
         goto done;
@@ -650,8 +741,10 @@ sdunet_status sdunet_generate(sdunet_pipeline *pl, const sdunet_gen_params *p, u
         if ((st = sdunet_vae_rgb8_to_image(p->init_rgb, 1, H, W, init, err)))
             goto done;
         draw(&ns, noise, n1);
-        if ((st = sdunet_vae_encode(pl->vae, init, 1, 3, H, W, noise, eps, NULL, NULL, err)))
+        if ((st = need_vae(pl, err)) ||
+            (st = sdunet_vae_encode(pl->vae, init, 1, 3, H, W, noise, eps, NULL, NULL, err)))
             goto done;
+        release_vae(pl);
         for (int b = 0; b < B; b++)
             memcpy(eps + (size_t)b * n1, eps, sizeof(float) * n1);
         draw(&ns, noise, nlat);
@@ -669,6 +762,8 @@ sdunet_status sdunet_generate(sdunet_pipeline *pl, const sdunet_gen_params *p, u
         st = sd_fail(err, SDUNET_E_CANCELLED, "cancelled");
         goto done;
     }
+    if ((st = need_unet(pl, err)))
+        goto done;
     for (int i = i0; i < calls; i++) {
         if ((st = sdunet_sched_scale_model_input(sched, i, x, nlat, xin, err)))
             goto done;
@@ -695,14 +790,17 @@ sdunet_status sdunet_generate(sdunet_pipeline *pl, const sdunet_gen_params *p, u
         }
     }
 
-    /* 5. the picture: the UNet's activations are not needed beside the VAE's */
+    /* 5. the picture: the UNet's activations (with low_memory the whole
+     * UNet) are not needed beside the VAE's */
     sd_model_trim(pl->unet);
+    release_unet(pl);
     if (report(p, SDUNET_PHASE_DECODE, 0, 1)) {
         st = sd_fail(err, SDUNET_E_CANCELLED, "cancelled");
         goto done;
     }
-    if ((st = sdunet_vae_decode(pl->vae, x, B, C, h, w, img, err)))
+    if ((st = need_vae(pl, err)) || (st = sdunet_vae_decode(pl->vae, x, B, C, h, w, img, err)))
         goto done;
+    release_vae(pl);
     if (rgb && (st = sdunet_vae_image_to_rgb8(img, B, H, W, rgb, err)))
         goto done;
     if (image) /* output_type="np": (x / 2 + 0.5).clamp(0, 1), NHWC */

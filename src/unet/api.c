@@ -58,7 +58,8 @@ void sdunet_options_default(sdunet_options *opt)
         memset(opt, 0, sizeof *opt);
 }
 
-static sdunet_status model_new(const sdunet_options *opt, sdunet_model **out, sdunet_error *err)
+static sdunet_status model_new(const sdunet_options *opt, sd_pool *shared, sdunet_model **out,
+                               sdunet_error *err)
 {
     *out = NULL;
     sdunet_options def;
@@ -82,7 +83,7 @@ static sdunet_status model_new(const sdunet_options *opt, sdunet_model **out, sd
         m->kern = sd_kernels_select(NULL);
     m->conv = sd_conv_algo_parse(getenv("SDUNET_CONV"));
     m->threads = opt->threads ? opt->threads : sd_default_threads();
-    sdunet_status st = sd_pool_create(m->threads, &m->pool, err);
+    sdunet_status st = sd_share_pool(shared, &m->threads, &m->pool, err);
     if (st) {
         free(m);
         return st;
@@ -95,12 +96,11 @@ sdunet_status sd_model_create(const sd_unet_config *cfg, const sd_weight_source 
                               const sdunet_options *opt, sdunet_model **out, sdunet_error *err)
 {
     sdunet_model *m = NULL;
-    sdunet_status st = model_new(opt, &m, err);
+    sdunet_status st = model_new(opt, src->pool, &m, err);
     if (st)
         return st;
     sd_weight_source s = *src;
-    if (!s.pool)
-        s.pool = m->pool;
+    s.pool = m->pool;
     if (opt && opt->weights != SDUNET_WEIGHTS_AUTO)
         s.weights = opt->weights;
     const char *geglu = getenv("SDUNET_GEGLU");
@@ -114,39 +114,33 @@ sdunet_status sd_model_create(const sd_unet_config *cfg, const sd_weight_source 
     return SDUNET_OK;
 }
 
-sdunet_status sdunet_load_synthetic(const char *config, const sdunet_options *opt,
-                                    sdunet_model **out, sdunet_error *err)
+sdunet_status sd_model_open(const char *path, const char *config, int synthetic,
+                            const sdunet_options *opt, const sd_share *sh, sdunet_model **out,
+                            sdunet_error *err)
 {
     if (!out)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL output pointer");
     *out = NULL;
-    if (!config)
-        return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL config");
-    sd_unet_config cfg;
-    sdunet_status st = sd_config_load(config, &cfg, err);
-    if (st)
-        return st;
-    sd_weight_source src = {0};
-    return sd_model_create(&cfg, &src, opt, out, err);
-}
-
-sdunet_status sdunet_load(const char *weights_path, const char *config_path,
-                          const sdunet_options *opt, sdunet_model **out, sdunet_error *err)
-{
-    if (!out)
-        return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL output pointer");
-    *out = NULL;
-    if (!weights_path)
+    sd_weight_source src = {.pool = sh ? sh->pool : NULL};
+    if (synthetic) {
+        if (!config)
+            return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL config");
+        sd_unet_config cfg;
+        sdunet_status st = sd_config_load(config, &cfg, err);
+        return st ? st : sd_model_create(&cfg, &src, opt, out, err);
+    }
+    if (!path)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL weights path");
     /* Large enough (three paths) that it lives on the heap. */
     sd_model_files *mf = calloc(1, sizeof *mf);
     if (!mf)
         return sd_fail(err, SDUNET_E_NOMEM, "out of memory");
-    sdunet_status st = sd_model_files_open(weights_path, opt ? opt->variant : NULL, mf, err);
+    mf->share = sh;
+    sdunet_status st = sd_model_files_open(path, opt ? opt->variant : NULL, mf, err);
     if (!st)
-        st = sd_model_files_config(mf, config_path, err);
+        st = sd_model_files_config(mf, config, err);
     if (!st) {
-        sd_weight_source src = {.file = mf->tf};
+        src.file = mf->tf;
         st = sd_model_create(&mf->cfg, &src, opt, out, err);
         if (st && st != SDUNET_E_NOMEM)
             sd_err_prefix(err, mf->weights);
@@ -154,6 +148,18 @@ sdunet_status sdunet_load(const char *weights_path, const char *config_path,
     sd_model_files_close(mf);
     free(mf);
     return st;
+}
+
+sdunet_status sdunet_load_synthetic(const char *config, const sdunet_options *opt,
+                                    sdunet_model **out, sdunet_error *err)
+{
+    return sd_model_open(NULL, config, 1, opt, NULL, out, err);
+}
+
+sdunet_status sdunet_load(const char *weights_path, const char *config_path,
+                          const sdunet_options *opt, sdunet_model **out, sdunet_error *err)
+{
+    return sd_model_open(weights_path, config_path, 0, opt, NULL, out, err);
 }
 
 sdunet_status sdunet_set_threads(sdunet_model *m, int threads, sdunet_error *err)

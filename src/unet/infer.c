@@ -430,7 +430,7 @@ sdunet_status sd_model_files_open(const char *path, const char *variant, sd_mode
                 mf->beside[0] = 0;
         }
     }
-    if ((rc = sd_tensorfile_open(mf->weights, &mf->tf, err)))
+    if ((rc = sd_share_open_file(mf->share, mf->weights, &mf->tf, err)))
         return rc;
     mf->layout = sd_detect_layout(mf->tf);
     return SDUNET_OK;

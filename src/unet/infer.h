@@ -10,6 +10,7 @@
 #ifndef SD_INFER_H
 #define SD_INFER_H
 
+#include "engine/layers.h"
 #include "io/keymap.h"
 #include "io/tensorfile.h"
 #include "unet/config.h"
@@ -42,6 +43,7 @@ typedef struct sd_model_files {
     char beside[4096];  /* config.json in the weights' folder, "" if there is none */
     int is_folder;      /* the path given was a diffusers folder */
     sd_tensorfile *tf;
+    const sd_share *share; /* set before opening: read the share's file when it is this one */
     sd_layout layout;
     sd_config_origin origin;
     char config[4096];            /* the config file or preset used ("" when inferred) */

@@ -10,7 +10,17 @@ sdunet_status sd_model_forward_ev(sdunet_model *m, const float *sample, int batc
                                   const float *context, int context_len, int context_dim,
                                   float *out, sd_event_fn ev, void *ev_user, sdunet_error *err);
 
-/* A model from a configuration and a weight source (file or synthetic). */
+/* sdunet_load (synthetic 0: path and config as it takes them) or
+ * sdunet_load_synthetic (synthetic 1: config only), running on the share's
+ * pool and reading its open file when that is the weight file (sh may be
+ * NULL). */
+sdunet_status sd_model_open(const char *path, const char *config, int synthetic,
+                            const sdunet_options *opt, const sd_share *sh, sdunet_model **out,
+                            sdunet_error *err);
+
+/* A model from a configuration and a weight source (file or synthetic);
+ * it runs on src->pool when that is set (another reference), else on a
+ * pool of its own. */
 sdunet_status sd_model_create(const sd_unet_config *cfg, const sd_weight_source *src,
                               const sdunet_options *opt, sdunet_model **out, sdunet_error *err);
 

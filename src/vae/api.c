@@ -36,7 +36,8 @@ struct sdunet_vae {
     sd_workspace ws;
 };
 
-static sdunet_status vae_new(const sdunet_options *opt, sdunet_vae **out, sdunet_error *err)
+static sdunet_status vae_new(const sdunet_options *opt, sd_pool *shared, sdunet_vae **out,
+                             sdunet_error *err)
 {
     *out = NULL;
     int threads = opt ? opt->threads : 0;
@@ -56,7 +57,7 @@ static sdunet_status vae_new(const sdunet_options *opt, sdunet_vae **out, sdunet
         m->kern = sd_kernels_select(NULL);
     m->conv = sd_conv_algo_parse(getenv("SDUNET_CONV"));
     m->threads = threads ? threads : sd_default_threads();
-    sdunet_status st = sd_pool_create(m->threads, &m->pool, err);
+    sdunet_status st = sd_share_pool(shared, &m->threads, &m->pool, err);
     if (st) {
         free(m);
         return st;
@@ -70,12 +71,11 @@ static sdunet_status vae_create(const sd_vae_config *cfg, const sd_weight_source
                                 sdunet_vae **out, sdunet_error *err)
 {
     sdunet_vae *m;
-    sdunet_status st = vae_new(opt, &m, err);
+    sdunet_status st = vae_new(opt, src->pool, &m, err);
     if (st)
         return st;
     sd_weight_source s = *src;
-    if (!s.pool)
-        s.pool = m->pool;
+    s.pool = m->pool;
     if (opt && opt->weights != SDUNET_WEIGHTS_AUTO)
         s.weights = opt->weights;
     if ((st = sd_vae_build(&m->vae, cfg, &s, names, m->kern, err))) {
@@ -86,8 +86,8 @@ static sdunet_status vae_create(const sd_vae_config *cfg, const sd_weight_source
     return SDUNET_OK;
 }
 
-sdunet_status sdunet_vae_load_synthetic(const char *config, const sdunet_options *opt,
-                                        sdunet_vae **out, sdunet_error *err)
+static sdunet_status vae_synthetic(const char *config, const sdunet_options *opt,
+                                   const sd_share *sh, sdunet_vae **out, sdunet_error *err)
 {
     if (!out)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL output pointer");
@@ -98,8 +98,14 @@ sdunet_status sdunet_vae_load_synthetic(const char *config, const sdunet_options
     sdunet_status st = sd_vae_config_load(config, &cfg, err);
     if (st)
         return st;
-    sd_weight_source src = {0};
+    sd_weight_source src = {.pool = sh ? sh->pool : NULL};
     return vae_create(&cfg, &src, NULL, opt, out, err);
+}
+
+sdunet_status sdunet_vae_load_synthetic(const char *config, const sdunet_options *opt,
+                                        sdunet_vae **out, sdunet_error *err)
+{
+    return vae_synthetic(config, opt, NULL, out, err);
 }
 
 /* ---- finding the files ---- */
@@ -127,8 +133,8 @@ static sdunet_status find_in_folder(const char *dir, const char *variant, vae_fi
     return SDUNET_OK;
 }
 
-sdunet_status sdunet_vae_load(const char *path, const char *config_path, const sdunet_options *opt,
-                              sdunet_vae **out, sdunet_error *err)
+static sdunet_status vae_load(const char *path, const char *config_path, const sdunet_options *opt,
+                              const sd_share *sh, sdunet_vae **out, sdunet_error *err)
 {
     if (!out)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL output pointer");
@@ -170,7 +176,7 @@ sdunet_status sdunet_vae_load(const char *path, const char *config_path, const s
         }
     }
     if (!st)
-        st = sd_tensorfile_open(f->weights, &tf, err);
+        st = sd_share_open_file(sh, f->weights, &tf, err);
     sd_vae_names names;
     char what[256];
     if (!st) {
@@ -197,7 +203,7 @@ sdunet_status sdunet_vae_load(const char *path, const char *config_path, const s
         }
     }
     if (!st) {
-        sd_weight_source src = {.file = tf};
+        sd_weight_source src = {.file = tf, .pool = sh ? sh->pool : NULL};
         st = vae_create(&cfg, &src, &names, opt, out, err);
         if (st && st != SDUNET_E_NOMEM)
             sd_err_prefix(err, f->weights);
@@ -205,6 +211,20 @@ sdunet_status sdunet_vae_load(const char *path, const char *config_path, const s
     sd_tensorfile_close(tf);
     free(f);
     return st;
+}
+
+sdunet_status sdunet_vae_load(const char *path, const char *config_path, const sdunet_options *opt,
+                              sdunet_vae **out, sdunet_error *err)
+{
+    return vae_load(path, config_path, opt, NULL, out, err);
+}
+
+sdunet_status sd_vae_open(const char *path, const char *config, int synthetic,
+                          const sdunet_options *opt, const sd_share *sh, sdunet_vae **out,
+                          sdunet_error *err)
+{
+    return synthetic ? vae_synthetic(config, opt, sh, out, err)
+                     : vae_load(path, config, opt, sh, out, err);
 }
 
 /* ---- running ---- */

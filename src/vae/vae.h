@@ -9,6 +9,7 @@
 #include "engine/kernels.h"
 #include "engine/layers.h"
 #include "io/tensorfile.h"
+#include "sdunet_vae.h"
 
 #define SD_VAE_MAX_LEVELS 8
 #define SD_VAE_MAX_LAYERS 8
@@ -161,5 +162,13 @@ static inline int sd_vae_factor(const sd_vae_config *c)
 {
     return 1 << (c->n_levels - 1);
 }
+
+/* sdunet_vae_load (synthetic 0: path and optional config) or
+ * sdunet_vae_load_synthetic (synthetic 1: config only), running on the
+ * share's pool and reading its open file when that is the weight file (sh
+ * may be NULL). */
+sdunet_status sd_vae_open(const char *path, const char *config, int synthetic,
+                          const sdunet_options *opt, const sd_share *sh, sdunet_vae **out,
+                          sdunet_error *err);
 
 #endif
