@@ -14,7 +14,29 @@
 #include "engine/kernels.h"
 #include "io/tensorfile.h"
 
+#include <math.h>
+#include <stdint.h>
 #include <time.h>
+
+/* ---- checks at a model's boundary ---- */
+
+/* Whether the byte ranges [a, a + an) and [b, b + bn) overlap (NULL never
+ * does): an output buffer must not alias an input. */
+static inline int sd_overlaps(const void *a, size_t an, const void *b, size_t bn)
+{
+    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
+    return a && b && x < y + bn && y < x + an;
+}
+
+/* Whether all n values are finite (inputs are checked unless the caller
+ * allows NaN and Inf). */
+static inline int sd_all_finite(const float *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(p[i]))
+            return 0;
+    return 1;
+}
 
 /* A norm's affine terms (GroupNorm or LayerNorm). */
 typedef struct sd_norm {

@@ -418,6 +418,42 @@ static int read_sample_size(const char *unet_config)
     return v;
 }
 
+/* A pipeline folder's scheduler/scheduler_config.json (when there is one;
+ * *given says so) and unet/config.json's sample_size. */
+static sdunet_status read_folder(sdunet_pipeline *pl, const char *dir, int *given,
+                                 sdunet_error *err)
+{
+    char p[4096];
+    *given = 0;
+    if (!sd_path_join(p, sizeof p, dir, "", "scheduler/scheduler_config.json"))
+        return sd_fail(err, SDUNET_E_IO, "%s: path too long", dir);
+    if (sd_is_regular(p)) {
+        sdunet_status st = parse_sched(pl, p, err);
+        if (st)
+            return st;
+        *given = 1;
+    }
+    if (sd_path_join(p, sizeof p, dir, "", "unet/config.json"))
+        pl->sample_size = read_sample_size(p);
+    return SDUNET_OK;
+}
+
+/* The end of both loads: the models (unless st already failed), then the
+ * pipeline handed out or freed. */
+static sdunet_status finish_load(sdunet_pipeline *pl, sdunet_status st,
+                                 const sdunet_pipeline_options *opt, int folder_pred,
+                                 sdunet_pipeline **out, sdunet_error *err)
+{
+    if (!st)
+        st = load_models(pl, opt, folder_pred, err);
+    if (st) {
+        sdunet_pipeline_free(pl);
+        return st;
+    }
+    *out = pl;
+    return SDUNET_OK;
+}
+
 sdunet_status sdunet_pipeline_load(const char *path, const sdunet_pipeline_options *opt,
                                    sdunet_pipeline **out, sdunet_error *err)
 {
@@ -443,25 +479,11 @@ sdunet_status sdunet_pipeline_load(const char *path, const sdunet_pipeline_optio
     if (!folder)
         model_hash(path, pl->model_hash);
     int folder_pred = 0;
-    char p[4096];
-    if (folder && sd_path_join(p, sizeof p, path, "", "scheduler/scheduler_config.json") &&
-        sd_is_regular(p)) {
-        if ((st = parse_sched(pl, p, err)))
-            goto fail;
-        folder_pred = 1;
-    }
-    if (folder && sd_path_join(p, sizeof p, path, "", "unet/config.json"))
-        pl->sample_size = read_sample_size(p);
-    /* a single file holds all three models: open and parse it once */
-    if (!folder && !pl->variant[0] && (st = sd_tensorfile_open(path, &pl->file, err)))
-        goto fail;
-    if ((st = load_models(pl, opt, folder_pred, err)))
-        goto fail;
-    *out = pl;
-    return SDUNET_OK;
-fail:
-    sdunet_pipeline_free(pl);
-    return st;
+    if (folder)
+        st = read_folder(pl, path, &folder_pred, err);
+    else if (!pl->variant[0]) /* a single file holds all three models: open and parse it once */
+        st = sd_tensorfile_open(path, &pl->file, err);
+    return finish_load(pl, st, opt, folder_pred, out, err);
 }
 
 sdunet_status sdunet_pipeline_load_synthetic(const char *preset, const sdunet_pipeline_options *opt,
@@ -481,24 +503,16 @@ sdunet_status sdunet_pipeline_load_synthetic(const char *preset, const sdunet_pi
     int folder_pred = 0;
     if (sd_is_dir(preset)) {
         base_name(preset, pl->model_name, sizeof pl->model_name);
-        char p[4096];
         if (!sd_path_join(pl->unet_cfg, sizeof pl->unet_cfg, preset, "", "unet/config.json") ||
             !sd_path_join(pl->vae_cfg, sizeof pl->vae_cfg, preset, "", "vae/config.json") ||
             !sd_path_join(pl->text_path, sizeof pl->text_path, preset, "",
-                          "text_encoder/config.json") ||
-            !sd_path_join(p, sizeof p, preset, "", "scheduler/scheduler_config.json")) {
+                          "text_encoder/config.json"))
             st = sd_fail(err, SDUNET_E_IO, "%s: path too long", preset);
-            goto fail;
-        }
-        if (sd_is_regular(p)) {
-            if ((st = parse_sched(pl, p, err)))
-                goto fail;
-            folder_pred = 1;
-        }
+        else
+            st = read_folder(pl, preset, &folder_pred, err);
         if (!(sd_path_join(pl->tokenizer, sizeof pl->tokenizer, preset, "", "tokenizer") &&
               sd_is_dir(pl->tokenizer)))
             pl->tokenizer[0] = 0;
-        pl->sample_size = read_sample_size(pl->unet_cfg);
     } else if (strcmp(preset, "sd15") == 0 || strcmp(preset, "sd21") == 0) {
         snprintf(pl->unet_cfg, sizeof pl->unet_cfg, "%s", preset);
         snprintf(pl->vae_cfg, sizeof pl->vae_cfg, "sd15"); /* SD1 and SD2 share the VAE */
@@ -506,15 +520,8 @@ sdunet_status sdunet_pipeline_load_synthetic(const char *preset, const sdunet_pi
     } else {
         st = sd_fail(err, SDUNET_E_INVALID_ARG,
                      "synthetic pipeline '%.200s': give sd15, sd21 or a folder of configs", preset);
-        goto fail;
     }
-    if ((st = load_models(pl, opt, folder_pred, err)))
-        goto fail;
-    *out = pl;
-    return SDUNET_OK;
-fail:
-    sdunet_pipeline_free(pl);
-    return st;
+    return finish_load(pl, st, opt, folder_pred, out, err);
 }
 
 void sdunet_pipeline_free(sdunet_pipeline *pl)

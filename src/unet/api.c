@@ -215,20 +215,6 @@ void sdunet_free(sdunet_model *m)
     free(m);
 }
 
-static int overlaps(const void *a, size_t an, const void *b, size_t bn)
-{
-    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
-    return x < y + bn && y < x + an;
-}
-
-static int all_finite(const float *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(p[i]))
-            return 0;
-    return 1;
-}
-
 sdunet_status sd_model_forward_ev(sdunet_model *m, const float *sample, int batch, int channels,
                                   int height, int width, const float *timesteps, int n_timesteps,
                                   const float *context, int context_len, int context_dim,
@@ -262,16 +248,16 @@ sdunet_status sd_model_forward_ev(sdunet_model *m, const float *sample, int batc
     size_t hw = (size_t)height * width, n_in = (size_t)batch * channels * hw;
     size_t n_out = (size_t)batch * c->out_channels * hw;
     size_t n_ctx = (size_t)batch * context_len * context_dim;
-    if (overlaps(out, n_out * 4, sample, n_in * 4) ||
-        overlaps(out, n_out * 4, context, n_ctx * 4) ||
-        overlaps(out, n_out * 4, timesteps, (size_t)n_timesteps * 4))
+    if (sd_overlaps(out, n_out * 4, sample, n_in * 4) ||
+        sd_overlaps(out, n_out * 4, context, n_ctx * 4) ||
+        sd_overlaps(out, n_out * 4, timesteps, (size_t)n_timesteps * 4))
         return sd_fail(err, SDUNET_E_INVALID_ARG, "output buffer overlaps an input");
     if (!m->allow_nonfinite) {
-        if (!all_finite(sample, n_in))
+        if (!sd_all_finite(sample, n_in))
             return sd_fail(err, SDUNET_E_NONFINITE, "sample contains NaN or Inf");
-        if (!all_finite(context, n_ctx))
+        if (!sd_all_finite(context, n_ctx))
             return sd_fail(err, SDUNET_E_NONFINITE, "context contains NaN or Inf");
-        if (!all_finite(timesteps, (size_t)n_timesteps))
+        if (!sd_all_finite(timesteps, (size_t)n_timesteps))
             return sd_fail(err, SDUNET_E_NONFINITE, "timestep is NaN or Inf");
     }
     if (!m->unet.has_weights)

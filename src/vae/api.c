@@ -295,20 +295,6 @@ void sdunet_vae_free(sdunet_vae *m)
     free(m);
 }
 
-static int overlaps(const void *a, size_t an, const void *b, size_t bn)
-{
-    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
-    return a && b && x < y + bn && y < x + an;
-}
-
-static int all_finite(const float *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(p[i]))
-            return 0;
-    return 1;
-}
-
 /* The plan for (direction, shape): made by a dry run when the shape
  * changes; its memory is kept and reused while it is large enough. */
 static sdunet_status get_plan(sdunet_vae *m, int decode, int B, int H, int W, sdunet_error *err)
@@ -552,9 +538,9 @@ sdunet_status sdunet_vae_decode(sdunet_vae *m, const float *latent, int batch, i
                        width * f);
     size_t hw = (size_t)height * width, n_in = (size_t)batch * channels * hw;
     size_t n_out = (size_t)batch * c->out_channels * hw * f * f;
-    if (overlaps(image, n_out * 4, latent, n_in * 4))
+    if (sd_overlaps(image, n_out * 4, latent, n_in * 4))
         return sd_fail(err, SDUNET_E_INVALID_ARG, "image buffer overlaps the latent");
-    if (!m->allow_nonfinite && !all_finite(latent, n_in))
+    if (!m->allow_nonfinite && !sd_all_finite(latent, n_in))
         return sd_fail(err, SDUNET_E_NONFINITE, "latent contains NaN or Inf");
     if (!m->vae.has_weights)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "VAE has no weights");
@@ -598,17 +584,17 @@ sdunet_status sdunet_vae_encode(sdunet_vae *m, const float *image, int batch, in
     size_t lhw = (size_t)lh * lw, n_lat = (size_t)batch * L * lhw;
     float *outs[3] = {latent, mean, logvar};
     for (int i = 0; i < 3; i++) {
-        if (overlaps(outs[i], n_lat * 4, image, n_in * 4) ||
-            overlaps(outs[i], n_lat * 4, noise, noise ? n_lat * 4 : 0))
+        if (sd_overlaps(outs[i], n_lat * 4, image, n_in * 4) ||
+            sd_overlaps(outs[i], n_lat * 4, noise, noise ? n_lat * 4 : 0))
             return sd_fail(err, SDUNET_E_INVALID_ARG, "an output buffer overlaps an input");
         for (int k = 0; k < i; k++)
-            if (overlaps(outs[i], n_lat * 4, outs[k], n_lat * 4))
+            if (sd_overlaps(outs[i], n_lat * 4, outs[k], n_lat * 4))
                 return sd_fail(err, SDUNET_E_INVALID_ARG, "output buffers overlap");
     }
     if (!m->allow_nonfinite) {
-        if (!all_finite(image, n_in))
+        if (!sd_all_finite(image, n_in))
             return sd_fail(err, SDUNET_E_NONFINITE, "image contains NaN or Inf");
-        if (noise && !all_finite(noise, n_lat))
+        if (noise && !sd_all_finite(noise, n_lat))
             return sd_fail(err, SDUNET_E_NONFINITE, "noise contains NaN or Inf");
     }
     if (!m->vae.has_weights)
