@@ -135,7 +135,7 @@ fuzz: fuzz-build
 # cases with SDUNET_THREADS=4.
 TSAN_CC    ?= $(CC)
 TSAN_BUILD ?= build-tsan
-TSAN_TESTS  = test_misuse test_model
+TSAN_TESTS  = test_misuse test_model test_pipeline
 
 tsan:
 	$(MAKE) CC=$(TSAN_CC) BUILD=$(TSAN_BUILD) OPT=-O1 SAN="-fsanitize=thread" \
