@@ -4,6 +4,10 @@
 #   unet   the SD1.5 UNet, 64x64 latent, 77 context tokens, batch 1 (and 2 with BATCH2=1)
 #   vae    the SD VAE decoder, 64x64 latent -> 512x512 image
 #   text   the SD1.5 text encoder (CLIP ViT-L/14), one prompt (sdunet vs PyTorch only)
+#   pipeline  the whole txt2img (PIPE_SIZE, PIPE_STEPS of Euler a, guidance 7.5): sdunet
+#          txt2img vs diffusers' StableDiffusionPipeline (PyTorch only; generation time
+#          without loading: text encoding + denoising + VAE decode; not in the default
+#          WORKLOADS: ~5 minutes a round at 2 threads)
 # all float32 on the same synthetic weights (tools/synth_weights.py), interleaved
 # round by round (sdunet, then each peer, ROUNDS times) at each thread count so
 # that load from other work on the machine hits every engine alike.
@@ -30,6 +34,7 @@
 #   WORKLOADS="unet vae text"        ENGINES="torch ort openvino"
 #   CHECK=1                          0: skip the golden-output checks
 #   TILED=1                          0: skip the tiled 1024x1024 decode's peak RSS
+#   PIPE_SIZE=512 PIPE_STEPS=20      the pipeline workload's image side and steps
 #   CACHE=/tmp/sdunet-peers  PY=.venv-ref/bin/python  SDUNET=build/sdunet
 set -eu
 cd "$(dirname "$0")/.."
@@ -45,6 +50,8 @@ WORKLOADS=${WORKLOADS:-"unet vae text"}
 ENGINES=${ENGINES:-"torch ort openvino"}
 CHECK=${CHECK:-1}
 TILED=${TILED:-1}
+PIPE_SIZE=${PIPE_SIZE:-512}
+PIPE_STEPS=${PIPE_STEPS:-20}
 CACHE=${CACHE:-/tmp/sdunet-peers}
 PY=${PY:-.venv-ref/bin/python}
 SDUNET=${SDUNET:-build/sdunet}
@@ -184,6 +191,24 @@ for w in $WORKLOADS; do
                             "rel_l2=$(kv "$l" rel_l2_vs_ref)"
                     fi
                     ;;
+                pipeline)
+                    /usr/bin/time -f "maxrss_kb=%M" -o "$ERR" "$SDUNET" txt2img --synthetic sd15 \
+                        --prompt "$PROMPT" --width "$PIPE_SIZE" --height "$PIPE_SIZE" \
+                        --steps "$PIPE_STEPS" --scheduler euler_a --seed 1 --threads "$t" \
+                        --verbose --out "$CACHE/sd-pipeline.png" 2>"$LOG.t" >/dev/null || true
+                    s=$(awk '/^  (text encoding|denoising|VAE decoding): [0-9.]+ s$/ { s += $(NF - 1); n++ }
+                        END { if (n == 3) printf "%.2f", s; else printf "failed" }' "$LOG.t")
+                    m=$(sed -n 's/^maxrss_kb=//p' "$ERR")
+                    row "workload=$w batch=1 threads=$t round=$r engine=sdunet median_s=$s" \
+                        "peak_rss_mb=$((${m:-0} / 1024)) rel_l2=-"
+                    if has "$ENGINES" torch; then
+                        echo "## $w threads=$t round=$r: torch (load $(load))" >&2
+                        l=$("$PY" bench/peer_pipeline_torch.py --threads "$t" --steps "$PIPE_STEPS" \
+                            --size "$PIPE_SIZE" 2>/dev/null | grep '^peer:') || l=
+                        row "workload=$w batch=1 threads=$t round=$r engine=torch" \
+                            "median_s=$(kv "$l" total_s) peak_rss_mb=$(kv "$l" peak_rss_mb) rel_l2=-"
+                    fi
+                    ;;
                 *) echo "run_peers: unknown workload $w" >&2; exit 1 ;;
                 esac
                 echo "load=$(load)" >>"$LOG"
@@ -220,7 +245,7 @@ echo "load average (1/5/15 min): before $LOAD0, after $LOAD1; per round: $(sed -
 [ -z "$prec" ] || echo "OpenVINO inference precision (read back from the compiled models): $prec"
 echo "settings: THREADS=\"$THREADS\" ROUNDS=$ROUNDS RUNS=$RUNS WARMUP=$WARMUP VAE_RUNS=$VAE_RUNS VAE_WARMUP=$VAE_WARMUP TEXT_RUNS=$TEXT_RUNS"
 echo
-grep '^row:' "$LOG" | awk -v engines="sdunet $ENGINES" '
+grep '^row:' "$LOG" | awk -v engines="sdunet $ENGINES" -v psize="$PIPE_SIZE" -v psteps="$PIPE_STEPS" '
 function kv(line, key,   n, i, a, p) {
     n = split(line, a, " ")
     for (i = 1; i <= n; i++) { split(a[i], p, "="); if (p[1] == key) return p[2] }
@@ -250,7 +275,7 @@ END {
     printf "---|\n"
     for (k = 1; k <= ng; k++) {
         g = order[k]; best = ""; bname = ""
-        label = wl[g] == "unet" ? "UNet 64x64, batch " bt[g] : wl[g] == "vae" ? "VAE decode 64x64 -> 512x512" : "text encoder, 1 prompt"
+        label = wl[g] == "unet" ? "UNet 64x64, batch " bt[g] : wl[g] == "vae" ? "VAE decode 64x64 -> 512x512" : wl[g] == "pipeline" ? "txt2img " psize "x" psize ", " psteps " steps (no load)" : "text encoder, 1 prompt"
         printf "| %s | %s |", label, th[g]
         for (i = 1; i <= ne; i++) {
             e = E[i]
@@ -266,7 +291,7 @@ END {
     printf "\n| workload | threads | engine | seconds per round | peak RSS MiB | rel L2 vs float64 |\n|---|---|---|---|---|---|\n"
     for (k = 1; k <= ng; k++) {
         g = order[k]
-        label = wl[g] == "unet" ? "UNet b" bt[g] : wl[g] == "vae" ? "VAE decode" : "text"
+        label = wl[g] == "unet" ? "UNet b" bt[g] : wl[g] == "vae" ? "VAE decode" : wl[g] == "pipeline" ? "txt2img" : "text"
         for (i = 1; i <= ne; i++) {
             e = E[i]
             if (!has[g, e]) continue
