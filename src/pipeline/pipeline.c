@@ -751,6 +751,7 @@ sdunet_status sdunet_generate(sdunet_pipeline *pl, const sdunet_gen_params *p, u
         if ((st = need_vae(pl, err)) ||
             (st = sdunet_vae_encode(pl->vae, init, 1, 3, H, W, noise, eps, NULL, NULL, err)))
             goto done;
+        sd_vae_trim(pl->vae); /* its activations are not needed beside the UNet's */
         release_vae(pl);
         for (int b = 0; b < B; b++)
             memcpy(eps + (size_t)b * n1, eps, sizeof(float) * n1);
@@ -807,6 +808,7 @@ sdunet_status sdunet_generate(sdunet_pipeline *pl, const sdunet_gen_params *p, u
     }
     if ((st = need_vae(pl, err)) || (st = sdunet_vae_decode(pl->vae, x, B, C, h, w, img, err)))
         goto done;
+    sd_vae_trim(pl->vae); /* nor the VAE's beside the next generation's UNet */
     release_vae(pl);
     if (rgb && (st = sdunet_vae_image_to_rgb8(img, B, H, W, rgb, err)))
         goto done;

@@ -295,6 +295,19 @@ void sdunet_vae_free(sdunet_vae *m)
     free(m);
 }
 
+void sd_vae_trim(sdunet_vae *m)
+{
+    if (!m || atomic_flag_test_and_set(&m->busy))
+        return;
+    sd_vae_plan_free(&m->plan);
+    m->plan_cap = 0;
+    sd_free(m->io);
+    m->io = NULL;
+    m->io_cap = 0;
+    sd_workspace_free(&m->ws);
+    atomic_flag_clear(&m->busy);
+}
+
 /* The plan for (direction, shape): made by a dry run when the shape
  * changes; its memory is kept and reused while it is large enough. */
 static sdunet_status get_plan(sdunet_vae *m, int decode, int B, int H, int W, sdunet_error *err)

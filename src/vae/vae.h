@@ -163,6 +163,11 @@ static inline int sd_vae_factor(const sd_vae_config *c)
     return 1 << (c->n_levels - 1);
 }
 
+/* Frees the activation plan, staging and kernel scratch (the next decode
+ * or encode plans again), e.g. while the UNet runs; a no-op while the VAE
+ * is in use. */
+void sd_vae_trim(sdunet_vae *m);
+
 /* sdunet_vae_load (synthetic 0: path and optional config) or
  * sdunet_vae_load_synthetic (synthetic 1: config only), running on the
  * share's pool and reading its open file when that is the weight file (sh
