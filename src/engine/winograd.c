@@ -53,3 +53,22 @@ int sd_conv3x3_winograd(const sd_exec *ex, const float *in, int batch, int H, in
     return 0;
 #endif
 }
+
+int sd_winograd4_pays(int batch, int H, int W, int Cin, int N)
+{
+    long tiles = (long)batch * ((H + 3) / 4) * ((W + 3) / 4);
+    return WG_HAVE && Cin >= 32 && N >= 32 && tiles >= 16;
+}
+
+int sd_conv3x3_winograd4(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
+                         const sd_packed *Wp, float *out, const sd_epilogue *ep)
+{
+    if (ex->kern->winograd4)
+        return ex->kern->winograd4(ex, in, batch, H, W, Cin, Wp, out, ep);
+#if WG_HAVE
+    return wg4_run(ex, in, batch, H, W, Cin, Wp, out, ep);
+#else
+    (void)in, (void)batch, (void)H, (void)W, (void)Cin, (void)Wp, (void)out, (void)ep;
+    return 0;
+#endif
+}
