@@ -391,6 +391,10 @@ static int wg_run(const sd_exec *ex, const float *in, int batch, int H, int W, i
 #ifndef WG4_KC
 #define WG4_KC 128 /* K block: 36 x 128 x 16 transformed weights = 288 KiB */
 #endif
+/* Floats added to the stride between positions in V, Ub and Acc: the 36
+ * positions of one tile or weight row are then not all a multiple of 4 KiB
+ * apart, which would put them in one L1 set (12 ways) and 4K-alias them. */
+#define WG4_PAD 16
 
 /* Tile t (batch-major, then row-major over th x tw tiles of 4x4 outputs):
  * its image b and top-left output pixel (y0, x0). */
@@ -480,22 +484,34 @@ static void in_panel4(void *ctx, int64_t task, int thread)
     }
 }
 
-/* o[j * os] = (G g)_j for the three vectors g[0], g[s], g[2s]:
+/* o[j * os] = (G' g)_j for the three vectors g[0], g[s], g[2s], where
  *   G = [1 0 0; 1/3 1/3 1/3; -1/3 1/3 -1/3; -16/15 -8/15 -4/15;
- *        1/15 -2/15 4/15; 0 0 1] (the thirds and fifteenths divided, so
- *   each is rounded once). */
+ *        1/15 -2/15 4/15; 0 0 1] = diag(wg4_gs) G',
+ * G' = [1 0 0; 1 1 1; -1 1 -1; 4 2 1; 1 -2 4; 0 0 1]: small integers, so
+ * the row scales are applied once, after both passes (wg4_gs2), as one
+ * multiply per transformed weight instead of a division per pass. */
 static inline void wg4_g(const wv *g, int s, wv *o, int os)
 {
-    const wv three = {3, 3, 3, 3, 3, 3, 3, 3}, m15 = {-15, -15, -15, -15, -15, -15, -15, -15};
     const wv four = {4, 4, 4, 4, 4, 4, 4, 4};
     const wv g0 = g[0], g1 = g[s], g2 = g[2 * s], s02 = g0 + g2;
     o[0] = g0;
-    o[os] = (s02 + g1) / three;
-    o[2 * os] = (g1 - s02) / three;
-    o[3 * os] = four * (four * g0 + (g1 + g1) + g2) / m15;
-    o[4 * os] = (g0 - (g1 + g1) + four * g2) / -m15;
+    o[os] = s02 + g1;
+    o[2 * os] = g1 - s02;
+    o[3 * os] = four * g0 + (g1 + g1) + g2;
+    o[4 * os] = g0 - (g1 + g1) + four * g2;
     o[5 * os] = g2;
 }
+
+/* wg4_gs[a] * wg4_gs[b] at [6a + b], wg4_gs = {1, 1/3, 1/3, -4/15, 1/15,
+ * 1} (G's row scales), each product rounded once. */
+#define WG4_S(a, b) (float)((a) * (b))
+#define WG4_ROW(a)                                                                                 \
+    WG4_S(a, 1.0), WG4_S(a, 1.0 / 3), WG4_S(a, 1.0 / 3), WG4_S(a, -4.0 / 15), WG4_S(a, 1.0 / 15),   \
+        WG4_S(a, 1.0)
+static const float wg4_gs2[36] = {WG4_ROW(1.0),       WG4_ROW(1.0 / 3),  WG4_ROW(1.0 / 3),
+                                  WG4_ROW(-4.0 / 15), WG4_ROW(1.0 / 15), WG4_ROW(1.0)};
+#undef WG4_ROW
+#undef WG4_S
 
 /* Channels [k0, k0 + kc) of output panel `wp` into ub[ad][k - k0][16]
  * (as weights_block_t, 36 positions). */
@@ -505,7 +521,7 @@ __attribute__((always_inline))
 static inline void
 weights_block4_t(const void *wp, int type, int Cin, int k0, int kc, float *ub)
 {
-    const size_t ad_step = (size_t)kc * 16, esz = sd_wtype_size(type);
+    const size_t ad_step = (size_t)kc * 16 + WG4_PAD, esz = sd_wtype_size(type);
     for (int k = 0; k < kc; k++)
         for (int h = 0; h < 16; h += 8) {
             wv g[9], t[18], u[36];
@@ -519,8 +535,10 @@ weights_block4_t(const void *wp, int type, int Cin, int k0, int kc, float *ub)
             for (int a = 0; a < 6; a++) /* (G g) G^T (6 x 6) */
                 wg4_g(t + 3 * a, 1, u + 6 * a, 1);
             float *o = ub + (size_t)k * 16 + h;
-            for (int p = 0; p < 36; p++)
+            for (int p = 0; p < 36; p++) {
+                u[p] *= wg4_gs2[p];
                 wv_st(o + p * ad_step, &u[p]);
+            }
         }
 }
 
@@ -558,8 +576,9 @@ static void out_panel4(void *ctx, int64_t task, int thread)
     const int mr = kern->mr, Cin = j->Cin, N = j->N, p = (int)task;
     const int n0 = p * 16, cols = N - n0 < 16 ? N - n0 : 16;
     const int nkb = (Cin + WG4_KC - 1) / WG4_KC, kcb = (Cin + nkb - 1) / nkb;
-    const size_t acc_step = (size_t)j->tpan * mr * 16;
-    float *ub = j->scratch + (size_t)thread * j->per_thread, *acc = ub + (size_t)36 * kcb * 16;
+    const size_t acc_step = (size_t)j->tpan * mr * 16 + WG4_PAD;
+    float *ub = j->scratch + (size_t)thread * j->per_thread,
+          *acc = ub + (size_t)36 * ((size_t)kcb * 16 + WG4_PAD);
     const int wtype = j->Wp->type;
     const void *wp = (const char *)j->Wp->data + (size_t)p * j->Wp->K * 16 * sd_wtype_size(wtype);
 
@@ -569,8 +588,8 @@ static void out_panel4(void *ctx, int64_t task, int thread)
         for (int ad = 0; ad < 36; ad++)
             for (int tp = 0; tp < j->tpan; tp++)
                 kern->micro(kc, j->V + ad * j->ad_step + ((size_t)tp * Cin + k0) * mr,
-                            ub + (size_t)ad * kc * 16, acc + ad * acc_step + (size_t)tp * mr * 16,
-                            16, kb > 0, mr, 16, NULL);
+                            ub + (size_t)ad * ((size_t)kc * 16 + WG4_PAD),
+                            acc + ad * acc_step + (size_t)tp * mr * 16, 16, kb > 0, mr, 16, NULL);
     }
 
     const sd_epilogue *ep = j->ep;
@@ -632,11 +651,12 @@ static int wg4_run(const sd_exec *ex, const float *in, int batch, int H, int W, 
         tb = (size_t)tiles;
     const int blocks = (int)((tiles + tb - 1) / tb);
     const int TB = (tiles + blocks - 1) / blocks, tpan_max = (TB + mr - 1) / mr;
-    const size_t ad_step = (size_t)tpan_max * Cin * mr;
+    const size_t ad_step = (size_t)tpan_max * Cin * mr + WG4_PAD;
 
     const int threads = sd_pool_size(ex->pool);
     const int nkb = (Cin + WG4_KC - 1) / WG4_KC, kcb = (Cin + nkb - 1) / nkb;
-    const size_t per_thread = (size_t)36 * kcb * 16 + (size_t)36 * tpan_max * mr * 16;
+    const size_t per_thread =
+        (size_t)36 * ((size_t)kcb * 16 + WG4_PAD) + (size_t)36 * ((size_t)tpan_max * mr * 16 + WG4_PAD);
     float *V = sd_ws_get(ex, 4, 36 * ad_step * sizeof(float));
     float *scratch = sd_ws_get(ex, 5, per_thread * threads * sizeof(float));
     if (!V || !scratch) {

@@ -327,6 +327,7 @@ sdunet_status sdunet_pipeline_load(const char *path, const sdunet_pipeline_optio
     sdunet_options uo;
     sdunet_options_default(&uo);
     uo.threads = pl->threads;
+    uo.fast = opt ? opt->fast : 0;
     uo.variant = opt ? opt->variant : NULL;
     sdunet_text_options_default(&pl->topt);
     pl->topt.threads = pl->threads;
@@ -377,6 +378,7 @@ sdunet_status sdunet_pipeline_load_synthetic(const char *preset, const sdunet_pi
     sdunet_options uo;
     sdunet_options_default(&uo);
     uo.threads = pl->threads;
+    uo.fast = opt ? opt->fast : 0;
     sdunet_text_options_default(&pl->topt);
     pl->topt.threads = pl->threads;
     pl->text_synthetic = 1;
