@@ -24,6 +24,12 @@
 #ifndef WG_KC
 #define WG_KC 256 /* K block: 16 x 256 x 16 transformed weights = 256 KiB */
 #endif
+/* Floats added to the stride between positions in V, Ub and Acc: the 16
+ * (F(4x4): 36) positions of one tile or weight row are then not all a
+ * multiple of 4 KiB apart, which would put them in one L1 set (12 ways)
+ * and 4K-alias them. Layout only: the results do not depend on it. */
+#define WG_PAD 16
+#define WG4_PAD WG_PAD
 
 /* The transforms work on 8 channels at a time as one GNU C vector (AVX2
  * where this file is built for it, two SSE halves otherwise); compilers
@@ -203,7 +209,7 @@ static inline void
 weights_block_t(const void *wp, int type, int Cin, int k0, int kc, float *ub)
 {
     const wv half = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
-    const size_t ad_step = (size_t)kc * 16, esz = sd_wtype_size(type);
+    const size_t ad_step = (size_t)kc * 16 + WG_PAD, esz = sd_wtype_size(type);
     for (int k = 0; k < kc; k++)
         for (int h = 0; h < 16; h += 8) {
             wv g[9], t[12];
@@ -263,8 +269,9 @@ static void out_panel(void *ctx, int64_t task, int thread)
     const int mr = kern->mr, Cin = j->Cin, N = j->N, p = (int)task;
     const int n0 = p * 16, cols = N - n0 < 16 ? N - n0 : 16;
     const int nkb = (Cin + WG_KC - 1) / WG_KC, kcb = (Cin + nkb - 1) / nkb;
-    const size_t acc_step = (size_t)j->tpan * mr * 16; /* floats per position in Acc */
-    float *ub = j->scratch + (size_t)thread * j->per_thread, *acc = ub + (size_t)16 * kcb * 16;
+    const size_t acc_step = (size_t)j->tpan * mr * 16 + WG_PAD; /* floats per position in Acc */
+    float *ub = j->scratch + (size_t)thread * j->per_thread,
+          *acc = ub + (size_t)16 * ((size_t)kcb * 16 + WG_PAD);
     const int wtype = j->Wp->type;
     const void *wp = (const char *)j->Wp->data + (size_t)p * j->Wp->K * 16 * sd_wtype_size(wtype);
 
@@ -274,8 +281,8 @@ static void out_panel(void *ctx, int64_t task, int thread)
         for (int ad = 0; ad < 16; ad++)
             for (int tp = 0; tp < j->tpan; tp++)
                 kern->micro(kc, j->V + ad * j->ad_step + ((size_t)tp * Cin + k0) * mr,
-                            ub + (size_t)ad * kc * 16, acc + ad * acc_step + (size_t)tp * mr * 16,
-                            16, kb > 0, mr, 16, NULL);
+                            ub + (size_t)ad * ((size_t)kc * 16 + WG_PAD),
+                            acc + ad * acc_step + (size_t)tp * mr * 16, 16, kb > 0, mr, 16, NULL);
     }
 
     const sd_epilogue *ep = j->ep;
@@ -357,11 +364,12 @@ static int wg_run(const sd_exec *ex, const float *in, int batch, int H, int W, i
         tb = (size_t)tiles;
     const int blocks = (int)((tiles + tb - 1) / tb);
     const int TB = (tiles + blocks - 1) / blocks, tpan_max = (TB + mr - 1) / mr;
-    const size_t ad_step = (size_t)tpan_max * Cin * mr;
+    const size_t ad_step = (size_t)tpan_max * Cin * mr + WG_PAD;
 
     const int threads = sd_pool_size(ex->pool);
     const int nkb = (Cin + WG_KC - 1) / WG_KC, kcb = (Cin + nkb - 1) / nkb;
-    const size_t per_thread = (size_t)16 * kcb * 16 + (size_t)16 * tpan_max * mr * 16;
+    const size_t per_thread =
+        (size_t)16 * ((size_t)kcb * 16 + WG_PAD) + (size_t)16 * ((size_t)tpan_max * mr * 16 + WG_PAD);
     float *V = sd_ws_get(ex, 4, 16 * ad_step * sizeof(float));
     float *scratch = sd_ws_get(ex, 5, per_thread * threads * sizeof(float));
     if (!V || !scratch) {
@@ -391,10 +399,6 @@ static int wg_run(const sd_exec *ex, const float *in, int batch, int H, int W, i
 #ifndef WG4_KC
 #define WG4_KC 128 /* K block: 36 x 128 x 16 transformed weights = 288 KiB */
 #endif
-/* Floats added to the stride between positions in V, Ub and Acc: the 36
- * positions of one tile or weight row are then not all a multiple of 4 KiB
- * apart, which would put them in one L1 set (12 ways) and 4K-alias them. */
-#define WG4_PAD 16
 
 /* Tile t (batch-major, then row-major over th x tw tiles of 4x4 outputs):
  * its image b and top-left output pixel (y0, x0). */
