@@ -597,10 +597,20 @@ static void out_panel4(void *ctx, int64_t task, int thread)
     }
 
     const sd_epilogue *ep = j->ep;
-    ptrdiff_t px[16];
+    ptrdiff_t px[16], ahead[16];
     for (int tb = 0; tb < j->nt; tb++) {
         const float *m = acc + (size_t)tb * 16;
         tile4_pixels(j->t0 + tb, j->th, j->tw, j->H, j->W, px);
+        if (tb + 1 < j->nt) { /* the next tile's output rows (scattered lines) */
+            tile4_pixels(j->t0 + tb + 1, j->th, j->tw, j->H, j->W, ahead);
+            for (int q = 0; q < 16; q++) {
+                if (ahead[q] < 0)
+                    continue;
+                __builtin_prefetch(j->out + ahead[q] * N + n0, 1);
+                if (ep && ep->residual && ep->residual != j->out)
+                    __builtin_prefetch(ep->residual + ahead[q] * ep->ld_res + n0);
+            }
+        }
         for (int h = 0; h < cols; h += 8) {
             const int n = cols - h < 8 ? cols - h : 8, col = n0 + h;
             wv mv[36], s[24], y[16];
