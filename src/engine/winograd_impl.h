@@ -491,9 +491,10 @@ static void in_panel4(void *ctx, int64_t task, int thread)
 /* o[j * os] = (G' g)_j for the three vectors g[0], g[s], g[2s], where
  *   G = [1 0 0; 1/3 1/3 1/3; -1/3 1/3 -1/3; -16/15 -8/15 -4/15;
  *        1/15 -2/15 4/15; 0 0 1] = diag(wg4_gs) G',
- * G' = [1 0 0; 1 1 1; -1 1 -1; 4 2 1; 1 -2 4; 0 0 1]: small integers, so
- * the row scales are applied once, after both passes (wg4_gs2), as one
- * multiply per transformed weight instead of a division per pass. */
+ * G' = [1 0 0; 1 1 1; -1 1 -1; 4 2 1; 1 -2 4; 0 0 1]: small integers.
+ * The products are linear in U, so U's scales (wg4_gs2) are applied to the
+ * sums M instead, in the output transform: once per tile rather than once
+ * per weight and tile block. */
 static inline void wg4_g(const wv *g, int s, wv *o, int os)
 {
     const wv four = {4, 4, 4, 4, 4, 4, 4, 4};
@@ -539,10 +540,8 @@ weights_block4_t(const void *wp, int type, int Cin, int k0, int kc, float *ub)
             for (int a = 0; a < 6; a++) /* (G g) G^T (6 x 6) */
                 wg4_g(t + 3 * a, 1, u + 6 * a, 1);
             float *o = ub + (size_t)k * 16 + h;
-            for (int p = 0; p < 36; p++) {
-                u[p] *= wg4_gs2[p];
+            for (int p = 0; p < 36; p++)
                 wv_st(o + p * ad_step, &u[p]);
-            }
         }
 }
 
@@ -614,8 +613,10 @@ static void out_panel4(void *ctx, int64_t task, int thread)
         for (int h = 0; h < cols; h += 8) {
             const int n = cols - h < 8 ? cols - h : 8, col = n0 + h;
             wv mv[36], s[24], y[16];
-            for (int a = 0; a < 36; a++)
+            for (int a = 0; a < 36; a++) {
                 wv_ld(&mv[a], m + a * acc_step + h);
+                mv[a] *= wg4_gs2[a];
+            }
             for (int k = 0; k < 6; k++) /* columns: A^T M */
                 wg4_at(mv + k, 6, s + k, 6);
             for (int i = 0; i < 4; i++) /* rows: (A^T M) A */
