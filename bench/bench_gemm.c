@@ -1,6 +1,7 @@
 /* GFLOP/s of the GEMM, the 3x3 convolution and attention at UNet shapes.
  * Usage: bench_gemm [threads...] (default: 1 and all CPUs); SD_KERNELS=portable
- * picks the kernel set, SD_CONV=direct|winograd the 3x3 method, SD_GEGLU=unfused the feed-forward
+ * picks the kernel set, SD_CONV=direct|winograd the 3x3 method, SD_FAST=1 the fast mode (Winograd
+ * F(4x4, 3x3) where it pays; with SD_CONV=winograd, everywhere), SD_GEGLU=unfused the feed-forward
  * projection as GEMM + sd_geglu instead of sd_gemm_geglu, SD_WEIGHTS=f16|bf16 stores the weight
  * panels in 16 bits (widened in the kernels), SD_BENCH_FILTER=text runs only the
  * cases whose "kind shape" label contains it, SD_BENCH_SECONDS=s sets the time per case. Each case
@@ -122,6 +123,7 @@ int main(int argc, char **argv)
     }
     /* SD_CONV=direct|winograd forces the 3x3 method (default: as a model picks) */
     sd_conv_algo conv_algo = sd_conv_algo_parse(getenv("SD_CONV"));
+    const int fast = getenv("SD_FAST") && strcmp(getenv("SD_FAST"), "1") == 0;
     if (getenv("SD_GEGLU"))
         g_geglu_fused = strcmp(getenv("SD_GEGLU"), "unfused") != 0;
     if (getenv("SD_WEIGHTS"))
@@ -158,6 +160,11 @@ int main(int argc, char **argv)
         {"conv", 64, 64, 960, 320},
         {"conv", 8, 8, 1280, 1280},
         {"conv", 16, 8, 1280, 1280},
+        /* the VAE decoder's levels */
+        {"conv", 64, 64, 512, 512},
+        {"conv", 128, 128, 512, 512},
+        {"conv", 256, 256, 256, 256},
+        {"conv", 512, 512, 128, 128},
         /* the 8x8 level at batch 2 (32 tiles) */ {"attn", 4096, 8, 40, 4096},
         {"attn", 4096, 8, 40, 77},
         {"attn", 1024, 8, 80, 1024},
@@ -191,7 +198,7 @@ int main(int argc, char **argv)
         fflush(stdout);
         for (int t = 0; t < nt; t++) {
             sd_workspace ws = {0}; /* as in a model: scratch kept between calls */
-            sd_exec ex = {.pool = pools[t], .kern = kern, .ws = &ws, .conv = conv_algo};
+            sd_exec ex = {.pool = pools[t], .kern = kern, .ws = &ws, .conv = conv_algo, .fast = fast};
             g_cpu_clock = threads[t] == 1;
             printf("  %11.1f", run_case(&ex, bc));
             fflush(stdout);

@@ -72,6 +72,11 @@ typedef struct sdunet_options {
 
     /* Weight storage (default SDUNET_WEIGHTS_AUTO); read while loading. */
     sdunet_weights weights;
+
+    /* 0 (default): exact mode; 1: faster algorithms with relative L2 <= 2e-5 against float64
+       (3x3 convolutions by Winograd F(4x4, 3x3) where it pays). Other values are
+       SDUNET_E_INVALID_ARG. Read while loading. */
+    int fast;
 } sdunet_options;
 
 /* Fills `opt` with the defaults. */

@@ -36,6 +36,8 @@ typedef struct sdunet_pipeline_options {
     const char *unet_config; /* NULL: found or inferred; else the UNet's config.json or
                                 preset (files whose UNet cannot be inferred) */
     const char *text_config; /* NULL: found or inferred; else the text encoder's config.json */
+    int fast;                /* sdunet_options.fast for the UNet and the VAE: 0 (default) exact
+                                mode, 1 faster algorithms (relative L2 <= 2e-5 vs float64) */
 } sdunet_pipeline_options;
 
 void sdunet_pipeline_options_default(sdunet_pipeline_options *opt);

@@ -418,6 +418,76 @@ static void test_weights_option(void)
           "SDUNET_WEIGHTS=half: status %d, '%s'", st, errbuf);
 }
 
+/* --fast (and SDUNET_FAST): in every --help that loads a UNet or a VAE;
+ * run --fast with F(4x4) forced on every stride-1 3x3 convolution is
+ * within the fast mode's 2e-5 of float64 and differs from the exact run;
+ * bench reports fast=1; a bad SDUNET_FAST is refused in one line. */
+static void test_fast_option(void)
+{
+    const char *cmds[] = {"bench", "run", "sample", "decode", "encode-image", "txt2img", "img2img"};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        char a[64];
+        snprintf(a, sizeof a, "%s --help", cmds[i]);
+        result *r = sh(a);
+        CHECK(r->status == 0 && strstr(r->out, "--fast"), "%s: no --fast", a);
+    }
+    const char *m = t_data("micro");
+    char a[2048], p[600];
+    float *y[2] = {NULL, NULL};
+    double *ref = NULL;
+    int nd;
+    int64_t s[8];
+    sdunet_error e;
+    CHECK(setenv("SDUNET_CONV", "winograd", 1) == 0, "setenv");
+    for (int f = 0; f < 2; f++) {
+        snprintf(a, sizeof a,
+                 "run --model %s/weights.safetensors --sample %s/sample.npy --timestep 1 "
+                 "--context %s/context.npy --out %s/fast%d.npy --threads 2%s",
+                 m, m, m, tmp, f, f ? " --fast" : "");
+        result *r = sh(a);
+        CHECK(r->status == 0, "run: %d %s", r->status, r->err);
+        snprintf(p, sizeof p, "%s/fast%d.npy", tmp, f);
+        CHECK(sd_npy_read_f32(p, &y[f], &nd, s, &e) == SDUNET_OK, "%s", e.message);
+    }
+    unsetenv("SDUNET_CONV");
+    snprintf(p, sizeof p, "%s/expected_f64.npy", m);
+    CHECK(sd_npy_read_f64(p, &ref, &nd, s, &e) == SDUNET_OK, "%s", e.message);
+    if (y[0] && y[1] && ref) {
+        double rel = t_rel_l2_f32_f64(y[1], ref, 4 * 16 * 16);
+        printf("  run --fast (F(4x4) forced): relative L2 %.3g\n", rel);
+        CHECK(rel <= 2e-5, "run --fast: relative L2 %.3g", rel);
+        CHECK(memcmp(y[0], y[1], sizeof(float) * 4 * 16 * 16) != 0, "--fast changed nothing");
+    }
+    sd_free(y[0]);
+    sd_free(y[1]);
+    sd_free(ref);
+    snprintf(a, sizeof a,
+             "bench --synthetic %s/config.json --height 8 --width 8 --context-len 5 --runs 1 "
+             "--warmup 0 --threads 1%s",
+             m, " --fast");
+    result *r = sh(a);
+    CHECK(r->status == 0 && strstr(r->out, " fast=1 "), "bench --fast: %s", r->out);
+    CHECK(setenv("SDUNET_FAST", "1", 1) == 0, "setenv");
+    snprintf(a, sizeof a,
+             "bench --synthetic %s/config.json --height 8 --width 8 --context-len 5 --runs 1 "
+             "--warmup 0 --threads 1",
+             m);
+    r = sh(a);
+    CHECK(r->status == 0 && strstr(r->out, " fast=1 "), "SDUNET_FAST=1 bench: %s", r->out);
+    CHECK(setenv("SDUNET_FAST", "yes", 1) == 0, "setenv");
+    expect_fail(a, "SDUNET_FAST");
+    unsetenv("SDUNET_FAST");
+    r = sh(a);
+    CHECK(r->status == 0 && strstr(r->out, " fast=0 "), "bench: %s", r->out);
+    const char *v = t_data("vae/vae-tiny");
+    snprintf(a, sizeof a,
+             "decode --vae %s/weights.safetensors --latent %s/latent.npy --out %s/df.npy --fast",
+             v, v, tmp);
+    r = sh(a);
+    CHECK(r->status == 0 && strstr(r->out, "checksum:"), "decode --fast: %d %s", r->status,
+          r->err);
+}
+
 static void test_trace(void)
 {
     result *r = sh("trace --config sd15");
@@ -456,6 +526,7 @@ int main(void)
     RUN(test_synth_and_info);
     RUN(test_weights_option);
     RUN(test_trace);
+    RUN(test_fast_option);
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     if (system(cmd) != 0)
         return 1;

@@ -438,6 +438,101 @@ static void test_conv(void)
     conv_case(1, 16, 16, 64, 96, 1, 0, seed++);
 }
 
+/* Winograd F(4x4, 3x3) (fast mode) against the double reference, every
+ * kernel set, 1 and 3 threads, with and without a workspace; through
+ * sd_conv3x3 with ex.fast (SD_CONV_WINOGRAD forces it) and directly.
+ * Partial 4x4 tiles (H, W not multiples of 4), channel counts off the
+ * 16-wide panels, K blocks (Cin > 128). The bound is ~10x the measured
+ * error (largest seen: 1.1e-6 at Cin = 150); a wrong transform entry gives
+ * errors of order 1. 16-bit panels give the float32 panels' result bit
+ * for bit, as in the other methods. */
+static void conv4_case(int batch, int H, int W, int Cin, int N, int with_ep,
+                       unsigned long long seed)
+{
+    const double bar4 = 1e-5;
+    int M = batch * H * W;
+    size_t nin = (size_t)batch * H * W * Cin, nw = (size_t)N * Cin * 9;
+    float *in = falloc(nin), *w = falloc(nw), *wr = falloc(nw), *out = falloc((size_t)M * N),
+          *out16 = falloc((size_t)M * N), *ref = falloc((size_t)M * N), *bias = falloc(N),
+          *grp = falloc((size_t)batch * N), *res = falloc((size_t)M * N);
+    fill(in, nin, seed, 1, 0);
+    fill(w, nw, seed + 1, 1, 0);
+    fill(bias, N, seed + 2, 1, 0);
+    fill(grp, (size_t)batch * N, seed + 3, 1, 0);
+    fill(res, (size_t)M * N, seed + 4, 1, 0);
+    sd_epilogue ep = {bias, grp, H * W, res, N};
+    for (int st = SD_WT_F32; st <= SD_WT_BF16; st++) {
+        round_to(wr, w, nw, st);
+        sd_ref_conv3x3(in, batch, H, W, Cin, 1, wr, N, ref, with_ep ? &ep : NULL);
+        FOR_EACH_EXEC(ex)
+        {
+            sd_packed P32, P16;
+            CHECK(pack_as(ex.kern, wr, N, Cin, 9, 0, SD_WT_F32, &P32) &&
+                      pack_as(ex.kern, wr, N, Cin, 9, 0, st, &P16),
+                  "pack %s", sd_wtype_name(st));
+            sd_workspace ws = {0};
+            ex.fast = 1;
+            ex.conv = SD_CONV_WINOGRAD;
+            for (int v = 0; v < 2; v++) {
+                ex.ws = v ? &ws : NULL;
+                fill(out, (size_t)M * N, seed + 5, 1, 0);
+                memcpy(out16, out, sizeof(float) * M * N);
+                if (v)
+                    sd_conv3x3(&ex, in, batch, H, W, Cin, 1, &P16, out16, with_ep ? &ep : NULL);
+                else
+                    CHECK(sd_conv3x3_winograd4(&ex, in, batch, H, W, Cin, &P16, out16,
+                                               with_ep ? &ep : NULL),
+                          "winograd4 did not run");
+                sd_conv3x3_winograd4(&ex, in, batch, H, W, Cin, &P32, out, with_ep ? &ep : NULL);
+                double e = t_rel_l2_f32(out16, ref, (size_t)M * N);
+                CHECK(e < bar4, "%s/%d threads F(4x4) %s b=%d %dx%d Cin=%d N=%d ep=%d: rel L2 %.3g",
+                      WHERE(ex), sd_wtype_name(st), batch, H, W, Cin, N, with_ep, e);
+                CHECK(same_bits(out, out16, (size_t)M * N),
+                      "%s/%d threads F(4x4) %s panels b=%d %dx%d Cin=%d N=%d: differ from f32",
+                      WHERE(ex), sd_wtype_name(st), batch, H, W, Cin, N);
+                if (v == 0 && st == SD_WT_F32 && pi_ == 0)
+                    printf("# F(4x4) %s b=%d %dx%d Cin=%d N=%d: rel L2 %.3g\n", ex.kern->name,
+                           batch, H, W, Cin, N, e);
+            }
+            sd_workspace_free(&ws);
+            sd_packed_free(&P32);
+            sd_packed_free(&P16);
+        }
+    }
+    /* Exact mode never takes it: with fast = 0 the result is the F(2x2) one. */
+    FOR_EACH_EXEC(ex)
+    {
+        sd_packed P;
+        CHECK(sd_pack(ex.kern, w, N, Cin, 9, &P) == SDUNET_OK, "pack");
+        ex.conv = SD_CONV_WINOGRAD;
+        sd_conv3x3(&ex, in, batch, H, W, Cin, 1, &P, out, NULL);
+        CHECK(sd_conv3x3_winograd(&ex, in, batch, H, W, Cin, &P, out16, NULL) &&
+                  same_bits(out, out16, (size_t)M * N),
+              "%s/%d threads: exact mode is not F(2x2)", WHERE(ex));
+        sd_packed_free(&P);
+    }
+    sd_free(in);
+    sd_free(w);
+    sd_free(wr);
+    sd_free(out);
+    sd_free(out16);
+    sd_free(ref);
+    sd_free(bias);
+    sd_free(grp);
+    sd_free(res);
+}
+
+static void test_conv_winograd4(void)
+{
+    unsigned long long seed = 900;
+    conv4_case(2, 1, 1, 3, 5, 1, seed++);
+    conv4_case(2, 5, 7, 8, 17, 0, seed++);
+    conv4_case(2, 13, 10, 33, 40, 1, seed++);
+    conv4_case(2, 9, 11, 150, 19, 1, seed++); /* two K blocks */
+    conv4_case(1, 16, 16, 64, 96, 0, seed++);
+    conv4_case(2, 23, 18, 40, 33, 1, seed++); /* several tile blocks */
+}
+
 /* ---- norms ---- */
 
 static void test_groupnorm(void)
@@ -1417,6 +1512,7 @@ int main(void)
     RUN(test_gemm_epilogues);
     RUN(test_gemm_large);
     RUN(test_conv);
+    RUN(test_conv_winograd4);
     RUN(test_groupnorm);
     RUN(test_concat_inputs);
     RUN(test_layernorm);

@@ -138,7 +138,8 @@ static void test_config_errors(void)
 }
 
 /* ---- golden cases with synthetic weights ---- */
-static sdunet_model *synthetic_for(const char *case_name, sd_dtype round)
+static sdunet_model *synthetic_opt(const char *case_name, sd_dtype round,
+                                   const sdunet_options *opt)
 {
     char p[256];
     snprintf(p, sizeof p, "%s/config.json", t_data(case_name));
@@ -150,9 +151,14 @@ static sdunet_model *synthetic_for(const char *case_name, sd_dtype round)
     }
     sd_weight_source src = {.synth_round = round};
     sdunet_model *m = NULL;
-    if (sd_model_create(&cfg, &src, NULL, &m, &err))
+    if (sd_model_create(&cfg, &src, opt, &m, &err))
         printf("  %s\n", err.message);
     return m;
+}
+
+static sdunet_model *synthetic_for(const char *case_name, sd_dtype round)
+{
+    return synthetic_opt(case_name, round, NULL);
 }
 
 static void run_case(const char *name, const char *weights_case)
@@ -200,6 +206,60 @@ static void test_conv_methods(void)
         run_case("tiny-sd2", "tiny-sd2");
     }
     unsetenv("SDUNET_CONV");
+}
+
+/* Fast mode (sdunet_options.fast = 1) on every small case: with the
+ * automatic choice (Winograd F(4x4, 3x3) where it pays: the 16x16 levels
+ * here) and with F(4x4) forced on every stride-1 3x3 convolution
+ * (SDUNET_CONV=winograd), within the fast mode's 2e-5 of float64. Forced,
+ * the output must differ from the exact mode's (F(4x4) ran). Measured
+ * (avx512, auto / forced): micro 1.9e-6 / 2.3e-6, tiny 1.8e-6 / 2.5e-6,
+ * tiny-b2-odd 2.1e-6 / 2.4e-6, tiny-sd2 1.9e-6 / 2.4e-6; exact mode
+ * 6.4e-7 .. 7.3e-7. */
+static void test_fast_mode(void)
+{
+    static const char *const cases[][2] = {
+        {"micro", "micro"}, {"tiny", "tiny"}, {"tiny-b2-odd", "tiny"}, {"tiny-sd2", "tiny-sd2"}};
+    sdunet_options fo;
+    sdunet_options_default(&fo);
+    fo.fast = 1;
+    for (int forced = 0; forced < 2; forced++) {
+        if (forced)
+            CHECK(setenv("SDUNET_CONV", "winograd", 1) == 0, "setenv");
+        for (int c = 0; c < 4; c++) {
+            golden_case g;
+            CHECK(golden_load(cases[c][0], &g) == 0, "load %s", cases[c][0]);
+            sdunet_model *mf = synthetic_opt(cases[c][1], SD_DT_F32, &fo);
+            sdunet_model *me = synthetic_for(cases[c][1], SD_DT_F32);
+            float *a = calloc(g.n_out ? g.n_out : 1, sizeof(float)),
+                  *b = calloc(g.n_out ? g.n_out : 1, sizeof(float));
+            CHECK(mf && me && a && b, "model");
+            if (mf && me && a && b && g.sample) {
+                double rel = golden_run(mf, &g, 0, NULL, a);
+                double rel_exact = golden_run(me, &g, 0, NULL, b);
+                printf("  %s fast mode (%s): relative L2 %.3g (exact mode %.3g)\n", cases[c][0],
+                       forced ? "F(4x4) forced" : "auto", rel, rel_exact);
+                CHECK(rel >= 0 && rel <= 2e-5, "%s fast: relative L2 %.3g", cases[c][0], rel);
+                CHECK(!forced || memcmp(a, b, g.n_out * sizeof(float)) != 0,
+                      "%s: fast mode gave the exact mode's output", cases[c][0]);
+            }
+            free(a);
+            free(b);
+            sdunet_free(mf);
+            sdunet_free(me);
+            golden_free(&g);
+        }
+    }
+    unsetenv("SDUNET_CONV");
+    /* Anything but 0 and 1 is refused. */
+    fo.fast = 2;
+    sdunet_model *m = NULL;
+    sdunet_error err;
+    char cfg[256];
+    snprintf(cfg, sizeof cfg, "%s/config.json", t_data("micro"));
+    CHECK(sdunet_load_synthetic(cfg, &fo, &m, &err) == SDUNET_E_INVALID_ARG && !m &&
+              strstr(err.message, "fast"),
+          "fast = 2 accepted");
 }
 
 /* The feed-forward as a plain GEMM followed by sd_geglu (the path a model
@@ -637,6 +697,7 @@ int main(void)
     RUN(test_tiny_b2_odd);
     RUN(test_tiny_sd2);
     RUN(test_conv_methods);
+    RUN(test_fast_mode);
     RUN(test_geglu_unfused);
     RUN(test_micro_f32_file);
     RUN(test_micro_fp16_file);

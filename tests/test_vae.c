@@ -1053,6 +1053,101 @@ static void test_gen_small(void)
     sdunet_vae_free(v);
 }
 
+/* Fast mode (sdunet_options.fast = 1): every golden case within 2e-5 of
+ * float64, with the automatic choice of F(4x4) and (the small cases) with
+ * F(4x4) forced on every stride-1 3x3 convolution (SDUNET_CONV=winograd),
+ * where the output must differ from the exact mode's. Measured (avx512,
+ * decode / encode mean; automatic, then forced): vae-tiny 1.5e-6 / 1.3e-6,
+ * 1.7e-6 / 2.9e-6; vae-sd-32 2.5e-6 / 2.3e-6 (exact mode 8.4e-7 / 8.2e-7);
+ * vae-gen-small 1.0e-6 / 1.1e-6, 1.5e-6 / 1.7e-6. */
+static sdunet_vae *load_fast(const char *cs, int fast)
+{
+    sdunet_options opt;
+    sdunet_options_default(&opt);
+    opt.threads = 2;
+    opt.fast = fast;
+    sdunet_vae *v = NULL;
+    sdunet_error err;
+    char w[128], c[128];
+    snprintf(w, sizeof w, "vae/%s/weights.safetensors", cs);
+    snprintf(c, sizeof c, "vae/%s/config.json", cs);
+    sdunet_status st = strcmp(cs, "vae-sd-32") == 0
+                           ? sdunet_vae_load_synthetic("sd15", &opt, &v, &err)
+                           : sdunet_vae_load(t_data(w), t_data(c), &opt, &v, &err);
+    CHECK(st == SDUNET_OK, "load %s: %s", cs, err.message);
+    return v;
+}
+
+static void test_fast_mode(void)
+{
+    const double bar = 2e-5;
+    for (int forced = 0; forced < 2; forced++) {
+        if (forced)
+            CHECK(setenv("SDUNET_CONV", "winograd", 1) == 0, "setenv");
+        printf("  fast mode, %s\n", forced ? "F(4x4) forced" : "automatic choice");
+        static const char *const cases[] = {"vae-tiny", "vae-sd-32"};
+        for (int c = 0; c < 2; c++) {
+            if (c == 1 && (forced || t_small_only()))
+                continue;
+            sdunet_vae *v = load_fast(cases[c], 1), *ve = forced ? load_fast(cases[c], 0) : NULL;
+            outputs o, oe;
+            if (v && run_case(v, cases[c], &o, NULL)) {
+                check_case(cases[c], &o, bar, bar);
+                if (ve && run_case(ve, cases[c], &oe, NULL)) {
+                    CHECK(!same(o.dec, oe.dec, o.n_dec), "%s: fast decode is the exact one",
+                          cases[c]);
+                    outputs_free(&oe);
+                }
+                outputs_free(&o);
+            }
+            sdunet_vae_free(v);
+            sdunet_vae_free(ve);
+        }
+        /* vae-gen-small: batch 2, 40x56 latents; float32 copies of float64 references */
+        sdunet_vae *v = load_fast("vae-gen-small", 1);
+        arr lat, img, ref;
+        if (v && load_f32("vae/vae-gen-small/latent.npy", &lat)) {
+            if (load_f32("vae/vae-gen-small/image.npy", &img)) {
+                const size_t n_dec = 2 * 3 * 80 * 112, n_lat = 2 * 4 * 40 * 56;
+                float *dec = malloc(n_dec * 4), *mean = malloc(n_lat * 4);
+                sdunet_error err;
+                CHECK(dec && mean && sdunet_vae_decode(v, lat.f, 2, 4, 40, 56, dec, &err) == SDUNET_OK &&
+                          sdunet_vae_encode(v, img.f, 2, 3, 80, 112, NULL, NULL, mean, NULL,
+                                            &err) == SDUNET_OK,
+                      "vae-gen-small fast: %s", err.message);
+                static const char *const names[] = {"decode", "encode_mean"};
+                const float *outs[] = {dec, mean};
+                for (int i = 0; i < 2 && dec && mean; i++) {
+                    char p[128];
+                    snprintf(p, sizeof p, "vae/vae-gen-small/%s.npy", names[i]);
+                    if (!load_f32(p, &ref))
+                        continue;
+                    size_t n = i == 0 ? n_dec : n_lat;
+                    double e = ref.n == n ? t_rel_l2_f32(outs[i], ref.f, n) : INFINITY;
+                    printf("  vae-gen-small %-20s rel L2 %.3e\n", names[i], e);
+                    CHECK(e < bar, "vae-gen-small fast %s: rel L2 %.3e", names[i], e);
+                    arr_free(&ref);
+                }
+                free(dec);
+                free(mean);
+                arr_free(&img);
+            }
+            arr_free(&lat);
+        }
+        sdunet_vae_free(v);
+    }
+    unsetenv("SDUNET_CONV");
+    sdunet_options opt;
+    sdunet_options_default(&opt);
+    opt.fast = -1;
+    sdunet_vae *v = NULL;
+    sdunet_error err;
+    CHECK(sdunet_vae_load(t_data("vae/vae-tiny/weights.safetensors"), NULL, &opt, &v, &err) ==
+                  SDUNET_E_INVALID_ARG &&
+              !v && strstr(err.message, "fast"),
+          "fast = -1 accepted");
+}
+
 static void test_cli(void)
 {
     const char *bin = getenv("SDUNET_BIN"), *build = getenv("BUILD");
@@ -1129,6 +1224,7 @@ int main(void)
     RUN(test_cli);
     RUN(test_gen_small);
     RUN(test_sd32);
+    RUN(test_fast_mode);
     outputs_free(&g_tiny);
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);

@@ -14,6 +14,7 @@ static const char bench_help[] =
     "usage: sdunet bench [--synthetic PRESET | --model PATH [--config FILE]]\n"
     "                    [--batch B] [--height H] [--width W] [--context-len L]\n"
     "                    [--runs N] [--warmup N] [--threads N] [--weights f32|f16|bf16]\n"
+    "                    [--fast]\n"
     "\n"
     "Times the UNet forward: after --warmup runs (default 1), --runs timed runs (default 3)\n"
     "on synthetic inputs; prints the median and minimum time, GFLOP/s (multiply-adds x 2\n"
@@ -21,9 +22,11 @@ static const char bench_help[] =
     "by op kind. Defaults: --synthetic sd15, batch 1, 64x64, 77 context tokens.\n"
     "--weights stores the weight matrices as f32, f16 or bf16 (default: $SDUNET_WEIGHTS,\n"
     "else each tensor's file precision, f32 for synthetic weights); compute is float32.\n"
+    "--fast times the fast mode (sdunet_options.fast: 3x3 convolutions by Winograd\n"
+    "F(4x4, 3x3), relative L2 <= 2e-5 against float64; default: $SDUNET_FAST, else off).\n"
     "The last line is machine-readable:\n"
     "  bench: precision=fp32 weights=f16 packed_mb=... batch=1 height=64 width=64 threads=2\n"
-    "         median_s=... min_s=... gflops=... peak_rss_mb=...   (one line)\n"
+    "         fast=0 median_s=... min_s=... gflops=... peak_rss_mb=...   (one line)\n"
     "sdunet bench --text PRESET|PATH times the text encoder instead (--text --help).\n";
 
 static int cmp_double(const void *a, const void *b)
@@ -47,7 +50,8 @@ int cmd_bench(int argc, char **argv)
     opt o[] = {{.name = "--synthetic"},   {.name = "--model"},  {.name = "--config"},
                {.name = "--batch"},       {.name = "--height"}, {.name = "--width"},
                {.name = "--context-len"}, {.name = "--runs"},   {.name = "--warmup"},
-               {.name = "--threads"},     {.name = "--weights"}};
+               {.name = "--threads"},     {.name = "--weights"},
+               {.name = "--fast", .is_flag = 1}};
     const int no = sizeof o / sizeof o[0];
     int help;
     if (parse_opts(argc, argv, o, no, &help))
@@ -73,14 +77,16 @@ int cmd_bench(int argc, char **argv)
         (get(o, no, "--threads") &&
          parse_int(get(o, no, "--threads"), "--threads", 1, 1024, &threads)))
         return 1;
-    int weights;
-    if (parse_weights(get(o, no, "--weights"), &weights))
+    int weights, fast;
+    if (parse_weights(get(o, no, "--weights"), &weights) ||
+        parse_fast(get(o, no, "--fast") != NULL, &fast))
         return 1;
 
     sdunet_error err;
     sdunet_model *m = NULL;
     double t0 = now_s();
-    if (load_model_w(model, get(o, no, "--config"), NULL, synthetic, threads, 0, weights, &m))
+    if (load_model_w(model, get(o, no, "--config"), NULL, synthetic, threads, 0, weights, fast,
+                     &m))
         return 1;
     double load_s = now_s() - t0;
     sdunet_model_info info;
@@ -106,9 +112,9 @@ int cmd_bench(int argc, char **argv)
     const char *wlabel = sd_weights_label(pb);
     const double packed_mb = (double)(pb[0] + pb[1] + pb[2]) / 1e6;
     printf("sdunet bench: %s, %.1fM parameters, %s weights (%.1f MB packed), %s kernels, %d "
-           "threads, load %.2f s\n",
+           "threads, %s mode, load %.2f s\n",
            synthetic ? synthetic : model, (double)info.n_params / 1e6, wlabel, packed_mb, info.isa,
-           info.threads, load_s);
+           info.threads, fast ? "fast" : "exact", load_s);
     printf("input: batch %d, latent %dx%d, context %dx%d; %d warm-up + %d timed runs\n", B, H, W, L,
            D, warmup, runs);
     fflush(stdout);
@@ -155,8 +161,9 @@ int cmd_bench(int argc, char **argv)
     double median = runs % 2 ? times[runs / 2] : 0.5 * (times[runs / 2 - 1] + times[runs / 2]);
     double gflops = total_f / 1e9 / median;
     printf("\nbench: precision=fp32 weights=%s packed_mb=%.1f batch=%d height=%d width=%d "
-           "threads=%d median_s=%.3f min_s=%.3f gflops=%.1f peak_rss_mb=%.0f\n",
-           wlabel, packed_mb, B, H, W, info.threads, median, times[0], gflops, peak_rss_mb());
+           "threads=%d fast=%d median_s=%.3f min_s=%.3f gflops=%.1f peak_rss_mb=%.0f\n",
+           wlabel, packed_mb, B, H, W, info.threads, fast, median, times[0], gflops,
+           peak_rss_mb());
     rc = 0;
 done:
     free(sample);

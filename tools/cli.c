@@ -143,17 +143,31 @@ int parse_weights(const char *s, int *out)
     return 0;
 }
 
+int parse_fast(int flag, int *out)
+{
+    const char *s = getenv("SDUNET_FAST");
+    if (flag)
+        *out = 1;
+    else if (!s || !*s || strcmp(s, "0") == 0)
+        *out = 0;
+    else if (strcmp(s, "1") == 0)
+        *out = 1;
+    else
+        return die("SDUNET_FAST must be 0 or 1 (got '%s')", s);
+    return 0;
+}
+
 int load_model(const char *model, const char *config, const char *variant, const char *synthetic,
                int threads, int allow_nonfinite, sdunet_model **m)
 {
-    int w;
-    if (parse_weights(NULL, &w))
+    int w, fast;
+    if (parse_weights(NULL, &w) || parse_fast(0, &fast))
         return 1;
-    return load_model_w(model, config, variant, synthetic, threads, allow_nonfinite, w, m);
+    return load_model_w(model, config, variant, synthetic, threads, allow_nonfinite, w, fast, m);
 }
 
 int load_model_w(const char *model, const char *config, const char *variant, const char *synthetic,
-                 int threads, int allow_nonfinite, int weights, sdunet_model **m)
+                 int threads, int allow_nonfinite, int weights, int fast, sdunet_model **m)
 {
     sdunet_options o;
     sdunet_options_default(&o);
@@ -161,6 +175,7 @@ int load_model_w(const char *model, const char *config, const char *variant, con
     o.allow_nonfinite = allow_nonfinite;
     o.variant = variant;
     o.weights = (sdunet_weights)weights;
+    o.fast = fast;
     sdunet_error err = {0};
     sdunet_status st;
     double t0 = now_s();
@@ -178,9 +193,10 @@ int load_model_w(const char *model, const char *config, const char *variant, con
     size_t pb[SD_WT_COUNT];
     sd_model_packed_bytes(*m, pb);
     progress("model ready in %.2f s: %.1fM parameters, %s weights (%.1f MB packed), %d threads, "
-             "%s kernels\n",
+             "%s kernels%s\n",
              now_s() - t0, (double)info.n_params / 1e6, sd_weights_label(pb),
-             (double)(pb[0] + pb[1] + pb[2]) / 1e6, info.threads, info.isa);
+             (double)(pb[0] + pb[1] + pb[2]) / 1e6, info.threads, info.isa,
+             fast ? ", fast mode" : "");
     return 0;
 }
 

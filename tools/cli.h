@@ -44,10 +44,15 @@ int load_model(const char *model, const char *config, const char *variant, const
  * else auto) as an sdunet_weights value; prints the error and returns 1 on
  * anything else. */
 int parse_weights(const char *s, int *out);
-/* load_model with a weight storage (sdunet_weights); load_model takes it
- * from $SDUNET_WEIGHTS. */
+/* The fast mode (sdunet_options.fast): 1 when the --fast flag was given
+ * (flag != 0), else $SDUNET_FAST ("1" on, "0" or empty or unset off);
+ * prints the error and returns 1 on any other value. */
+int parse_fast(int flag, int *out);
+/* load_model with a weight storage (sdunet_weights) and the fast mode;
+ * load_model takes them from $SDUNET_WEIGHTS and $SDUNET_FAST. */
 int load_model_w(const char *model, const char *config, const char *variant, const char *synthetic,
-                 int threads, int allow_nonfinite, int weights, struct sdunet_model **m);
+                 int threads, int allow_nonfinite, int weights, int fast,
+                 struct sdunet_model **m);
 /* Prints "checksum: sum=... l2=... max_abs=..." for an output on stdout. */
 void print_checksum(const float *y, size_t n);
 

@@ -100,7 +100,7 @@ static const char run_help[] =
     "usage: sdunet run (--model PATH [--config FILE|PRESET] [--variant NAME]\n"
     "                   | --synthetic PRESET)\n"
     "                  --sample S.npy --timestep T[,T...] --context C.npy --out OUT.npy\n"
-    "                  [--threads N] [--weights f32|f16|bf16] [--allow-nonfinite]\n"
+    "                  [--threads N] [--weights f32|f16|bf16] [--allow-nonfinite] [--fast]\n"
     "\n"
     "One UNet forward: predicted noise for a noisy latent.\n"
     "  --model PATH        weights: a safetensors or .ckpt file (diffusers or original LDM\n"
@@ -120,7 +120,10 @@ static const char run_help[] =
     "  --weights T         store the weight matrices as f32, f16 or bf16 (default:\n"
     "                      $SDUNET_WEIGHTS, else each tensor's precision in the file, f32\n"
     "                      for synthetic weights); computation is float32 either way\n"
-    "  --allow-nonfinite   accept NaN/Inf inputs (default: rejected with an error)\n";
+    "  --allow-nonfinite   accept NaN/Inf inputs (default: rejected with an error)\n"
+    "  --fast              fast mode: faster algorithms (3x3 convolutions by Winograd\n"
+    "                      F(4x4, 3x3)), relative L2 <= 2e-5 against float64 (default:\n"
+    "                      $SDUNET_FAST, else exact mode)\n";
 
 static int cmd_run(int argc, char **argv)
 {
@@ -129,7 +132,7 @@ static int cmd_run(int argc, char **argv)
                {.name = "--sample"},  {.name = "--timestep"},
                {.name = "--context"}, {.name = "--out"},
                {.name = "--threads"}, {.name = "--allow-nonfinite", .is_flag = 1},
-               {.name = "--weights"}};
+               {.name = "--weights"}, {.name = "--fast", .is_flag = 1}};
     const int no = sizeof o / sizeof o[0];
     int help;
     if (parse_opts(argc, argv, o, no, &help))
@@ -150,10 +153,11 @@ static int cmd_run(int argc, char **argv)
         return die("--variant goes with --model DIR (a diffusers folder)");
     if (!sample_p || !ctx_p || !ts || !out_p)
         return die("run needs --sample, --timestep, --context and --out (see --help)");
-    int threads = 0, weights;
+    int threads = 0, weights, fast;
     if ((get(o, no, "--threads") &&
          parse_int(get(o, no, "--threads"), "--threads", 1, 1024, &threads)) ||
-        parse_weights(get(o, no, "--weights"), &weights))
+        parse_weights(get(o, no, "--weights"), &weights) ||
+        parse_fast(get(o, no, "--fast") != NULL, &fast))
         return 1;
     float tsv[1024];
     int nts;
@@ -203,7 +207,7 @@ static int cmd_run(int argc, char **argv)
         goto done;
     }
     if (load_model_w(model, config, get(o, no, "--variant"), synthetic, threads,
-                     get(o, no, "--allow-nonfinite") != NULL, weights, &m))
+                     get(o, no, "--allow-nonfinite") != NULL, weights, fast, &m))
         goto done;
     sdunet_model_info info;
     sdunet_get_info(m, &info);

@@ -15,12 +15,13 @@
 
 /* Loads the VAE from --vae, else --model, else synthetic weights. */
 static int load_vae(const char *model, const char *vae, const char *config, const char *variant,
-                    const char *synthetic, int threads, int allow_nonfinite, int tiling,
+                    const char *synthetic, int threads, int allow_nonfinite, int tiling, int fast,
                     sdunet_vae **v)
 {
     sdunet_options o;
     sdunet_options_default(&o);
     o.threads = threads;
+    o.fast = fast;
     o.allow_nonfinite = allow_nonfinite;
     o.variant = variant;
     sdunet_error err = {0};
@@ -70,7 +71,7 @@ static const char decode_help[] =
     "usage: sdunet decode (--model PATH [--vae PATH] | --vae PATH | --synthetic PRESET)\n"
     "                     --latent L.npy --out OUT.png|OUT.npy [--config FILE|PRESET]\n"
     "                     [--variant NAME] [--tiled] [--threads N] [--allow-nonfinite]\n"
-    "                     [--runs N]\n"
+    "                     [--runs N] [--fast]\n"
     "\n"
     "Decodes latents with the VAE (diffusers AutoencoderKL): image = decoder(latent /\n"
     "scaling_factor), as the SD pipelines do before postprocessing.\n"
@@ -90,7 +91,10 @@ static const char decode_help[] =
     "  --threads N         worker threads (default: $SDUNET_THREADS or all online CPUs)\n"
     "  --allow-nonfinite   accept NaN/Inf latents (default: rejected with an error)\n"
     "  --runs N            decode N times (default 1) and print the median and minimum\n"
-    "                      time: decode: median_s=... min_s=... runs=N\n";
+    "                      time: decode: median_s=... min_s=... runs=N\n"
+    "  --fast              fast mode: faster algorithms (3x3 convolutions by Winograd\n"
+    "                      F(4x4, 3x3)), relative L2 <= 2e-5 against float64 (default:\n"
+    "                      $SDUNET_FAST, else exact mode)\n";
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -110,6 +114,7 @@ int cmd_decode(int argc, char **argv)
                {.name = "--threads"},
                {.name = "--runs"},
                {.name = "--tiled", .is_flag = 1},
+               {.name = "--fast", .is_flag = 1},
                {.name = "--allow-nonfinite", .is_flag = 1}};
     const int no = sizeof o / sizeof o[0];
     int help;
@@ -136,8 +141,9 @@ int cmd_decode(int argc, char **argv)
     if (get(o, no, "--threads") &&
         parse_int(get(o, no, "--threads"), "--threads", 1, 1024, &threads))
         return 1;
-    int runs = 1;
-    if (get(o, no, "--runs") && parse_int(get(o, no, "--runs"), "--runs", 1, 1000, &runs))
+    int runs = 1, fast;
+    if ((get(o, no, "--runs") && parse_int(get(o, no, "--runs"), "--runs", 1, 1000, &runs)) ||
+        parse_fast(get(o, no, "--fast") != NULL, &fast))
         return 1;
     double times[1000];
     float *lat = NULL, *img = NULL;
@@ -148,7 +154,8 @@ int cmd_decode(int argc, char **argv)
     if (read_4d(lat_p, "latent", &lat, sh))
         goto done;
     if (load_vae(model, vae, config, get(o, no, "--variant"), synthetic, threads,
-                 get(o, no, "--allow-nonfinite") != NULL, get(o, no, "--tiled") != NULL, &v))
+                 get(o, no, "--allow-nonfinite") != NULL, get(o, no, "--tiled") != NULL, fast,
+                 &v))
         goto done;
     sdunet_vae_info info;
     sdunet_vae_get_info(v, &info);
@@ -235,7 +242,10 @@ static const char encode_help[] =
     "  --noise N.npy       standard-normal noise, the latent's shape\n"
     "  --mean M.npy, --logvar V.npy   also write the posterior's parameters (unscaled)\n"
     "  --threads N         worker threads (default: $SDUNET_THREADS or all online CPUs)\n"
-    "  --allow-nonfinite   accept NaN/Inf inputs (default: rejected with an error)\n";
+    "  --allow-nonfinite   accept NaN/Inf inputs (default: rejected with an error)\n"
+    "  --fast              fast mode: faster algorithms (3x3 convolutions by Winograd\n"
+    "                      F(4x4, 3x3)), relative L2 <= 2e-5 against float64 (default:\n"
+    "                      $SDUNET_FAST, else exact mode)\n";
 
 int cmd_encode_image(int argc, char **argv)
 {
@@ -251,6 +261,7 @@ int cmd_encode_image(int argc, char **argv)
                {.name = "--mean"},
                {.name = "--logvar"},
                {.name = "--threads"},
+               {.name = "--fast", .is_flag = 1},
                {.name = "--allow-nonfinite", .is_flag = 1}};
     const int no = sizeof o / sizeof o[0];
     int help;
@@ -279,9 +290,10 @@ int cmd_encode_image(int argc, char **argv)
     for (int i = 0; i < 3; i++)
         if (outs[i] && !is_npy(outs[i]))
             return die("%s: only .npy output is supported", outs[i]);
-    int threads = 0;
-    if (get(o, no, "--threads") &&
-        parse_int(get(o, no, "--threads"), "--threads", 1, 1024, &threads))
+    int threads = 0, fast;
+    if ((get(o, no, "--threads") &&
+         parse_int(get(o, no, "--threads"), "--threads", 1, 1024, &threads)) ||
+        parse_fast(get(o, no, "--fast") != NULL, &fast))
         return 1;
     float *img = NULL, *noise = NULL, *lat = NULL, *mean = NULL, *logvar = NULL;
     int64_t sh[SD_MAX_DIMS], nsh[SD_MAX_DIMS];
@@ -308,7 +320,7 @@ int cmd_encode_image(int argc, char **argv)
     if (noise_p && read_4d(noise_p, "noise", &noise, nsh))
         goto done;
     if (load_vae(model, vae, config, get(o, no, "--variant"), synthetic, threads,
-                 get(o, no, "--allow-nonfinite") != NULL, 0, &v))
+                 get(o, no, "--allow-nonfinite") != NULL, 0, fast, &v))
         goto done;
     sdunet_vae_info info;
     sdunet_vae_get_info(v, &info);

@@ -74,6 +74,11 @@ void sd_conv3x3(const sd_exec *ex, const float *in, int batch, int H, int W, int
         sd_exec_fault(ex);
         return;
     }
+    /* Fast mode: F(4x4) where it pays (every call with SDUNET_CONV=winograd). */
+    if (stride == 1 && ex->fast && ex->conv != SD_CONV_DIRECT &&
+        (ex->conv == SD_CONV_WINOGRAD || sd_winograd4_pays(batch, H, W, Cin, Wp->N)) &&
+        sd_conv3x3_winograd4(ex, in, batch, H, W, Cin, Wp, out, ep))
+        return;
     if (stride == 1 && ex->conv != SD_CONV_DIRECT &&
         (ex->conv == SD_CONV_WINOGRAD || sd_winograd_pays(batch, H, W, Cin, Wp->N)) &&
         sd_conv3x3_winograd(ex, in, batch, H, W, Cin, Wp, out, ep))

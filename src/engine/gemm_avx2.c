@@ -386,4 +386,5 @@ const sd_kernels sd_kernels_avx2 = {
     .gelu_mul = gelu_mul_avx2,
     .widen = widen_avx2,
     .winograd = sd_conv3x3_winograd_avx2,
+    .winograd4 = sd_conv3x3_winograd4_avx2,
 };

@@ -311,5 +311,6 @@ const sd_kernels sd_kernels_avx512 = {
     .silu = silu_avx512,
     .gelu_mul = gelu_mul_avx512,
     .winograd = sd_conv3x3_winograd_avx2,
+    .winograd4 = sd_conv3x3_winograd4_avx2,
     .widen = widen_avx512,
 };

@@ -76,6 +76,9 @@ typedef struct sd_kernels {
     /* sd_conv3x3_winograd built for this set, or NULL for the portable build. */
     int (*winograd)(const struct sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
                     const struct sd_packed *Wp, float *out, const struct sd_epilogue *ep);
+    /* sd_conv3x3_winograd4 built for this set, or NULL for the portable build. */
+    int (*winograd4)(const struct sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
+                     const struct sd_packed *Wp, float *out, const struct sd_epilogue *ep);
 } sd_kernels;
 
 /* Best kernel set for this CPU. `force` may name one ("portable", "avx2", "avx512")
@@ -118,6 +121,10 @@ typedef struct sd_exec {
      * in the library can set it: the model builds every call from its own
      * packed weights. The model turns it into SDUNET_E_INTERNAL. */
     int *fault;
+    /* 0: exact mode. 1: fast mode, where sd_conv3x3 may use Winograd
+     * F(4x4, 3x3) (sd_winograd4_pays), whose error is several times the
+     * exact mode's (see winograd.c). */
+    int fast;
 } sd_exec;
 
 static inline void sd_exec_fault(const sd_exec *ex)
@@ -276,6 +283,14 @@ int sd_conv3x3_winograd(const sd_exec *ex, const float *in, int batch, int H, in
                         const sd_packed *Wp, float *out, const sd_epilogue *ep);
 /* Whether SD_CONV_AUTO picks Winograd for this stride-1 shape. */
 int sd_winograd_pays(int batch, int H, int W, int Cin, int N);
+/* Winograd F(4x4, 3x3) form of sd_conv3x3 for stride 1 (winograd.c): same
+ * arguments and result up to rounding (relative L2 ~2e-6 against a double
+ * reference at the UNet's shapes, vs ~5e-7 for F(2x2)); 0 without touching
+ * `out` if it cannot run. Used only in fast mode (sd_exec.fast). */
+int sd_conv3x3_winograd4(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
+                         const sd_packed *Wp, float *out, const sd_epilogue *ep);
+/* Whether fast mode picks F(4x4) for this stride-1 shape. */
+int sd_winograd4_pays(int batch, int H, int W, int Cin, int N);
 
 /* GroupNorm over channels-last x (batch, HW, C): G groups of C/G channels,
  * statistics over HW x C/G (accumulated in double), then gamma/beta and
@@ -375,6 +390,8 @@ extern const sd_kernels sd_kernels_avx2;   /* gemm_avx2.c */
 extern const sd_kernels sd_kernels_avx512; /* gemm_avx512.c */
 int sd_conv3x3_winograd_avx2(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
                              const sd_packed *Wp, float *out, const sd_epilogue *ep);
+int sd_conv3x3_winograd4_avx2(const sd_exec *ex, const float *in, int batch, int H, int W,
+                              int Cin, const sd_packed *Wp, float *out, const sd_epilogue *ep);
 #endif
 
 /* ---- reference (naive, obviously correct) versions for the tests ---- */

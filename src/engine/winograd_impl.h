@@ -2,7 +2,8 @@
  * for the method and the layouts). Included by winograd.c (portable build)
  * and winograd_avx2.c (built with -mavx2 -mfma, where the 8-channel vectors
  * below become single ymm operations): one source, two instruction sets.
- * Defines WG_HAVE and, where it is 1, the static function wg_run. */
+ * Defines WG_HAVE and, where it is 1, the static functions wg_run (F(2x2, 3x3)) and
+ * wg4_run (F(4x4, 3x3), the fast mode's). */
 #ifndef SD_WINOGRAD_IMPL_H
 #define SD_WINOGRAD_IMPL_H
 
@@ -23,6 +24,12 @@
 #ifndef WG_KC
 #define WG_KC 256 /* K block: 16 x 256 x 16 transformed weights = 256 KiB */
 #endif
+/* Floats added to the stride between positions in V, Ub and Acc: the 16
+ * (F(4x4): 36) positions of one tile or weight row are then not all a
+ * multiple of 4 KiB apart, which would put them in one L1 set (12 ways)
+ * and 4K-alias them. Layout only: the results do not depend on it. */
+#define WG_PAD 16
+#define WG4_PAD WG_PAD
 
 /* The transforms work on 8 channels at a time as one GNU C vector (AVX2
  * where this file is built for it, two SSE halves otherwise); compilers
@@ -202,7 +209,7 @@ static inline void
 weights_block_t(const void *wp, int type, int Cin, int k0, int kc, float *ub)
 {
     const wv half = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
-    const size_t ad_step = (size_t)kc * 16, esz = sd_wtype_size(type);
+    const size_t ad_step = (size_t)kc * 16 + WG_PAD, esz = sd_wtype_size(type);
     for (int k = 0; k < kc; k++)
         for (int h = 0; h < 16; h += 8) {
             wv g[9], t[12];
@@ -262,8 +269,9 @@ static void out_panel(void *ctx, int64_t task, int thread)
     const int mr = kern->mr, Cin = j->Cin, N = j->N, p = (int)task;
     const int n0 = p * 16, cols = N - n0 < 16 ? N - n0 : 16;
     const int nkb = (Cin + WG_KC - 1) / WG_KC, kcb = (Cin + nkb - 1) / nkb;
-    const size_t acc_step = (size_t)j->tpan * mr * 16; /* floats per position in Acc */
-    float *ub = j->scratch + (size_t)thread * j->per_thread, *acc = ub + (size_t)16 * kcb * 16;
+    const size_t acc_step = (size_t)j->tpan * mr * 16 + WG_PAD; /* floats per position in Acc */
+    float *ub = j->scratch + (size_t)thread * j->per_thread,
+          *acc = ub + (size_t)16 * ((size_t)kcb * 16 + WG_PAD);
     const int wtype = j->Wp->type;
     const void *wp = (const char *)j->Wp->data + (size_t)p * j->Wp->K * 16 * sd_wtype_size(wtype);
 
@@ -273,8 +281,8 @@ static void out_panel(void *ctx, int64_t task, int thread)
         for (int ad = 0; ad < 16; ad++)
             for (int tp = 0; tp < j->tpan; tp++)
                 kern->micro(kc, j->V + ad * j->ad_step + ((size_t)tp * Cin + k0) * mr,
-                            ub + (size_t)ad * kc * 16, acc + ad * acc_step + (size_t)tp * mr * 16,
-                            16, kb > 0, mr, 16, NULL);
+                            ub + (size_t)ad * ((size_t)kc * 16 + WG_PAD),
+                            acc + ad * acc_step + (size_t)tp * mr * 16, 16, kb > 0, mr, 16, NULL);
     }
 
     const sd_epilogue *ep = j->ep;
@@ -356,11 +364,12 @@ static int wg_run(const sd_exec *ex, const float *in, int batch, int H, int W, i
         tb = (size_t)tiles;
     const int blocks = (int)((tiles + tb - 1) / tb);
     const int TB = (tiles + blocks - 1) / blocks, tpan_max = (TB + mr - 1) / mr;
-    const size_t ad_step = (size_t)tpan_max * Cin * mr;
+    const size_t ad_step = (size_t)tpan_max * Cin * mr + WG_PAD;
 
     const int threads = sd_pool_size(ex->pool);
     const int nkb = (Cin + WG_KC - 1) / WG_KC, kcb = (Cin + nkb - 1) / nkb;
-    const size_t per_thread = (size_t)16 * kcb * 16 + (size_t)16 * tpan_max * mr * 16;
+    const size_t per_thread =
+        (size_t)16 * ((size_t)kcb * 16 + WG_PAD) + (size_t)16 * ((size_t)tpan_max * mr * 16 + WG_PAD);
     float *V = sd_ws_get(ex, 4, 16 * ad_step * sizeof(float));
     float *scratch = sd_ws_get(ex, 5, per_thread * threads * sizeof(float));
     if (!V || !scratch) {
@@ -376,6 +385,308 @@ static int wg_run(const sd_exec *ex, const float *in, int batch, int H, int W, i
         panel_job pj = {kern, Wp, V,  ad_step, Cin, N,  H,       W,         th,
                         tw,   t0, nt, tpan,    out, ep, scratch, per_thread};
         sd_pool_run(ex->pool, panels, out_panel, &pj);
+    }
+    sd_ws_put(ex, 4, V);
+    sd_ws_put(ex, 5, scratch);
+    return 1;
+}
+
+/* ==== Winograd F(4x4, 3x3): the fast mode (see winograd.c) ==== */
+
+#ifndef WG4_TB_MAX
+#define WG4_TB_MAX 64 /* tiles (of 16 pixels) per block */
+#endif
+#ifndef WG4_KC
+#define WG4_KC 128 /* K block: 36 x 128 x 16 transformed weights = 288 KiB */
+#endif
+
+/* Tile t (batch-major, then row-major over th x tw tiles of 4x4 outputs):
+ * its image b and top-left output pixel (y0, x0). */
+static inline void tile4_origin(int t, int th, int tw, int *b, int *y0, int *x0)
+{
+    const int per = th * tw, rem = t % per;
+    *b = t / per;
+    *y0 = 4 * (rem / tw);
+    *x0 = 4 * (rem % tw);
+}
+
+/* The output pixels of tile t's 16 positions (i, k) at [4i + k], or -1
+ * past the image's edge. */
+static inline void tile4_pixels(int t, int th, int tw, int H, int W, ptrdiff_t px[16])
+{
+    int b, y0, x0;
+    tile4_origin(t, th, tw, &b, &y0, &x0);
+    for (int i = 0; i < 4; i++)
+        for (int k = 0; k < 4; k++)
+            px[4 * i + k] =
+                y0 + i < H && x0 + k < W ? ((ptrdiff_t)b * H + y0 + i) * W + x0 + k : -1;
+}
+
+/* o[j * os] = (B^T d)_j for the six vectors d[0], d[s], .. d[5s]; points
+ * 0, 1, -1, 1/2, -2 (and infinity):
+ *   B^T = [1 -3/2  -2  3/2 1 0]     [0   -2  -1    2 1 0]
+ *         [0   -1 1/2  5/2 1 0]     [0  1/2  -1 -1/2 1 0]
+ *         [0    1 -5/2 1/2 1 0]     [0    1 -3/2  -2 3/2 1] */
+static inline void wg4_bt(const wv *d, int s, wv *o, int os)
+{
+    const wv h = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
+    const wv d0 = d[0], d1 = d[s], d2 = d[2 * s], d3 = d[3 * s], d4 = d[4 * s], d5 = d[5 * s];
+    const wv e31 = d3 - d1, e42 = d4 - d2;
+    o[0] = (d0 - d2) + e42 + (e31 + h * e31);
+    o[os] = (d4 - d1) + (d3 + d3) + h * (d2 + d3);
+    o[2 * os] = (d4 + d1) - (d2 + d2) + h * (d3 - d2);
+    o[3 * os] = e42 + (e31 + e31);
+    o[4 * os] = e42 - h * e31;
+    o[5 * os] = (d1 - d3) + (d5 - d3) + (e42 + h * e42);
+}
+
+/* One tile panel of the F(4x4) input transform (as in_panel). */
+static void in_panel4(void *ctx, int64_t task, int thread)
+{
+    (void)thread;
+    const in_job *j = ctx;
+    const int Cin = j->Cin, mr = j->mr;
+    const wv zero = {0};
+    const float *src[SD_MR_MAX][36];
+    for (int r = 0; r < mr; r++) {
+        const int tb = (int)task * mr + r;
+        int b, y0, x0;
+        tile4_origin(j->t0 + tb, j->th, j->tw, &b, &y0, &x0);
+        for (int i = 0; i < 6; i++)
+            for (int k = 0; k < 6; k++) {
+                int y = y0 - 1 + i, x = x0 - 1 + k;
+                src[r][i * 6 + k] = tb >= j->nt || y < 0 || y >= j->H || x < 0 || x >= j->W
+                                        ? NULL
+                                        : j->in + (((size_t)b * j->H + y) * j->W + x) * Cin;
+            }
+    }
+    _Alignas(32) float stage[36][SD_MR_MAX][8];
+    const float *rows[36][SD_MR_MAX];
+    for (int p = 0; p < 36; p++)
+        for (int r = 0; r < mr; r++)
+            rows[p][r] = stage[p][r];
+    float *vp = j->V + (size_t)task * Cin * mr;
+    for (int c0 = 0; c0 < Cin; c0 += 8) {
+        const int n = Cin - c0 < 8 ? Cin - c0 : 8;
+        for (int r = 0; r < mr; r++) {
+            wv d[36], q[36];
+            for (int p = 0; p < 36; p++) {
+                if (src[r][p])
+                    wv_ld_n(&d[p], src[r][p] + c0, n);
+                else
+                    d[p] = zero;
+            }
+            for (int k = 0; k < 6; k++) /* columns of the patch: B^T d */
+                wg4_bt(d + k, 6, q + k, 6);
+            for (int i = 0; i < 6; i++) /* rows: (B^T d) B */
+                wg4_bt(q + 6 * i, 1, d + 6 * i, 1);
+            for (int p = 0; p < 36; p++)
+                wv_st(stage[p][r], &d[p]);
+        }
+        for (int p = 0; p < 36; p++)
+            j->kern->pack_panel(rows[p], n, vp + p * j->ad_step + (size_t)c0 * mr);
+    }
+}
+
+/* o[j * os] = (G' g)_j for the three vectors g[0], g[s], g[2s], where
+ *   G = [1 0 0; 1/3 1/3 1/3; -1/3 1/3 -1/3; -16/15 -8/15 -4/15;
+ *        1/15 -2/15 4/15; 0 0 1] = diag(wg4_gs) G',
+ * G' = [1 0 0; 1 1 1; -1 1 -1; 4 2 1; 1 -2 4; 0 0 1]: small integers.
+ * The products are linear in U, so U's scales (wg4_gs2) are applied to the
+ * sums M instead, in the output transform: once per tile rather than once
+ * per weight and tile block. */
+static inline void wg4_g(const wv *g, int s, wv *o, int os)
+{
+    const wv four = {4, 4, 4, 4, 4, 4, 4, 4};
+    const wv g0 = g[0], g1 = g[s], g2 = g[2 * s], s02 = g0 + g2;
+    o[0] = g0;
+    o[os] = s02 + g1;
+    o[2 * os] = g1 - s02;
+    o[3 * os] = four * g0 + (g1 + g1) + g2;
+    o[4 * os] = g0 - (g1 + g1) + four * g2;
+    o[5 * os] = g2;
+}
+
+/* wg4_gs[a] * wg4_gs[b] at [6a + b], wg4_gs = {1, 1/3, 1/3, -4/15, 1/15,
+ * 1} (G's row scales), each product rounded once. */
+#define WG4_S(a, b) (float)((a) * (b))
+#define WG4_ROW(a)                                                                                 \
+    WG4_S(a, 1.0), WG4_S(a, 1.0 / 3), WG4_S(a, 1.0 / 3), WG4_S(a, -4.0 / 15), WG4_S(a, 1.0 / 15),   \
+        WG4_S(a, 1.0)
+static const float wg4_gs2[36] = {WG4_ROW(1.0),       WG4_ROW(1.0 / 3),  WG4_ROW(1.0 / 3),
+                                  WG4_ROW(-4.0 / 15), WG4_ROW(1.0 / 15), WG4_ROW(1.0)};
+#undef WG4_ROW
+#undef WG4_S
+
+/* Channels [k0, k0 + kc) of output panel `wp` into ub[ad][k - k0][16]
+ * (as weights_block_t, 36 positions). */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void
+weights_block4_t(const void *wp, int type, int Cin, int k0, int kc, float *ub)
+{
+    const size_t ad_step = (size_t)kc * 16 + WG4_PAD, esz = sd_wtype_size(type);
+    for (int k = 0; k < kc; k++)
+        for (int h = 0; h < 16; h += 8) {
+            wv g[9], t[18], u[36];
+            for (int tap = 0; tap < 9; tap++) {
+                const size_t gi = ((size_t)tap * Cin + k0 + k) * 16 + h;
+                __builtin_prefetch((const char *)wp + (gi + 8 * 16) * esz);
+                wg_ld_w(&g[tap], wp, gi, type);
+            }
+            for (int kx = 0; kx < 3; kx++) /* G g (6 x 3) */
+                wg4_g(g + kx, 3, t + kx, 3);
+            for (int a = 0; a < 6; a++) /* (G g) G^T (6 x 6) */
+                wg4_g(t + 3 * a, 1, u + 6 * a, 1);
+            float *o = ub + (size_t)k * 16 + h;
+            for (int p = 0; p < 36; p++)
+                wv_st(o + p * ad_step, &u[p]);
+        }
+}
+
+static void weights_block4(const void *wp, int type, int Cin, int k0, int kc, float *ub)
+{
+    if (type == SD_WT_F16)
+        weights_block4_t(wp, SD_WT_F16, Cin, k0, kc, ub);
+    else if (type == SD_WT_BF16)
+        weights_block4_t(wp, SD_WT_BF16, Cin, k0, kc, ub);
+    else
+        weights_block4_t(wp, SD_WT_F32, Cin, k0, kc, ub);
+}
+
+/* o[i * os] = (A^T m)_i for the six vectors m[0], m[s], .. m[5s]:
+ *   A^T = [1 1 1 1 1 0; 0 1 -1 1/2 -2 0; 0 1 1 1/4 4 0; 0 1 -1 1/8 -8 1]. */
+static inline void wg4_at(const wv *m, int s, wv *o, int os)
+{
+    const wv h = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
+    const wv q = {0.25f, 0.25f, 0.25f, 0.25f, 0.25f, 0.25f, 0.25f, 0.25f};
+    const wv e = {0.125f, 0.125f, 0.125f, 0.125f, 0.125f, 0.125f, 0.125f, 0.125f};
+    const wv f = {4, 4, 4, 4, 4, 4, 4, 4}, t = {2, 2, 2, 2, 2, 2, 2, 2};
+    const wv m1 = m[s], m2 = m[2 * s], m3 = m[3 * s], m4 = m[4 * s];
+    const wv sp = m1 + m2, dm = m1 - m2;
+    o[0] = m[0] + sp + (m3 + m4);
+    o[os] = dm + (h * m3 - t * m4);
+    o[2 * os] = sp + (q * m3 + f * m4);
+    o[3 * os] = dm + (e * m3 - (f + f) * m4) + m[5 * s];
+}
+
+/* One output panel of the F(4x4) method (as out_panel). */
+static void out_panel4(void *ctx, int64_t task, int thread)
+{
+    const panel_job *j = ctx;
+    const sd_kernels *kern = j->kern;
+    const int mr = kern->mr, Cin = j->Cin, N = j->N, p = (int)task;
+    const int n0 = p * 16, cols = N - n0 < 16 ? N - n0 : 16;
+    const int nkb = (Cin + WG4_KC - 1) / WG4_KC, kcb = (Cin + nkb - 1) / nkb;
+    const size_t acc_step = (size_t)j->tpan * mr * 16 + WG4_PAD;
+    float *ub = j->scratch + (size_t)thread * j->per_thread,
+          *acc = ub + (size_t)36 * ((size_t)kcb * 16 + WG4_PAD);
+    const int wtype = j->Wp->type;
+    const void *wp = (const char *)j->Wp->data + (size_t)p * j->Wp->K * 16 * sd_wtype_size(wtype);
+
+    for (int kb = 0; kb < nkb; kb++) {
+        const int k0 = kb * kcb, kc = Cin - k0 < kcb ? Cin - k0 : kcb;
+        weights_block4(wp, wtype, Cin, k0, kc, ub);
+        for (int ad = 0; ad < 36; ad++)
+            for (int tp = 0; tp < j->tpan; tp++)
+                kern->micro(kc, j->V + ad * j->ad_step + ((size_t)tp * Cin + k0) * mr,
+                            ub + (size_t)ad * ((size_t)kc * 16 + WG4_PAD),
+                            acc + ad * acc_step + (size_t)tp * mr * 16, 16, kb > 0, mr, 16, NULL);
+    }
+
+    const sd_epilogue *ep = j->ep;
+    ptrdiff_t px[16], ahead[16];
+    for (int tb = 0; tb < j->nt; tb++) {
+        const float *m = acc + (size_t)tb * 16;
+        tile4_pixels(j->t0 + tb, j->th, j->tw, j->H, j->W, px);
+        if (tb + 1 < j->nt) { /* the next tile's output rows (scattered lines) */
+            tile4_pixels(j->t0 + tb + 1, j->th, j->tw, j->H, j->W, ahead);
+            for (int q = 0; q < 16; q++) {
+                if (ahead[q] < 0)
+                    continue;
+                __builtin_prefetch(j->out + ahead[q] * N + n0, 1);
+                if (ep && ep->residual && ep->residual != j->out)
+                    __builtin_prefetch(ep->residual + ahead[q] * ep->ld_res + n0);
+            }
+        }
+        for (int h = 0; h < cols; h += 8) {
+            const int n = cols - h < 8 ? cols - h : 8, col = n0 + h;
+            wv mv[36], s[24], y[16];
+            for (int a = 0; a < 36; a++) {
+                wv_ld(&mv[a], m + a * acc_step + h);
+                mv[a] *= wg4_gs2[a];
+            }
+            for (int k = 0; k < 6; k++) /* columns: A^T M */
+                wg4_at(mv + k, 6, s + k, 6);
+            for (int i = 0; i < 4; i++) /* rows: (A^T M) A */
+                wg4_at(s + 6 * i, 1, y + 4 * i, 1);
+            for (int q = 0; q < 16; q++) {
+                if (px[q] < 0)
+                    continue;
+                const size_t row = (size_t)px[q];
+                wv v = y[q], e;
+                if (ep && ep->bias) {
+                    wv_ld_n(&e, ep->bias + col, n);
+                    v += e;
+                }
+                if (ep && ep->group_add) {
+                    wv_ld_n(&e, ep->group_add + (row / (size_t)ep->group_rows) * N + col, n);
+                    v += e;
+                }
+                if (ep && ep->residual) {
+                    wv_ld_n(&e, ep->residual + row * ep->ld_res + col, n);
+                    v += e;
+                }
+                wv_st_n(j->out + row * N + col, &v, n);
+            }
+        }
+    }
+}
+
+/* The F(4x4) convolution (as wg_run); returns 0 if it cannot run. */
+static int wg4_run(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
+                   const sd_packed *Wp, float *out, const sd_epilogue *ep)
+{
+    const sd_kernels *kern = ex->kern;
+    const int mr = kern->mr, N = Wp->N;
+    if (Wp->nr != 16 || kern->nr != 16 || mr > SD_MR_MAX || Wp->K != 9 * Cin || batch <= 0 ||
+        H <= 0 || W <= 0 ||
+        (Wp->type != SD_WT_F32 && Wp->type != SD_WT_F16 && Wp->type != SD_WT_BF16))
+        return 0;
+    const int th = (H + 3) / 4, tw = (W + 3) / 4;
+    const long tiles_l = (long)batch * th * tw;
+    if (tiles_l > INT32_MAX / 2)
+        return 0;
+    const int tiles = (int)tiles_l, panels = (N + 15) / 16;
+
+    size_t tb = WG_V_BYTES / ((size_t)36 * Cin * sizeof(float));
+    tb = tb > WG4_TB_MAX ? WG4_TB_MAX : tb < (size_t)mr ? (size_t)mr : tb;
+    if (tb > (size_t)tiles)
+        tb = (size_t)tiles;
+    const int blocks = (int)((tiles + tb - 1) / tb);
+    const int TB = (tiles + blocks - 1) / blocks, tpan_max = (TB + mr - 1) / mr;
+    const size_t ad_step = (size_t)tpan_max * Cin * mr + WG4_PAD;
+
+    const int threads = sd_pool_size(ex->pool);
+    const int nkb = (Cin + WG4_KC - 1) / WG4_KC, kcb = (Cin + nkb - 1) / nkb;
+    const size_t per_thread =
+        (size_t)36 * ((size_t)kcb * 16 + WG4_PAD) + (size_t)36 * ((size_t)tpan_max * mr * 16 + WG4_PAD);
+    float *V = sd_ws_get(ex, 4, 36 * ad_step * sizeof(float));
+    float *scratch = sd_ws_get(ex, 5, per_thread * threads * sizeof(float));
+    if (!V || !scratch) {
+        sd_ws_put(ex, 4, V);
+        sd_ws_put(ex, 5, scratch);
+        return 0;
+    }
+    for (int blk = 0; blk < blocks; blk++) {
+        const int t0 = blk * TB, nt = tiles - t0 < TB ? tiles - t0 : TB;
+        const int tpan = (nt + mr - 1) / mr;
+        in_job ij = {kern, in, H, W, Cin, th, tw, mr, t0, nt, ad_step, V};
+        sd_pool_run(ex->pool, tpan, in_panel4, &ij);
+        panel_job pj = {kern, Wp, V,  ad_step, Cin, N,  H,       W,         th,
+                        tw,   t0, nt, tpan,    out, ep, scratch, per_thread};
+        sd_pool_run(ex->pool, panels, out_panel4, &pj);
     }
     sd_ws_put(ex, 4, V);
     sd_ws_put(ex, 5, scratch);

@@ -280,6 +280,7 @@ static sdunet_status pipeline_new(const sdunet_pipeline_options *opt, sdunet_pip
         snprintf(pl->text_cfg, sizeof pl->text_cfg, "%s", opt->text_config);
     sdunet_options_default(&pl->uo);
     pl->uo.threads = pl->threads;
+    pl->uo.fast = opt ? opt->fast : 0;
     pl->uo.variant = pl->variant[0] ? pl->variant : NULL;
     sdunet_text_options_default(&pl->topt);
     pl->topt.threads = pl->threads;

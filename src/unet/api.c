@@ -18,6 +18,7 @@ struct sdunet_model {
     sd_unet unet;
     const sd_kernels *kern;
     sd_conv_algo conv; /* SDUNET_CONV: auto (default), direct or winograd */
+    int fast;          /* sdunet_options.fast */
     sd_pool *pool;
     int threads;
     int allow_nonfinite;
@@ -73,6 +74,8 @@ static sdunet_status model_new(const sdunet_options *opt, sd_pool *shared, sdune
         (int)opt->weights > (int)SDUNET_WEIGHTS_BF16)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "weights must be SDUNET_WEIGHTS_* 0..3 (got %d)",
                        (int)opt->weights);
+    if (opt->fast != 0 && opt->fast != 1)
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "fast must be 0 or 1 (got %d)", opt->fast);
     sdunet_model *m = calloc(1, sizeof *m);
     if (!m)
         return sd_fail(err, SDUNET_E_NOMEM, "out of memory");
@@ -82,6 +85,7 @@ static sdunet_status model_new(const sdunet_options *opt, sd_pool *shared, sdune
     if (!m->kern)
         m->kern = sd_kernels_select(NULL);
     m->conv = sd_conv_algo_parse(getenv("SDUNET_CONV"));
+    m->fast = opt->fast;
     m->threads = opt->threads ? opt->threads : sd_default_threads();
     sdunet_status st = sd_share_pool(shared, &m->threads, &m->pool, err);
     if (st) {
@@ -292,7 +296,8 @@ sdunet_status sd_model_forward_ev(sdunet_model *m, const float *sample, int batc
             t[b] = timesteps[n_timesteps == 1 ? 0 : b];
         int fault = 0;
         sd_exec ex = {
-            .pool = m->pool, .kern = m->kern, .ws = &m->ws, .conv = m->conv, .fault = &fault};
+            .pool = m->pool, .kern = m->kern, .ws = &m->ws, .conv = m->conv, .fault = &fault,
+            .fast = m->fast};
         sd_unet_forward(&m->unet, &ex, plan, x, t, context, y, ev, ev_user, m->prof);
         if (fault)
             st = sd_fail(err, SDUNET_E_INTERNAL,

@@ -24,6 +24,7 @@ struct sdunet_vae {
     sd_vae vae;
     const sd_kernels *kern;
     sd_conv_algo conv;
+    int fast; /* sdunet_options.fast */
     sd_pool *pool;
     int threads;
     int allow_nonfinite;
@@ -47,6 +48,8 @@ static sdunet_status vae_new(const sdunet_options *opt, sd_pool *shared, sdunet_
                 (int)opt->weights > (int)SDUNET_WEIGHTS_BF16))
         return sd_fail(err, SDUNET_E_INVALID_ARG, "weights must be SDUNET_WEIGHTS_* 0..3 (got %d)",
                        (int)opt->weights);
+    if (opt && opt->fast != 0 && opt->fast != 1)
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "fast must be 0 or 1 (got %d)", opt->fast);
     sdunet_vae *m = calloc(1, sizeof *m);
     if (!m)
         return sd_fail(err, SDUNET_E_NOMEM, "out of memory");
@@ -56,6 +59,7 @@ static sdunet_status vae_new(const sdunet_options *opt, sd_pool *shared, sdunet_
     if (!m->kern)
         m->kern = sd_kernels_select(NULL);
     m->conv = sd_conv_algo_parse(getenv("SDUNET_CONV"));
+    m->fast = opt ? opt->fast : 0;
     m->threads = threads ? threads : sd_default_threads();
     sdunet_status st = sd_share_pool(shared, &m->threads, &m->pool, err);
     if (st) {
@@ -400,7 +404,8 @@ static sdunet_status decode_region(sdunet_vae *m, const float *latent, int B, in
                     z[(((size_t)b * h + i) * w + j) * lc + ch] = v;
                 }
     int fault = 0;
-    sd_exec ex = {.pool = m->pool, .kern = m->kern, .ws = &m->ws, .conv = m->conv, .fault = &fault};
+    sd_exec ex = {.pool = m->pool, .kern = m->kern, .ws = &m->ws, .conv = m->conv, .fault = &fault,
+                  .fast = m->fast};
     sd_vae_decode_run(&m->vae, &ex, &m->plan, z, y, NULL, NULL, NULL);
     if ((st = fault_status(fault, err)))
         return st;
@@ -623,7 +628,8 @@ sdunet_status sdunet_vae_encode(sdunet_vae *m, const float *image, int batch, in
         to_nhwc(image, batch, channels, hw, x);
         int fault = 0;
         sd_exec ex = {
-            .pool = m->pool, .kern = m->kern, .ws = &m->ws, .conv = m->conv, .fault = &fault};
+            .pool = m->pool, .kern = m->kern, .ws = &m->ws, .conv = m->conv, .fault = &fault,
+                  .fast = m->fast};
         sd_vae_encode_run(&m->vae, &ex, &m->plan, x, mo, NULL, NULL, NULL);
         st = fault_status(fault, err);
         const float sf = c->scaling_factor, shift = c->shift_factor;
