@@ -157,17 +157,25 @@ static void attn_block(void *ctx, int64_t task, int thread)
         if (kb > 0)
             for (int c = 0; c < dh; c++)
                 scale_row(acc + (size_t)c * ldacc, corr, ldacc);
-        /* O^T += V^T P^T over this key block. */
+        /* O^T += V^T P^T over this key block. The last channel panel's
+         * rows past dh are padding that nothing reads, so only its dh % mr
+         * rows are asked for (a 40-channel head: 16 + 16 + 8, and the
+         * kernel may then run fewer rows). */
         for (int jq = 0; jq < qpan; jq++)
             for (int cp = 0; cp < dhm / mr; cp++)
                 kern->micro(nk, Vp + ((size_t)cp * j->Nk + k0) * mr, sT + (size_t)jq * BK * nr,
-                            acc + (size_t)cp * mr * ldacc + jq * nr, ldacc, kb > 0, mr, nr, NULL);
+                            acc + (size_t)cp * mr * ldacc + jq * nr, ldacc, kb > 0,
+                            dh - cp * mr < mr ? dh - cp * mr : mr, nr, NULL);
     }
 
+    /* One division per query, not per output (a 40-channel head with 77
+     * keys spent about as long dividing as multiplying): the double product
+     * acc * (1/l) is within 2^-52 of acc / l before the rounding to float. */
     for (int i = 0; i < nq; i++) {
+        const double inv = 1.0 / lrun[i];
         float *oi = j->o + (size_t)(b * j->Nq + q0 + i) * j->ldo + (size_t)h * dh;
         for (int c = 0; c < dh; c++)
-            oi[c] = (float)(acc[(size_t)c * ldacc + i] / lrun[i]);
+            oi[c] = (float)(acc[(size_t)c * ldacc + i] * inv);
     }
 }
 
