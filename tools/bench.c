@@ -136,27 +136,7 @@ int cmd_bench(int argc, char **argv)
     }
     sd_model_set_profile(m, NULL);
     /* the breakdown is from the last timed run */
-    static const char *const kind_name[SD_OP_COUNT] = {"3x3 conv", "1x1 conv", "linear",
-                                                       "attention", "norms+elementwise"};
-    double total_t = 0, total_f = 0;
-    for (int k = 0; k < SD_OP_COUNT; k++) {
-        total_t += prof.seconds[k];
-        total_f += prof.flops[k];
-    }
-    printf("\n%-18s %10s %7s %9s %10s %7s\n", "op kind", "time (s)", "share", "GFLOP", "GFLOP/s",
-           "calls");
-    for (int k = 0; k < SD_OP_COUNT; k++) {
-        double gf = prof.flops[k] / 1e9;
-        if (gf > 0)
-            printf("%-18s %10.3f %6.1f%% %9.1f %10.1f %7ld\n", kind_name[k], prof.seconds[k],
-                   100.0 * prof.seconds[k] / total_t, gf,
-                   prof.seconds[k] > 0 ? gf / prof.seconds[k] : 0.0, prof.calls[k]);
-        else
-            printf("%-18s %10.3f %6.1f%% %9s %10s %7ld\n", kind_name[k], prof.seconds[k],
-                   100.0 * prof.seconds[k] / total_t, "-", "-", prof.calls[k]);
-    }
-    printf("%-18s %10.3f %6.1f%% %9.1f %10.1f\n", "total", total_t, 100.0, total_f / 1e9,
-           total_t > 0 ? total_f / 1e9 / total_t : 0.0);
+    double total_f = print_breakdown(&prof);
     qsort(times, (size_t)runs, sizeof *times, cmp_double);
     double median = runs % 2 ? times[runs / 2] : 0.5 * (times[runs / 2 - 1] + times[runs / 2]);
     double gflops = total_f / 1e9 / median;

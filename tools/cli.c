@@ -214,3 +214,28 @@ int check_writable(const char *path)
         remove(path);
     return 0;
 }
+
+double print_breakdown(const sd_prof *prof)
+{
+    static const char *const kind_name[SD_OP_COUNT] = {"3x3 conv", "1x1 conv", "linear",
+                                                       "attention", "norms+elementwise"};
+    double total_t = 0, total_f = 0;
+    for (int k = 0; k < SD_OP_COUNT; k++) {
+        total_t += prof->seconds[k];
+        total_f += prof->flops[k];
+    }
+    printf("\n%-18s %10s %7s %9s %10s %7s\n", "op kind", "time (s)", "share", "GFLOP", "GFLOP/s",
+           "calls");
+    for (int k = 0; k < SD_OP_COUNT; k++) {
+        double gf = prof->flops[k] / 1e9, share = total_t > 0 ? 100.0 * prof->seconds[k] / total_t : 0;
+        if (gf > 0)
+            printf("%-18s %10.3f %6.1f%% %9.1f %10.1f %7ld\n", kind_name[k], prof->seconds[k], share,
+                   gf, prof->seconds[k] > 0 ? gf / prof->seconds[k] : 0.0, prof->calls[k]);
+        else
+            printf("%-18s %10.3f %6.1f%% %9s %10s %7ld\n", kind_name[k], prof->seconds[k], share, "-",
+                   "-", prof->calls[k]);
+    }
+    printf("%-18s %10.3f %6.1f%% %9.1f %10.1f\n", "total", total_t, 100.0, total_f / 1e9,
+           total_t > 0 ? total_f / 1e9 / total_t : 0.0);
+    return total_f;
+}

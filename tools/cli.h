@@ -4,6 +4,7 @@
 #define SD_CLI_H
 
 #include "common.h"
+#include "engine/layers.h"
 
 /* Seconds on a monotonic clock. */
 double now_s(void);
@@ -53,6 +54,9 @@ int parse_fast(int flag, int *out);
 int load_model_w(const char *model, const char *config, const char *variant, const char *synthetic,
                  int threads, int allow_nonfinite, int weights, int fast,
                  struct sdunet_model **m);
+/* Prints a profile's table by op kind (time, share, GFLOP, GFLOP/s, calls)
+ * on stdout; returns its total FLOPs. */
+double print_breakdown(const sd_prof *prof);
 /* Prints "checksum: sum=... l2=... max_abs=..." for an output on stdout. */
 void print_checksum(const float *y, size_t n);
 

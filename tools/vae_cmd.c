@@ -7,6 +7,7 @@
 #include "io/npy.h"
 #include "io/png.h"
 #include "io/tensorfile.h"
+#include "vae/vae.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -90,8 +91,9 @@ static const char decode_help[] =
     "  --tiled             diffusers' tiled decoding (tiles of 64 latent pixels for SD)\n"
     "  --threads N         worker threads (default: $SDUNET_THREADS or all online CPUs)\n"
     "  --allow-nonfinite   accept NaN/Inf latents (default: rejected with an error)\n"
-    "  --runs N            decode N times (default 1) and print the median and minimum\n"
-    "                      time: decode: median_s=... min_s=... runs=N\n"
+    "  --runs N            decode N times (default 1) and print a breakdown of the last\n"
+    "                      one by op kind, then the median and minimum time:\n"
+    "                      decode: median_s=... min_s=... runs=N\n"
     "  --fast              fast mode: faster algorithms (3x3 convolutions by Winograd\n"
     "                      F(4x4, 3x3)), relative L2 <= 2e-5 against float64 (default:\n"
     "                      $SDUNET_FAST, else exact mode)\n";
@@ -171,13 +173,17 @@ int cmd_decode(int argc, char **argv)
     }
     progress("decode: latent (%lld,%lld,%lld,%lld)...\n", (long long)sh[0], (long long)sh[1],
              (long long)sh[2], (long long)sh[3]);
+    sd_prof prof;
     for (int r = 0; r < runs; r++) {
+        memset(&prof, 0, sizeof prof);
+        sd_vae_set_profile(v, &prof);
         double t0 = now_s();
         if (sdunet_vae_decode(v, lat, (int)sh[0], (int)sh[1], (int)sh[2], (int)sh[3], img, &err)) {
             die("%s", err.message);
             goto done;
         }
         times[r] = now_s() - t0;
+        sd_vae_set_profile(v, NULL);
         if (runs > 1)
             progress("run %d/%d: %.3f s\n", r + 1, runs, times[r]);
     }
@@ -212,8 +218,10 @@ int cmd_decode(int argc, char **argv)
     }
     printf("output: (%lld,%lld,%lld,%lld) -> %s\n", (long long)os[0], (long long)os[1],
            (long long)os[2], (long long)os[3], out_p);
-    if (runs > 1)
+    if (runs > 1) {
+        print_breakdown(&prof); /* of the last run */
         printf("decode: median_s=%.3f min_s=%.3f runs=%d\n", dt, times[0], runs);
+    }
     else
         printf("decode: %.3f s\n", dt);
     print_checksum(img, n_out);

@@ -35,6 +35,7 @@ struct sdunet_vae {
     size_t io_cap;
     atomic_flag busy;
     sd_workspace ws;
+    sd_prof *prof; /* time profile by op kind, or NULL */
 };
 
 static sdunet_status vae_new(const sdunet_options *opt, sd_pool *shared, sdunet_vae **out,
@@ -299,6 +300,12 @@ void sdunet_vae_free(sdunet_vae *m)
     free(m);
 }
 
+void sd_vae_set_profile(sdunet_vae *m, sd_prof *prof)
+{
+    if (m)
+        m->prof = prof;
+}
+
 void sd_vae_trim(sdunet_vae *m)
 {
     if (!m || atomic_flag_test_and_set(&m->busy))
@@ -406,7 +413,7 @@ static sdunet_status decode_region(sdunet_vae *m, const float *latent, int B, in
     int fault = 0;
     sd_exec ex = {.pool = m->pool, .kern = m->kern, .ws = &m->ws, .conv = m->conv, .fault = &fault,
                   .fast = m->fast};
-    sd_vae_decode_run(&m->vae, &ex, &m->plan, z, y, NULL, NULL, NULL);
+    sd_vae_decode_run(&m->vae, &ex, &m->plan, z, y, NULL, NULL, m->prof);
     if ((st = fault_status(fault, err)))
         return st;
     to_nchw(y, B, oc, ohw, image);
@@ -630,7 +637,7 @@ sdunet_status sdunet_vae_encode(sdunet_vae *m, const float *image, int batch, in
         sd_exec ex = {
             .pool = m->pool, .kern = m->kern, .ws = &m->ws, .conv = m->conv, .fault = &fault,
                   .fast = m->fast};
-        sd_vae_encode_run(&m->vae, &ex, &m->plan, x, mo, NULL, NULL, NULL);
+        sd_vae_encode_run(&m->vae, &ex, &m->plan, x, mo, NULL, NULL, m->prof);
         st = fault_status(fault, err);
         const float sf = c->scaling_factor, shift = c->shift_factor;
         for (int b = 0; !st && b < batch; b++)

@@ -163,6 +163,10 @@ static inline int sd_vae_factor(const sd_vae_config *c)
     return 1 << (c->n_levels - 1);
 }
 
+/* Accumulate per-op-kind time into prof during decodes and encodes (NULL:
+ * stop). */
+void sd_vae_set_profile(sdunet_vae *m, sd_prof *prof);
+
 /* Frees the activation plan, staging and kernel scratch (the next decode
  * or encode plans again), e.g. while the UNet runs; a no-op while the VAE
  * is in use. */
