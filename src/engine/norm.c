@@ -56,6 +56,8 @@ static double sumsq_rows(const float *x, int rows, int w, size_t ld, double mean
 
 #define GN_CHUNK 64 /* groups whose statistics are held at once (stack) */
 #define ROWS_PER_TASK 64
+#define GN_NCH 32    /* row chunks of the one-pass statistics (fixed: any thread count) */
+#define GN_CMAX 4096 /* channels of the one-pass statistics (a per-chunk stack row) */
 
 typedef struct {
     const sd_kernels *kern;
@@ -66,6 +68,9 @@ typedef struct {
     const float *gamma, *beta;
     int silu;
     double mean[GN_CHUNK], rstd[GN_CHUNK];
+    /* one-pass statistics: rows per chunk, which sum, per-chunk group sums */
+    int rpc, dev;
+    double part[GN_NCH][GN_CHUNK];
 } gn_job;
 
 static void gn_stats(void *ctx, int64_t t, int thread)
@@ -87,6 +92,72 @@ static void gn_stats(void *ctx, int64_t t, int thread)
     double var = ss / n;
     j->mean[t] = mean;
     j->rstd[t] = 1.0 / sqrt(var + (double)j->eps);
+}
+
+/* Row chunk t of the statistics for all groups at once, one streaming pass
+ * over the rows (each group's channels are a few floats of every row, so
+ * reading group by group would fetch every cache line once per group that
+ * shares it): per-channel sums in double, of x (dev 0) or of (x - mean)^2
+ * (dev 1), folded into per-group sums of the chunk. */
+static void gn_chunk(void *ctx, int64_t t, int thread)
+{
+    (void)thread;
+    gn_job *j = ctx;
+    const int C1 = j->C1, C = j->C, cpg = j->cpg, r0 = (int)t * j->rpc;
+    const int r1 = r0 + j->rpc < j->HW ? r0 + j->rpc : j->HW;
+    double acc[GN_CMAX];
+    for (int c = 0; c < C; c++)
+        acc[c] = 0;
+    for (int r = r0; r < r1; r++) {
+        const float *xr = j->x + (size_t)r * C1;
+        /* part 2 indexed by the full channel number c >= C1 */
+        const float *xr2 = C > C1 ? j->x2 + (size_t)r * (C - C1) - C1 : NULL;
+        if (!j->dev) {
+            for (int c = 0; c < C1; c++)
+                acc[c] += xr[c];
+            for (int c = C1; c < C; c++)
+                acc[c] += xr2[c];
+            continue;
+        }
+        for (int g = 0; g < j->ng; g++) {
+            const double m = j->mean[g];
+            const int cs = g * cpg, ce = cs + cpg, cm = ce < C1 ? ce : C1;
+            for (int c = cs; c < cm; c++) {
+                double d = xr[c] - m;
+                acc[c] += d * d;
+            }
+            for (int c = cm > cs ? cm : cs; c < ce; c++) {
+                double d = xr2[c] - m;
+                acc[c] += d * d;
+            }
+        }
+    }
+    for (int g = 0; g < j->ng; g++) {
+        double sg = 0;
+        for (int c = g * cpg; c < (g + 1) * cpg; c++)
+            sg += acc[c];
+        j->part[t][g] = sg;
+    }
+}
+
+/* The group statistics by gn_chunk: mean, then the variance about it. */
+static void gn_stats_onepass(const sd_exec *ex, gn_job *j)
+{
+    const int nch = j->HW < GN_NCH ? j->HW : GN_NCH;
+    const double n = (double)j->HW * j->cpg;
+    j->rpc = (j->HW + nch - 1) / nch;
+    for (j->dev = 0; j->dev <= 1; j->dev++) {
+        sd_pool_run(ex->pool, nch, gn_chunk, j);
+        for (int g = 0; g < j->ng; g++) {
+            double s = 0;
+            for (int t = 0; t < nch; t++)
+                s += j->part[t][g];
+            if (!j->dev)
+                j->mean[g] = s / n;
+            else
+                j->rstd[g] = 1.0 / sqrt(s / n + (double)j->eps);
+        }
+    }
 }
 
 static void gn_apply(void *ctx, int64_t t, int thread)
@@ -143,7 +214,10 @@ void sd_groupnorm_cat(const sd_exec *ex, const float *x1, int C1, const float *x
         j.y = y + (size_t)b * HW * C;
         for (j.g0 = 0; j.g0 < G; j.g0 += GN_CHUNK) {
             j.ng = G - j.g0 < GN_CHUNK ? G - j.g0 : GN_CHUNK;
-            sd_pool_run(ex->pool, j.ng, gn_stats, &j);
+            if (G <= GN_CHUNK && C <= GN_CMAX)
+                gn_stats_onepass(ex, &j);
+            else /* group by group, GN_CHUNK groups at a time */
+                sd_pool_run(ex->pool, j.ng, gn_stats, &j);
             sd_pool_run(ex->pool, (HW + ROWS_PER_TASK - 1) / ROWS_PER_TASK, gn_apply, &j);
         }
     }
