@@ -138,8 +138,7 @@ static void test_config_errors(void)
 }
 
 /* ---- golden cases with synthetic weights ---- */
-static sdunet_model *synthetic_opt(const char *case_name, sd_dtype round,
-                                   const sdunet_options *opt)
+static sdunet_model *synthetic_opt(const char *case_name, sd_dtype round, const sdunet_options *opt)
 {
     char p[256];
     snprintf(p, sizeof p, "%s/config.json", t_data(case_name));

@@ -1111,7 +1111,8 @@ static void test_fast_mode(void)
                 const size_t n_dec = 2 * 3 * 80 * 112, n_lat = 2 * 4 * 40 * 56;
                 float *dec = malloc(n_dec * 4), *mean = malloc(n_lat * 4);
                 sdunet_error err;
-                CHECK(dec && mean && sdunet_vae_decode(v, lat.f, 2, 4, 40, 56, dec, &err) == SDUNET_OK &&
+                CHECK(dec && mean &&
+                          sdunet_vae_decode(v, lat.f, 2, 4, 40, 56, dec, &err) == SDUNET_OK &&
                           sdunet_vae_encode(v, img.f, 2, 3, 80, 112, NULL, NULL, mean, NULL,
                                             &err) == SDUNET_OK,
                       "vae-gen-small fast: %s", err.message);

@@ -51,8 +51,7 @@ int parse_fast(int flag, int *out);
 /* load_model with a weight storage (sdunet_weights) and the fast mode;
  * load_model takes them from $SDUNET_WEIGHTS and $SDUNET_FAST. */
 int load_model_w(const char *model, const char *config, const char *variant, const char *synthetic,
-                 int threads, int allow_nonfinite, int weights, int fast,
-                 struct sdunet_model **m);
+                 int threads, int allow_nonfinite, int weights, int fast, struct sdunet_model **m);
 /* Prints "checksum: sum=... l2=... max_abs=..." for an output on stdout. */
 void print_checksum(const float *y, size_t n);
 
