@@ -443,7 +443,7 @@ static void test_conv(void)
  * sd_conv3x3 with ex.fast (SD_CONV_WINOGRAD forces it) and directly.
  * Partial 4x4 tiles (H, W not multiples of 4), channel counts off the
  * 16-wide panels, K blocks (Cin > 128). The bound is ~10x the measured
- * error (largest seen: 1.1e-6 at Cin = 150); a wrong transform entry gives
+ * error (largest seen: 1.1e-6 at Cin = 64, 16x16); a wrong transform entry gives
  * errors of order 1. 16-bit panels give the float32 panels' result bit
  * for bit, as in the other methods. */
 static void conv4_case(int batch, int H, int W, int Cin, int N, int with_ep,
