@@ -198,7 +198,8 @@ int main(int argc, char **argv)
         fflush(stdout);
         for (int t = 0; t < nt; t++) {
             sd_workspace ws = {0}; /* as in a model: scratch kept between calls */
-            sd_exec ex = {.pool = pools[t], .kern = kern, .ws = &ws, .conv = conv_algo, .fast = fast};
+            sd_exec ex = {
+                .pool = pools[t], .kern = kern, .ws = &ws, .conv = conv_algo, .fast = fast};
             g_cpu_clock = threads[t] == 1;
             printf("  %11.1f", run_case(&ex, bc));
             fflush(stdout);

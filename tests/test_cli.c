@@ -481,11 +481,10 @@ static void test_fast_option(void)
     CHECK(r->status == 0 && strstr(r->out, " fast=0 "), "bench: %s", r->out);
     const char *v = t_data("vae/vae-tiny");
     snprintf(a, sizeof a,
-             "decode --vae %s/weights.safetensors --latent %s/latent.npy --out %s/df.npy --fast",
-             v, v, tmp);
+             "decode --vae %s/weights.safetensors --latent %s/latent.npy --out %s/df.npy --fast", v,
+             v, tmp);
     r = sh(a);
-    CHECK(r->status == 0 && strstr(r->out, "checksum:"), "decode --fast: %d %s", r->status,
-          r->err);
+    CHECK(r->status == 0 && strstr(r->out, "checksum:"), "decode --fast: %d %s", r->status, r->err);
 }
 
 static void test_trace(void)

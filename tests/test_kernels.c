@@ -443,7 +443,7 @@ static void test_conv(void)
  * sd_conv3x3 with ex.fast (SD_CONV_WINOGRAD forces it) and directly.
  * Partial 4x4 tiles (H, W not multiples of 4), channel counts off the
  * 16-wide panels, K blocks (Cin > 128). The bound is ~10x the measured
- * error (largest seen: 1.1e-6 at Cin = 150); a wrong transform entry gives
+ * error (largest seen: 1.1e-6 at Cin = 64, 16x16); a wrong transform entry gives
  * errors of order 1. 16-bit panels give the float32 panels' result bit
  * for bit, as in the other methods. */
 static void conv4_case(int batch, int H, int W, int Cin, int N, int with_ep,
@@ -1008,6 +1008,15 @@ static void test_alloc_fallbacks(void)
                   WHERE(ex), sd_wtype_name(st));
             CHECK(memcmp(c, c0, sizeof(float) * H * W * Co) == 0,
                   "%s/%d conv fallback differs (%s)", WHERE(ex), sd_wtype_name(st));
+            /* Fast mode: F(4x4) without memory falls back the same way. */
+            lean.fast = 1;
+            memset(c, 0, sizeof(float) * H * W * Co);
+            CHECK(!sd_conv3x3_winograd4(&lean, in, 1, H, W, Cin, &Pc, c, &ep) && c[0] == 0 &&
+                      c[(size_t)H * W * Co - 1] == 0,
+                  "%s/%d F(4x4) ran without memory", WHERE(ex));
+            sd_conv3x3(&lean, in, 1, H, W, Cin, 1, &Pc, c, &ep);
+            CHECK(memcmp(c, c0, sizeof(float) * H * W * Co) == 0,
+                  "%s/%d fast conv fallback differs (%s)", WHERE(ex), sd_wtype_name(st));
             double e = t_rel_l2_f32(o, oref, (size_t)Nq * ld);
             CHECK(e < BAR, "%s/%d attention fallback: rel L2 %.3g", WHERE(ex), e);
             for (int i = 0; i < SD_WS_SLOTS; i++)

@@ -172,7 +172,7 @@ static void test_sd15_half_panels(void)
 
 /* Fast mode (sdunet_options.fast = 1, Winograd F(4x4, 3x3) where it pays)
  * on both full-size cases: within 2e-5 of float64. Measured (avx512):
- * sd15-64 1.92e-6, sd15-b2-96x64 1.68e-6 (exact mode 1.13e-6, 6.6e-7). */
+ * sd15-64 1.94e-6, sd15-b2-96x64 1.69e-6 (exact mode 1.13e-6, 6.6e-7). */
 static void test_sd15_fast(void)
 {
     sdunet_options o;

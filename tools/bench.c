@@ -47,11 +47,10 @@ int cmd_bench(int argc, char **argv)
     for (int i = 0; i < argc; i++)
         if (strcmp(argv[i], "--text") == 0)
             return cmd_bench_text(argc, argv);
-    opt o[] = {{.name = "--synthetic"},   {.name = "--model"},  {.name = "--config"},
-               {.name = "--batch"},       {.name = "--height"}, {.name = "--width"},
-               {.name = "--context-len"}, {.name = "--runs"},   {.name = "--warmup"},
-               {.name = "--threads"},     {.name = "--weights"},
-               {.name = "--fast", .is_flag = 1}};
+    opt o[] = {{.name = "--synthetic"},   {.name = "--model"},   {.name = "--config"},
+               {.name = "--batch"},       {.name = "--height"},  {.name = "--width"},
+               {.name = "--context-len"}, {.name = "--runs"},    {.name = "--warmup"},
+               {.name = "--threads"},     {.name = "--weights"}, {.name = "--fast", .is_flag = 1}};
     const int no = sizeof o / sizeof o[0];
     int help;
     if (parse_opts(argc, argv, o, no, &help))
@@ -85,8 +84,7 @@ int cmd_bench(int argc, char **argv)
     sdunet_error err;
     sdunet_model *m = NULL;
     double t0 = now_s();
-    if (load_model_w(model, get(o, no, "--config"), NULL, synthetic, threads, 0, weights, fast,
-                     &m))
+    if (load_model_w(model, get(o, no, "--config"), NULL, synthetic, threads, 0, weights, fast, &m))
         return 1;
     double load_s = now_s() - t0;
     sdunet_model_info info;
@@ -142,8 +140,7 @@ int cmd_bench(int argc, char **argv)
     double gflops = total_f / 1e9 / median;
     printf("\nbench: precision=fp32 weights=%s packed_mb=%.1f batch=%d height=%d width=%d "
            "threads=%d fast=%d median_s=%.3f min_s=%.3f gflops=%.1f peak_rss_mb=%.0f\n",
-           wlabel, packed_mb, B, H, W, info.threads, fast, median, times[0], gflops,
-           peak_rss_mb());
+           wlabel, packed_mb, B, H, W, info.threads, fast, median, times[0], gflops, peak_rss_mb());
     rc = 0;
 done:
     free(sample);

@@ -52,8 +52,7 @@ int parse_fast(int flag, int *out);
 /* load_model with a weight storage (sdunet_weights) and the fast mode;
  * load_model takes them from $SDUNET_WEIGHTS and $SDUNET_FAST. */
 int load_model_w(const char *model, const char *config, const char *variant, const char *synthetic,
-                 int threads, int allow_nonfinite, int weights, int fast,
-                 struct sdunet_model **m);
+                 int threads, int allow_nonfinite, int weights, int fast, struct sdunet_model **m);
 /* Prints a profile's table by op kind (time, share, GFLOP, GFLOP/s, calls)
  * on stdout; returns its total FLOPs. */
 double print_breakdown(const sd_prof *prof);

@@ -150,12 +150,23 @@ static int read_context(const char *path, const char *what, float **data, int64_
 
 int cmd_sample(int argc, char **argv)
 {
-    opt o[] = {{.name = "--model"},     {.name = "--config"}, {.name = "--synthetic"},
-               {.name = "--context"},   {.name = "--uncond"}, {.name = "--guidance"},
-               {.name = "--scheduler"}, {.name = "--steps"},  {.name = "--seed"},
-               {.name = "--noise"},     {.name = "--batch"},  {.name = "--height"},
-               {.name = "--width"},     {.name = "--out"},    {.name = "--threads"},
-               {.name = "--prediction"}, {.name = "--fast", .is_flag = 1}};
+    opt o[] = {{.name = "--model"},
+               {.name = "--config"},
+               {.name = "--synthetic"},
+               {.name = "--context"},
+               {.name = "--uncond"},
+               {.name = "--guidance"},
+               {.name = "--scheduler"},
+               {.name = "--steps"},
+               {.name = "--seed"},
+               {.name = "--noise"},
+               {.name = "--batch"},
+               {.name = "--height"},
+               {.name = "--width"},
+               {.name = "--out"},
+               {.name = "--threads"},
+               {.name = "--prediction"},
+               {.name = "--fast", .is_flag = 1}};
     const int no = sizeof o / sizeof o[0];
     int help;
     if (parse_opts(argc, argv, o, no, &help))

@@ -156,8 +156,7 @@ int cmd_decode(int argc, char **argv)
     if (read_4d(lat_p, "latent", &lat, sh))
         goto done;
     if (load_vae(model, vae, config, get(o, no, "--variant"), synthetic, threads,
-                 get(o, no, "--allow-nonfinite") != NULL, get(o, no, "--tiled") != NULL, fast,
-                 &v))
+                 get(o, no, "--allow-nonfinite") != NULL, get(o, no, "--tiled") != NULL, fast, &v))
         goto done;
     sdunet_vae_info info;
     sdunet_vae_get_info(v, &info);

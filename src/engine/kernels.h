@@ -390,8 +390,8 @@ extern const sd_kernels sd_kernels_avx2;   /* gemm_avx2.c */
 extern const sd_kernels sd_kernels_avx512; /* gemm_avx512.c */
 int sd_conv3x3_winograd_avx2(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
                              const sd_packed *Wp, float *out, const sd_epilogue *ep);
-int sd_conv3x3_winograd4_avx2(const sd_exec *ex, const float *in, int batch, int H, int W,
-                              int Cin, const sd_packed *Wp, float *out, const sd_epilogue *ep);
+int sd_conv3x3_winograd4_avx2(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
+                              const sd_packed *Wp, float *out, const sd_epilogue *ep);
 #endif
 
 /* ---- reference (naive, obviously correct) versions for the tests ---- */

@@ -368,8 +368,8 @@ static int wg_run(const sd_exec *ex, const float *in, int batch, int H, int W, i
 
     const int threads = sd_pool_size(ex->pool);
     const int nkb = (Cin + WG_KC - 1) / WG_KC, kcb = (Cin + nkb - 1) / nkb;
-    const size_t per_thread =
-        (size_t)16 * ((size_t)kcb * 16 + WG_PAD) + (size_t)16 * ((size_t)tpan_max * mr * 16 + WG_PAD);
+    const size_t per_thread = (size_t)16 * ((size_t)kcb * 16 + WG_PAD) +
+                              (size_t)16 * ((size_t)tpan_max * mr * 16 + WG_PAD);
     float *V = sd_ws_get(ex, 4, 16 * ad_step * sizeof(float));
     float *scratch = sd_ws_get(ex, 5, per_thread * threads * sizeof(float));
     if (!V || !scratch) {
@@ -511,7 +511,7 @@ static inline void wg4_g(const wv *g, int s, wv *o, int os)
  * 1} (G's row scales), each product rounded once. */
 #define WG4_S(a, b) (float)((a) * (b))
 #define WG4_ROW(a)                                                                                 \
-    WG4_S(a, 1.0), WG4_S(a, 1.0 / 3), WG4_S(a, 1.0 / 3), WG4_S(a, -4.0 / 15), WG4_S(a, 1.0 / 15),   \
+    WG4_S(a, 1.0), WG4_S(a, 1.0 / 3), WG4_S(a, 1.0 / 3), WG4_S(a, -4.0 / 15), WG4_S(a, 1.0 / 15),  \
         WG4_S(a, 1.0)
 static const float wg4_gs2[36] = {WG4_ROW(1.0),       WG4_ROW(1.0 / 3),  WG4_ROW(1.0 / 3),
                                   WG4_ROW(-4.0 / 15), WG4_ROW(1.0 / 15), WG4_ROW(1.0)};
@@ -670,8 +670,8 @@ static int wg4_run(const sd_exec *ex, const float *in, int batch, int H, int W, 
 
     const int threads = sd_pool_size(ex->pool);
     const int nkb = (Cin + WG4_KC - 1) / WG4_KC, kcb = (Cin + nkb - 1) / nkb;
-    const size_t per_thread =
-        (size_t)36 * ((size_t)kcb * 16 + WG4_PAD) + (size_t)36 * ((size_t)tpan_max * mr * 16 + WG4_PAD);
+    const size_t per_thread = (size_t)36 * ((size_t)kcb * 16 + WG4_PAD) +
+                              (size_t)36 * ((size_t)tpan_max * mr * 16 + WG4_PAD);
     float *V = sd_ws_get(ex, 4, 36 * ad_step * sizeof(float));
     float *scratch = sd_ws_get(ex, 5, per_thread * threads * sizeof(float));
     if (!V || !scratch) {

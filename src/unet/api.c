@@ -295,9 +295,12 @@ sdunet_status sd_model_forward_ev(sdunet_model *m, const float *sample, int batc
         for (int b = 0; b < batch; b++)
             t[b] = timesteps[n_timesteps == 1 ? 0 : b];
         int fault = 0;
-        sd_exec ex = {
-            .pool = m->pool, .kern = m->kern, .ws = &m->ws, .conv = m->conv, .fault = &fault,
-            .fast = m->fast};
+        sd_exec ex = {.pool = m->pool,
+                      .kern = m->kern,
+                      .ws = &m->ws,
+                      .conv = m->conv,
+                      .fault = &fault,
+                      .fast = m->fast};
         sd_unet_forward(&m->unet, &ex, plan, x, t, context, y, ev, ev_user, m->prof);
         if (fault)
             st = sd_fail(err, SDUNET_E_INTERNAL,

@@ -411,7 +411,11 @@ static sdunet_status decode_region(sdunet_vae *m, const float *latent, int B, in
                     z[(((size_t)b * h + i) * w + j) * lc + ch] = v;
                 }
     int fault = 0;
-    sd_exec ex = {.pool = m->pool, .kern = m->kern, .ws = &m->ws, .conv = m->conv, .fault = &fault,
+    sd_exec ex = {.pool = m->pool,
+                  .kern = m->kern,
+                  .ws = &m->ws,
+                  .conv = m->conv,
+                  .fault = &fault,
                   .fast = m->fast};
     sd_vae_decode_run(&m->vae, &ex, &m->plan, z, y, NULL, NULL, m->prof);
     if ((st = fault_status(fault, err)))
@@ -634,9 +638,12 @@ sdunet_status sdunet_vae_encode(sdunet_vae *m, const float *image, int batch, in
         float *mo = x + n_in;
         to_nhwc(image, batch, channels, hw, x);
         int fault = 0;
-        sd_exec ex = {
-            .pool = m->pool, .kern = m->kern, .ws = &m->ws, .conv = m->conv, .fault = &fault,
-                  .fast = m->fast};
+        sd_exec ex = {.pool = m->pool,
+                      .kern = m->kern,
+                      .ws = &m->ws,
+                      .conv = m->conv,
+                      .fault = &fault,
+                      .fast = m->fast};
         sd_vae_encode_run(&m->vae, &ex, &m->plan, x, mo, NULL, NULL, m->prof);
         st = fault_status(fault, err);
         const float sf = c->scaling_factor, shift = c->shift_factor;
