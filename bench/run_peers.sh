@@ -35,6 +35,8 @@
 #   CHECK=1                          0: skip the golden-output checks
 #   TILED=1                          0: skip the tiled 1024x1024 decode's peak RSS
 #   PIPE_SIZE=512 PIPE_STEPS=20      the pipeline workload's image side and steps
+#   FAST=0                           1: also sdunet's fast mode (--fast) on the UNet and the VAE,
+#                                    its own column; rel L2 on the same golden inputs
 #   CACHE=/tmp/sdunet-peers  PY=.venv-ref/bin/python  SDUNET=build/sdunet
 set -eu
 cd "$(dirname "$0")/.."
@@ -52,6 +54,7 @@ CHECK=${CHECK:-1}
 TILED=${TILED:-1}
 PIPE_SIZE=${PIPE_SIZE:-512}
 PIPE_STEPS=${PIPE_STEPS:-20}
+FAST=${FAST:-0}
 CACHE=${CACHE:-/tmp/sdunet-peers}
 PY=${PY:-.venv-ref/bin/python}
 SDUNET=${SDUNET:-build/sdunet}
@@ -118,7 +121,7 @@ peer() { # engine workload batch threads round args...
 START=$(date -u '+%Y-%m-%d %H:%M')
 echo "# load before: $(load)" >&2
 LOAD0=$(load)
-SD_CHECK_UNET=- SD_CHECK_VAE=- SD_CHECK_TEXT=-
+SD_CHECK_UNET=- SD_CHECK_VAE=- SD_CHECK_TEXT=- SD_CHECK_UNET_FAST=- SD_CHECK_VAE_FAST=-
 if [ "$CHECK" = 1 ]; then
     echo "## golden checks of sdunet (load $(load))" >&2
     u=tests/data/sd15-64 v=tests/data/vae/vae-sd-32
@@ -129,6 +132,15 @@ if [ "$CHECK" = 1 ]; then
     if has "$WORKLOADS" vae && "$SDUNET" decode --synthetic sd15 --latent $v/latent.npy \
         --out "$CACHE/check-vae.npy" >/dev/null; then
         SD_CHECK_VAE=$(rel "$CACHE/check-vae.npy" $v/decode_f64.npy)
+    fi
+    if [ "$FAST" = 1 ] && has "$WORKLOADS" unet && "$SDUNET" run --fast --synthetic sd15 \
+        --sample $u/sample.npy --timestep 999 --context $u/context.npy \
+        --out "$CACHE/check-unet-fast.npy" >/dev/null; then
+        SD_CHECK_UNET_FAST=$(rel "$CACHE/check-unet-fast.npy" $u/expected_f64.npy)
+    fi
+    if [ "$FAST" = 1 ] && has "$WORKLOADS" vae && "$SDUNET" decode --fast --synthetic sd15 \
+        --latent $v/latent.npy --out "$CACHE/check-vae-fast.npy" >/dev/null; then
+        SD_CHECK_VAE_FAST=$(rel "$CACHE/check-vae-fast.npy" $v/decode_f64.npy)
     fi
     if has "$WORKLOADS" text && "$SDUNET" encode-text --synthetic sd15 --prompt "$PROMPT" \
         --out "$CACHE/check-text.npy" >/dev/null; then
@@ -158,6 +170,16 @@ for w in $WORKLOADS; do
                     [ "$b" = 1 ] || rl=-
                     row "workload=$w batch=$b threads=$t round=$r engine=sdunet" \
                         "median_s=$(kv "$l" median_s) peak_rss_mb=$(kv "$l" peak_rss_mb) rel_l2=$rl"
+                    if [ "$FAST" = 1 ]; then
+                        echo "## $w batch=$b threads=$t round=$r: sdunet --fast (load $(load))" >&2
+                        "$SDUNET" bench --fast --synthetic sd15 --batch "$b" --threads "$t" \
+                            --runs "$RUNS" --warmup "$WARMUP" >"$LOG.t"
+                        l=$(grep '^bench:' "$LOG.t")
+                        rl=$SD_CHECK_UNET_FAST
+                        [ "$b" = 1 ] || rl=-
+                        row "workload=$w batch=$b threads=$t round=$r engine=sdunet_fast" \
+                            "median_s=$(kv "$l" median_s) peak_rss_mb=$(kv "$l" peak_rss_mb) rel_l2=$rl"
+                    fi
                     for e in $ENGINES; do
                         c=$chk
                         [ "$b" = 1 ] || c=
@@ -172,6 +194,16 @@ for w in $WORKLOADS; do
                     m=$(sed -n 's/^maxrss_kb=//p' "$ERR")
                     row "workload=$w batch=1 threads=$t round=$r engine=sdunet median_s=$s" \
                         "peak_rss_mb=$((m / 1024)) rel_l2=$SD_CHECK_VAE"
+                    if [ "$FAST" = 1 ]; then
+                        echo "## $w threads=$t round=$r: sdunet --fast (load $(load))" >&2
+                        /usr/bin/time -f "maxrss_kb=%M" -o "$ERR" "$SDUNET" decode --fast \
+                            --synthetic sd15 --latent "$CACHE/latent64.npy" \
+                            --out "$CACHE/sd-decode.npy" --threads "$t" --runs "$VAE_RUNS" >"$LOG.t"
+                        s=$(sed -n 's/^decode: median_s=\([0-9.]*\).*/\1/p; s/^decode: \([0-9.]*\) s$/\1/p' "$LOG.t")
+                        m=$(sed -n 's/^maxrss_kb=//p' "$ERR")
+                        row "workload=$w batch=1 threads=$t round=$r engine=sdunet_fast median_s=$s" \
+                            "peak_rss_mb=$((m / 1024)) rel_l2=$SD_CHECK_VAE_FAST"
+                    fi
                     for e in $ENGINES; do
                         peer "$e" "$w" 1 "$t" "$r" --runs "$VAE_RUNS" --warmup "$VAE_WARMUP" $chk
                     done
@@ -245,7 +277,9 @@ echo "load average (1/5/15 min): before $LOAD0, after $LOAD1; per round: $(sed -
 [ -z "$prec" ] || echo "OpenVINO inference precision (read back from the compiled models): $prec"
 echo "settings: THREADS=\"$THREADS\" ROUNDS=$ROUNDS RUNS=$RUNS WARMUP=$WARMUP VAE_RUNS=$VAE_RUNS VAE_WARMUP=$VAE_WARMUP TEXT_RUNS=$TEXT_RUNS"
 echo
-grep '^row:' "$LOG" | awk -v engines="sdunet $ENGINES" -v psize="$PIPE_SIZE" -v psteps="$PIPE_STEPS" '
+ours=sdunet
+[ "$FAST" = 1 ] && ours="sdunet sdunet_fast"
+grep '^row:' "$LOG" | awk -v engines="$ours $ENGINES" -v psize="$PIPE_SIZE" -v psteps="$PIPE_STEPS" '
 function kv(line, key,   n, i, a, p) {
     n = split(line, a, " ")
     for (i = 1; i <= n; i++) { split(a[i], p, "="); if (p[1] == key) return p[2] }
@@ -256,7 +290,7 @@ function median(list,   n, v, i, j, x) {
     for (i = 2; i <= n; i++) { x = v[i] + 0; for (j = i - 1; j >= 1 && v[j] + 0 > x; j--) v[j + 1] = v[j]; v[j + 1] = x }
     return n == 0 ? "" : (n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2)
 }
-BEGIN { ne = split(engines, E, " "); name["sdunet"] = "sdunet"; name["torch"] = "PyTorch"; name["ort"] = "ORT"; name["openvino"] = "OpenVINO" }
+BEGIN { ne = split(engines, E, " "); name["sdunet"] = "sdunet"; name["sdunet_fast"] = "sdunet --fast"; name["torch"] = "PyTorch"; name["ort"] = "ORT"; name["openvino"] = "OpenVINO" }
 {
     g = kv($0, "workload") " b" kv($0, "batch") " t" kv($0, "threads"); e = kv($0, "engine")
     if (!(g in seen)) { seen[g] = 1; order[++ng] = g; wl[g] = kv($0, "workload"); bt[g] = kv($0, "batch"); th[g] = kv($0, "threads") }
@@ -270,9 +304,10 @@ BEGIN { ne = split(engines, E, " "); name["sdunet"] = "sdunet"; name["torch"] = 
 END {
     printf "| workload | threads |"
     for (i = 1; i <= ne; i++) printf " %s s |", name[E[i]]
-    printf " fastest peer / sdunet |\n|---|---|"
+    fast = 0; for (i = 1; i <= ne; i++) if (E[i] == "sdunet_fast") fast = 1
+    printf " fastest peer / sdunet |%s\n|---|---|", fast ? " fastest peer / sdunet --fast |" : ""
     for (i = 1; i <= ne; i++) printf "---|"
-    printf "---|\n"
+    printf "---|%s\n", fast ? "---|" : ""
     for (k = 1; k <= ng; k++) {
         g = order[k]; best = ""; bname = ""
         label = wl[g] == "unet" ? "UNet 64x64, batch " bt[g] : wl[g] == "vae" ? "VAE decode 64x64 -> 512x512" : wl[g] == "pipeline" ? "txt2img " psize "x" psize ", " psteps " steps (no load)" : "text encoder, 1 prompt"
@@ -283,10 +318,13 @@ END {
             md[e] = median(secs[g, e])
             if (md[e] == "") { printf " failed |"; continue }
             printf " %.3f |", md[e]
-            if (e != "sdunet" && (best == "" || md[e] + 0 < best + 0)) { best = md[e]; bname = name[e] }
+            if (e !~ /^sdunet/ && (best == "" || md[e] + 0 < best + 0)) { best = md[e]; bname = name[e] }
         }
-        if (best != "" && md["sdunet"] != "") printf " **%.2f** (%s) |\n", best / md["sdunet"], bname
-        else printf " - |\n"
+        if (best != "" && md["sdunet"] != "") printf " **%.2f** (%s) |", best / md["sdunet"], bname
+        else printf " - |"
+        if (fast && best != "" && has[g, "sdunet_fast"] && md["sdunet_fast"] != "") printf " **%.2f** |", best / md["sdunet_fast"]
+        else if (fast) printf " - |"
+        printf "\n"
     }
     printf "\n| workload | threads | engine | seconds per round | peak RSS MiB | rel L2 vs float64 |\n|---|---|---|---|---|---|\n"
     for (k = 1; k <= ng; k++) {
