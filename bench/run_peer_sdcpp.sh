@@ -17,8 +17,8 @@
 # SDCPP_ARGS are extra arguments for it; the default --eager-load reads all
 # weights before generating, as sdunet does, so that its phase times hold no
 # loading (without it, each model's weights load on first use, inside the
-# text, sampling and decoding times). One round takes ~5 (f16) to ~8 (f32)
-# minutes on 2 cores.
+# text, sampling and decoding times). On 2 busy cores one round of 20 steps
+# in f16 took 31 minutes, nearly all of it sd.cpp's; STEPS=4 takes 3-6.
 #
 #   SDCPP=/path/to/sd-cli THREADS=2 STEPS=20 SIZE=512 ROUNDS=1 DTYPE=f16 \
 #       sh bench/run_peer_sdcpp.sh
