@@ -262,6 +262,28 @@ typedef struct {
     size_t per_thread;
 } panel_job;
 
+/* Output pixel `row`, columns col..col+n of a tile: the GEMM epilogue's
+ * order, acc + bias + group + residual (a residual aliasing out is read
+ * before it is written). */
+static inline void wg_store(float *out, const sd_epilogue *ep, size_t row, int N, int col, int n,
+                            wv v)
+{
+    wv e;
+    if (ep && ep->bias) {
+        wv_ld_n(&e, ep->bias + col, n);
+        v += e;
+    }
+    if (ep && ep->group_add) {
+        wv_ld_n(&e, ep->group_add + (row / (size_t)ep->group_rows) * N + col, n);
+        v += e;
+    }
+    if (ep && ep->residual) {
+        wv_ld_n(&e, ep->residual + row * ep->ld_res + col, n);
+        v += e;
+    }
+    wv_st_n(out + row * N + col, &v, n);
+}
+
 static void out_panel(void *ctx, int64_t task, int thread)
 {
     const panel_job *j = ctx;
@@ -317,33 +339,23 @@ static void out_panel(void *ctx, int64_t task, int thread)
                 y[2 * i + 0] = q[0] + q[1] + q[2];
                 y[2 * i + 1] = q[1] - q[2] - q[3];
             }
-            for (int q = 0; q < 4; q++) {
-                if (px[q] < 0)
-                    continue;
-                const size_t row = (size_t)px[q];
-                /* The GEMM epilogue's order: acc + bias + group + residual;
-                 * a residual aliasing out is read before it is written. */
-                wv v = y[q], e;
-                if (ep && ep->bias) {
-                    wv_ld_n(&e, ep->bias + col, n);
-                    v += e;
-                }
-                if (ep && ep->group_add) {
-                    wv_ld_n(&e, ep->group_add + (row / (size_t)ep->group_rows) * N + col, n);
-                    v += e;
-                }
-                if (ep && ep->residual) {
-                    wv_ld_n(&e, ep->residual + row * ep->ld_res + col, n);
-                    v += e;
-                }
-                wv_st_n(j->out + row * N + col, &v, n);
-            }
+            for (int q = 0; q < 4; q++)
+                if (px[q] >= 0)
+                    wg_store(j->out, ep, (size_t)px[q], N, col, n, y[q]);
         }
     }
 }
-/* The whole convolution (see winograd.c); returns 0 if it cannot run. */
-static int wg_run(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
-                  const sd_packed *Wp, float *out, const sd_epilogue *ep)
+/* The shape of a Winograd variant: output tile side, transformed
+ * positions, tiles per block, K block, and its two passes. */
+typedef struct wg_variant {
+    int side, pos, tb_max, kc;
+    sd_task_fn in_fn, out_fn;
+} wg_variant;
+
+/* The whole convolution by variant v (see winograd.c); returns 0 if it
+ * cannot run. */
+static int wg_drive(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
+                    const sd_packed *Wp, float *out, const sd_epilogue *ep, const wg_variant *v)
 {
     const sd_kernels *kern = ex->kern;
     const int mr = kern->mr, N = Wp->N;
@@ -351,15 +363,15 @@ static int wg_run(const sd_exec *ex, const float *in, int batch, int H, int W, i
         H <= 0 || W <= 0 ||
         (Wp->type != SD_WT_F32 && Wp->type != SD_WT_F16 && Wp->type != SD_WT_BF16))
         return 0;
-    const int th = (H + 1) / 2, tw = (W + 1) / 2;
+    const int th = (H + v->side - 1) / v->side, tw = (W + v->side - 1) / v->side;
     const long tiles_l = (long)batch * th * tw;
     if (tiles_l > INT32_MAX / 2)
         return 0;
     const int tiles = (int)tiles_l, panels = (N + 15) / 16;
 
-    /* Tile blocks of whole mr panels, bounded by WG_TB_MAX and by V's size. */
-    size_t tb = WG_V_BYTES / ((size_t)16 * Cin * sizeof(float));
-    tb = tb > WG_TB_MAX ? WG_TB_MAX : tb < (size_t)mr ? (size_t)mr : tb;
+    /* Tile blocks of whole mr panels, bounded by tb_max and by V's size. */
+    size_t tb = WG_V_BYTES / ((size_t)v->pos * Cin * sizeof(float));
+    tb = tb > (size_t)v->tb_max ? (size_t)v->tb_max : tb < (size_t)mr ? (size_t)mr : tb;
     if (tb > (size_t)tiles)
         tb = (size_t)tiles;
     const int blocks = (int)((tiles + tb - 1) / tb);
@@ -367,10 +379,10 @@ static int wg_run(const sd_exec *ex, const float *in, int batch, int H, int W, i
     const size_t ad_step = (size_t)tpan_max * Cin * mr + WG_PAD;
 
     const int threads = sd_pool_size(ex->pool);
-    const int nkb = (Cin + WG_KC - 1) / WG_KC, kcb = (Cin + nkb - 1) / nkb;
-    const size_t per_thread = (size_t)16 * ((size_t)kcb * 16 + WG_PAD) +
-                              (size_t)16 * ((size_t)tpan_max * mr * 16 + WG_PAD);
-    float *V = sd_ws_get(ex, 4, 16 * ad_step * sizeof(float));
+    const int nkb = (Cin + v->kc - 1) / v->kc, kcb = (Cin + nkb - 1) / nkb;
+    const size_t per_thread = (size_t)v->pos * ((size_t)kcb * 16 + WG_PAD) +
+                              (size_t)v->pos * ((size_t)tpan_max * mr * 16 + WG_PAD);
+    float *V = sd_ws_get(ex, 4, (size_t)v->pos * ad_step * sizeof(float));
     float *scratch = sd_ws_get(ex, 5, per_thread * threads * sizeof(float));
     if (!V || !scratch) {
         sd_ws_put(ex, 4, V);
@@ -381,14 +393,22 @@ static int wg_run(const sd_exec *ex, const float *in, int batch, int H, int W, i
         const int t0 = blk * TB, nt = tiles - t0 < TB ? tiles - t0 : TB;
         const int tpan = (nt + mr - 1) / mr;
         in_job ij = {kern, in, H, W, Cin, th, tw, mr, t0, nt, ad_step, V};
-        sd_pool_run(ex->pool, tpan, in_panel, &ij);
+        sd_pool_run(ex->pool, tpan, v->in_fn, &ij);
         panel_job pj = {kern, Wp, V,  ad_step, Cin, N,  H,       W,         th,
                         tw,   t0, nt, tpan,    out, ep, scratch, per_thread};
-        sd_pool_run(ex->pool, panels, out_panel, &pj);
+        sd_pool_run(ex->pool, panels, v->out_fn, &pj);
     }
     sd_ws_put(ex, 4, V);
     sd_ws_put(ex, 5, scratch);
     return 1;
+}
+
+/* F(2x2, 3x3), the exact mode's. */
+static int wg_run(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
+                  const sd_packed *Wp, float *out, const sd_epilogue *ep)
+{
+    static const wg_variant f2 = {2, 16, WG_TB_MAX, WG_KC, in_panel, out_panel};
+    return wg_drive(ex, in, batch, H, W, Cin, Wp, out, ep, &f2);
 }
 
 /* ==== Winograd F(4x4, 3x3): the fast mode (see winograd.c) ==== */
@@ -621,76 +641,19 @@ static void out_panel4(void *ctx, int64_t task, int thread)
                 wg4_at(mv + k, 6, s + k, 6);
             for (int i = 0; i < 4; i++) /* rows: (A^T M) A */
                 wg4_at(s + 6 * i, 1, y + 4 * i, 1);
-            for (int q = 0; q < 16; q++) {
-                if (px[q] < 0)
-                    continue;
-                const size_t row = (size_t)px[q];
-                wv v = y[q], e;
-                if (ep && ep->bias) {
-                    wv_ld_n(&e, ep->bias + col, n);
-                    v += e;
-                }
-                if (ep && ep->group_add) {
-                    wv_ld_n(&e, ep->group_add + (row / (size_t)ep->group_rows) * N + col, n);
-                    v += e;
-                }
-                if (ep && ep->residual) {
-                    wv_ld_n(&e, ep->residual + row * ep->ld_res + col, n);
-                    v += e;
-                }
-                wv_st_n(j->out + row * N + col, &v, n);
-            }
+            for (int q = 0; q < 16; q++)
+                if (px[q] >= 0)
+                    wg_store(j->out, ep, (size_t)px[q], N, col, n, y[q]);
         }
     }
 }
 
-/* The F(4x4) convolution (as wg_run); returns 0 if it cannot run. */
+/* F(4x4, 3x3), the fast mode's. */
 static int wg4_run(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
                    const sd_packed *Wp, float *out, const sd_epilogue *ep)
 {
-    const sd_kernels *kern = ex->kern;
-    const int mr = kern->mr, N = Wp->N;
-    if (Wp->nr != 16 || kern->nr != 16 || mr > SD_MR_MAX || Wp->K != 9 * Cin || batch <= 0 ||
-        H <= 0 || W <= 0 ||
-        (Wp->type != SD_WT_F32 && Wp->type != SD_WT_F16 && Wp->type != SD_WT_BF16))
-        return 0;
-    const int th = (H + 3) / 4, tw = (W + 3) / 4;
-    const long tiles_l = (long)batch * th * tw;
-    if (tiles_l > INT32_MAX / 2)
-        return 0;
-    const int tiles = (int)tiles_l, panels = (N + 15) / 16;
-
-    size_t tb = WG_V_BYTES / ((size_t)36 * Cin * sizeof(float));
-    tb = tb > WG4_TB_MAX ? WG4_TB_MAX : tb < (size_t)mr ? (size_t)mr : tb;
-    if (tb > (size_t)tiles)
-        tb = (size_t)tiles;
-    const int blocks = (int)((tiles + tb - 1) / tb);
-    const int TB = (tiles + blocks - 1) / blocks, tpan_max = (TB + mr - 1) / mr;
-    const size_t ad_step = (size_t)tpan_max * Cin * mr + WG4_PAD;
-
-    const int threads = sd_pool_size(ex->pool);
-    const int nkb = (Cin + WG4_KC - 1) / WG4_KC, kcb = (Cin + nkb - 1) / nkb;
-    const size_t per_thread = (size_t)36 * ((size_t)kcb * 16 + WG4_PAD) +
-                              (size_t)36 * ((size_t)tpan_max * mr * 16 + WG4_PAD);
-    float *V = sd_ws_get(ex, 4, 36 * ad_step * sizeof(float));
-    float *scratch = sd_ws_get(ex, 5, per_thread * threads * sizeof(float));
-    if (!V || !scratch) {
-        sd_ws_put(ex, 4, V);
-        sd_ws_put(ex, 5, scratch);
-        return 0;
-    }
-    for (int blk = 0; blk < blocks; blk++) {
-        const int t0 = blk * TB, nt = tiles - t0 < TB ? tiles - t0 : TB;
-        const int tpan = (nt + mr - 1) / mr;
-        in_job ij = {kern, in, H, W, Cin, th, tw, mr, t0, nt, ad_step, V};
-        sd_pool_run(ex->pool, tpan, in_panel4, &ij);
-        panel_job pj = {kern, Wp, V,  ad_step, Cin, N,  H,       W,         th,
-                        tw,   t0, nt, tpan,    out, ep, scratch, per_thread};
-        sd_pool_run(ex->pool, panels, out_panel4, &pj);
-    }
-    sd_ws_put(ex, 4, V);
-    sd_ws_put(ex, 5, scratch);
-    return 1;
+    static const wg_variant f4 = {4, 36, WG4_TB_MAX, WG4_KC, in_panel4, out_panel4};
+    return wg_drive(ex, in, batch, H, W, Cin, Wp, out, ep, &f4);
 }
 #else
 #define WG_HAVE 0
