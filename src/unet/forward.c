@@ -202,10 +202,11 @@ static void xformer_fwd(run *r, const sd_xformer *xf, tensor *x)
     float *h = scratch_alloc(r, (size_t)M * C);
     /* qkv (3C), then the GEGLU projection (8C) unless it is fused: as the
      * weights were packed, or without weights (sdunet trace) as the loader
-     * packs them for 16-wide panels (every kernel set's nr). */
+     * packs them for 16-wide panels (every kernel set's nr). Fused, the
+     * gated output (4C) takes the qkv buffer, free by then. */
     const int fused = xf->ff1.w.data ? xf->ff1.w.geglu_F != 0 : sd_geglu_packable(4 * C, 16);
-    float *big = scratch_alloc(r, (size_t)M * (fused ? 3 : 8) * C);
-    float *gate = scratch_alloc(r, (size_t)M * 4 * C);
+    float *big = scratch_alloc(r, (size_t)M * (fused ? 4 : 8) * C);
+    float *gate = fused ? big : scratch_alloc(r, (size_t)M * 4 * C);
     float *kv = scratch_alloc(r, (size_t)r->B * L * 2 * C);
     if (!r->dry) {
         const sd_exec *ex = r->ex;
