@@ -58,7 +58,7 @@ static const char gen_help[] =
     "  --threads N          worker threads (default: SDUNET_THREADS, else all CPUs)\n"
     "  --low-memory         load each model only for its phase (text encoder, UNet,\n"
     "                       VAE) and free it after: the peak is about the UNet alone\n"
-    "                       (SD1.5 fp16 file, 512x512: 1.99 GiB); each picture loads\n"
+    "                       (SD1.5 fp16 file, 512x512: 1.92 GiB); each picture loads\n"
     "                       them again (a few seconds)\n"
     "  --fast               fast mode for the UNet and the VAE: faster algorithms (3x3\n"
     "                       convolutions by Winograd F(4x4, 3x3)), relative L2 <= 2e-5\n"
