@@ -266,9 +266,9 @@ typedef struct {
  * order, acc + bias + group + residual (a residual aliasing out is read
  * before it is written). */
 static inline void wg_store(float *out, const sd_epilogue *ep, size_t row, int N, int col, int n,
-                            wv v)
+                            const wv *acc)
 {
-    wv e;
+    wv v = *acc, e;
     if (ep && ep->bias) {
         wv_ld_n(&e, ep->bias + col, n);
         v += e;
@@ -341,7 +341,7 @@ static void out_panel(void *ctx, int64_t task, int thread)
             }
             for (int q = 0; q < 4; q++)
                 if (px[q] >= 0)
-                    wg_store(j->out, ep, (size_t)px[q], N, col, n, y[q]);
+                    wg_store(j->out, ep, (size_t)px[q], N, col, n, &y[q]);
         }
     }
 }
@@ -643,7 +643,7 @@ static void out_panel4(void *ctx, int64_t task, int thread)
                 wg4_at(s + 6 * i, 1, y + 4 * i, 1);
             for (int q = 0; q < 16; q++)
                 if (px[q] >= 0)
-                    wg_store(j->out, ep, (size_t)px[q], N, col, n, y[q]);
+                    wg_store(j->out, ep, (size_t)px[q], N, col, n, &y[q]);
         }
     }
 }
