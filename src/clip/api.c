@@ -19,12 +19,9 @@
 struct sdunet_text {
     sd_clip enc;
     sd_tokenizer *tok;
-    int sd2; /* padding with "!" */
-    const sd_kernels *kern;
-    sd_pool *pool;
-    int threads;
-    sd_workspace ws;
-    float *mem; /* activations for the last size */
+    int sd2;       /* padding with "!" */
+    sd_runtime rt; /* kernels, pool, kernel scratch */
+    float *mem;    /* activations for the last size */
     size_t mem_floats;
     atomic_flag busy;
 };
@@ -71,21 +68,15 @@ static void folder_pad_token(const char *dir, char *out, size_t outlen)
 static sdunet_status text_new(const sdunet_text_options *opt, sd_pool *shared, sdunet_text **out,
                               sdunet_error *err)
 {
-    if (opt && (opt->threads < 0 || opt->threads > 1024))
-        return sd_fail(err, SDUNET_E_INVALID_ARG, "threads must be 0..1024 (got %d)", opt->threads);
     sdunet_text *t = calloc(1, sizeof *t);
     if (!t)
         return sd_fail(err, SDUNET_E_NOMEM, "out of memory");
-    atomic_flag_clear(&t->busy);
-    t->kern = sd_kernels_select(getenv("SDUNET_ISA"));
-    if (!t->kern)
-        t->kern = sd_kernels_select(NULL);
-    t->threads = opt && opt->threads ? opt->threads : sd_default_threads();
-    sdunet_status st = sd_share_pool(shared, &t->threads, &t->pool, err);
+    sdunet_status st = sd_runtime_init(&t->rt, opt ? opt->threads : 0, 0, shared, err);
     if (st) {
         free(t);
         return st;
     }
+    atomic_flag_clear(&t->busy);
     *out = t;
     return SDUNET_OK;
 }
@@ -146,8 +137,8 @@ static sdunet_status text_synthetic(const char *preset, const sdunet_text_option
     if ((st = text_new(opt, sh ? sh->pool : NULL, &t, err)))
         return st;
     t->sd2 = cfg.hidden == 1024;
-    sd_weight_source src = {.pool = t->pool};
-    if (!(st = sd_clip_build(&t->enc, &cfg, &src, NULL, t->kern, err)))
+    sd_weight_source src = {.pool = t->rt.pool};
+    if (!(st = sd_clip_build(&t->enc, &cfg, &src, NULL, t->rt.kern, err)))
         st = setup_tokenizer(t, opt ? opt->tokenizer : NULL, err);
     if (st) {
         sdunet_text_free(t);
@@ -254,8 +245,8 @@ static sdunet_status text_load(const char *path, const sdunet_text_options *opt,
     }
     if (!st) {
         t->sd2 = names.layout == SD_CLIP_OPENCLIP || cfg.hidden == 1024;
-        sd_weight_source src = {.file = tf, .pool = t->pool};
-        st = sd_clip_build(&t->enc, &cfg, &src, &names, t->kern, err);
+        sd_weight_source src = {.file = tf, .pool = t->rt.pool};
+        st = sd_clip_build(&t->enc, &cfg, &src, &names, t->rt.kern, err);
         if (st && st != SDUNET_E_NOMEM)
             sd_err_prefix(err, p->weights);
     }
@@ -356,7 +347,7 @@ static sdunet_status run_encoder(sdunet_text *t, const int32_t *ids, int rows, i
         t->mem_floats = need;
     }
     int fault = 0;
-    sd_exec ex = {.pool = t->pool, .kern = t->kern, .ws = &t->ws, .fault = &fault};
+    sd_exec ex = sd_runtime_exec(&t->rt, &fault);
     sd_clip_forward(&t->enc, &ex, t->mem, rows, L, ids, skip, out, NULL);
     if (fault)
         return sd_fail(err, SDUNET_E_INTERNAL, "a library bug was detected in a kernel");
@@ -538,8 +529,8 @@ void sdunet_text_get_info(const sdunet_text *t, sdunet_text_info *info)
     info->family = t->sd2 ? "sd2" : "sd1";
     info->pad_id = sd_tokenizer_pad(t->tok);
     info->n_params = t->enc.n_params;
-    info->threads = t->threads;
-    info->isa = t->kern->name;
+    info->threads = t->rt.threads;
+    info->isa = t->rt.kern->name;
 }
 
 sdunet_status sdunet_text_set_threads(sdunet_text *t, int threads, sdunet_error *err)
@@ -548,7 +539,7 @@ sdunet_status sdunet_text_set_threads(sdunet_text *t, int threads, sdunet_error 
         return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL text encoder");
     if (atomic_flag_test_and_set(&t->busy))
         return sd_fail(err, SDUNET_E_BUSY, "text encoder is in use on another thread");
-    sdunet_status st = sd_pool_resize(&t->pool, &t->threads, threads, err);
+    sdunet_status st = sd_pool_resize(&t->rt.pool, &t->rt.threads, threads, err);
     atomic_flag_clear(&t->busy);
     return st;
 }
@@ -559,8 +550,7 @@ void sdunet_text_free(sdunet_text *t)
         return;
     sd_clip_release(&t->enc);
     sd_tokenizer_free(t->tok);
-    sd_workspace_free(&t->ws);
     sd_free(t->mem);
-    sd_pool_destroy(t->pool);
+    sd_runtime_free(&t->rt);
     free(t);
 }

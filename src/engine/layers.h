@@ -83,6 +83,42 @@ typedef struct sd_weight_source {
     sdunet_weights weights;
 } sd_weight_source;
 
+/* What every model runs with: the kernel set ($SDUNET_ISA, else the best
+ * the CPU has), the 3x3 convolution method ($SDUNET_CONV), exact or fast
+ * mode, a thread pool (its own or another reference to a pipeline's) and
+ * the kernel scratch kept between calls. */
+typedef struct sd_runtime {
+    const sd_kernels *kern;
+    sd_conv_algo conv;
+    int fast;
+    sd_pool *pool;
+    int threads;
+    sd_workspace ws;
+} sd_runtime;
+
+/* threads 1..1024 (0: sd_default_threads()), fast 0 or 1; shared: the pool
+ * to run on (NULL: a new one). */
+sdunet_status sd_runtime_init(sd_runtime *rt, int threads, int fast, sd_pool *shared,
+                              sdunet_error *err);
+/* sd_runtime_init from sdunet_options (NULL: the defaults), checking all
+ * of them (weights included). */
+sdunet_status sd_runtime_from_options(sd_runtime *rt, const sdunet_options *opt, sd_pool *shared,
+                                      sdunet_error *err);
+/* Drops the pool reference and frees the scratch. */
+void sd_runtime_free(sd_runtime *rt);
+
+/* An execution context on rt, reporting internal faults into *fault. */
+static inline sd_exec sd_runtime_exec(sd_runtime *rt, int *fault)
+{
+    sd_exec ex = {.pool = rt->pool,
+                  .kern = rt->kern,
+                  .ws = &rt->ws,
+                  .conv = rt->conv,
+                  .fault = fault,
+                  .fast = rt->fast};
+    return ex;
+}
+
 /* What a pipeline lends the models it composes: one thread pool, and the
  * open weight file when they all come from one single-file checkpoint.
  * Each model takes its own reference (sd_pool_retain,

@@ -389,3 +389,47 @@ sdunet_status sd_share_pool(sd_pool *shared, int *threads, sd_pool **pool, sdune
     }
     return sd_pool_create(*threads, pool, err);
 }
+
+/* ---- what every model runs with ---- */
+
+sdunet_status sd_runtime_init(sd_runtime *rt, int threads, int fast, sd_pool *shared,
+                              sdunet_error *err)
+{
+    memset(rt, 0, sizeof *rt);
+    if (threads < 0 || threads > 1024)
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "threads must be 0..1024 (got %d)", threads);
+    if (fast != 0 && fast != 1)
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "fast must be 0 or 1 (got %d)", fast);
+    rt->kern = sd_kernels_select(getenv("SDUNET_ISA"));
+    if (!rt->kern)
+        rt->kern = sd_kernels_select(NULL);
+    rt->conv = sd_conv_algo_parse(getenv("SDUNET_CONV"));
+    rt->fast = fast;
+    rt->threads = threads ? threads : sd_default_threads();
+    return sd_share_pool(shared, &rt->threads, &rt->pool, err);
+}
+
+sdunet_status sd_runtime_from_options(sd_runtime *rt, const sdunet_options *opt, sd_pool *shared,
+                                      sdunet_error *err)
+{
+    sdunet_options def;
+    if (!opt) {
+        sdunet_options_default(&def);
+        opt = &def;
+    }
+    memset(rt, 0, sizeof *rt);
+    if ((int)opt->weights < (int)SDUNET_WEIGHTS_AUTO ||
+        (int)opt->weights > (int)SDUNET_WEIGHTS_BF16)
+        return sd_fail(err, SDUNET_E_INVALID_ARG, "weights must be SDUNET_WEIGHTS_* 0..3 (got %d)",
+                       (int)opt->weights);
+    return sd_runtime_init(rt, opt->threads, opt->fast, shared, err);
+}
+
+void sd_runtime_free(sd_runtime *rt)
+{
+    if (!rt)
+        return;
+    sd_workspace_free(&rt->ws);
+    sd_pool_destroy(rt->pool);
+    rt->pool = NULL;
+}

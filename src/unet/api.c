@@ -16,18 +16,13 @@
 
 struct sdunet_model {
     sd_unet unet;
-    const sd_kernels *kern;
-    sd_conv_algo conv; /* SDUNET_CONV: auto (default), direct or winograd */
-    int fast;          /* sdunet_options.fast */
-    sd_pool *pool;
-    int threads;
+    sd_runtime rt; /* kernels, 3x3 method, mode, pool, kernel scratch */
     int allow_nonfinite;
     sd_plan plan; /* for the last input shape */
     float *io;    /* channels-last input and output staging, sized with the plan */
     size_t io_floats;
     atomic_flag busy;
-    sd_prof *prof;   /* time profile by op kind, or NULL */
-    sd_workspace ws; /* kernel scratch kept between forwards */
+    sd_prof *prof; /* time profile by op kind, or NULL */
 };
 
 void sd_model_trim(sdunet_model *m)
@@ -37,7 +32,7 @@ void sd_model_trim(sdunet_model *m)
     sd_plan_free(&m->plan);
     sd_free(m->io);
     m->io = NULL;
-    sd_workspace_free(&m->ws);
+    sd_workspace_free(&m->rt.ws);
     atomic_flag_clear(&m->busy);
 }
 
@@ -63,35 +58,16 @@ static sdunet_status model_new(const sdunet_options *opt, sd_pool *shared, sdune
                                sdunet_error *err)
 {
     *out = NULL;
-    sdunet_options def;
-    if (!opt) {
-        sdunet_options_default(&def);
-        opt = &def;
-    }
-    if (opt->threads < 0 || opt->threads > 1024)
-        return sd_fail(err, SDUNET_E_INVALID_ARG, "threads must be 0..1024 (got %d)", opt->threads);
-    if ((int)opt->weights < (int)SDUNET_WEIGHTS_AUTO ||
-        (int)opt->weights > (int)SDUNET_WEIGHTS_BF16)
-        return sd_fail(err, SDUNET_E_INVALID_ARG, "weights must be SDUNET_WEIGHTS_* 0..3 (got %d)",
-                       (int)opt->weights);
-    if (opt->fast != 0 && opt->fast != 1)
-        return sd_fail(err, SDUNET_E_INVALID_ARG, "fast must be 0 or 1 (got %d)", opt->fast);
     sdunet_model *m = calloc(1, sizeof *m);
     if (!m)
         return sd_fail(err, SDUNET_E_NOMEM, "out of memory");
-    atomic_flag_clear(&m->busy);
-    m->allow_nonfinite = opt->allow_nonfinite != 0;
-    m->kern = sd_kernels_select(getenv("SDUNET_ISA"));
-    if (!m->kern)
-        m->kern = sd_kernels_select(NULL);
-    m->conv = sd_conv_algo_parse(getenv("SDUNET_CONV"));
-    m->fast = opt->fast;
-    m->threads = opt->threads ? opt->threads : sd_default_threads();
-    sdunet_status st = sd_share_pool(shared, &m->threads, &m->pool, err);
+    sdunet_status st = sd_runtime_from_options(&m->rt, opt, shared, err);
     if (st) {
         free(m);
         return st;
     }
+    atomic_flag_clear(&m->busy);
+    m->allow_nonfinite = opt && opt->allow_nonfinite != 0;
     *out = m;
     return SDUNET_OK;
 }
@@ -104,13 +80,13 @@ sdunet_status sd_model_create(const sd_unet_config *cfg, const sd_weight_source 
     if (st)
         return st;
     sd_weight_source s = *src;
-    s.pool = m->pool;
+    s.pool = m->rt.pool;
     if (opt && opt->weights != SDUNET_WEIGHTS_AUTO)
         s.weights = opt->weights;
     const char *geglu = getenv("SDUNET_GEGLU");
     if (geglu && strcmp(geglu, "unfused") == 0)
         s.geglu_unfused = 1;
-    if ((st = sd_unet_build(&m->unet, cfg, &s, m->kern, err))) {
+    if ((st = sd_unet_build(&m->unet, cfg, &s, m->rt.kern, err))) {
         sdunet_free(m);
         return st;
     }
@@ -172,7 +148,7 @@ sdunet_status sdunet_set_threads(sdunet_model *m, int threads, sdunet_error *err
         return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL model");
     if (atomic_flag_test_and_set(&m->busy))
         return sd_fail(err, SDUNET_E_BUSY, "model is running a forward on another thread");
-    sdunet_status st = sd_pool_resize(&m->pool, &m->threads, threads, err);
+    sdunet_status st = sd_pool_resize(&m->rt.pool, &m->rt.threads, threads, err);
     atomic_flag_clear(&m->busy);
     return st;
 }
@@ -188,8 +164,8 @@ void sdunet_get_info(const sdunet_model *m, sdunet_model_info *info)
     info->out_channels = m->unet.cfg.out_channels;
     info->context_dim = m->unet.cfg.cross_attention_dim;
     info->n_params = m->unet.n_params;
-    info->threads = m->threads;
-    info->isa = m->kern->name;
+    info->threads = m->rt.threads;
+    info->isa = m->rt.kern->name;
 }
 
 void sd_model_packed_bytes(const sdunet_model *m, size_t *bytes)
@@ -213,9 +189,8 @@ void sdunet_free(sdunet_model *m)
         return;
     sd_unet_release(&m->unet);
     sd_plan_free(&m->plan);
-    sd_workspace_free(&m->ws);
     sd_free(m->io);
-    sd_pool_destroy(m->pool);
+    sd_runtime_free(&m->rt);
     free(m);
 }
 
@@ -295,12 +270,7 @@ sdunet_status sd_model_forward_ev(sdunet_model *m, const float *sample, int batc
         for (int b = 0; b < batch; b++)
             t[b] = timesteps[n_timesteps == 1 ? 0 : b];
         int fault = 0;
-        sd_exec ex = {.pool = m->pool,
-                      .kern = m->kern,
-                      .ws = &m->ws,
-                      .conv = m->conv,
-                      .fault = &fault,
-                      .fast = m->fast};
+        sd_exec ex = sd_runtime_exec(&m->rt, &fault);
         sd_unet_forward(&m->unet, &ex, plan, x, t, context, y, ev, ev_user, m->prof);
         if (fault)
             st = sd_fail(err, SDUNET_E_INTERNAL,

@@ -22,11 +22,7 @@
 
 struct sdunet_vae {
     sd_vae vae;
-    const sd_kernels *kern;
-    sd_conv_algo conv;
-    int fast; /* sdunet_options.fast */
-    sd_pool *pool;
-    int threads;
+    sd_runtime rt; /* kernels, 3x3 method, mode, pool, kernel scratch */
     int allow_nonfinite;
     int tiling;
     sd_vae_plan plan; /* for the last direction and shape; mem reused while it fits */
@@ -34,7 +30,6 @@ struct sdunet_vae {
     float *io;        /* channels-last input and output staging */
     size_t io_cap;
     atomic_flag busy;
-    sd_workspace ws;
     sd_prof *prof; /* time profile by op kind, or NULL */
 };
 
@@ -42,31 +37,16 @@ static sdunet_status vae_new(const sdunet_options *opt, sd_pool *shared, sdunet_
                              sdunet_error *err)
 {
     *out = NULL;
-    int threads = opt ? opt->threads : 0;
-    if (threads < 0 || threads > 1024)
-        return sd_fail(err, SDUNET_E_INVALID_ARG, "threads must be 0..1024 (got %d)", threads);
-    if (opt && ((int)opt->weights < (int)SDUNET_WEIGHTS_AUTO ||
-                (int)opt->weights > (int)SDUNET_WEIGHTS_BF16))
-        return sd_fail(err, SDUNET_E_INVALID_ARG, "weights must be SDUNET_WEIGHTS_* 0..3 (got %d)",
-                       (int)opt->weights);
-    if (opt && opt->fast != 0 && opt->fast != 1)
-        return sd_fail(err, SDUNET_E_INVALID_ARG, "fast must be 0 or 1 (got %d)", opt->fast);
     sdunet_vae *m = calloc(1, sizeof *m);
     if (!m)
         return sd_fail(err, SDUNET_E_NOMEM, "out of memory");
-    atomic_flag_clear(&m->busy);
-    m->allow_nonfinite = opt && opt->allow_nonfinite;
-    m->kern = sd_kernels_select(getenv("SDUNET_ISA"));
-    if (!m->kern)
-        m->kern = sd_kernels_select(NULL);
-    m->conv = sd_conv_algo_parse(getenv("SDUNET_CONV"));
-    m->fast = opt ? opt->fast : 0;
-    m->threads = threads ? threads : sd_default_threads();
-    sdunet_status st = sd_share_pool(shared, &m->threads, &m->pool, err);
+    sdunet_status st = sd_runtime_from_options(&m->rt, opt, shared, err);
     if (st) {
         free(m);
         return st;
     }
+    atomic_flag_clear(&m->busy);
+    m->allow_nonfinite = opt && opt->allow_nonfinite;
     *out = m;
     return SDUNET_OK;
 }
@@ -80,10 +60,10 @@ static sdunet_status vae_create(const sd_vae_config *cfg, const sd_weight_source
     if (st)
         return st;
     sd_weight_source s = *src;
-    s.pool = m->pool;
+    s.pool = m->rt.pool;
     if (opt && opt->weights != SDUNET_WEIGHTS_AUTO)
         s.weights = opt->weights;
-    if ((st = sd_vae_build(&m->vae, cfg, &s, names, m->kern, err))) {
+    if ((st = sd_vae_build(&m->vae, cfg, &s, names, m->rt.kern, err))) {
         sdunet_vae_free(m);
         return st;
     }
@@ -240,7 +220,7 @@ sdunet_status sdunet_vae_set_threads(sdunet_vae *m, int threads, sdunet_error *e
         return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL VAE");
     if (atomic_flag_test_and_set(&m->busy))
         return sd_fail(err, SDUNET_E_BUSY, "the VAE is running on another thread");
-    sdunet_status st = sd_pool_resize(&m->pool, &m->threads, threads, err);
+    sdunet_status st = sd_pool_resize(&m->rt.pool, &m->rt.threads, threads, err);
     atomic_flag_clear(&m->busy);
     return st;
 }
@@ -270,8 +250,8 @@ void sdunet_vae_get_info(const sdunet_vae *m, sdunet_vae_info *info)
     info->factor = sd_vae_factor(c);
     info->scaling_factor = c->scaling_factor;
     info->n_params = m->vae.n_params;
-    info->threads = m->threads;
-    info->isa = m->kern->name;
+    info->threads = m->rt.threads;
+    info->isa = m->rt.kern->name;
 }
 
 void sdunet_vae_latent_size(const sdunet_vae *m, int height, int width, int *lh, int *lw)
@@ -294,9 +274,8 @@ void sdunet_vae_free(sdunet_vae *m)
         return;
     sd_vae_release(&m->vae);
     sd_vae_plan_free(&m->plan);
-    sd_workspace_free(&m->ws);
     sd_free(m->io);
-    sd_pool_destroy(m->pool);
+    sd_runtime_free(&m->rt);
     free(m);
 }
 
@@ -315,7 +294,7 @@ void sd_vae_trim(sdunet_vae *m)
     sd_free(m->io);
     m->io = NULL;
     m->io_cap = 0;
-    sd_workspace_free(&m->ws);
+    sd_workspace_free(&m->rt.ws);
     atomic_flag_clear(&m->busy);
 }
 
@@ -411,12 +390,7 @@ static sdunet_status decode_region(sdunet_vae *m, const float *latent, int B, in
                     z[(((size_t)b * h + i) * w + j) * lc + ch] = v;
                 }
     int fault = 0;
-    sd_exec ex = {.pool = m->pool,
-                  .kern = m->kern,
-                  .ws = &m->ws,
-                  .conv = m->conv,
-                  .fault = &fault,
-                  .fast = m->fast};
+    sd_exec ex = sd_runtime_exec(&m->rt, &fault);
     sd_vae_decode_run(&m->vae, &ex, &m->plan, z, y, NULL, NULL, m->prof);
     if ((st = fault_status(fault, err)))
         return st;
@@ -638,12 +612,7 @@ sdunet_status sdunet_vae_encode(sdunet_vae *m, const float *image, int batch, in
         float *mo = x + n_in;
         to_nhwc(image, batch, channels, hw, x);
         int fault = 0;
-        sd_exec ex = {.pool = m->pool,
-                      .kern = m->kern,
-                      .ws = &m->ws,
-                      .conv = m->conv,
-                      .fault = &fault,
-                      .fast = m->fast};
+        sd_exec ex = sd_runtime_exec(&m->rt, &fault);
         sd_vae_encode_run(&m->vae, &ex, &m->plan, x, mo, NULL, NULL, m->prof);
         st = fault_status(fault, err);
         const float sf = c->scaling_factor, shift = c->shift_factor;
