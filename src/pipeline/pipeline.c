@@ -355,9 +355,10 @@ static void release_vae(sdunet_pipeline *pl)
     }
 }
 
-/* Loads the three models (with low_memory one at a time, each released
- * once its facts are read, the UNet kept for the first generation), checks
- * that they fit together, and settles family, sizes and prediction type. */
+/* Loads the three models (with low_memory the VAE is released once its
+ * facts are read; the text encoder and UNet stay for the first generation,
+ * whose text phase holds both anyway), checks that they fit together, and
+ * settles family, sizes and prediction type. */
 static sdunet_status load_models(sdunet_pipeline *pl, const sdunet_pipeline_options *opt,
                                  int folder_pred, sdunet_error *err)
 {
@@ -369,7 +370,6 @@ static sdunet_status load_models(sdunet_pipeline *pl, const sdunet_pipeline_opti
         return st;
     sdunet_text_get_info(pl->text, &ti);
     int sd2 = strcmp(ti.family, "sd2") == 0;
-    release_text(pl);
     if ((st = need_vae(pl, err)))
         return st;
     sdunet_vae_get_info(pl->vae, &vi);
