@@ -1448,6 +1448,63 @@ static void test_isa_elementwise_agree(void)
     sd_free(y5);
 }
 
+/* micro2 (where a set has it) gives bit for bit the two micro calls it
+ * stands for: every row count (the 8-row halves, partial tiles), a partial
+ * second panel, accumulate, the epilogue, and K across several runs. */
+static void test_micro2(void)
+{
+    enum { KMAX = 200, LDC = 40 };
+    float *a = falloc((size_t)SD_MR_MAX * KMAX), *b = falloc(2 * 16 * KMAX);
+    float *c0 = falloc((size_t)SD_MR_MAX * LDC), *c1 = falloc((size_t)SD_MR_MAX * LDC);
+    float *bias = falloc(32), *g = falloc(SD_MR_MAX * 32), *r = falloc(SD_MR_MAX * 32);
+    fill(a, (size_t)SD_MR_MAX * KMAX, 70, 1, 0);
+    fill(b, 2 * 16 * KMAX, 71, 1, 0);
+    fill(bias, 32, 72, 1, 0);
+    fill(g, SD_MR_MAX * 32, 73, 1, 0);
+    fill(r, SD_MR_MAX * 32, 74, 1, 0);
+    static const int kcs[] = {1, 40, 64, 65, 200}, rowss[] = {1, 5, 8, 9, 12, 16};
+    int tested = 0;
+    for (int si = 0; si < g_nsets; si++) {
+        const sd_kernels *k = g_sets[si];
+        if (!k->micro2)
+            continue;
+        for (size_t ki = 0; ki < sizeof kcs / sizeof kcs[0]; ki++)
+            for (size_t ri = 0; ri < sizeof rowss / sizeof rowss[0]; ri++)
+                for (int v = 0; v < 8; v++) {
+                    const int kc = kcs[ki], rows = rowss[ri] < k->mr ? rowss[ri] : k->mr;
+                    const int accumulate = v & 1, with_ep = v & 2, cols[2] = {16, v & 4 ? 7 : 16};
+                    sd_tile_ep te[2];
+                    for (int h = 0; h < 2; h++) {
+                        te[h].bias = bias + 16 * h;
+                        for (int i = 0; i < SD_MR_MAX; i++) {
+                            te[h].g[i] = g + i * 32 + 16 * h;
+                            te[h].r[i] = r + i * 32 + 16 * h;
+                        }
+                    }
+                    fill(c0, (size_t)SD_MR_MAX * LDC, 75 + v, 1, 0);
+                    memcpy(c1, c0, sizeof(float) * SD_MR_MAX * LDC);
+                    const float *const bp[2] = {b, b + 16 * KMAX};
+                    float *const cp[2] = {c0, c0 + 16};
+                    k->micro2(kc, a, bp, cp, LDC, accumulate, rows, cols, with_ep ? te : NULL);
+                    for (int h = 0; h < 2; h++)
+                        k->micro(kc, a, bp[h], c1 + 16 * h, LDC, accumulate, rows, cols[h],
+                                 with_ep ? &te[h] : NULL);
+                    CHECK(memcmp(c0, c1, sizeof(float) * SD_MR_MAX * LDC) == 0,
+                          "%s micro2 kc=%d rows=%d cols2=%d acc=%d ep=%d differs from micro",
+                          k->name, kc, rows, cols[1], accumulate, with_ep != 0);
+                    tested++;
+                }
+    }
+    printf("# micro2: %d cases\n", tested);
+    sd_free(a);
+    sd_free(b);
+    sd_free(c0);
+    sd_free(c1);
+    sd_free(bias);
+    sd_free(g);
+    sd_free(r);
+}
+
 static void test_upsample(void)
 {
     static const int cfg[][4] = {
@@ -1536,6 +1593,7 @@ int main(void)
     RUN(test_pack_types);
     RUN(test_special_weights);
     RUN(test_isa_elementwise_agree);
+    RUN(test_micro2);
     RUN(test_upsample);
     RUN(test_empty);
     for (int i = 0; i < 2; i++)

@@ -549,6 +549,12 @@ static void pack_cat(const void *src, int m0, int rows, int k0, int kc, const sd
 #ifndef KC_ONE_BLOCK
 #define KC_ONE_BLOCK 320
 #endif
+#ifndef KC2_TARGET
+#define KC2_TARGET 256
+#endif
+#ifndef KC2_ONE_BLOCK
+#define KC2_ONE_BLOCK 256
+#endif
 #ifndef NC_PANELS_MAX
 #define NC_PANELS_MAX 32 /* 512 columns: a 144 x 512 C block is 288 KiB */
 #endif
@@ -564,8 +570,9 @@ typedef struct {
     float *C;
     int ldc, M, mc, nc, kc, nkb, mblocks;
     int res_in_c; /* the residual is C itself: accumulate onto it from the first K block */
+    int micro2;   /* run two panels at a time with kern->micro2 */
     const sd_epilogue *ep;
-    float *scratch; /* per thread: mc x kc floats (A), then kc x nr (B widened) */
+    float *scratch; /* per thread: mc x kc floats (A), then kc x nr (B widened; 2 with micro2) */
     size_t scratch_per_thread, bconv_off;
     /* GEGLU mode (geglu_y set): C is per-thread scratch, an mc x nr block
      * per panel (see gemm_task), gated into y = h * gelu(g) per panel pair. */
@@ -586,6 +593,21 @@ static void geglu_pair(const gemm_job *j, const float *h, size_t ps, int rows, i
                           j->geglu_y + (size_t)(m0 + i) * j->ldy + f0, nr);
 }
 
+/* The epilogue terms of the tile at rows m.. m + rows, column n. */
+static void tile_ep(const gemm_job *j, int m, int rows, int n, sd_tile_ep *te)
+{
+    const sd_epilogue *ep = j->ep;
+    const int nr = j->kern->nr, N = j->B->N, F = j->B->geglu_F;
+    /* With a GEGLU interleave the bias is in [hidden | gate] order. */
+    te->bias =
+        ep->bias ? ep->bias + (F ? packed_row((size_t)(n / nr), 0, nr, F) : (size_t)n) : NULL;
+    for (int i = 0; i < rows; i++) {
+        te->g[i] =
+            ep->group_add ? ep->group_add + (size_t)((m + i) / ep->group_rows) * N + n : NULL;
+        te->r[i] = ep->residual ? ep->residual + (size_t)(m + i) * ep->ld_res + n : NULL;
+    }
+}
+
 static void gemm_task(void *ctx, int64_t task, int thread)
 {
     const gemm_job *j = ctx;
@@ -598,12 +620,11 @@ static void gemm_task(void *ctx, int64_t task, int thread)
     const sd_epilogue *ep = j->ep;
     const int has_ep = ep->bias || ep->group_add || ep->residual;
     float *apack = j->scratch + (size_t)thread * j->scratch_per_thread;
-    /* 16-bit panels: each kc x nr block is widened here once and swept
-     * over all the task's mrows / mr row tiles from L1. */
+    /* 16-bit panels: each kc x nr block is widened here once (two with
+     * micro2) and swept over all the task's mrows / mr row tiles from L1. */
     float *bconv = apack + j->bconv_off;
     const int btype = j->B->type;
-    sd_tile_ep te;
-    const int F = j->B->geglu_F;
+    sd_tile_ep te[2];
     float *cblock = j->geglu_y ? j->cblock + (size_t)thread * j->cblock_per_thread : NULL;
     /* GEGLU: each panel's products are held as one contiguous mc x nr
      * block, and a hidden/gate pair is gated straight into y, one gelu_mul
@@ -615,46 +636,51 @@ static void gemm_task(void *ctx, int64_t task, int thread)
 
     for (int kb = 0; kb < j->nkb; kb++) {
         const int k0 = kb * j->kc, kc = K - k0 < j->kc ? K - k0 : j->kc;
-        const int last = kb == j->nkb - 1;
+        const int last = kb == j->nkb - 1, accumulate = kb > 0 || j->res_in_c;
         j->a->pack(j->a->src, m0, mrows, k0, kc, kern, apack);
-        for (int jn = 0; jn < ncols; jn += nr) {
-            const int n = n0 + jn, cols = N - n < nr ? N - n : nr;
-            const size_t boff = (size_t)(n / nr) * K * nr + (size_t)k0 * nr;
-            const float *bp;
-            if (btype == SD_WT_F32) {
-                bp = (const float *)j->B->data + boff;
-            } else {
-                kern->widen(btype, (const uint16_t *)j->B->data + boff, bconv, (size_t)kc * nr);
-                bp = bconv;
+        /* Panels one at a time, or two at a time (micro2) while two are left
+         * in the block. A GEGLU block has whole hidden/gate pairs, so its
+         * pairs of panels are those pairs. */
+        for (int jn = 0, np; jn < ncols; jn += np * nr) {
+            np = j->micro2 && jn + nr < ncols ? 2 : 1;
+            int n[2], cols[2];
+            const float *bp[2];
+            for (int h = 0; h < np; h++) {
+                n[h] = n0 + jn + h * nr;
+                cols[h] = N - n[h] < nr ? N - n[h] : nr;
+                const size_t boff = (size_t)(n[h] / nr) * K * nr + (size_t)k0 * nr;
+                if (btype == SD_WT_F32) {
+                    bp[h] = (const float *)j->B->data + boff;
+                } else {
+                    float *w = bconv + (size_t)h * kc * nr;
+                    kern->widen(btype, (const uint16_t *)j->B->data + boff, w, (size_t)kc * nr);
+                    bp[h] = w;
+                }
             }
             for (int im = 0; im < mrows; im += mr) {
                 const int m = m0 + im, rows = mrows - im < mr ? mrows - im : mr;
                 const float *ap = apack + (size_t)(im / mr) * kc * mr;
                 const int ldc = cblock ? nr : j->ldc;
-                float *c = cblock ? cblock + (size_t)(pairwise ? jn / nr % 2 : jn / nr) * ps +
+                float *c[2];
+                for (int h = 0; h < np; h++)
+                    c[h] = cblock ? cblock +
+                                        (size_t)(pairwise ? (jn / nr + h) % 2 : jn / nr + h) * ps +
                                         (size_t)im * nr
-                                  : j->C + (size_t)m * ldc + n;
-                const int accumulate = kb > 0 || j->res_in_c;
-                if (!last || !has_ep) {
-                    kern->micro(kc, ap, bp, c, ldc, accumulate, rows, cols, NULL);
-                    continue;
-                }
+                                  : j->C + (size_t)m * ldc + n[h];
                 /* The epilogue is added as the microkernel stores the tile
-                 * (a residual aliasing C is read before C is written). With
-                 * a GEGLU interleave the bias is in [hidden | gate] order. */
-                te.bias = ep->bias
-                              ? ep->bias + (F ? packed_row((size_t)(n / nr), 0, nr, F) : (size_t)n)
-                              : NULL;
-                for (int i = 0; i < rows; i++) {
-                    te.g[i] = ep->group_add
-                                  ? ep->group_add + (size_t)((m + i) / ep->group_rows) * N + n
-                                  : NULL;
-                    te.r[i] = ep->residual ? ep->residual + (size_t)(m + i) * ep->ld_res + n : NULL;
-                }
-                kern->micro(kc, ap, bp, c, ldc, accumulate, rows, cols, &te);
+                 * (a residual aliasing C is read before C is written). */
+                const int with_ep = last && has_ep;
+                for (int h = 0; with_ep && h < np; h++)
+                    tile_ep(j, m, rows, n[h], &te[h]);
+                if (np == 2)
+                    kern->micro2(kc, ap, bp, c, ldc, accumulate, rows, cols, with_ep ? te : NULL);
+                else
+                    kern->micro(kc, ap, bp[0], c[0], ldc, accumulate, rows, cols[0],
+                                with_ep ? te : NULL);
             }
-            if (pairwise && jn / nr % 2 == 1) /* the pair (jn - nr, jn) is done */
-                geglu_pair(j, cblock, ps, mrows, m0, (n0 + jn - nr) / 2);
+            /* the hidden/gate pair ending at panel jn + np - 1 is done */
+            if (pairwise && (jn / nr + np - 1) % 2 == 1)
+                geglu_pair(j, cblock, ps, mrows, m0, (n0 + jn + (np - 2) * nr) / 2);
         }
     }
     if (cblock && !pairwise) /* panel pair (2q, 2q+1): y columns n0/2 + q*nr.. */
@@ -688,7 +714,10 @@ static void gemm_drive(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_
      * KC_ONE_BLOCK, one block: a 20 KiB B micro-panel still fits L1 beside
      * the A micro-panel, and C is stored once instead of twice (K = 320, the
      * UNet's most common projection depth: +4% measured). */
-    j.nkb = K > KC_ONE_BLOCK ? (K + KC_TARGET - 1) / KC_TARGET : 1;
+    j.micro2 = kern->micro2 != NULL;
+    const int kc_one = j.micro2 ? KC2_ONE_BLOCK : KC_ONE_BLOCK;
+    const int kc_target = j.micro2 ? KC2_TARGET : KC_TARGET;
+    j.nkb = K > kc_one ? (K + kc_target - 1) / kc_target : 1;
     j.kc = K > 0 ? (K + j.nkb - 1) / j.nkb : 0;
     if (j.kc > SD_KC_MAX)
         j.kc = SD_KC_MAX;
@@ -740,7 +769,7 @@ static void gemm_drive(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_
     _Alignas(64) float fallback_c[MR_MAX * 2 * 16];
     j.geglu_y = geglu_y;
     j.ldy = ldy;
-    const size_t bconv = B->type != SD_WT_F32 ? (size_t)(j.kc > 0 ? j.kc : 1) * nr : 0;
+    const size_t bconv = B->type != SD_WT_F32 ? (size_t)(j.kc > 0 ? j.kc : 1) * nr * 2 : 0;
     j.bconv_off = ((size_t)mc * (j.kc > 0 ? j.kc : 1) + 15) & ~(size_t)15;
     j.scratch_per_thread = (j.bconv_off + bconv + 15) & ~(size_t)15;
     j.scratch = sd_ws_get(ex, 0, j.scratch_per_thread * threads * sizeof(float));
@@ -754,6 +783,7 @@ static void gemm_drive(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_
         j.mblocks = (M + mr - 1) / mr;
         j.scratch = fallback;
         j.bconv_off = (size_t)MR_MAX * SD_KC_MAX; /* 64-byte aligned */
+        j.micro2 = 0;                             /* room for one widened panel */
         if (geglu_y) {
             j.nc = 2 * nr;
             nblocks = npanels / 2;

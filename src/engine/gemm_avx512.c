@@ -127,6 +127,91 @@ static void micro_avx512(int kc, const float *restrict a, const float *restrict 
         micro_rows(MR, kc, a, b, c, ldc, accumulate, rows, cols, te);
 }
 
+#if MR == 16 /* micro2's halves are 8 rows */
+/* Rows [r0, r0 + 8) of a micro2 tile (nrows <= 8 of them real) against
+ * two B panels: 16 accumulators, two B vectors and one A broadcast per
+ * pair of FMAs. Per panel h it follows micro_rows step for step: runs of
+ * SD_MICRO_SUB steps summed from zero, summed straight in C when the
+ * panel's tile is full (rows == R, 16 columns) and has no epilogue, else in
+ * a local tile and stored with the epilogue at the end. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void
+pair_rows8(int kc, const float *restrict a, const float *restrict b0, const float *restrict b1,
+           float *const c[2], int ldc, int accumulate, int r0, int nrows, const int cols[2],
+           const int direct[2], const sd_tile_ep *te)
+{
+    _Alignas(64) float t[2][8 * NR];
+    const __mmask16 mask[2] = {(__mmask16)((1u << cols[0]) - 1u),
+                               (__mmask16)((1u << cols[1]) - 1u)};
+    int add[2] = {direct[0] && accumulate, direct[1] && accumulate};
+    for (int h = 0; h < 2; h++)
+        if (direct[h])
+            for (int i = 0; i < 8; i++)
+                _mm_prefetch((const char *)(c[h] + (size_t)(r0 + i) * ldc), _MM_HINT_T0);
+    a += r0;
+    int k0 = 0;
+    do {
+        const int len = kc - k0 < SD_MICRO_SUB ? kc - k0 : SD_MICRO_SUB;
+        __m512 acc[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++)
+            acc[i] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+        for (int k = 0; k < len; k++) {
+            const __m512 x = _mm512_loadu_ps(b0), y = _mm512_loadu_ps(b1);
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) {
+                const __m512 av = _mm512_set1_ps(a[i]);
+                acc[2 * i] = _mm512_fmadd_ps(av, x, acc[2 * i]);
+                acc[2 * i + 1] = _mm512_fmadd_ps(av, y, acc[2 * i + 1]);
+            }
+            a += MR;
+            b0 += NR;
+            b1 += NR;
+        }
+        k0 += len;
+        const int last = k0 >= kc;
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            if (last && !direct[h]) {
+                const sd_tile_ep *e = te ? te + h : NULL;
+#pragma GCC unroll 8
+                for (int i = 0; i < 8; i++)
+                    if (i < nrows)
+                        store_row_ep(c[h] + (size_t)(r0 + i) * ldc, t[h] + i * NR, acc[2 * i + h],
+                                     add[h], accumulate, mask[h], e ? e->bias : NULL,
+                                     e ? e->g[r0 + i] : NULL, e ? e->r[r0 + i] : NULL);
+                continue;
+            }
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) {
+                float *d = direct[h] ? c[h] + (size_t)(r0 + i) * ldc : t[h] + i * NR;
+                __m512 v = acc[2 * i + h];
+                if (add[h])
+                    v = _mm512_add_ps(_mm512_loadu_ps(d), v);
+                _mm512_storeu_ps(d, v);
+            }
+            add[h] = 1;
+        }
+    } while (k0 < kc);
+}
+
+static void micro2_avx512(int kc, const float *restrict a, const float *const b[2],
+                          float *const c[2], int ldc, int accumulate, int rows, const int cols[2],
+                          const sd_tile_ep *te)
+{
+    /* micro_avx512 runs R = 8 rows for rows <= 8, else MR; its tile is
+     * full (summed in C) at rows == R with 16 columns and no epilogue. */
+    const int R = rows <= 8 ? 8 : MR;
+    const int direct[2] = {rows == R && cols[0] == NR && !te, rows == R && cols[1] == NR && !te};
+    for (int r0 = 0; r0 < rows; r0 += 8)
+        pair_rows8(kc, a, b[0], b[1], c, ldc, accumulate, r0, rows - r0 < 8 ? rows - r0 : 8, cols,
+                   direct, te);
+}
+#endif
+
 /* MR-row A micro-panel, 8 k at a time: rows i and i + 8 share a zmm (low and
  * high 256 bits), an 8 x 8 transpose runs in both halves at once, and each
  * resulting vector (rows 0..15 at one k) is stored with an MR-lane mask.
@@ -336,6 +421,9 @@ const sd_kernels sd_kernels_avx512 = {
     .mr = MR,
     .nr = NR,
     .micro = micro_avx512,
+#if MR == 16
+    .micro2 = micro2_avx512,
+#endif
     .pack_panel = pack_avx512,
     .softmax_cols = softmax_cols_avx512,
     .silu = silu_avx512,

@@ -52,6 +52,13 @@ typedef struct sd_kernels {
      * sd_tile_store does. */
     void (*micro)(int kc, const float *a, const float *b, float *c, int ldc, int accumulate,
                   int rows, int cols, const sd_tile_ep *te);
+    /* Two adjacent output panels at once, or NULL: micro(kc, a, b[h], c[h],
+     * ldc, accumulate, rows, cols[h], te[h]) for h = 0 and 1 with the same
+     * A panel, every result bit for bit what micro gives (same sums in the
+     * same order). te is NULL or points at two tile epilogues. Each A value
+     * is then used for two B vectors: half the A loads per multiply-add. */
+    void (*micro2)(int kc, const float *a, const float *const b[2], float *const c[2], int ldc,
+                   int accumulate, int rows, const int cols[2], const sd_tile_ep *te);
     /* Packs mr rows into one A micro-panel: dst[k*mr + i] = rows[i][k], k < len. */
     void (*pack_panel)(const float *const *rows, int len, float *dst);
     /* Online-softmax step on a rows x nr block (row stride nr) whose columns

@@ -258,9 +258,49 @@ typedef struct {
     int Cin, N, H, W, th, tw, t0, nt, tpan;
     float *out; /* (batch, H, W, N) */
     const sd_epilogue *ep;
-    float *scratch; /* per thread: Ub then Acc */
+    float *scratch; /* per thread: Ub then Acc, pp of each */
     size_t per_thread;
+    int pp, panels;  /* output panels per task (2 with kern->micro2), in all */
+    int kcb, nkb;    /* K blocks of Cin */
+    size_t ub_size;  /* floats of one panel's Ub: pos x (kcb x 16 + pad) */
+    size_t acc_size; /* floats of one panel's Acc: pos x acc_step */
+    size_t acc_step; /* floats per position in Acc */
 } panel_job;
+
+typedef void (*wg_weights_fn)(const void *wp, int type, int Cin, int k0, int kc, float *ub);
+
+/* The products of output panels p0 .. p0 + np - 1 (np = 1, or 2 with
+ * micro2): for each of the pos positions, Acc[h][ad] (tiles x 16) =
+ * V[ad] (tiles x Cin) Ub[h][ad] (Cin x 16), by K blocks; Ub[h] is built
+ * by wfn from the packed weights one K block at a time. With two panels
+ * each transformed input value is loaded once for both. */
+static void wg_products(const panel_job *j, int p0, int np, int pos, wg_weights_fn wfn, float *ub,
+                        float *acc)
+{
+    const sd_kernels *kern = j->kern;
+    const int mr = kern->mr, Cin = j->Cin, wtype = j->Wp->type;
+    const size_t pstride = (size_t)j->Wp->K * 16 * sd_wtype_size(wtype);
+    for (int kb = 0; kb < j->nkb; kb++) {
+        const int k0 = kb * j->kcb, kc = Cin - k0 < j->kcb ? Cin - k0 : j->kcb;
+        const size_t ustep = (size_t)kc * 16 + WG_PAD;
+        for (int h = 0; h < np; h++)
+            wfn((const char *)j->Wp->data + (size_t)(p0 + h) * pstride, wtype, Cin, k0, kc,
+                ub + h * j->ub_size);
+        for (int ad = 0; ad < pos; ad++)
+            for (int tp = 0; tp < j->tpan; tp++) {
+                const float *a = j->V + ad * j->ad_step + ((size_t)tp * Cin + k0) * mr;
+                const size_t co = ad * j->acc_step + (size_t)tp * mr * 16;
+                if (np == 2) {
+                    const float *const b[2] = {ub + ad * ustep, ub + j->ub_size + ad * ustep};
+                    float *const c[2] = {acc + co, acc + j->acc_size + co};
+                    static const int cols[2] = {16, 16};
+                    kern->micro2(kc, a, b, c, 16, kb > 0, mr, cols, NULL);
+                } else {
+                    kern->micro(kc, a, ub + ad * ustep, acc + co, 16, kb > 0, mr, 16, NULL);
+                }
+            }
+    }
+}
 
 /* Output pixel `row`, columns col..col+n of a tile: the GEMM epilogue's
  * order, acc + bias + group + residual (a residual aliasing out is read
@@ -287,30 +327,16 @@ static inline void wg_store(float *out, const sd_epilogue *ep, size_t row, int N
 static void out_panel(void *ctx, int64_t task, int thread)
 {
     const panel_job *j = ctx;
-    const sd_kernels *kern = j->kern;
-    const int mr = kern->mr, Cin = j->Cin, N = j->N, p = (int)task;
-    const int n0 = p * 16, cols = N - n0 < 16 ? N - n0 : 16;
-    const int nkb = (Cin + WG_KC - 1) / WG_KC, kcb = (Cin + nkb - 1) / nkb;
-    const size_t acc_step = (size_t)j->tpan * mr * 16 + WG_PAD; /* floats per position in Acc */
-    float *ub = j->scratch + (size_t)thread * j->per_thread,
-          *acc = ub + (size_t)16 * ((size_t)kcb * 16 + WG_PAD);
-    const int wtype = j->Wp->type;
-    const void *wp = (const char *)j->Wp->data + (size_t)p * j->Wp->K * 16 * sd_wtype_size(wtype);
-
-    for (int kb = 0; kb < nkb; kb++) {
-        const int k0 = kb * kcb, kc = Cin - k0 < kcb ? Cin - k0 : kcb;
-        weights_block(wp, wtype, Cin, k0, kc, ub);
-        for (int ad = 0; ad < 16; ad++)
-            for (int tp = 0; tp < j->tpan; tp++)
-                kern->micro(kc, j->V + ad * j->ad_step + ((size_t)tp * Cin + k0) * mr,
-                            ub + (size_t)ad * ((size_t)kc * 16 + WG_PAD),
-                            acc + ad * acc_step + (size_t)tp * mr * 16, 16, kb > 0, mr, 16, NULL);
-    }
+    const int N = j->N, p0 = (int)task * j->pp;
+    const int np = j->panels - p0 < j->pp ? j->panels - p0 : j->pp;
+    const int n0 = p0 * 16, cols = N - n0 < 16 * np ? N - n0 : 16 * np;
+    const size_t acc_step = j->acc_step;
+    float *ub = j->scratch + (size_t)thread * j->per_thread, *acc = ub + j->pp * j->ub_size;
+    wg_products(j, p0, np, 16, weights_block, ub, acc);
 
     const sd_epilogue *ep = j->ep;
     ptrdiff_t px[4], ahead[4];
     for (int tb = 0; tb < j->nt; tb++) {
-        const float *m = acc + (size_t)tb * 16;
         tile_pixels(j->t0 + tb, j->th, j->tw, j->H, j->W, px);
         if (tb + 2 < j->nt) { /* the output rows two tiles ahead (scattered lines) */
             tile_pixels(j->t0 + tb + 2, j->th, j->tw, j->H, j->W, ahead);
@@ -322,8 +348,9 @@ static void out_panel(void *ctx, int64_t task, int thread)
                     __builtin_prefetch(ep->residual + ahead[q] * ep->ld_res + n0);
             }
         }
-        for (int h = 0; h < cols; h += 8) {
-            const int n = cols - h < 8 ? cols - h : 8, col = n0 + h;
+        for (int c0 = 0; c0 < cols; c0 += 8) {
+            const int n = cols - c0 < 8 ? cols - c0 : 8, col = n0 + c0, h = c0 % 16;
+            const float *m = acc + (size_t)(c0 / 16) * j->acc_size + (size_t)tb * 16;
             wv s[8], y[4];
             for (int k = 0; k < 4; k++) { /* rows: A^T M */
                 wv v0, v1, v2, v3;
@@ -379,9 +406,14 @@ static int wg_drive(const sd_exec *ex, const float *in, int batch, int H, int W,
     const size_t ad_step = (size_t)tpan_max * Cin * mr + WG_PAD;
 
     const int threads = sd_pool_size(ex->pool);
-    const int nkb = (Cin + v->kc - 1) / v->kc, kcb = (Cin + nkb - 1) / nkb;
-    const size_t per_thread = (size_t)v->pos * ((size_t)kcb * 16 + WG_PAD) +
-                              (size_t)v->pos * ((size_t)tpan_max * mr * 16 + WG_PAD);
+    /* Output panels two at a time where the kernel set can (each pair
+     * streams V once), with half the K block: the same Ub and Acc size. */
+    const int pp = kern->micro2 && panels > 1 ? 2 : 1, kcmax = v->kc / pp;
+    const int nkb = (Cin + kcmax - 1) / kcmax, kcb = (Cin + nkb - 1) / nkb;
+    const size_t ub_size = (size_t)v->pos * ((size_t)kcb * 16 + WG_PAD);
+    const size_t acc_step = (size_t)tpan_max * mr * 16 + WG_PAD;
+    const size_t acc_size = (size_t)v->pos * acc_step;
+    const size_t per_thread = pp * (ub_size + acc_size);
     float *V = sd_ws_get(ex, 4, (size_t)v->pos * ad_step * sizeof(float));
     float *scratch = sd_ws_get(ex, 5, per_thread * threads * sizeof(float));
     if (!V || !scratch) {
@@ -394,9 +426,31 @@ static int wg_drive(const sd_exec *ex, const float *in, int batch, int H, int W,
         const int tpan = (nt + mr - 1) / mr;
         in_job ij = {kern, in, H, W, Cin, th, tw, mr, t0, nt, ad_step, V};
         sd_pool_run(ex->pool, tpan, v->in_fn, &ij);
-        panel_job pj = {kern, Wp, V,  ad_step, Cin, N,  H,       W,         th,
-                        tw,   t0, nt, tpan,    out, ep, scratch, per_thread};
-        sd_pool_run(ex->pool, panels, v->out_fn, &pj);
+        panel_job pj = {.kern = kern,
+                        .Wp = Wp,
+                        .V = V,
+                        .ad_step = ad_step,
+                        .Cin = Cin,
+                        .N = N,
+                        .H = H,
+                        .W = W,
+                        .th = th,
+                        .tw = tw,
+                        .t0 = t0,
+                        .nt = nt,
+                        .tpan = tpan,
+                        .out = out,
+                        .ep = ep,
+                        .scratch = scratch,
+                        .per_thread = per_thread,
+                        .pp = pp,
+                        .panels = panels,
+                        .kcb = kcb,
+                        .nkb = nkb,
+                        .ub_size = ub_size,
+                        .acc_size = acc_size,
+                        .acc_step = acc_step};
+        sd_pool_run(ex->pool, (panels + pp - 1) / pp, v->out_fn, &pj);
     }
     sd_ws_put(ex, 4, V);
     sd_ws_put(ex, 5, scratch);
@@ -595,30 +649,16 @@ static inline void wg4_at(const wv *m, int s, wv *o, int os)
 static void out_panel4(void *ctx, int64_t task, int thread)
 {
     const panel_job *j = ctx;
-    const sd_kernels *kern = j->kern;
-    const int mr = kern->mr, Cin = j->Cin, N = j->N, p = (int)task;
-    const int n0 = p * 16, cols = N - n0 < 16 ? N - n0 : 16;
-    const int nkb = (Cin + WG4_KC - 1) / WG4_KC, kcb = (Cin + nkb - 1) / nkb;
-    const size_t acc_step = (size_t)j->tpan * mr * 16 + WG4_PAD;
-    float *ub = j->scratch + (size_t)thread * j->per_thread,
-          *acc = ub + (size_t)36 * ((size_t)kcb * 16 + WG4_PAD);
-    const int wtype = j->Wp->type;
-    const void *wp = (const char *)j->Wp->data + (size_t)p * j->Wp->K * 16 * sd_wtype_size(wtype);
-
-    for (int kb = 0; kb < nkb; kb++) {
-        const int k0 = kb * kcb, kc = Cin - k0 < kcb ? Cin - k0 : kcb;
-        weights_block4(wp, wtype, Cin, k0, kc, ub);
-        for (int ad = 0; ad < 36; ad++)
-            for (int tp = 0; tp < j->tpan; tp++)
-                kern->micro(kc, j->V + ad * j->ad_step + ((size_t)tp * Cin + k0) * mr,
-                            ub + (size_t)ad * ((size_t)kc * 16 + WG4_PAD),
-                            acc + ad * acc_step + (size_t)tp * mr * 16, 16, kb > 0, mr, 16, NULL);
-    }
+    const int N = j->N, p0 = (int)task * j->pp;
+    const int np = j->panels - p0 < j->pp ? j->panels - p0 : j->pp;
+    const int n0 = p0 * 16, cols = N - n0 < 16 * np ? N - n0 : 16 * np;
+    const size_t acc_step = j->acc_step;
+    float *ub = j->scratch + (size_t)thread * j->per_thread, *acc = ub + j->pp * j->ub_size;
+    wg_products(j, p0, np, 36, weights_block4, ub, acc);
 
     const sd_epilogue *ep = j->ep;
     ptrdiff_t px[16], ahead[16];
     for (int tb = 0; tb < j->nt; tb++) {
-        const float *m = acc + (size_t)tb * 16;
         tile4_pixels(j->t0 + tb, j->th, j->tw, j->H, j->W, px);
         if (tb + 1 < j->nt) { /* the next tile's output rows (scattered lines) */
             tile4_pixels(j->t0 + tb + 1, j->th, j->tw, j->H, j->W, ahead);
@@ -630,8 +670,9 @@ static void out_panel4(void *ctx, int64_t task, int thread)
                     __builtin_prefetch(ep->residual + ahead[q] * ep->ld_res + n0);
             }
         }
-        for (int h = 0; h < cols; h += 8) {
-            const int n = cols - h < 8 ? cols - h : 8, col = n0 + h;
+        for (int c0 = 0; c0 < cols; c0 += 8) {
+            const int n = cols - c0 < 8 ? cols - c0 : 8, col = n0 + c0, h = c0 % 16;
+            const float *m = acc + (size_t)(c0 / 16) * j->acc_size + (size_t)tb * 16;
             wv mv[36], s[24], y[16];
             for (int a = 0; a < 36; a++) {
                 wv_ld(&mv[a], m + a * acc_step + h);
