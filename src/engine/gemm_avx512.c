@@ -128,76 +128,64 @@ static void micro_avx512(int kc, const float *restrict a, const float *restrict 
 }
 
 #if MR == 16 /* micro2's halves are 8 rows */
-/* Rows [r0, r0 + 8) of a micro2 tile (nrows <= 8 of them real) against
- * two B panels: 16 accumulators, two B vectors and one A broadcast per
- * pair of FMAs. Per panel h it follows micro_rows step for step: runs of
- * SD_MICRO_SUB steps summed from zero, summed straight in C when the
- * panel's tile is full (rows == R, 16 columns) and has no epilogue, else in
- * a local tile and stored with the epilogue at the end. */
+/* One run of len k steps of rows [r0, r0 + 8) of a micro2 tile (nrows <= 8
+ * of them real) against two B panels: 16 accumulators, two B vectors and
+ * one A broadcast per pair of FMAs. Per panel h the run is summed from
+ * zero and then added as micro_rows adds it: into C when the panel's tile
+ * is summed there (direct), else into the local tile t[h], and on the last
+ * run of a non-direct tile stored with the epilogue. */
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
 static inline void
-pair_rows8(int kc, const float *restrict a, const float *restrict b0, const float *restrict b1,
-           float *const c[2], int ldc, int accumulate, int r0, int nrows, const int cols[2],
-           const int direct[2], const sd_tile_ep *te)
+pair_run8(int len, const float *restrict a, const float *restrict b0, const float *restrict b1,
+          float *const c[2], int ldc, float (*t)[MR * NR], int r0, int nrows, const int add[2],
+          int accumulate, int last, const int direct[2], const __mmask16 mask[2],
+          const sd_tile_ep *te)
 {
-    _Alignas(64) float t[2][8 * NR];
-    const __mmask16 mask[2] = {(__mmask16)((1u << cols[0]) - 1u),
-                               (__mmask16)((1u << cols[1]) - 1u)};
-    int add[2] = {direct[0] && accumulate, direct[1] && accumulate};
-    for (int h = 0; h < 2; h++)
-        if (direct[h])
-            for (int i = 0; i < 8; i++)
-                _mm_prefetch((const char *)(c[h] + (size_t)(r0 + i) * ldc), _MM_HINT_T0);
-    a += r0;
-    int k0 = 0;
-    do {
-        const int len = kc - k0 < SD_MICRO_SUB ? kc - k0 : SD_MICRO_SUB;
-        __m512 acc[16];
+    __m512 acc[16];
 #pragma GCC unroll 16
-        for (int i = 0; i < 16; i++)
-            acc[i] = _mm512_setzero_ps();
+    for (int i = 0; i < 16; i++)
+        acc[i] = _mm512_setzero_ps();
 #pragma GCC unroll 2
-        for (int k = 0; k < len; k++) {
-            const __m512 x = _mm512_loadu_ps(b0), y = _mm512_loadu_ps(b1);
+    for (int k = 0; k < len; k++) {
+        const __m512 x = _mm512_loadu_ps(b0), y = _mm512_loadu_ps(b1);
 #pragma GCC unroll 8
-            for (int i = 0; i < 8; i++) {
-                const __m512 av = _mm512_set1_ps(a[i]);
-                acc[2 * i] = _mm512_fmadd_ps(av, x, acc[2 * i]);
-                acc[2 * i + 1] = _mm512_fmadd_ps(av, y, acc[2 * i + 1]);
-            }
-            a += MR;
-            b0 += NR;
-            b1 += NR;
+        for (int i = 0; i < 8; i++) {
+            const __m512 av = _mm512_set1_ps(a[i]);
+            acc[2 * i] = _mm512_fmadd_ps(av, x, acc[2 * i]);
+            acc[2 * i + 1] = _mm512_fmadd_ps(av, y, acc[2 * i + 1]);
         }
-        k0 += len;
-        const int last = k0 >= kc;
+        a += MR;
+        b0 += NR;
+        b1 += NR;
+    }
 #pragma GCC unroll 2
-        for (int h = 0; h < 2; h++) {
-            if (last && !direct[h]) {
-                const sd_tile_ep *e = te ? te + h : NULL;
+    for (int h = 0; h < 2; h++) {
+        if (last && !direct[h]) {
+            const sd_tile_ep *e = te ? te + h : NULL;
 #pragma GCC unroll 8
-                for (int i = 0; i < 8; i++)
-                    if (i < nrows)
-                        store_row_ep(c[h] + (size_t)(r0 + i) * ldc, t[h] + i * NR, acc[2 * i + h],
-                                     add[h], accumulate, mask[h], e ? e->bias : NULL,
-                                     e ? e->g[r0 + i] : NULL, e ? e->r[r0 + i] : NULL);
-                continue;
-            }
-#pragma GCC unroll 8
-            for (int i = 0; i < 8; i++) {
-                float *d = direct[h] ? c[h] + (size_t)(r0 + i) * ldc : t[h] + i * NR;
-                __m512 v = acc[2 * i + h];
-                if (add[h])
-                    v = _mm512_add_ps(_mm512_loadu_ps(d), v);
-                _mm512_storeu_ps(d, v);
-            }
-            add[h] = 1;
+            for (int i = 0; i < 8; i++)
+                if (i < nrows)
+                    store_row_ep(c[h] + (size_t)(r0 + i) * ldc, t[h] + (r0 + i) * NR,
+                                 acc[2 * i + h], add[h], accumulate, mask[h], e ? e->bias : NULL,
+                                 e ? e->g[r0 + i] : NULL, e ? e->r[r0 + i] : NULL);
+            continue;
         }
-    } while (k0 < kc);
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) {
+            float *d = direct[h] ? c[h] + (size_t)(r0 + i) * ldc : t[h] + (r0 + i) * NR;
+            __m512 v = acc[2 * i + h];
+            if (add[h])
+                v = _mm512_add_ps(_mm512_loadu_ps(d), v);
+            _mm512_storeu_ps(d, v);
+        }
+    }
 }
 
+/* Both 8-row halves of the tile run over each SD_MICRO_SUB run of k before
+ * the next, so the run's B slabs (2 x 64 x 16 floats) are read from L1 by
+ * the second half. */
 static void micro2_avx512(int kc, const float *restrict a, const float *const b[2],
                           float *const c[2], int ldc, int accumulate, int rows, const int cols[2],
                           const sd_tile_ep *te)
@@ -206,9 +194,24 @@ static void micro2_avx512(int kc, const float *restrict a, const float *const b[
      * full (summed in C) at rows == R with 16 columns and no epilogue. */
     const int R = rows <= 8 ? 8 : MR;
     const int direct[2] = {rows == R && cols[0] == NR && !te, rows == R && cols[1] == NR && !te};
-    for (int r0 = 0; r0 < rows; r0 += 8)
-        pair_rows8(kc, a, b[0], b[1], c, ldc, accumulate, r0, rows - r0 < 8 ? rows - r0 : 8, cols,
-                   direct, te);
+    const __mmask16 mask[2] = {(__mmask16)((1u << cols[0]) - 1u),
+                               (__mmask16)((1u << cols[1]) - 1u)};
+    _Alignas(64) float t[2][MR * NR];
+    int add[2] = {direct[0] && accumulate, direct[1] && accumulate};
+    for (int h = 0; h < 2; h++)
+        if (direct[h])
+            for (int i = 0; i < rows; i++)
+                _mm_prefetch((const char *)(c[h] + (size_t)i * ldc), _MM_HINT_T0);
+    int k0 = 0;
+    do {
+        const int len = kc - k0 < SD_MICRO_SUB ? kc - k0 : SD_MICRO_SUB, last = k0 + len >= kc;
+        for (int r0 = 0; r0 < rows; r0 += 8)
+            pair_run8(len, a + (size_t)k0 * MR + r0, b[0] + (size_t)k0 * NR, b[1] + (size_t)k0 * NR,
+                      c, ldc, t, r0, rows - r0 < 8 ? rows - r0 : 8, add, accumulate, last, direct,
+                      mask, te);
+        add[0] = add[1] = 1;
+        k0 += len;
+    } while (k0 < kc);
 }
 #endif
 
