@@ -324,15 +324,30 @@ static inline void wg_store(float *out, const sd_epilogue *ep, size_t row, int N
     wv_st_n(out + row * N + col, &v, n);
 }
 
+/* Output columns [n0, n0 + cols) of one out-pass task and their products
+ * in acc (panel h's at acc + h * acc_size). */
+typedef struct {
+    int n0, cols;
+    const float *acc;
+} wg_task_out;
+
+static wg_task_out wg_task_products(const panel_job *j, int64_t task, int thread, int pos,
+                                    wg_weights_fn wfn)
+{
+    const int p0 = (int)task * j->pp, np = j->panels - p0 < j->pp ? j->panels - p0 : j->pp;
+    float *ub = j->scratch + (size_t)thread * j->per_thread, *acc = ub + j->pp * j->ub_size;
+    wg_products(j, p0, np, pos, wfn, ub, acc);
+    wg_task_out t = {p0 * 16, j->N - p0 * 16 < 16 * np ? j->N - p0 * 16 : 16 * np, acc};
+    return t;
+}
+
 static void out_panel(void *ctx, int64_t task, int thread)
 {
     const panel_job *j = ctx;
-    const int N = j->N, p0 = (int)task * j->pp;
-    const int np = j->panels - p0 < j->pp ? j->panels - p0 : j->pp;
-    const int n0 = p0 * 16, cols = N - n0 < 16 * np ? N - n0 : 16 * np;
+    const wg_task_out to = wg_task_products(j, task, thread, 16, weights_block);
+    const int N = j->N, n0 = to.n0, cols = to.cols;
     const size_t acc_step = j->acc_step;
-    float *ub = j->scratch + (size_t)thread * j->per_thread, *acc = ub + j->pp * j->ub_size;
-    wg_products(j, p0, np, 16, weights_block, ub, acc);
+    const float *acc = to.acc;
 
     const sd_epilogue *ep = j->ep;
     ptrdiff_t px[4], ahead[4];
@@ -649,12 +664,10 @@ static inline void wg4_at(const wv *m, int s, wv *o, int os)
 static void out_panel4(void *ctx, int64_t task, int thread)
 {
     const panel_job *j = ctx;
-    const int N = j->N, p0 = (int)task * j->pp;
-    const int np = j->panels - p0 < j->pp ? j->panels - p0 : j->pp;
-    const int n0 = p0 * 16, cols = N - n0 < 16 * np ? N - n0 : 16 * np;
+    const wg_task_out to = wg_task_products(j, task, thread, 36, weights_block4);
+    const int N = j->N, n0 = to.n0, cols = to.cols;
     const size_t acc_step = j->acc_step;
-    float *ub = j->scratch + (size_t)thread * j->per_thread, *acc = ub + j->pp * j->ub_size;
-    wg_products(j, p0, np, 36, weights_block4, ub, acc);
+    const float *acc = to.acc;
 
     const sd_epilogue *ep = j->ep;
     ptrdiff_t px[16], ahead[16];
