@@ -829,3 +829,14 @@ char *sd_json_from_python(const char *text, size_t len, size_t *out_len)
     *out_len = o;
     return out;
 }
+
+sdunet_status sd_json_parse_config(const char *text, size_t len, const char *what, sd_json **out,
+                                   sdunet_error *err)
+{
+    if (sd_json_parse(text, len, out, err) == SDUNET_OK)
+        return SDUNET_OK;
+    if (err)
+        err->code = SDUNET_E_CONFIG;
+    sd_err_prefix(err, what);
+    return SDUNET_E_CONFIG;
+}

@@ -32,6 +32,11 @@ struct sd_json {
 sdunet_status sd_json_parse(const char *text, size_t len, sd_json **out, sdunet_error *err);
 void sd_json_free(sd_json *j);
 
+/* A model config's text: sd_json_parse, with a syntax error reported as
+ * SDUNET_E_CONFIG and its message prefixed by `what` ("config: ..."). */
+sdunet_status sd_json_parse_config(const char *text, size_t len, const char *what, sd_json **out,
+                                   sdunet_error *err);
+
 /* Python's json module writes NaN, Infinity and -Infinity, which are not
  * JSON (diffusers' configs can hold them, e.g. lambda_min_clipped: -Infinity).
  * Returns a malloc'd copy of the text with those literals, outside strings,

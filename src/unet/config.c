@@ -412,13 +412,9 @@ sdunet_status sd_config_parse(const char *json, size_t len, sd_unet_config *cfg,
     if (!json || !cfg)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL config text");
     sd_json *root = NULL;
-    sdunet_status st = sd_json_parse(json, len, &root, err);
-    if (st) {
-        if (err)
-            err->code = SDUNET_E_CONFIG;
-        sd_err_prefix(err, "config");
-        return SDUNET_E_CONFIG;
-    }
+    sdunet_status st = sd_json_parse_config(json, len, "config", &root, err);
+    if (st)
+        return st;
     st = parse_root(root, cfg, err);
     sd_json_free(root);
     return st;

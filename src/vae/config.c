@@ -189,13 +189,9 @@ sdunet_status sd_vae_config_parse(const char *json, size_t len, sd_vae_config *c
     if (!json || !c)
         return sd_fail(err, SDUNET_E_INVALID_ARG, "NULL vae config text");
     sd_json *root = NULL;
-    sdunet_status st = sd_json_parse(json, len, &root, err);
-    if (st) {
-        if (err)
-            err->code = SDUNET_E_CONFIG;
-        sd_err_prefix(err, "vae config");
-        return SDUNET_E_CONFIG;
-    }
+    sdunet_status st = sd_json_parse_config(json, len, "vae config", &root, err);
+    if (st)
+        return st;
     st = parse_root(root, c, err);
     sd_json_free(root);
     return st;
