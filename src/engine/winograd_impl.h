@@ -80,12 +80,17 @@ static inline void wv_st_n(float *p, const wv *v, int n)
 
 /* Tile t (batch-major, then row-major over th x tw tiles): its image b and
  * the top-left pixel (y0, x0) of its 2x2 output block. */
-static inline void tile_origin(int t, int th, int tw, int *b, int *y0, int *x0)
+static inline void tile_origin_s(int side, int t, int th, int tw, int *b, int *y0, int *x0)
 {
     const int per = th * tw, rem = t % per;
     *b = t / per;
-    *y0 = 2 * (rem / tw);
-    *x0 = 2 * (rem % tw);
+    *y0 = side * (rem / tw);
+    *x0 = side * (rem % tw);
+}
+
+static inline void tile_origin(int t, int th, int tw, int *b, int *y0, int *x0)
+{
+    tile_origin_s(2, t, th, tw, b, y0, x0);
 }
 
 /* The output pixels (rows of the (batch, H, W) output) of tile t's four
@@ -111,6 +116,28 @@ typedef struct {
     float *V;
 } in_job;
 
+/* The input pixels of the (side + 2)^2 patch of each of the task's mr
+ * tiles, src[r * (side + 2)^2 + i * (side + 2) + k] for patch row i,
+ * column k: NULL where the patch lies past the image (zero padding) or
+ * the tile past the block. */
+static inline void tile_sources(const in_job *j, int64_t task, int side, const float **src)
+{
+    const int n = side + 2;
+    for (int r = 0; r < j->mr; r++) {
+        const int tb = (int)task * j->mr + r;
+        int b, y0, x0;
+        tile_origin_s(side, j->t0 + tb, j->th, j->tw, &b, &y0, &x0);
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < n; k++) {
+                int y = y0 - 1 + i, x = x0 - 1 + k;
+                src[(r * n + i) * n + k] =
+                    tb >= j->nt || y < 0 || y >= j->H || x < 0 || x >= j->W
+                        ? NULL
+                        : j->in + (((size_t)b * j->H + y) * j->W + x) * j->Cin;
+            }
+    }
+}
+
 /* One tile panel: mr tiles (rows past the block are zero), all channels. */
 static void in_panel(void *ctx, int64_t task, int thread)
 {
@@ -119,18 +146,7 @@ static void in_panel(void *ctx, int64_t task, int thread)
     const int Cin = j->Cin, mr = j->mr;
     const wv zero = {0};
     const float *src[SD_MR_MAX][16];
-    for (int r = 0; r < mr; r++) {
-        const int tb = (int)task * mr + r;
-        int b, y0, x0;
-        tile_origin(j->t0 + tb, j->th, j->tw, &b, &y0, &x0);
-        for (int i = 0; i < 4; i++)
-            for (int k = 0; k < 4; k++) {
-                int y = y0 - 1 + i, x = x0 - 1 + k;
-                src[r][i * 4 + k] = tb >= j->nt || y < 0 || y >= j->H || x < 0 || x >= j->W
-                                        ? NULL
-                                        : j->in + (((size_t)b * j->H + y) * j->W + x) * Cin;
-            }
-    }
+    tile_sources(j, task, 2, &src[0][0]);
     /* Transformed vectors are staged per position and tile, then each
      * position's mr x 8 block is transposed into the panel's [channel][tile]
      * order by the kernel set's A packer (vector shuffles, not 8 x mr
@@ -493,10 +509,7 @@ static int wg_run(const sd_exec *ex, const float *in, int batch, int H, int W, i
  * its image b and top-left output pixel (y0, x0). */
 static inline void tile4_origin(int t, int th, int tw, int *b, int *y0, int *x0)
 {
-    const int per = th * tw, rem = t % per;
-    *b = t / per;
-    *y0 = 4 * (rem / tw);
-    *x0 = 4 * (rem % tw);
+    tile_origin_s(4, t, th, tw, b, y0, x0);
 }
 
 /* The output pixels of tile t's 16 positions (i, k) at [4i + k], or -1
@@ -537,18 +550,7 @@ static void in_panel4(void *ctx, int64_t task, int thread)
     const int Cin = j->Cin, mr = j->mr;
     const wv zero = {0};
     const float *src[SD_MR_MAX][36];
-    for (int r = 0; r < mr; r++) {
-        const int tb = (int)task * mr + r;
-        int b, y0, x0;
-        tile4_origin(j->t0 + tb, j->th, j->tw, &b, &y0, &x0);
-        for (int i = 0; i < 6; i++)
-            for (int k = 0; k < 6; k++) {
-                int y = y0 - 1 + i, x = x0 - 1 + k;
-                src[r][i * 6 + k] = tb >= j->nt || y < 0 || y >= j->H || x < 0 || x >= j->W
-                                        ? NULL
-                                        : j->in + (((size_t)b * j->H + y) * j->W + x) * Cin;
-            }
-    }
+    tile_sources(j, task, 4, &src[0][0]);
     _Alignas(32) float stage[36][SD_MR_MAX][8];
     const float *rows[36][SD_MR_MAX];
     for (int p = 0; p < 36; p++)
