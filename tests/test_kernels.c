@@ -779,6 +779,86 @@ static void test_attention(void)
     attn_case(1, 3, 160, 5, 4100, 2, 0, 510);
 }
 
+/* attn_tile against double sums: keys 1..256 (partial panels), head
+ * sizes below, at and past SD_MICRO_SUB, an old max of -inf, below and
+ * above every score. The scores are negative, so a padding key's zero
+ * score taken into the max would show in every probability. */
+static void test_attn_tile(void)
+{
+    static const int kcs[] = {1, 40, 64, 65, 160}, rowss[] = {1, 15, 16, 17, 77, 256};
+    static const float m0s[] = {-INFINITY, -30.0f, 5.0f};
+    CHECK(g_sets[g_nsets - 1]->attn_tile || strcmp(g_sets[g_nsets - 1]->name, "avx512") != 0,
+          "avx512 has attn_tile");
+    for (int si = 0; si < g_nsets; si++) {
+        const sd_kernels *kern = g_sets[si];
+        if (!kern->attn_tile)
+            continue;
+        const int mr = kern->mr, nr = kern->nr;
+        double worst_m = 0, worst_p = 0;
+        for (size_t ki = 0; ki < sizeof kcs / sizeof kcs[0]; ki++)
+            for (size_t ri = 0; ri < sizeof rowss / sizeof rowss[0]; ri++) {
+                const int kc = kcs[ki], rows = rowss[ri], pr = (rows + mr - 1) / mr * mr;
+                float *kr = falloc((size_t)rows * kc), *a = falloc((size_t)pr * kc);
+                float *b = falloc((size_t)kc * nr), *s = falloc((size_t)pr * nr);
+                fill(kr, (size_t)rows * kc, 700 + ki, 0.5f, 1.0f); /* keys in (0.5, 1.5) */
+                fill(b, (size_t)kc * nr, 710 + ri, 0.5f, -1.0f);   /* queries negative */
+                for (int p = 0; p < pr / mr; p++) {                /* kc < SD_KC_MAX: one piece */
+                    const float *rp[SD_MR_MAX];
+                    for (int i = 0; i < mr; i++)
+                        rp[i] = p * mr + i < rows ? kr + (size_t)(p * mr + i) * kc : sd_zero_row;
+                    sd_pack_rows(rp, mr, kc, a + (size_t)p * kc * mr);
+                }
+                double *ref = malloc(sizeof(double) * rows * nr);
+                CHECK(ref != NULL, "alloc");
+                if (!ref)
+                    return;
+                for (int r = 0; r < rows; r++)
+                    for (int j = 0; j < nr; j++) {
+                        double d = 0;
+                        for (int k = 0; k < kc; k++)
+                            d += (double)kr[(size_t)r * kc + k] * b[(size_t)k * nr + j];
+                        ref[(size_t)r * nr + j] = d;
+                    }
+                for (size_t mi = 0; mi < sizeof m0s / sizeof m0s[0]; mi++) {
+                    float m[16], cs[16], cr[16];
+                    double em = 0, ep = 0; /* worst errors: max (absolute), p/sum/corr (relative) */
+                    for (int j = 0; j < nr; j++)
+                        m[j] = m0s[mi];
+                    kern->attn_tile(kc, rows, a, b, s, m, cs, cr);
+                    for (int j = 0; j < nr; j++) {
+                        double mref = m0s[mi], sum = 0;
+                        for (int r = 0; r < rows; r++)
+                            mref = ref[(size_t)r * nr + j] > mref ? ref[(size_t)r * nr + j] : mref;
+                        em = fmax(em, fabs(m[j] - mref) / (1 + fabs(mref)));
+                        for (int r = 0; r < rows; r++) {
+                            double p = exp2(ref[(size_t)r * nr + j] - mref);
+                            sum += p;
+                            ep = fmax(ep, fabs(s[(size_t)r * nr + j] - p) / (p + 0x1p-100) /
+                                              (1 + fabs(ref[(size_t)r * nr + j])));
+                        }
+                        ep = fmax(ep, fabs(cs[j] - sum) / (sum + 0x1p-100) / (1 + fabs(mref)));
+                        double cref = exp2((double)m0s[mi] - mref);
+                        ep = fmax(ep, fabs(cr[j] - cref) / (cref + 0x1p-100) / (1 + fabs(mref)));
+                    }
+                    /* float sums of up to 160 terms: ~1e-6 of the score's size seen */
+                    CHECK(em < 1e-5 && ep < 1e-5,
+                          "%s attn_tile kc=%d rows=%d m0=%g: max %.3g, probabilities %.3g",
+                          kern->name, kc, rows, m0s[mi], em, ep);
+                    worst_m = fmax(worst_m, em);
+                    worst_p = fmax(worst_p, ep);
+                }
+                free(ref);
+                sd_free(kr);
+                sd_free(a);
+                sd_free(b);
+                sd_free(s);
+            }
+        printf("# %s attn_tile: worst error of the max %.3g, of the probabilities %.3g (per unit "
+               "of score)\n",
+               kern->name, worst_m, worst_p);
+    }
+}
+
 /* ---- element-wise ---- */
 
 static void test_silu_geglu(void)
@@ -1527,6 +1607,7 @@ int main(void)
     RUN(test_layernorm);
     RUN(test_attention);
     RUN(test_attention_causal);
+    RUN(test_attn_tile);
     RUN(test_gelu);
     RUN(test_silu_geglu);
     RUN(test_gemm_geglu);

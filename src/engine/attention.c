@@ -122,6 +122,17 @@ static void attn_block(void *ctx, int64_t task, int thread)
 
     pack_rows_strided(j->q + (size_t)(b * j->Nq + q0) * j->ldq + (size_t)h * dh, (size_t)j->ldq, nq,
                       qpan * nr, nr, dh, kern, qB);
+    /* With attn_tile the scores come out in base 2: log2(e) * scale is
+     * folded into Q^T, so neither the max nor the exponent argument needs
+     * a product (one more rounding per query element, of the size of the
+     * products' own). The causal mask is applied between the two steps,
+     * so the causal path keeps micro and softmax_cols. */
+    const int tiled = kern->attn_tile && !j->causal;
+    if (tiled) {
+        const float qs = (float)((double)j->scale * 1.4426950408889634);
+        for (size_t i = 0; i < (size_t)qpan * nr * dh; i++)
+            qB[i] *= qs;
+    }
     for (int i = 0; i < ldacc; i++) {
         mrun[i] = -INFINITY;
         lrun[i] = 0.0;
@@ -131,7 +142,17 @@ static void attn_block(void *ctx, int64_t task, int thread)
         if (j->causal && k0 > q0 + nq - 1)
             break; /* every later key is masked for every query of the block */
         const int nk = j->Nk - k0 < BK ? j->Nk - k0 : BK, kpan = (nk + mr - 1) / mr;
-        for (int jq = 0; jq < qpan; jq++) {
+        for (int jq = 0; jq < qpan && tiled; jq++) {
+            float *cs = colsum + jq * nr, *cr = corr + jq * nr;
+            kern->attn_tile(dh, nk, Kp + (size_t)k0 * dh, qB + (size_t)jq * dh * nr,
+                            sT + (size_t)jq * BK * nr, mrun + jq * nr, cs, cr);
+            for (int c = 0; c < nr; c++) {
+                int i = jq * nr + c;
+                corr[i] = kb > 0 ? corr[i] : 0.0f;
+                lrun[i] = lrun[i] * corr[i] + colsum[i];
+            }
+        }
+        for (int jq = 0; jq < qpan && !tiled; jq++) {
             float *st = sT + (size_t)jq * BK * nr;
             /* S^T tile rows past nk hold zero-key scores; nothing reads them. */
             for (int p = 0; p < kpan; p++)

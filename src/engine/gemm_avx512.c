@@ -238,6 +238,117 @@ static void softmax_cols_avx512(float *s, int rows, float scale, float *m, float
     _mm512_storeu_ps(colsum, sum);
 }
 
+/* 2^x for x <= 0: x = n + r with n = round(x) (r = x - n is exact), 2^r
+ * by the exp_core polynomial in r ln 2 (its coefficients times (ln 2)^k)
+ * and scaled by 2^n with vscalefps, which rounds results below 2^-126 to
+ * subnormals and zero; -inf gives NaN. */
+static inline __m512 exp2_avx512(__m512 x)
+{
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.534581243e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.339993090e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.618489072e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.550328642e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.402264625e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.931471825e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* acc[i] = the sum over k < len of a[k*MR + i] * b[k*NR + 0..15]. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void
+scores_run(int len, const float *restrict a, const float *restrict b, __m512 *acc)
+{
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; i++)
+        acc[i] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+    for (int k = 0; k < len; k++) {
+        const __m512 bv = _mm512_loadu_ps(b);
+#pragma GCC unroll 32
+        for (int i = 0; i < MR; i++)
+            acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(a[i]), bv, acc[i]);
+        a += MR;
+        b += NR;
+    }
+}
+
+/* An MR x NR score tile of kc > SD_MICRO_SUB steps into s (aligned): the
+ * runs summed as micro_rows sums them. Out of line, so that the short
+ * case keeps its registers. */
+static void scores_long(int kc, const float *a, const float *b, float *s)
+{
+    for (int k0 = 0; k0 < kc; k0 += SD_MICRO_SUB) {
+        const int len = kc - k0 < SD_MICRO_SUB ? kc - k0 : SD_MICRO_SUB;
+        __m512 acc[MR];
+        scores_run(len, a + (size_t)k0 * MR, b + (size_t)k0 * NR, acc);
+#pragma GCC unroll 32
+        for (int i = 0; i < MR; i++)
+            _mm512_store_ps(s + i * NR,
+                            k0 ? _mm512_add_ps(_mm512_load_ps(s + i * NR), acc[i]) : acc[i]);
+    }
+}
+
+/* One attention tile: the scores of `rows` keys (MR-key A panels of kc
+ * steps at a, zero-padded to whole panels) against the NR queries of the
+ * B panel b, stored in s, then the online-softmax step in base 2 on them
+ * (see sd_kernels.attn_tile). A head of up to SD_MICRO_SUB channels (the
+ * UNet's 40) takes the column max from the registers as the tile is
+ * stored, so the scores are read once more, by the exp pass. */
+static void attn_tile_avx512(int kc, int rows, const float *restrict a, const float *restrict b,
+                             float *restrict s, float *restrict m, float *restrict colsum,
+                             float *restrict corr)
+{
+    const __m512 mold = _mm512_loadu_ps(m);
+    __m512 mx4[4] = {mold, mold, mold, mold}; /* four chains */
+    for (int r0 = 0; r0 < rows; r0 += MR, a += (size_t)kc * MR) {
+        float *sp = s + (size_t)r0 * NR;
+        __m512 acc[MR];
+        if (kc <= SD_MICRO_SUB) {
+            scores_run(kc, a, b, acc);
+#pragma GCC unroll 32
+            for (int i = 0; i < MR; i++)
+                _mm512_store_ps(sp + i * NR, acc[i]);
+        } else {
+            scores_long(kc, a, b, sp);
+#pragma GCC unroll 32
+            for (int i = 0; i < MR; i++)
+                acc[i] = _mm512_load_ps(sp + i * NR);
+        }
+        /* max(x, mx) keeps mx when x is NaN */
+#pragma GCC unroll 32
+        for (int i = 0; i < MR; i++)
+            if (i < rows - r0)
+                mx4[i % 4] = _mm512_max_ps(acc[i], mx4[i % 4]);
+    }
+    const __m512 mx = _mm512_max_ps(_mm512_max_ps(mx4[0], mx4[1]), _mm512_max_ps(mx4[2], mx4[3]));
+    _mm512_storeu_ps(m, mx);
+    /* Arguments are <= 0 (finite scores): no clamp is needed. */
+    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
+    int r = 0;
+    for (; r + 2 <= rows; r += 2, s += 2 * NR) {
+        __m512 p0 = exp2_avx512(_mm512_sub_ps(_mm512_load_ps(s), mx));
+        __m512 p1 = exp2_avx512(_mm512_sub_ps(_mm512_load_ps(s + NR), mx));
+        _mm512_store_ps(s, p0);
+        _mm512_store_ps(s + NR, p1);
+        sum0 = _mm512_add_ps(sum0, p0);
+        sum1 = _mm512_add_ps(sum1, p1);
+    }
+    if (r < rows) {
+        __m512 p0 = exp2_avx512(_mm512_sub_ps(_mm512_load_ps(s), mx));
+        _mm512_store_ps(s, p0);
+        sum0 = _mm512_add_ps(sum0, p0);
+    }
+    _mm512_storeu_ps(colsum, _mm512_add_ps(sum0, sum1));
+    /* an old max of -inf gives 2^-200 = 0 */
+    _mm512_storeu_ps(corr,
+                     exp2_avx512(_mm512_max_ps(_mm512_sub_ps(mold, mx), _mm512_set1_ps(-200.0f))));
+}
+
 static inline __m512 silu_vec(__m512 v)
 {
     const __m512 one = _mm512_set1_ps(1.0f);
@@ -338,6 +449,7 @@ const sd_kernels sd_kernels_avx512 = {
     .micro = micro_avx512,
     .pack_panel = pack_avx512,
     .softmax_cols = softmax_cols_avx512,
+    .attn_tile = attn_tile_avx512,
     .silu = silu_avx512,
     .gelu_mul = gelu_mul_avx512,
     .winograd = sd_conv3x3_winograd_avx2,
