@@ -779,12 +779,14 @@ static void test_attention(void)
     attn_case(1, 3, 160, 5, 4100, 2, 0, 510);
 }
 
-/* attn_tile against double sums: keys 1..256 (partial panels), head
- * sizes below, at and past SD_MICRO_SUB, an old max of -inf, below and
- * above every score. The scores are negative, so a padding key's zero
- * score taken into the max would show in every probability. */
+/* attn_tile against double sums: three query panels at once (tiles apart
+ * by more than their size), keys 1..256 (partial panels), head sizes
+ * below, at and past SD_MICRO_SUB, old maxima of -inf, below and above
+ * every score. The scores are negative, so a padding key's zero score
+ * taken into the max would show in every probability. */
 static void test_attn_tile(void)
 {
+    enum { NP = 3 };
     static const int kcs[] = {1, 40, 64, 65, 160}, rowss[] = {1, 15, 16, 17, 77, 256};
     static const float m0s[] = {-INFINITY, -30.0f, 5.0f};
     CHECK(g_sets[g_nsets - 1]->attn_tile || strcmp(g_sets[g_nsets - 1]->name, "avx512") != 0,
@@ -798,47 +800,50 @@ static void test_attn_tile(void)
         for (size_t ki = 0; ki < sizeof kcs / sizeof kcs[0]; ki++)
             for (size_t ri = 0; ri < sizeof rowss / sizeof rowss[0]; ri++) {
                 const int kc = kcs[ki], rows = rowss[ri], pr = (rows + mr - 1) / mr * mr;
+                const int lds = pr * nr + 16, nq = NP * nr;
                 float *kr = falloc((size_t)rows * kc), *a = falloc((size_t)pr * kc);
-                float *b = falloc((size_t)kc * nr), *s = falloc((size_t)pr * nr);
-                fill(kr, (size_t)rows * kc, 700 + ki, 0.5f, 1.0f); /* keys in (0.5, 1.5) */
-                fill(b, (size_t)kc * nr, 710 + ri, 0.5f, -1.0f);   /* queries negative */
-                for (int p = 0; p < pr / mr; p++) {                /* kc < SD_KC_MAX: one piece */
+                float *b = falloc((size_t)NP * kc * nr), *s = falloc((size_t)NP * lds);
+                fill(kr, (size_t)rows * kc, 700 + ki, 0.5f, 1.0f);    /* keys in (0.5, 1.5) */
+                fill(b, (size_t)NP * kc * nr, 710 + ri, 0.5f, -1.0f); /* queries negative */
+                for (int p = 0; p < pr / mr; p++) { /* kc < SD_KC_MAX: one piece */
                     const float *rp[SD_MR_MAX];
                     for (int i = 0; i < mr; i++)
                         rp[i] = p * mr + i < rows ? kr + (size_t)(p * mr + i) * kc : sd_zero_row;
                     sd_pack_rows(rp, mr, kc, a + (size_t)p * kc * mr);
                 }
-                double *ref = malloc(sizeof(double) * rows * nr);
+                double *ref = malloc(sizeof(double) * rows * nq);
                 CHECK(ref != NULL, "alloc");
                 if (!ref)
                     return;
                 for (int r = 0; r < rows; r++)
-                    for (int j = 0; j < nr; j++) {
+                    for (int c = 0; c < nq; c++) { /* column c: panel c / nr, query c % nr */
+                        const float *bq = b + (size_t)(c / nr) * kc * nr + c % nr;
                         double d = 0;
                         for (int k = 0; k < kc; k++)
-                            d += (double)kr[(size_t)r * kc + k] * b[(size_t)k * nr + j];
-                        ref[(size_t)r * nr + j] = d;
+                            d += (double)kr[(size_t)r * kc + k] * bq[(size_t)k * nr];
+                        ref[(size_t)r * nq + c] = d;
                     }
                 for (size_t mi = 0; mi < sizeof m0s / sizeof m0s[0]; mi++) {
-                    float m[16], cs[16], cr[16];
+                    float m[NP * 16], cs[NP * 16], cr[NP * 16], m0[NP * 16];
                     double em = 0, ep = 0; /* worst errors: max (absolute), p/sum/corr (relative) */
-                    for (int j = 0; j < nr; j++)
-                        m[j] = m0s[mi];
-                    kern->attn_tile(kc, rows, a, b, s, m, cs, cr);
-                    for (int j = 0; j < nr; j++) {
-                        double mref = m0s[mi], sum = 0;
+                    for (int c = 0; c < nq; c++)
+                        m[c] = m0[c] = m0s[(mi + (size_t)c / nr) % 3];
+                    kern->attn_tile(kc, rows, NP, a, b, s, lds, m, cs, cr);
+                    for (int c = 0; c < nq; c++) {
+                        const float *t = s + (size_t)(c / nr) * lds + c % nr;
+                        double mref = m0[c], sum = 0;
                         for (int r = 0; r < rows; r++)
-                            mref = ref[(size_t)r * nr + j] > mref ? ref[(size_t)r * nr + j] : mref;
-                        em = fmax(em, fabs(m[j] - mref) / (1 + fabs(mref)));
+                            mref = ref[(size_t)r * nq + c] > mref ? ref[(size_t)r * nq + c] : mref;
+                        em = fmax(em, fabs(m[c] - mref) / (1 + fabs(mref)));
                         for (int r = 0; r < rows; r++) {
-                            double p = exp2(ref[(size_t)r * nr + j] - mref);
+                            double p = exp2(ref[(size_t)r * nq + c] - mref);
                             sum += p;
-                            ep = fmax(ep, fabs(s[(size_t)r * nr + j] - p) / (p + 0x1p-100) /
-                                              (1 + fabs(ref[(size_t)r * nr + j])));
+                            ep = fmax(ep, fabs(t[(size_t)r * nr] - p) / (p + 0x1p-100) /
+                                              (1 + fabs(ref[(size_t)r * nq + c])));
                         }
-                        ep = fmax(ep, fabs(cs[j] - sum) / (sum + 0x1p-100) / (1 + fabs(mref)));
-                        double cref = exp2((double)m0s[mi] - mref);
-                        ep = fmax(ep, fabs(cr[j] - cref) / (cref + 0x1p-100) / (1 + fabs(mref)));
+                        ep = fmax(ep, fabs(cs[c] - sum) / (sum + 0x1p-100) / (1 + fabs(mref)));
+                        double cref = exp2((double)m0[c] - mref);
+                        ep = fmax(ep, fabs(cr[c] - cref) / (cref + 0x1p-100) / (1 + fabs(mref)));
                     }
                     /* float sums of up to 160 terms: ~1e-6 of the score's size seen */
                     CHECK(em < 1e-5 && ep < 1e-5,

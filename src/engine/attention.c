@@ -142,12 +142,10 @@ static void attn_block(void *ctx, int64_t task, int thread)
         if (j->causal && k0 > q0 + nq - 1)
             break; /* every later key is masked for every query of the block */
         const int nk = j->Nk - k0 < BK ? j->Nk - k0 : BK, kpan = (nk + mr - 1) / mr;
-        for (int jq = 0; jq < qpan && tiled; jq++) {
-            float *cs = colsum + jq * nr, *cr = corr + jq * nr;
-            kern->attn_tile(dh, nk, Kp + (size_t)k0 * dh, qB + (size_t)jq * dh * nr,
-                            sT + (size_t)jq * BK * nr, mrun + jq * nr, cs, cr);
-            for (int c = 0; c < nr; c++) {
-                int i = jq * nr + c;
+        if (tiled) {
+            kern->attn_tile(dh, nk, qpan, Kp + (size_t)k0 * dh, qB, sT, BK * nr, mrun, colsum,
+                            corr);
+            for (int i = 0; i < ldacc; i++) {
                 corr[i] = kb > 0 ? corr[i] : 0.0f;
                 lrun[i] = lrun[i] * corr[i] + colsum[i];
             }

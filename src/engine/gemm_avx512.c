@@ -293,60 +293,89 @@ static void scores_long(int kc, const float *a, const float *b, float *s)
     }
 }
 
-/* One attention tile: the scores of `rows` keys (MR-key A panels of kc
- * steps at a, zero-padded to whole panels) against the NR queries of the
- * B panel b, stored in s, then the online-softmax step in base 2 on them
- * (see sd_kernels.attn_tile). A head of up to SD_MICRO_SUB channels (the
- * UNet's 40) takes the column max from the registers as the tile is
- * stored, so the scores are read once more, by the exp pass. */
-static void attn_tile_avx512(int kc, int rows, const float *restrict a, const float *restrict b,
-                             float *restrict s, float *restrict m, float *restrict colsum,
-                             float *restrict corr)
+/* s[r] = 2^(s[r] - mx) for n rows, summed by pairs into sum0 and sum1.
+ * The scores are finite and at most mx: no clamp is needed. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void
+exp_rows(float *s, int n, __m512 mx, __m512 *sum0, __m512 *sum1)
 {
-    const __m512 mold = _mm512_loadu_ps(m);
-    __m512 mx4[4] = {mold, mold, mold, mold}; /* four chains */
-    for (int r0 = 0; r0 < rows; r0 += MR, a += (size_t)kc * MR) {
-        float *sp = s + (size_t)r0 * NR;
-        __m512 acc[MR];
-        if (kc <= SD_MICRO_SUB) {
-            scores_run(kc, a, b, acc);
-#pragma GCC unroll 32
-            for (int i = 0; i < MR; i++)
-                _mm512_store_ps(sp + i * NR, acc[i]);
-        } else {
-            scores_long(kc, a, b, sp);
-#pragma GCC unroll 32
-            for (int i = 0; i < MR; i++)
-                acc[i] = _mm512_load_ps(sp + i * NR);
-        }
-        /* max(x, mx) keeps mx when x is NaN */
-#pragma GCC unroll 32
-        for (int i = 0; i < MR; i++)
-            if (i < rows - r0)
-                mx4[i % 4] = _mm512_max_ps(acc[i], mx4[i % 4]);
-    }
-    const __m512 mx = _mm512_max_ps(_mm512_max_ps(mx4[0], mx4[1]), _mm512_max_ps(mx4[2], mx4[3]));
-    _mm512_storeu_ps(m, mx);
-    /* Arguments are <= 0 (finite scores): no clamp is needed. */
-    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
     int r = 0;
-    for (; r + 2 <= rows; r += 2, s += 2 * NR) {
+    for (; r + 2 <= n; r += 2, s += 2 * NR) {
         __m512 p0 = exp2_avx512(_mm512_sub_ps(_mm512_load_ps(s), mx));
         __m512 p1 = exp2_avx512(_mm512_sub_ps(_mm512_load_ps(s + NR), mx));
         _mm512_store_ps(s, p0);
         _mm512_store_ps(s + NR, p1);
-        sum0 = _mm512_add_ps(sum0, p0);
-        sum1 = _mm512_add_ps(sum1, p1);
+        *sum0 = _mm512_add_ps(*sum0, p0);
+        *sum1 = _mm512_add_ps(*sum1, p1);
     }
-    if (r < rows) {
+    if (r < n) {
         __m512 p0 = exp2_avx512(_mm512_sub_ps(_mm512_load_ps(s), mx));
         _mm512_store_ps(s, p0);
-        sum0 = _mm512_add_ps(sum0, p0);
+        *sum0 = _mm512_add_ps(*sum0, p0);
     }
-    _mm512_storeu_ps(colsum, _mm512_add_ps(sum0, sum1));
-    /* an old max of -inf gives 2^-200 = 0 */
-    _mm512_storeu_ps(corr,
-                     exp2_avx512(_mm512_max_ps(_mm512_sub_ps(mold, mx), _mm512_set1_ps(-200.0f))));
+}
+
+/* Attention tiles of np query panels against one key block (see
+ * sd_kernels.attn_tile): for each panel the scores of `rows` keys (MR-key
+ * A panels of kc steps at a, zero-padded to whole panels) against its NR
+ * queries are stored in its tile, then the online-softmax step in base 2
+ * runs on them. A head of up to SD_MICRO_SUB channels (the UNet's 40)
+ * takes the column max from the registers as the scores are stored.
+ * The exp pass of panel q - 1 runs interleaved with the scores of panel
+ * q, a key panel of each at a time, so that its adds, rounding and
+ * scaling fill the pipes the score FMAs leave idle. */
+static void attn_tile_avx512(int kc, int rows, int np, const float *restrict a,
+                             const float *restrict b, float *restrict s, int lds, float *restrict m,
+                             float *restrict colsum, float *restrict corr)
+{
+    __m512 mprev = _mm512_setzero_ps(), moldprev = mprev; /* panel q - 1 */
+    for (int q = 0; q <= np; q++, b += (size_t)kc * NR) {
+        const int scores = q<np, exps = q> 0;
+        float *sq = s + (size_t)q * lds, *se = sq - lds;
+        const __m512 mold = scores ? _mm512_loadu_ps(m + q * NR) : mprev;
+        __m512 mx4[4] = {mold, mold, mold, mold}; /* four chains */
+        __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
+        const float *ap = a;
+        for (int r0 = 0; r0 < rows; r0 += MR, ap += (size_t)kc * MR) {
+            if (scores) {
+                float *sp = sq + (size_t)r0 * NR;
+                __m512 acc[MR];
+                if (kc <= SD_MICRO_SUB) {
+                    scores_run(kc, ap, b, acc);
+#pragma GCC unroll 32
+                    for (int i = 0; i < MR; i++)
+                        _mm512_store_ps(sp + i * NR, acc[i]);
+                } else {
+                    scores_long(kc, ap, b, sp);
+#pragma GCC unroll 32
+                    for (int i = 0; i < MR; i++)
+                        acc[i] = _mm512_load_ps(sp + i * NR);
+                }
+                /* max(x, mx) keeps mx when x is NaN */
+#pragma GCC unroll 32
+                for (int i = 0; i < MR; i++)
+                    if (i < rows - r0)
+                        mx4[i % 4] = _mm512_max_ps(acc[i], mx4[i % 4]);
+            }
+            if (exps)
+                exp_rows(se + (size_t)r0 * NR, rows - r0 < MR ? rows - r0 : MR, mprev, &sum0,
+                         &sum1);
+        }
+        if (exps) {
+            _mm512_storeu_ps(colsum + (q - 1) * NR, _mm512_add_ps(sum0, sum1));
+            /* an old max of -inf gives 2^-200 = 0 */
+            _mm512_storeu_ps(corr + (q - 1) * NR,
+                             exp2_avx512(_mm512_max_ps(_mm512_sub_ps(moldprev, mprev),
+                                                       _mm512_set1_ps(-200.0f))));
+        }
+        if (scores) {
+            moldprev = mold;
+            mprev = _mm512_max_ps(_mm512_max_ps(mx4[0], mx4[1]), _mm512_max_ps(mx4[2], mx4[3]));
+            _mm512_storeu_ps(m + q * NR, mprev);
+        }
+    }
 }
 
 static inline __m512 silu_vec(__m512 v)
