@@ -864,6 +864,71 @@ static void test_attn_tile(void)
     }
 }
 
+/* attn_pv against double sums: channel counts that end in whole 16-row
+ * panels, 8 rows or fewer, and 17..24 rows (the 24-row tile); runs below,
+ * at and past SD_MICRO_SUB; with and without the rescale. Each error is
+ * taken relative to the sum of the magnitudes of its terms; rows past
+ * `rows` and columns past nr of o must keep their contents. */
+static void test_attn_pv(void)
+{
+    static const int kcs[] = {1, 64, 65, 256}, rowss[] = {1, 8, 9, 16, 20, 24, 40, 80, 160};
+    for (int si = 0; si < g_nsets; si++) {
+        const sd_kernels *kern = g_sets[si];
+        if (!kern->attn_pv)
+            continue;
+        const int mr = kern->mr, nr = kern->nr;
+        double worst = 0;
+        for (size_t ki = 0; ki < sizeof kcs / sizeof kcs[0]; ki++)
+            for (size_t ri = 0; ri < sizeof rowss / sizeof rowss[0]; ri++) {
+                const int kc = kcs[ki], rows = rowss[ri], panels = (rows + mr - 1) / mr;
+                const size_t vs = (size_t)(kc + 3) * mr; /* panels apart by more than kc steps */
+                const int ldo = nr + 5, orows = rows + 2;
+                float *v = falloc(vs * panels), *p = falloc((size_t)kc * nr);
+                float *o = falloc((size_t)orows * ldo), *o0 = falloc((size_t)orows * ldo);
+                float corr[16];
+                fill(v, vs * panels, 800 + ki, 1, 0);
+                for (int c = rows; c < panels * mr; c++) /* lanes past rows are zero */
+                    for (int k = 0; k < kc; k++)
+                        v[(size_t)(c / mr) * vs + (size_t)k * mr + c % mr] = 0;
+                fill(p, (size_t)kc * nr, 810 + ri, 0.5f, 0.5f);
+                fill(o0, (size_t)orows * ldo, 820 + ri, 3, 0);
+                fill(corr, 16, 830 + ki, 0.5f, 0.5f);
+                for (int use_corr = 0; use_corr < 2; use_corr++) {
+                    memcpy(o, o0, sizeof(float) * orows * ldo);
+                    kern->attn_pv(kc, rows, v, vs, p, o, ldo, use_corr ? corr : NULL);
+                    double e = 0;
+                    int kept = 1;
+                    for (int c = 0; c < orows; c++)
+                        for (int j = 0; j < ldo; j++) {
+                            const size_t at = (size_t)c * ldo + j;
+                            if (c >= rows || j >= nr) {
+                                kept &= same_bits(o + at, o0 + at, 1);
+                                continue;
+                            }
+                            double ref = use_corr ? (double)o0[at] * corr[j] : 0, mag = fabs(ref);
+                            for (int k = 0; k < kc; k++) {
+                                double t =
+                                    (double)v[(size_t)(c / mr) * vs + (size_t)k * mr + c % mr] *
+                                    p[(size_t)k * nr + j];
+                                ref += t;
+                                mag += fabs(t);
+                            }
+                            e = fmax(e, fabs(o[at] - ref) / (mag + 1e-30));
+                        }
+                    CHECK(kept && e < 1e-6, "%s attn_pv kc=%d rows=%d corr=%d: error %.3g%s",
+                          kern->name, kc, rows, use_corr, e, kept ? "" : ", wrote outside");
+                    worst = fmax(worst, e);
+                }
+                sd_free(v);
+                sd_free(p);
+                sd_free(o);
+                sd_free(o0);
+            }
+        printf("# %s attn_pv: worst error %.3g (of the sum of the terms' magnitudes)\n", kern->name,
+               worst);
+    }
+}
+
 /* ---- element-wise ---- */
 
 static void test_silu_geglu(void)
@@ -1613,6 +1678,7 @@ int main(void)
     RUN(test_attention);
     RUN(test_attention_causal);
     RUN(test_attn_tile);
+    RUN(test_attn_pv);
     RUN(test_gelu);
     RUN(test_silu_geglu);
     RUN(test_gemm_geglu);

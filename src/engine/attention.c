@@ -173,6 +173,13 @@ static void attn_block(void *ctx, int64_t task, int thread)
                 mo[c] = mx[c];
             }
         }
+        if (tiled && kern->attn_pv) { /* the rescale is folded into the product */
+            for (int jq = 0; jq < qpan; jq++)
+                kern->attn_pv(nk, dh, Vp + (size_t)k0 * mr, (size_t)j->Nk * mr,
+                              sT + (size_t)jq * BK * nr, acc + jq * nr, ldacc,
+                              kb > 0 ? corr + jq * nr : NULL);
+            continue;
+        }
         if (kb > 0)
             for (int c = 0; c < dh; c++)
                 scale_row(acc + (size_t)c * ldacc, corr, ldacc);

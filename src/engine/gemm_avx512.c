@@ -378,6 +378,76 @@ static void attn_tile_avx512(int kc, int rows, int np, const float *restrict a,
     }
 }
 
+#if MR == 16
+/* One O^T tile of the attention's P V product: its first `rows` of R
+ * channel rows (R = 8, 16 or 24, a constant once inlined; rows 16..23 of
+ * a 24-row tile are the first 8 of the next 16-row V^T panel, a1) by
+ * NR queries: c = (corr ? c * corr : 0) + the sum over k < kc of
+ * a[k][i] * b[k], in SD_MICRO_SUB runs as micro_rows sums them, the first
+ * run added with one fma. 24 rows make a 40-channel head two tiles (16 +
+ * 24) where the kernel's panels make it three (16 + 16 + 8, the last with
+ * 8 accumulators, too few to cover the FMA latency). */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void
+pv_rows(const int R, int kc, const float *restrict a0, const float *restrict a1,
+        const float *restrict b, float *c, int ldc, int rows, const float *corr)
+{
+    const __m512 cv = corr ? _mm512_loadu_ps(corr) : _mm512_setzero_ps();
+    for (int k0 = 0; k0 < kc; k0 += SD_MICRO_SUB) {
+        const int len = kc - k0 < SD_MICRO_SUB ? kc - k0 : SD_MICRO_SUB;
+        __m512 acc[24];
+#pragma GCC unroll 32
+        for (int i = 0; i < R; i++)
+            acc[i] = _mm512_setzero_ps();
+        const float *p0 = a0 + (size_t)k0 * 16, *p1 = a1 + (size_t)k0 * 16,
+                    *bp = b + (size_t)k0 * NR;
+#pragma GCC unroll 2
+        for (int k = 0; k < len; k++) {
+            const __m512 bv = _mm512_loadu_ps(bp);
+#pragma GCC unroll 32
+            for (int i = 0; i < R; i++)
+                acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(i < 16 ? p0[i] : p1[i - 16]), bv, acc[i]);
+            p0 += 16;
+            p1 += 16;
+            bp += NR;
+        }
+#pragma GCC unroll 32
+        for (int i = 0; i < R; i++)
+            if (i < rows) {
+                float *ci = c + (size_t)i * ldc;
+                __m512 v = acc[i];
+                if (k0 > 0)
+                    v = _mm512_add_ps(_mm512_loadu_ps(ci), v);
+                else if (corr)
+                    v = _mm512_fmadd_ps(_mm512_loadu_ps(ci), cv, v);
+                _mm512_storeu_ps(ci, v);
+            }
+    }
+}
+
+/* See sd_kernels.attn_pv: 16-row tiles, the last 17..24 rows as one
+ * 24-row tile and a last 1..8 as an 8-row one. */
+static void attn_pv_avx512(int kc, int rows, const float *v, size_t vs, const float *p, float *o,
+                           int ldo, const float *corr)
+{
+    for (int c0 = 0; c0 < rows; c0 += 16) {
+        const int rem = rows - c0;
+        const float *a0 = v + (size_t)(c0 / 16) * vs;
+        float *oc = o + (size_t)c0 * ldo;
+        if (rem > 16 && rem <= 24) {
+            pv_rows(24, kc, a0, a0 + vs, p, oc, ldo, rem, corr);
+            return;
+        }
+        if (rem <= 8)
+            pv_rows(8, kc, a0, a0, p, oc, ldo, rem, corr);
+        else
+            pv_rows(16, kc, a0, a0, p, oc, ldo, rem < 16 ? rem : 16, corr);
+    }
+}
+#endif
+
 static inline __m512 silu_vec(__m512 v)
 {
     const __m512 one = _mm512_set1_ps(1.0f);
@@ -479,6 +549,9 @@ const sd_kernels sd_kernels_avx512 = {
     .pack_panel = pack_avx512,
     .softmax_cols = softmax_cols_avx512,
     .attn_tile = attn_tile_avx512,
+#if MR == 16
+    .attn_pv = attn_pv_avx512,
+#endif
     .silu = silu_avx512,
     .gelu_mul = gelu_mul_avx512,
     .winograd = sd_conv3x3_winograd_avx2,

@@ -77,6 +77,15 @@ typedef struct sd_kernels {
      * may be subnormal or zero. */
     void (*attn_tile)(int kc, int rows, int np, const float *a, const float *b, float *s, int lds,
                       float *m, float *colsum, float *corr);
+    /* The O^T update of one query panel, or NULL (then the caller rescales
+     * O^T and uses micro): for channels c < rows and queries j < nr,
+     * o[c*ldo + j] = (corr ? o[c*ldo + j] * corr[j] (one rounding) : 0) +
+     * the sum over k < kc of V^T[c][k] * p[k*nr + j], summed as micro sums
+     * it. V^T is given as mr-row A panels of kc steps, vs floats apart
+     * (panel c / mr holds channel c in lane c % mr; lanes past rows are
+     * zero and may be read). */
+    void (*attn_pv)(int kc, int rows, const float *v, size_t vs, const float *p, float *o, int ldo,
+                    const float *corr);
     /* y[i] = x[i] / (1 + exp(-x[i])) for i < n; y may equal x. */
     void (*silu)(const float *x, float *y, size_t n);
     /* y[i] = h[i] * gelu(g[i]), exact-erf GELU, for i < n (one GEGLU row):
