@@ -9,7 +9,10 @@
  * exactly the B-panel layout P^T needs, so probabilities are never
  * repacked; each query is one vector lane, so the running max, the sums and
  * the rescaling are plain vertical vector operations (kern->softmax_cols); and channels are
- * padded to a multiple of mr rather than nr (16).
+ * padded to a multiple of mr rather than nr (16). A kernel set may fuse the
+ * steps: kern->attn_tile computes a key block's S^T tiles and their softmax
+ * step (in base 2, the scale folded into Q^T), kern->attn_pv the O^T update
+ * with the rescale folded in; without them micro and softmax_cols run.
  *
  * K and V are packed once per (batch, head) into a shared buffer, a few
  * (batch, head) pairs at a time to bound its size; then a task owns one
