@@ -779,6 +779,156 @@ static void test_attention(void)
     attn_case(1, 3, 160, 5, 4100, 2, 0, 510);
 }
 
+/* attn_tile against double sums: three query panels at once (tiles apart
+ * by more than their size), keys 1..256 (partial panels), head sizes
+ * below, at and past SD_MICRO_SUB, old maxima of -inf, below and above
+ * every score. The scores are negative, so a padding key's zero score
+ * taken into the max would show in every probability. */
+static void test_attn_tile(void)
+{
+    enum { NP = 3 };
+    static const int kcs[] = {1, 40, 64, 65, 160}, rowss[] = {1, 15, 16, 17, 77, 256};
+    static const float m0s[] = {-INFINITY, -30.0f, 5.0f};
+    CHECK(g_sets[g_nsets - 1]->attn_tile || strcmp(g_sets[g_nsets - 1]->name, "avx512") != 0,
+          "avx512 has attn_tile");
+    for (int si = 0; si < g_nsets; si++) {
+        const sd_kernels *kern = g_sets[si];
+        if (!kern->attn_tile)
+            continue;
+        const int mr = kern->mr, nr = kern->nr;
+        double worst_m = 0, worst_p = 0;
+        for (size_t ki = 0; ki < sizeof kcs / sizeof kcs[0]; ki++)
+            for (size_t ri = 0; ri < sizeof rowss / sizeof rowss[0]; ri++) {
+                const int kc = kcs[ki], rows = rowss[ri], pr = (rows + mr - 1) / mr * mr;
+                const int lds = pr * nr + 16, nq = NP * nr;
+                float *kr = falloc((size_t)rows * kc), *a = falloc((size_t)pr * kc);
+                float *b = falloc((size_t)NP * kc * nr), *s = falloc((size_t)NP * lds);
+                fill(kr, (size_t)rows * kc, 700 + ki, 0.5f, 1.0f);    /* keys in (0.5, 1.5) */
+                fill(b, (size_t)NP * kc * nr, 710 + ri, 0.5f, -1.0f); /* queries negative */
+                for (int p = 0; p < pr / mr; p++) { /* kc < SD_KC_MAX: one piece */
+                    const float *rp[SD_MR_MAX];
+                    for (int i = 0; i < mr; i++)
+                        rp[i] = p * mr + i < rows ? kr + (size_t)(p * mr + i) * kc : sd_zero_row;
+                    sd_pack_rows(rp, mr, kc, a + (size_t)p * kc * mr);
+                }
+                double *ref = malloc(sizeof(double) * rows * nq);
+                CHECK(ref != NULL, "alloc");
+                if (!ref)
+                    return;
+                for (int r = 0; r < rows; r++)
+                    for (int c = 0; c < nq; c++) { /* column c: panel c / nr, query c % nr */
+                        const float *bq = b + (size_t)(c / nr) * kc * nr + c % nr;
+                        double d = 0;
+                        for (int k = 0; k < kc; k++)
+                            d += (double)kr[(size_t)r * kc + k] * bq[(size_t)k * nr];
+                        ref[(size_t)r * nq + c] = d;
+                    }
+                for (size_t mi = 0; mi < sizeof m0s / sizeof m0s[0]; mi++) {
+                    float m[NP * 16], cs[NP * 16], cr[NP * 16], m0[NP * 16];
+                    double em = 0, ep = 0; /* worst errors: max (absolute), p/sum/corr (relative) */
+                    for (int c = 0; c < nq; c++)
+                        m[c] = m0[c] = m0s[(mi + (size_t)c / nr) % 3];
+                    kern->attn_tile(kc, rows, NP, a, b, s, lds, m, cs, cr);
+                    for (int c = 0; c < nq; c++) {
+                        const float *t = s + (size_t)(c / nr) * lds + c % nr;
+                        double mref = m0[c], sum = 0;
+                        for (int r = 0; r < rows; r++)
+                            mref = ref[(size_t)r * nq + c] > mref ? ref[(size_t)r * nq + c] : mref;
+                        em = fmax(em, fabs(m[c] - mref) / (1 + fabs(mref)));
+                        for (int r = 0; r < rows; r++) {
+                            double p = exp2(ref[(size_t)r * nq + c] - mref);
+                            sum += p;
+                            ep = fmax(ep, fabs(t[(size_t)r * nr] - p) / (p + 0x1p-100) /
+                                              (1 + fabs(ref[(size_t)r * nq + c])));
+                        }
+                        ep = fmax(ep, fabs(cs[c] - sum) / (sum + 0x1p-100) / (1 + fabs(mref)));
+                        double cref = exp2((double)m0[c] - mref);
+                        ep = fmax(ep, fabs(cr[c] - cref) / (cref + 0x1p-100) / (1 + fabs(mref)));
+                    }
+                    /* float sums of up to 160 terms: ~1e-6 of the score's size seen */
+                    CHECK(em < 1e-5 && ep < 1e-5,
+                          "%s attn_tile kc=%d rows=%d m0=%g: max %.3g, probabilities %.3g",
+                          kern->name, kc, rows, m0s[mi], em, ep);
+                    worst_m = fmax(worst_m, em);
+                    worst_p = fmax(worst_p, ep);
+                }
+                free(ref);
+                sd_free(kr);
+                sd_free(a);
+                sd_free(b);
+                sd_free(s);
+            }
+        printf("# %s attn_tile: worst error of the max %.3g, of the probabilities %.3g (per unit "
+               "of score)\n",
+               kern->name, worst_m, worst_p);
+    }
+}
+
+/* attn_pv against double sums: channel counts that end in whole 16-row
+ * panels, 8 rows or fewer, and 17..24 rows (the 24-row tile); runs below,
+ * at and past SD_MICRO_SUB; with and without the rescale. Each error is
+ * taken relative to the sum of the magnitudes of its terms; rows past
+ * `rows` and columns past nr of o must keep their contents. */
+static void test_attn_pv(void)
+{
+    static const int kcs[] = {1, 64, 65, 256}, rowss[] = {1, 8, 9, 16, 20, 24, 40, 80, 160};
+    for (int si = 0; si < g_nsets; si++) {
+        const sd_kernels *kern = g_sets[si];
+        if (!kern->attn_pv)
+            continue;
+        const int mr = kern->mr, nr = kern->nr;
+        double worst = 0;
+        for (size_t ki = 0; ki < sizeof kcs / sizeof kcs[0]; ki++)
+            for (size_t ri = 0; ri < sizeof rowss / sizeof rowss[0]; ri++) {
+                const int kc = kcs[ki], rows = rowss[ri], panels = (rows + mr - 1) / mr;
+                const size_t vs = (size_t)(kc + 3) * mr; /* panels apart by more than kc steps */
+                const int ldo = nr + 5, orows = rows + 2;
+                float *v = falloc(vs * panels), *p = falloc((size_t)kc * nr);
+                float *o = falloc((size_t)orows * ldo), *o0 = falloc((size_t)orows * ldo);
+                float corr[16];
+                fill(v, vs * panels, 800 + ki, 1, 0);
+                for (int c = rows; c < panels * mr; c++) /* lanes past rows are zero */
+                    for (int k = 0; k < kc; k++)
+                        v[(size_t)(c / mr) * vs + (size_t)k * mr + c % mr] = 0;
+                fill(p, (size_t)kc * nr, 810 + ri, 0.5f, 0.5f);
+                fill(o0, (size_t)orows * ldo, 820 + ri, 3, 0);
+                fill(corr, 16, 830 + ki, 0.5f, 0.5f);
+                for (int use_corr = 0; use_corr < 2; use_corr++) {
+                    memcpy(o, o0, sizeof(float) * orows * ldo);
+                    kern->attn_pv(kc, rows, v, vs, p, o, ldo, use_corr ? corr : NULL);
+                    double e = 0;
+                    int kept = 1;
+                    for (int c = 0; c < orows; c++)
+                        for (int j = 0; j < ldo; j++) {
+                            const size_t at = (size_t)c * ldo + j;
+                            if (c >= rows || j >= nr) {
+                                kept &= same_bits(o + at, o0 + at, 1);
+                                continue;
+                            }
+                            double ref = use_corr ? (double)o0[at] * corr[j] : 0, mag = fabs(ref);
+                            for (int k = 0; k < kc; k++) {
+                                double t =
+                                    (double)v[(size_t)(c / mr) * vs + (size_t)k * mr + c % mr] *
+                                    p[(size_t)k * nr + j];
+                                ref += t;
+                                mag += fabs(t);
+                            }
+                            e = fmax(e, fabs(o[at] - ref) / (mag + 1e-30));
+                        }
+                    CHECK(kept && e < 1e-6, "%s attn_pv kc=%d rows=%d corr=%d: error %.3g%s",
+                          kern->name, kc, rows, use_corr, e, kept ? "" : ", wrote outside");
+                    worst = fmax(worst, e);
+                }
+                sd_free(v);
+                sd_free(p);
+                sd_free(o);
+                sd_free(o0);
+            }
+        printf("# %s attn_pv: worst error %.3g (of the sum of the terms' magnitudes)\n", kern->name,
+               worst);
+    }
+}
+
 /* ---- element-wise ---- */
 
 static void test_silu_geglu(void)
@@ -1584,6 +1734,8 @@ int main(void)
     RUN(test_layernorm);
     RUN(test_attention);
     RUN(test_attention_causal);
+    RUN(test_attn_tile);
+    RUN(test_attn_pv);
     RUN(test_gelu);
     RUN(test_silu_geglu);
     RUN(test_gemm_geglu);

@@ -9,7 +9,10 @@
  * exactly the B-panel layout P^T needs, so probabilities are never
  * repacked; each query is one vector lane, so the running max, the sums and
  * the rescaling are plain vertical vector operations (kern->softmax_cols); and channels are
- * padded to a multiple of mr rather than nr (16).
+ * padded to a multiple of mr rather than nr (16). A kernel set may fuse the
+ * steps: kern->attn_tile computes a key block's S^T tiles and their softmax
+ * step (in base 2, the scale folded into Q^T), kern->attn_pv the O^T update
+ * with the rescale folded in; without them micro and softmax_cols run.
  *
  * K and V are packed once per (batch, head) into a shared buffer, a few
  * (batch, head) pairs at a time to bound its size; then a task owns one
@@ -122,6 +125,17 @@ static void attn_block(void *ctx, int64_t task, int thread)
 
     pack_rows_strided(j->q + (size_t)(b * j->Nq + q0) * j->ldq + (size_t)h * dh, (size_t)j->ldq, nq,
                       qpan * nr, nr, dh, kern, qB);
+    /* With attn_tile the scores come out in base 2: log2(e) * scale is
+     * folded into Q^T, so neither the max nor the exponent argument needs
+     * a product (one more rounding per query element, of the size of the
+     * products' own). The causal mask is applied between the two steps,
+     * so the causal path keeps micro and softmax_cols. */
+    const int tiled = kern->attn_tile && !j->causal;
+    if (tiled) {
+        const float qs = (float)((double)j->scale * 1.4426950408889634);
+        for (size_t i = 0; i < (size_t)qpan * nr * dh; i++)
+            qB[i] *= qs;
+    }
     for (int i = 0; i < ldacc; i++) {
         mrun[i] = -INFINITY;
         lrun[i] = 0.0;
@@ -131,7 +145,15 @@ static void attn_block(void *ctx, int64_t task, int thread)
         if (j->causal && k0 > q0 + nq - 1)
             break; /* every later key is masked for every query of the block */
         const int nk = j->Nk - k0 < BK ? j->Nk - k0 : BK, kpan = (nk + mr - 1) / mr;
-        for (int jq = 0; jq < qpan; jq++) {
+        if (tiled) {
+            kern->attn_tile(dh, nk, qpan, Kp + (size_t)k0 * dh, qB, sT, BK * nr, mrun, colsum,
+                            corr);
+            for (int i = 0; i < ldacc; i++) {
+                corr[i] = kb > 0 ? corr[i] : 0.0f;
+                lrun[i] = lrun[i] * corr[i] + colsum[i];
+            }
+        }
+        for (int jq = 0; jq < qpan && !tiled; jq++) {
             float *st = sT + (size_t)jq * BK * nr;
             /* S^T tile rows past nk hold zero-key scores; nothing reads them. */
             for (int p = 0; p < kpan; p++)
@@ -153,6 +175,13 @@ static void attn_block(void *ctx, int64_t task, int thread)
                 lrun[i] = lrun[i] * corr[i] + colsum[i];
                 mo[c] = mx[c];
             }
+        }
+        if (tiled && kern->attn_pv) { /* the rescale is folded into the product */
+            for (int jq = 0; jq < qpan; jq++)
+                kern->attn_pv(nk, dh, Vp + (size_t)k0 * mr, (size_t)j->Nk * mr,
+                              sT + (size_t)jq * BK * nr, acc + jq * nr, ldacc,
+                              kb > 0 ? corr + jq * nr : NULL);
+            continue;
         }
         if (kb > 0)
             for (int c = 0; c < dh; c++)

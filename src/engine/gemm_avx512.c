@@ -326,6 +326,216 @@ static void softmax_cols_avx512(float *s, int rows, float scale, float *m, float
     _mm512_storeu_ps(colsum, sum);
 }
 
+/* 2^x for x <= 0: x = n + r with n = round(x) (r = x - n is exact), 2^r
+ * by the exp_core polynomial in r ln 2 (its coefficients times (ln 2)^k)
+ * and scaled by 2^n with vscalefps, which rounds results below 2^-126 to
+ * subnormals and zero; -inf gives NaN. */
+static inline __m512 exp2_avx512(__m512 x)
+{
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.534581243e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.339993090e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.618489072e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.550328642e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.402264625e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.931471825e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* acc[i] = the sum over k < len of a[k*MR + i] * b[k*NR + 0..15]. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void
+scores_run(int len, const float *restrict a, const float *restrict b, __m512 *acc)
+{
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; i++)
+        acc[i] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+    for (int k = 0; k < len; k++) {
+        const __m512 bv = _mm512_loadu_ps(b);
+#pragma GCC unroll 32
+        for (int i = 0; i < MR; i++)
+            acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(a[i]), bv, acc[i]);
+        a += MR;
+        b += NR;
+    }
+}
+
+/* An MR x NR score tile of kc > SD_MICRO_SUB steps into s (aligned): the
+ * runs summed as micro_rows sums them. Out of line, so that the short
+ * case keeps its registers. */
+static void scores_long(int kc, const float *a, const float *b, float *s)
+{
+    for (int k0 = 0; k0 < kc; k0 += SD_MICRO_SUB) {
+        const int len = kc - k0 < SD_MICRO_SUB ? kc - k0 : SD_MICRO_SUB;
+        __m512 acc[MR];
+        scores_run(len, a + (size_t)k0 * MR, b + (size_t)k0 * NR, acc);
+#pragma GCC unroll 32
+        for (int i = 0; i < MR; i++)
+            _mm512_store_ps(s + i * NR,
+                            k0 ? _mm512_add_ps(_mm512_load_ps(s + i * NR), acc[i]) : acc[i]);
+    }
+}
+
+/* s[r] = 2^(s[r] - mx) for n rows, summed by pairs into sum0 and sum1.
+ * The scores are finite and at most mx: no clamp is needed. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void
+exp_rows(float *s, int n, __m512 mx, __m512 *sum0, __m512 *sum1)
+{
+    int r = 0;
+    for (; r + 2 <= n; r += 2, s += 2 * NR) {
+        __m512 p0 = exp2_avx512(_mm512_sub_ps(_mm512_load_ps(s), mx));
+        __m512 p1 = exp2_avx512(_mm512_sub_ps(_mm512_load_ps(s + NR), mx));
+        _mm512_store_ps(s, p0);
+        _mm512_store_ps(s + NR, p1);
+        *sum0 = _mm512_add_ps(*sum0, p0);
+        *sum1 = _mm512_add_ps(*sum1, p1);
+    }
+    if (r < n) {
+        __m512 p0 = exp2_avx512(_mm512_sub_ps(_mm512_load_ps(s), mx));
+        _mm512_store_ps(s, p0);
+        *sum0 = _mm512_add_ps(*sum0, p0);
+    }
+}
+
+/* Attention tiles of np query panels against one key block (see
+ * sd_kernels.attn_tile): for each panel the scores of `rows` keys (MR-key
+ * A panels of kc steps at a, zero-padded to whole panels) against its NR
+ * queries are stored in its tile, then the online-softmax step in base 2
+ * runs on them. A head of up to SD_MICRO_SUB channels (the UNet's 40)
+ * takes the column max from the registers as the scores are stored.
+ * The exp pass of panel q - 1 runs interleaved with the scores of panel
+ * q, a key panel of each at a time, so that its adds, rounding and
+ * scaling fill the pipes the score FMAs leave idle. */
+static void attn_tile_avx512(int kc, int rows, int np, const float *restrict a,
+                             const float *restrict b, float *restrict s, int lds, float *restrict m,
+                             float *restrict colsum, float *restrict corr)
+{
+    __m512 mprev = _mm512_setzero_ps(), moldprev = mprev; /* panel q - 1 */
+    for (int q = 0; q <= np; q++, b += (size_t)kc * NR) {
+        const int scores = q<np, exps = q> 0;
+        float *sq = s + (size_t)q * lds, *se = sq - lds;
+        const __m512 mold = scores ? _mm512_loadu_ps(m + q * NR) : mprev;
+        __m512 mx4[4] = {mold, mold, mold, mold}; /* four chains */
+        __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
+        const float *ap = a;
+        for (int r0 = 0; r0 < rows; r0 += MR, ap += (size_t)kc * MR) {
+            if (scores) {
+                float *sp = sq + (size_t)r0 * NR;
+                __m512 acc[MR];
+                if (kc <= SD_MICRO_SUB) {
+                    scores_run(kc, ap, b, acc);
+#pragma GCC unroll 32
+                    for (int i = 0; i < MR; i++)
+                        _mm512_store_ps(sp + i * NR, acc[i]);
+                } else {
+                    scores_long(kc, ap, b, sp);
+#pragma GCC unroll 32
+                    for (int i = 0; i < MR; i++)
+                        acc[i] = _mm512_load_ps(sp + i * NR);
+                }
+                /* max(x, mx) keeps mx when x is NaN */
+#pragma GCC unroll 32
+                for (int i = 0; i < MR; i++)
+                    if (i < rows - r0)
+                        mx4[i % 4] = _mm512_max_ps(acc[i], mx4[i % 4]);
+            }
+            if (exps)
+                exp_rows(se + (size_t)r0 * NR, rows - r0 < MR ? rows - r0 : MR, mprev, &sum0,
+                         &sum1);
+        }
+        if (exps) {
+            _mm512_storeu_ps(colsum + (q - 1) * NR, _mm512_add_ps(sum0, sum1));
+            /* an old max of -inf gives 2^-200 = 0 */
+            _mm512_storeu_ps(corr + (q - 1) * NR,
+                             exp2_avx512(_mm512_max_ps(_mm512_sub_ps(moldprev, mprev),
+                                                       _mm512_set1_ps(-200.0f))));
+        }
+        if (scores) {
+            moldprev = mold;
+            mprev = _mm512_max_ps(_mm512_max_ps(mx4[0], mx4[1]), _mm512_max_ps(mx4[2], mx4[3]));
+            _mm512_storeu_ps(m + q * NR, mprev);
+        }
+    }
+}
+
+#if MR == 16
+/* One O^T tile of the attention's P V product: its first `rows` of R
+ * channel rows (R = 8, 16 or 24, a constant once inlined; rows 16..23 of
+ * a 24-row tile are the first 8 of the next 16-row V^T panel, a1) by
+ * NR queries: c = (corr ? c * corr : 0) + the sum over k < kc of
+ * a[k][i] * b[k], in SD_MICRO_SUB runs as micro_rows sums them, the first
+ * run added with one fma. 24 rows make a 40-channel head two tiles (16 +
+ * 24) where the kernel's panels make it three (16 + 16 + 8, the last with
+ * 8 accumulators, too few to cover the FMA latency). */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void
+pv_rows(const int R, int kc, const float *restrict a0, const float *restrict a1,
+        const float *restrict b, float *c, int ldc, int rows, const float *corr)
+{
+    const __m512 cv = corr ? _mm512_loadu_ps(corr) : _mm512_setzero_ps();
+    for (int k0 = 0; k0 < kc; k0 += SD_MICRO_SUB) {
+        const int len = kc - k0 < SD_MICRO_SUB ? kc - k0 : SD_MICRO_SUB;
+        __m512 acc[24];
+#pragma GCC unroll 32
+        for (int i = 0; i < R; i++)
+            acc[i] = _mm512_setzero_ps();
+        const float *p0 = a0 + (size_t)k0 * 16, *p1 = a1 + (size_t)k0 * 16,
+                    *bp = b + (size_t)k0 * NR;
+#pragma GCC unroll 2
+        for (int k = 0; k < len; k++) {
+            const __m512 bv = _mm512_loadu_ps(bp);
+#pragma GCC unroll 32
+            for (int i = 0; i < R; i++)
+                acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(i < 16 ? p0[i] : p1[i - 16]), bv, acc[i]);
+            p0 += 16;
+            p1 += 16;
+            bp += NR;
+        }
+#pragma GCC unroll 32
+        for (int i = 0; i < R; i++)
+            if (i < rows) {
+                float *ci = c + (size_t)i * ldc;
+                __m512 v = acc[i];
+                if (k0 > 0)
+                    v = _mm512_add_ps(_mm512_loadu_ps(ci), v);
+                else if (corr)
+                    v = _mm512_fmadd_ps(_mm512_loadu_ps(ci), cv, v);
+                _mm512_storeu_ps(ci, v);
+            }
+    }
+}
+
+/* See sd_kernels.attn_pv: 16-row tiles, the last 17..24 rows as one
+ * 24-row tile and a last 1..8 as an 8-row one. */
+static void attn_pv_avx512(int kc, int rows, const float *v, size_t vs, const float *p, float *o,
+                           int ldo, const float *corr)
+{
+    for (int c0 = 0; c0 < rows; c0 += 16) {
+        const int rem = rows - c0;
+        const float *a0 = v + (size_t)(c0 / 16) * vs;
+        float *oc = o + (size_t)c0 * ldo;
+        if (rem > 16 && rem <= 24) {
+            pv_rows(24, kc, a0, a0 + vs, p, oc, ldo, rem, corr);
+            return;
+        }
+        if (rem <= 8)
+            pv_rows(8, kc, a0, a0, p, oc, ldo, rem, corr);
+        else
+            pv_rows(16, kc, a0, a0, p, oc, ldo, rem < 16 ? rem : 16, corr);
+    }
+}
+#endif
+
 static inline __m512 silu_vec(__m512 v)
 {
     const __m512 one = _mm512_set1_ps(1.0f);
@@ -429,6 +639,10 @@ const sd_kernels sd_kernels_avx512 = {
 #endif
     .pack_panel = pack_avx512,
     .softmax_cols = softmax_cols_avx512,
+    .attn_tile = attn_tile_avx512,
+#if MR == 16
+    .attn_pv = attn_pv_avx512,
+#endif
     .silu = silu_avx512,
     .gelu_mul = gelu_mul_avx512,
     .winograd = sd_conv3x3_winograd_avx2,

@@ -69,6 +69,30 @@ typedef struct sd_kernels {
      * Terms below e^-80 (1.8e-35; the column's largest term is 1) may be
      * flushed to zero or raised to e^-80. */
     void (*softmax_cols)(float *s, int rows, float scale, float *m, float *colsum);
+    /* Scores and online-softmax step of np attention tiles, in base 2, or
+     * NULL (then the caller uses micro and softmax_cols). For query panel
+     * q < np (the B panels of kc steps, nr queries each, one after another
+     * at b, scaled beforehand by log2(e) times the softmax scale; tile
+     * t = s + q*lds, 64-byte aligned, and columns j of q*nr + j in m,
+     * colsum and corr) and keys r < rows: t[r][j] = the dot product of
+     * key r (A panels of kc steps, mr keys each, as micro's; ceil(rows/mr)
+     * of them, zero-padded) and query j, summed as micro sums it; then
+     * m[j] = max(m[j], max over r < rows of t[r][j]) (m may start at -inf),
+     * t[r][j] = 2^(t[r][j] - m[j]) for r < rows, colsum[j] = their sum and
+     * corr[j] = 2^(old m[j] - new m[j]). A tile holds ceil(rows/mr)*mr
+     * rows of nr; the padding rows are left undefined. Terms below 2^-126
+     * may be subnormal or zero. */
+    void (*attn_tile)(int kc, int rows, int np, const float *a, const float *b, float *s, int lds,
+                      float *m, float *colsum, float *corr);
+    /* The O^T update of one query panel, or NULL (then the caller rescales
+     * O^T and uses micro): for channels c < rows and queries j < nr,
+     * o[c*ldo + j] = (corr ? o[c*ldo + j] * corr[j] (one rounding) : 0) +
+     * the sum over k < kc of V^T[c][k] * p[k*nr + j], summed as micro sums
+     * it. V^T is given as mr-row A panels of kc steps, vs floats apart
+     * (panel c / mr holds channel c in lane c % mr; lanes past rows are
+     * zero and may be read). */
+    void (*attn_pv)(int kc, int rows, const float *v, size_t vs, const float *p, float *o, int ldo,
+                    const float *corr);
     /* y[i] = x[i] / (1 + exp(-x[i])) for i < n; y may equal x. */
     void (*silu)(const float *x, float *y, size_t n);
     /* y[i] = h[i] * gelu(g[i]), exact-erf GELU, for i < n (one GEGLU row):
