@@ -51,6 +51,32 @@ static inline void store_row_ep(float *c, const float *t, __m512 v, int prev, in
     _mm512_mask_storeu_ps(c, mask, v);
 }
 
+/* acc[i] = the sum over k < len of a[k*MR + i] * b[k*NR + 0..15], i < R
+ * (a constant once inlined); with prefetch_b, B is fetched 8 steps ahead.
+ * The run every 16-column tile of this set is made of. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void
+fma_run(const int R, int len, const float *restrict a, const float *restrict b, __m512 *acc,
+        const int prefetch_b)
+{
+#pragma GCC unroll 32
+    for (int i = 0; i < R; i++)
+        acc[i] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+    for (int k = 0; k < len; k++) {
+        const __m512 bv = _mm512_loadu_ps(b);
+        if (prefetch_b)
+            _mm_prefetch((const char *)(b + 8 * NR), _MM_HINT_T0);
+#pragma GCC unroll 32
+        for (int i = 0; i < R; i++)
+            acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(a[i]), bv, acc[i]);
+        a += MR;
+        b += NR;
+    }
+}
+
 /* The tile's first R rows (R = 8 or MR, a constant once inlined): a
  * partial tile of rows <= 8 (attention's 40-channel heads end in one, as
  * do short GEMMs) runs half the FMAs. The runs of each element are the
@@ -83,19 +109,9 @@ micro_rows(const int R, int kc, const float *restrict a, const float *restrict b
     do {
         const int len = kc - k0 < SD_MICRO_SUB ? kc - k0 : SD_MICRO_SUB;
         __m512 acc[MR];
-#pragma GCC unroll 32
-        for (int i = 0; i < R; i++)
-            acc[i] = _mm512_setzero_ps();
-#pragma GCC unroll 2
-        for (int k = 0; k < len; k++) {
-            const __m512 bv = _mm512_loadu_ps(b);
-            _mm_prefetch((const char *)(b + 8 * NR), _MM_HINT_T0);
-#pragma GCC unroll 32
-            for (int i = 0; i < R; i++)
-                acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(a[i]), bv, acc[i]);
-            a += MR;
-            b += NR;
-        }
+        fma_run(R, len, a, b, acc, 1);
+        a += (size_t)len * MR;
+        b += (size_t)len * NR;
         k0 += len;
         if (k0 >= kc && !direct) {
             const float *bias = te ? te->bias : NULL;
@@ -344,27 +360,6 @@ static inline __m512 exp2_avx512(__m512 x)
     return _mm512_scalef_ps(p, n);
 }
 
-/* acc[i] = the sum over k < len of a[k*MR + i] * b[k*NR + 0..15]. */
-#if defined(__GNUC__)
-__attribute__((always_inline))
-#endif
-static inline void
-scores_run(int len, const float *restrict a, const float *restrict b, __m512 *acc)
-{
-#pragma GCC unroll 32
-    for (int i = 0; i < MR; i++)
-        acc[i] = _mm512_setzero_ps();
-#pragma GCC unroll 2
-    for (int k = 0; k < len; k++) {
-        const __m512 bv = _mm512_loadu_ps(b);
-#pragma GCC unroll 32
-        for (int i = 0; i < MR; i++)
-            acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(a[i]), bv, acc[i]);
-        a += MR;
-        b += NR;
-    }
-}
-
 /* An MR x NR score tile of kc > SD_MICRO_SUB steps into s (aligned): the
  * runs summed as micro_rows sums them. Out of line, so that the short
  * case keeps its registers. */
@@ -373,7 +368,7 @@ static void scores_long(int kc, const float *a, const float *b, float *s)
     for (int k0 = 0; k0 < kc; k0 += SD_MICRO_SUB) {
         const int len = kc - k0 < SD_MICRO_SUB ? kc - k0 : SD_MICRO_SUB;
         __m512 acc[MR];
-        scores_run(len, a + (size_t)k0 * MR, b + (size_t)k0 * NR, acc);
+        fma_run(MR, len, a + (size_t)k0 * MR, b + (size_t)k0 * NR, acc, 0);
 #pragma GCC unroll 32
         for (int i = 0; i < MR; i++)
             _mm512_store_ps(s + i * NR,
@@ -431,7 +426,7 @@ static void attn_tile_avx512(int kc, int rows, int np, const float *restrict a,
                 float *sp = sq + (size_t)r0 * NR;
                 __m512 acc[MR];
                 if (kc <= SD_MICRO_SUB) {
-                    scores_run(kc, ap, b, acc);
+                    fma_run(MR, kc, ap, b, acc, 0);
 #pragma GCC unroll 32
                     for (int i = 0; i < MR; i++)
                         _mm512_store_ps(sp + i * NR, acc[i]);
