@@ -533,6 +533,65 @@ static void test_conv_winograd4(void)
     conv4_case(2, 23, 18, 40, 33, 1, seed++); /* several tile blocks */
 }
 
+/* Winograd with the input split into channel chunks (winograd_impl.h:
+ * a block's transformed inputs over WG_V_BYTES, 6 MiB). A 16x16 image is
+ * 64 F(2x2) tiles (64-66 rows of whole mr panels in every kernel set) and
+ * 16 F(4x4) tiles (16-18 rows), so a channel costs 4-4.2 KiB (F(4x4):
+ * 2.3-2.5 KiB) of V and 3101 channels make three chunks of 1040, 1040,
+ * 1021 (F(4x4): two of 1552, 1549): partial 8-channel vectors and several
+ * K blocks per chunk. The epilogue (bias, group, residual) comes with the
+ * last chunk; a residual that is the output itself is the chunks'
+ * starting value instead. Against the double reference; the bars are 4-6x
+ * the largest error seen (F(2x2) 3.5e-7, F(4x4) 1.7e-6). */
+static void test_conv_winograd_chunks(void)
+{
+    const int H = 16, W = 16, Cin = 3101, N = 20, M = H * W;
+    size_t nin = (size_t)M * Cin, nw = (size_t)N * Cin * 9;
+    float *in = falloc(nin), *w = falloc(nw), *out = falloc((size_t)M * N),
+          *ref = falloc((size_t)M * N), *bias = falloc(N), *grp = falloc(N),
+          *res = falloc((size_t)M * N);
+    unsigned long long seed = 950;
+    fill(in, nin, seed, 1, 0);
+    fill(w, nw, seed + 1, 1, 0);
+    fill(bias, N, seed + 2, 1, 0);
+    fill(grp, N, seed + 3, 1, 0);
+    fill(res, (size_t)M * N, seed + 4, 1, 0);
+    sd_epilogue ep = {bias, grp, M, res, N};
+    sd_ref_conv3x3(in, 1, H, W, Cin, 1, w, N, ref, &ep);
+    FOR_EACH_EXEC(ex)
+    {
+        sd_packed P;
+        CHECK(sd_pack(ex.kern, w, N, Cin, 9, &P) == SDUNET_OK, "pack");
+        for (int f4 = 0; f4 <= 1; f4++)
+            for (int alias = 0; alias <= 1; alias++) {
+                sd_epilogue e = ep;
+                if (alias) { /* out = out + conv + bias + group */
+                    memcpy(out, res, sizeof(float) * M * N);
+                    e.residual = out;
+                } else {
+                    fill(out, (size_t)M * N, seed + 5, 1, 0);
+                }
+                int ran = f4 ? sd_conv3x3_winograd4(&ex, in, 1, H, W, Cin, &P, out, &e)
+                             : sd_conv3x3_winograd(&ex, in, 1, H, W, Cin, &P, out, &e);
+                double err = t_rel_l2_f32(out, ref, (size_t)M * N);
+                CHECK(ran && err < (f4 ? 7e-6 : 2e-6),
+                      "%s/%d threads %s Cin=%d residual %s: rel L2 %.3g", WHERE(ex),
+                      f4 ? "F(4x4)" : "F(2x2)", Cin, alias ? "in out" : "apart", err);
+                if (pi_ == 0 && alias == 0)
+                    printf("# chunked %s %s: rel L2 %.3g\n", f4 ? "F(4x4)" : "F(2x2)",
+                           ex.kern->name, err);
+            }
+        sd_packed_free(&P);
+    }
+    sd_free(in);
+    sd_free(w);
+    sd_free(out);
+    sd_free(ref);
+    sd_free(bias);
+    sd_free(grp);
+    sd_free(res);
+}
+
 /* ---- norms ---- */
 
 static void test_groupnorm(void)
@@ -1729,6 +1788,7 @@ int main(void)
     RUN(test_gemm_large);
     RUN(test_conv);
     RUN(test_conv_winograd4);
+    RUN(test_conv_winograd_chunks);
     RUN(test_groupnorm);
     RUN(test_concat_inputs);
     RUN(test_layernorm);

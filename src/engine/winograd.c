@@ -34,7 +34,11 @@
  * kc x 16), runs the 16 products for every tile of the block against it, and
  * finishes that panel's outputs from an L2-sized accumulator: the only large
  * buffer is the transformed input of a block of tiles, written once, already
- * in the microkernel's A-panel layout, and read once per output panel.
+ * in the microkernel's A-panel layout, and read once per output panel pair.
+ * Wide inputs (over 6 MiB of it per block: 1280 channels and more at 128
+ * tiles) are done in channel chunks, each chunk's output transform added
+ * onto the sum of those before it: re-reading 10-16 MiB per panel pair
+ * from a shared L3 cost up to half the speed of these convolutions.
  *
  * Layouts, for a block of TB tiles (TBp rounded up to whole mr panels):
  *   V   [ad][tile panel][Cin][mr]       transformed inputs (A micro-panels)

@@ -16,7 +16,12 @@
 #endif
 
 #ifndef WG_V_BYTES
-#define WG_V_BYTES (12u << 20) /* transformed inputs of one tile block: L3 */
+/* Transformed inputs of one tile block and channel chunk (L3). Above ~6
+ * MiB the products, which stream V once per output panel pair, lost up
+ * to a third of their speed whenever the shared L3 was busy (bench_gemm,
+ * 16x16x2560 and 32x32x1920 at 10-16 MiB), so wider inputs are split into
+ * channel chunks (see wg_drive). */
+#define WG_V_BYTES (6u << 20)
 #endif
 #ifndef WG_TB_MAX
 #define WG_TB_MAX 128 /* tiles per block: a 128 KiB accumulator per thread */
@@ -109,8 +114,10 @@ static inline void tile_pixels(int t, int th, int tw, int H, int W, ptrdiff_t px
 
 typedef struct {
     const sd_kernels *kern;
-    const float *in;
-    int H, W, Cin, th, tw, mr;
+    const float *in; /* the chunk's first channel */
+    int H, W, Cin;  /* Cin: the chunk's channels */
+    int ldin;       /* floats per input pixel (all channels) */
+    int th, tw, mr;
     int t0, nt;     /* the block's first tile and tile count */
     size_t ad_step; /* floats per position in V: panels x Cin x mr */
     float *V;
@@ -133,7 +140,7 @@ static inline void tile_sources(const in_job *j, int64_t task, int side, const f
                 src[(r * n + i) * n + k] =
                     tb >= j->nt || y < 0 || y >= j->H || x < 0 || x >= j->W
                         ? NULL
-                        : j->in + (((size_t)b * j->H + y) * j->W + x) * j->Cin;
+                        : j->in + (((size_t)b * j->H + y) * j->W + x) * j->ldin;
             }
     }
 }
@@ -271,8 +278,10 @@ typedef struct {
     const sd_packed *Wp;
     const float *V;
     size_t ad_step; /* as in_job */
-    int Cin, N, H, W, th, tw, t0, nt, tpan;
-    float *out; /* (batch, H, W, N) */
+    int Cin, N, H, W, th, tw, t0, nt, tpan; /* Cin: the chunk's channels */
+    int wcin, wk0;  /* the weights' input channels, the chunk's first */
+    float *out;     /* (batch, H, W, N) */
+    int add_out;    /* out holds a partial sum: add to it */
     const sd_epilogue *ep;
     float *scratch; /* per thread: Ub then Acc, pp of each */
     size_t per_thread;
@@ -300,8 +309,8 @@ static void wg_products(const panel_job *j, int p0, int np, int pos, wg_weights_
         const int k0 = kb * j->kcb, kc = Cin - k0 < j->kcb ? Cin - k0 : j->kcb;
         const size_t ustep = (size_t)kc * 16 + WG_PAD;
         for (int h = 0; h < np; h++)
-            wfn((const char *)j->Wp->data + (size_t)(p0 + h) * pstride, wtype, Cin, k0, kc,
-                ub + h * j->ub_size);
+            wfn((const char *)j->Wp->data + (size_t)(p0 + h) * pstride, wtype, j->wcin,
+                j->wk0 + k0, kc, ub + h * j->ub_size);
         for (int ad = 0; ad < pos; ad++)
             for (int tp = 0; tp < j->tpan; tp++) {
                 const float *a = j->V + ad * j->ad_step + ((size_t)tp * Cin + k0) * mr;
@@ -320,11 +329,15 @@ static void wg_products(const panel_job *j, int p0, int np, int pos, wg_weights_
 
 /* Output pixel `row`, columns col..col+n of a tile: the GEMM epilogue's
  * order, acc + bias + group + residual (a residual aliasing out is read
- * before it is written). */
-static inline void wg_store(float *out, const sd_epilogue *ep, size_t row, int N, int col, int n,
-                            const wv *acc)
+ * before it is written), with add_out the value in out + acc first. */
+static inline void wg_store(float *out, const sd_epilogue *ep, int add_out, size_t row, int N,
+                            int col, int n, const wv *acc)
 {
     wv v = *acc, e;
+    if (add_out) {
+        wv_ld_n(&e, out + row * N + col, n);
+        v = e + v;
+    }
     if (ep && ep->bias) {
         wv_ld_n(&e, ep->bias + col, n);
         v += e;
@@ -399,7 +412,7 @@ static void out_panel(void *ctx, int64_t task, int thread)
             }
             for (int q = 0; q < 4; q++)
                 if (px[q] >= 0)
-                    wg_store(j->out, ep, (size_t)px[q], N, col, n, &y[q]);
+                    wg_store(j->out, ep, j->add_out, (size_t)px[q], N, col, n, &y[q]);
         }
     }
 }
@@ -427,14 +440,40 @@ static int wg_drive(const sd_exec *ex, const float *in, int batch, int H, int W,
         return 0;
     const int tiles = (int)tiles_l, panels = (N + 15) / 16;
 
-    /* Tile blocks of whole mr panels, bounded by tb_max and by V's size. */
-    size_t tb = WG_V_BYTES / ((size_t)v->pos * Cin * sizeof(float));
-    tb = tb > (size_t)v->tb_max ? (size_t)v->tb_max : tb < (size_t)mr ? (size_t)mr : tb;
-    if (tb > (size_t)tiles)
-        tb = (size_t)tiles;
-    const int blocks = (int)((tiles + tb - 1) / tb);
+    /* Tile blocks of whole mr panels, at most tb_max tiles. */
+    const int tb = tiles < v->tb_max ? tiles : v->tb_max;
+    const int blocks = (tiles + tb - 1) / tb;
     const int TB = (tiles + blocks - 1) / blocks, tpan_max = (TB + mr - 1) / mr;
-    const size_t ad_step = (size_t)tpan_max * Cin * mr + WG_PAD;
+    /* Channel chunks: a block's V holds at most WG_V_BYTES (and at least 8
+     * channels). The transform is linear, so each chunk's output transform
+     * is added to the sum of the chunks before it in out, and the epilogue
+     * comes with the last chunk (a different summation order from one
+     * chunk, the same accuracy). A residual aliasing out is then the
+     * starting value; one that overlaps out otherwise keeps one chunk. */
+    const size_t ch_bytes = (size_t)v->pos * tpan_max * mr * sizeof(float);
+    int cc = (int)(WG_V_BYTES / ch_bytes);
+    cc = cc < 8 ? 8 : cc;
+    int res_alias = 0;
+    if (cc < Cin && ep && ep->residual) {
+        const size_t rows = (size_t)batch * H * W;
+        const uintptr_t r0 = (uintptr_t)ep->residual, o0 = (uintptr_t)out,
+                        r1 = r0 + sizeof(float) * ((rows - 1) * (size_t)ep->ld_res + N),
+                        o1 = o0 + sizeof(float) * rows * N;
+        res_alias = ep->residual == out && ep->ld_res == N;
+        if (!res_alias && r0 < o1 && o0 < r1)
+            cc = Cin;
+    }
+    const int nch0 = cc < Cin ? (Cin + cc - 1) / cc : 1;
+    cc = ((Cin + nch0 - 1) / nch0 + 7) / 8 * 8; /* equal chunks, whole 8-channel vectors */
+    if (cc > Cin)
+        cc = Cin;
+    const int nch = (Cin + cc - 1) / cc;
+    sd_epilogue ep_last;
+    if (nch > 1 && res_alias) {
+        ep_last = *ep;
+        ep_last.residual = NULL;
+    }
+    const size_t ad_step = (size_t)tpan_max * cc * mr + WG_PAD;
 
     const int threads = sd_pool_size(ex->pool);
     /* Output panels two at a time where the kernel set can (each pair
@@ -442,8 +481,8 @@ static int wg_drive(const sd_exec *ex, const float *in, int batch, int H, int W,
      * panel per thread (halving the K block to keep them at one panel's
      * size measured 5-13% slower on the large-Cin convolutions). */
     const int pp = kern->micro2 && panels > 1 ? 2 : 1;
-    const int nkb = (Cin + v->kc - 1) / v->kc, kcb = (Cin + nkb - 1) / nkb;
-    const size_t ub_size = (size_t)v->pos * ((size_t)kcb * 16 + WG_PAD);
+    const int kcb_max = cc < v->kc ? cc : v->kc; /* no chunk's K block is longer */
+    const size_t ub_size = (size_t)v->pos * ((size_t)kcb_max * 16 + WG_PAD);
     const size_t acc_step = (size_t)tpan_max * mr * 16 + WG_PAD;
     const size_t acc_size = (size_t)v->pos * acc_step;
     const size_t per_thread = pp * (ub_size + acc_size);
@@ -457,33 +496,40 @@ static int wg_drive(const sd_exec *ex, const float *in, int batch, int H, int W,
     for (int blk = 0; blk < blocks; blk++) {
         const int t0 = blk * TB, nt = tiles - t0 < TB ? tiles - t0 : TB;
         const int tpan = (nt + mr - 1) / mr;
-        in_job ij = {kern, in, H, W, Cin, th, tw, mr, t0, nt, ad_step, V};
-        sd_pool_run(ex->pool, tpan, v->in_fn, &ij);
-        panel_job pj = {.kern = kern,
-                        .Wp = Wp,
-                        .V = V,
-                        .ad_step = ad_step,
-                        .Cin = Cin,
-                        .N = N,
-                        .H = H,
-                        .W = W,
-                        .th = th,
-                        .tw = tw,
-                        .t0 = t0,
-                        .nt = nt,
-                        .tpan = tpan,
-                        .out = out,
-                        .ep = ep,
-                        .scratch = scratch,
-                        .per_thread = per_thread,
-                        .pp = pp,
-                        .panels = panels,
-                        .kcb = kcb,
-                        .nkb = nkb,
-                        .ub_size = ub_size,
-                        .acc_size = acc_size,
-                        .acc_step = acc_step};
-        sd_pool_run(ex->pool, (panels + pp - 1) / pp, v->out_fn, &pj);
+        for (int ch = 0; ch < nch; ch++) {
+            const int c0 = ch * cc, cn = Cin - c0 < cc ? Cin - c0 : cc;
+            const int nkb = (cn + v->kc - 1) / v->kc, kcb = (cn + nkb - 1) / nkb;
+            in_job ij = {kern, in + c0, H, W, cn, Cin, th, tw, mr, t0, nt, ad_step, V};
+            sd_pool_run(ex->pool, tpan, v->in_fn, &ij);
+            panel_job pj = {.kern = kern,
+                            .Wp = Wp,
+                            .V = V,
+                            .ad_step = ad_step,
+                            .Cin = cn,
+                            .N = N,
+                            .H = H,
+                            .W = W,
+                            .th = th,
+                            .tw = tw,
+                            .t0 = t0,
+                            .nt = nt,
+                            .tpan = tpan,
+                            .wcin = Cin,
+                            .wk0 = c0,
+                            .out = out,
+                            .add_out = ch > 0 || (nch > 1 && res_alias),
+                            .ep = ch < nch - 1 ? NULL : nch > 1 && res_alias ? &ep_last : ep,
+                            .scratch = scratch,
+                            .per_thread = per_thread,
+                            .pp = pp,
+                            .panels = panels,
+                            .kcb = kcb,
+                            .nkb = nkb,
+                            .ub_size = ub_size,
+                            .acc_size = acc_size,
+                            .acc_step = acc_step};
+            sd_pool_run(ex->pool, (panels + pp - 1) / pp, v->out_fn, &pj);
+        }
     }
     sd_ws_put(ex, 4, V);
     sd_ws_put(ex, 5, scratch);
@@ -701,7 +747,7 @@ static void out_panel4(void *ctx, int64_t task, int thread)
                 wg4_at(s + 6 * i, 1, y + 4 * i, 1);
             for (int q = 0; q < 16; q++)
                 if (px[q] >= 0)
-                    wg_store(j->out, ep, (size_t)px[q], N, col, n, &y[q]);
+                    wg_store(j->out, ep, j->add_out, (size_t)px[q], N, col, n, &y[q]);
         }
     }
 }
