@@ -23,6 +23,12 @@
  * channel chunks (see wg_drive). */
 #define WG_V_BYTES (6u << 20)
 #endif
+#ifndef WG_U_BYTES
+/* Transformed weights kept from a convolution's first tile block for the
+ * others (see wg_drive): enough for SD1.5's 64x64 level (up to 20 MiB)
+ * and its 640-channel 32x32 convolutions (26 MiB). */
+#define WG_U_BYTES (32u << 20)
+#endif
 #ifndef WG_TB_MAX
 #define WG_TB_MAX 128 /* tiles per block: a 128 KiB accumulator per thread */
 #endif
@@ -288,6 +294,12 @@ typedef struct {
     int pp, panels;  /* output panels per task (2 with kern->micro2), in all */
     int kcb, nkb;    /* K blocks of Cin */
     size_t ub_size;  /* floats of one panel's Ub: pos x (kcb x 16 + pad) */
+    /* NULL, or the chunk's transformed weights, panel p's K block kb at
+     * U + (p * u_kbs + kb) * ub_size: made in the first tile block
+     * (u_fill), read in the others. */
+    float *U;
+    int u_fill;
+    size_t u_kbs;
     size_t acc_size; /* floats of one panel's Acc: pos x acc_step */
     size_t acc_step; /* floats per position in Acc */
 } panel_job;
@@ -308,20 +320,25 @@ static void wg_products(const panel_job *j, int p0, int np, int pos, wg_weights_
     for (int kb = 0; kb < j->nkb; kb++) {
         const int k0 = kb * j->kcb, kc = Cin - k0 < j->kcb ? Cin - k0 : j->kcb;
         const size_t ustep = (size_t)kc * 16 + WG_PAD;
-        for (int h = 0; h < np; h++)
-            wfn((const char *)j->Wp->data + (size_t)(p0 + h) * pstride, wtype, j->wcin,
-                j->wk0 + k0, kc, ub + h * j->ub_size);
+        float *u[2];
+        for (int h = 0; h < np; h++) {
+            u[h] = j->U ? j->U + ((size_t)(p0 + h) * j->u_kbs + kb) * j->ub_size
+                        : ub + h * j->ub_size;
+            if (!j->U || j->u_fill)
+                wfn((const char *)j->Wp->data + (size_t)(p0 + h) * pstride, wtype, j->wcin,
+                    j->wk0 + k0, kc, u[h]);
+        }
         for (int ad = 0; ad < pos; ad++)
             for (int tp = 0; tp < j->tpan; tp++) {
                 const float *a = j->V + ad * j->ad_step + ((size_t)tp * Cin + k0) * mr;
                 const size_t co = ad * j->acc_step + (size_t)tp * mr * 16;
                 if (np == 2) {
-                    const float *const b[2] = {ub + ad * ustep, ub + j->ub_size + ad * ustep};
+                    const float *const b[2] = {u[0] + ad * ustep, u[1] + ad * ustep};
                     float *const c[2] = {acc + co, acc + j->acc_size + co};
                     static const int cols[2] = {16, 16};
                     kern->micro2(kc, a, b, c, 16, kb > 0, mr, cols, NULL);
                 } else {
-                    kern->micro(kc, a, ub + ad * ustep, acc + co, 16, kb > 0, mr, 16, NULL);
+                    kern->micro(kc, a, u[0] + ad * ustep, acc + co, 16, kb > 0, mr, 16, NULL);
                 }
             }
     }
@@ -493,6 +510,16 @@ static int wg_drive(const sd_exec *ex, const float *in, int batch, int H, int W,
         sd_ws_put(ex, 5, scratch);
         return 0;
     }
+    /* With several tile blocks, each block but the first would transform
+     * the same weights again: from three blocks and up to WG_U_BYTES, the
+     * first keeps them (per panel, chunk and K block) for the rest (two
+     * blocks measured faster transforming twice than writing and reading
+     * the copy). Without that memory, every block transforms its own. */
+    const int nkb_max = (cc + v->kc - 1) / v->kc;
+    const size_t u_kbs = (size_t)nch * nkb_max, u_floats = (size_t)panels * u_kbs * ub_size;
+    float *U = blocks > 2 && u_floats * sizeof(float) <= WG_U_BYTES
+                   ? sd_ws_get(ex, 3, u_floats * sizeof(float))
+                   : NULL;
     for (int blk = 0; blk < blocks; blk++) {
         const int t0 = blk * TB, nt = tiles - t0 < TB ? tiles - t0 : TB;
         const int tpan = (nt + mr - 1) / mr;
@@ -526,11 +553,15 @@ static int wg_drive(const sd_exec *ex, const float *in, int batch, int H, int W,
                             .kcb = kcb,
                             .nkb = nkb,
                             .ub_size = ub_size,
+                            .U = U ? U + (size_t)ch * nkb_max * ub_size : NULL,
+                            .u_fill = blk == 0,
+                            .u_kbs = u_kbs,
                             .acc_size = acc_size,
                             .acc_step = acc_step};
             sd_pool_run(ex->pool, (panels + pp - 1) / pp, v->out_fn, &pj);
         }
     }
+    sd_ws_put(ex, 3, U);
     sd_ws_put(ex, 4, V);
     sd_ws_put(ex, 5, scratch);
     return 1;
