@@ -165,7 +165,7 @@ static inline void sd_exec_fault(const sd_exec *ex)
 }
 
 /* At least `bytes` of 64-byte aligned scratch for slot (0: GEMM/conv
- * A blocks; 1, 2: attention; 4, 5: Winograd; 6: GEGLU product blocks), from the workspace when the
+ * A blocks; 1, 2: attention; 3, 4, 5: Winograd; 6: GEGLU product blocks), from the workspace when the
  * exec has one, else freshly allocated. NULL on allocation failure. Give it back with sd_ws_put.
  * Slots let one kernel hold several buffers at once. */
 void *sd_ws_get(const sd_exec *ex, int slot, size_t bytes);
