@@ -520,44 +520,50 @@ static int wg_drive(const sd_exec *ex, const float *in, int batch, int H, int W,
     float *U = blocks > 2 && u_floats * sizeof(float) <= WG_U_BYTES
                    ? sd_ws_get(ex, 3, u_floats * sizeof(float))
                    : NULL;
+    /* The jobs' fields that hold for every block and chunk; the loop sets
+     * the rest. */
+    in_job ij = {.kern = kern, .H = H, .W = W, .ldin = Cin, .th = th, .tw = tw, .mr = mr,
+                 .ad_step = ad_step, .V = V};
+    panel_job pj = {.kern = kern,
+                    .Wp = Wp,
+                    .V = V,
+                    .ad_step = ad_step,
+                    .N = N,
+                    .H = H,
+                    .W = W,
+                    .th = th,
+                    .tw = tw,
+                    .wcin = Cin,
+                    .out = out,
+                    .scratch = scratch,
+                    .per_thread = per_thread,
+                    .pp = pp,
+                    .panels = panels,
+                    .ub_size = ub_size,
+                    .u_kbs = u_kbs,
+                    .acc_size = acc_size,
+                    .acc_step = acc_step};
     for (int blk = 0; blk < blocks; blk++) {
         const int t0 = blk * TB, nt = tiles - t0 < TB ? tiles - t0 : TB;
         const int tpan = (nt + mr - 1) / mr;
         for (int ch = 0; ch < nch; ch++) {
             const int c0 = ch * cc, cn = Cin - c0 < cc ? Cin - c0 : cc;
-            const int nkb = (cn + v->kc - 1) / v->kc, kcb = (cn + nkb - 1) / nkb;
-            in_job ij = {kern, in + c0, H, W, cn, Cin, th, tw, mr, t0, nt, ad_step, V};
+            ij.in = in + c0;
+            ij.Cin = cn;
+            ij.t0 = t0;
+            ij.nt = nt;
             sd_pool_run(ex->pool, tpan, v->in_fn, &ij);
-            panel_job pj = {.kern = kern,
-                            .Wp = Wp,
-                            .V = V,
-                            .ad_step = ad_step,
-                            .Cin = cn,
-                            .N = N,
-                            .H = H,
-                            .W = W,
-                            .th = th,
-                            .tw = tw,
-                            .t0 = t0,
-                            .nt = nt,
-                            .tpan = tpan,
-                            .wcin = Cin,
-                            .wk0 = c0,
-                            .out = out,
-                            .add_out = ch > 0 || (nch > 1 && res_alias),
-                            .ep = ch < nch - 1 ? NULL : nch > 1 && res_alias ? &ep_last : ep,
-                            .scratch = scratch,
-                            .per_thread = per_thread,
-                            .pp = pp,
-                            .panels = panels,
-                            .kcb = kcb,
-                            .nkb = nkb,
-                            .ub_size = ub_size,
-                            .U = U ? U + (size_t)ch * nkb_max * ub_size : NULL,
-                            .u_fill = blk == 0,
-                            .u_kbs = u_kbs,
-                            .acc_size = acc_size,
-                            .acc_step = acc_step};
+            pj.Cin = cn;
+            pj.t0 = t0;
+            pj.nt = nt;
+            pj.tpan = tpan;
+            pj.wk0 = c0;
+            pj.nkb = (cn + v->kc - 1) / v->kc;
+            pj.kcb = (cn + pj.nkb - 1) / pj.nkb;
+            pj.add_out = ch > 0 || (nch > 1 && res_alias);
+            pj.ep = ch < nch - 1 ? NULL : nch > 1 && res_alias ? &ep_last : ep;
+            pj.U = U ? U + (size_t)ch * nkb_max * ub_size : NULL;
+            pj.u_fill = blk == 0;
             sd_pool_run(ex->pool, (panels + pp - 1) / pp, v->out_fn, &pj);
         }
     }
