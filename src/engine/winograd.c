@@ -30,7 +30,8 @@
  * Memory: the transformed weights are 16/9 the size of the 3x3 weights,
  * which are most of the UNet (2.2 of its 3.4 GB), so they are not kept
  * beyond one call (a convolution of three or more tile blocks keeps its
- * own from the first block for the others, up to 32 MiB). Each thread transforms one 16-channel output panel and one K block of the
+ * own from the first block for the others, up to 32 MiB). Each thread
+ * transforms one 16-channel output panel and one K block of the
  * packed direct weights at a time into a 256 KiB L2 buffer (16 positions x
  * kc x 16), runs the 16 products for every tile of the block against it, and
  * finishes that panel's outputs from an L2-sized accumulator: the only large
