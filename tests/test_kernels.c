@@ -1070,7 +1070,10 @@ static void test_gelu(void)
 /* The fused GEGLU projection: the same numbers, bit for bit, as the GEMM
  * into a [hidden | gate] buffer followed by sd_geglu, and within BAR of the
  * references. Shapes: one and several K blocks, M past one row block, N
- * split into blocks with an odd panel count rounded to whole pairs. */
+ * split into blocks with an odd panel count rounded to whole pairs. With a
+ * two-panel kernel set (micro2), 256 < K <= 320 is one K block in the fused
+ * product and two in the plain GEMM (gemm_drive): there the two agree to
+ * rounding, not bit for bit. */
 static void test_gemm_geglu(void)
 {
     static const int cfg[][3] = {
@@ -1108,8 +1111,15 @@ static void test_gemm_geglu(void)
                 for (int f = F; f < ldy; f++)
                     pad_ok &= y[(size_t)m * ldy + f] == 12345.0f;
             }
-            CHECK(same, "%s/%d M=%d F=%d K=%d: fused differs from GEMM + sd_geglu", WHERE(ex), M, F,
-                  K);
+            if (ex.kern->micro2 && K > 256 && K <= 320) {
+                double d = rel_l2_2d(y, ldy, y2, F, M, F);
+                CHECK(d < 1e-6, "%s/%d M=%d F=%d K=%d: fused vs GEMM + sd_geglu %.3g", WHERE(ex), M,
+                      F, K, d);
+                CHECK(!same, "%s/%d K=%d: bit for bit again: drop this exception", WHERE(ex), K);
+            } else {
+                CHECK(same, "%s/%d M=%d F=%d K=%d: fused differs from GEMM + sd_geglu", WHERE(ex), M,
+                      F, K);
+            }
             CHECK(pad_ok, "%s/%d M=%d F=%d: wrote past F", WHERE(ex), M, F);
             sd_packed_free(&P);
             sd_packed_free(&Pg);
