@@ -843,14 +843,17 @@ static void test_attention(void)
     attn_case(1, 3, 160, 5, 4100, 2, 0, 510);
 }
 
-/* attn_tile against double sums: three query panels at once (tiles apart
+/* attn_tile against double sums: four query panels at once (tiles apart
  * by more than their size), keys 1..256 (partial panels), head sizes
  * below, at and past SD_MICRO_SUB, old maxima of -inf, below and above
  * every score. The scores are negative, so a padding key's zero score
- * taken into the max would show in every probability. */
+ * taken into the max would show in every probability. The first three
+ * panels again on their own (an odd count: AVX-512 takes its one-panel
+ * path there, and pairs of panels for four) give the same numbers, bit
+ * for bit. */
 static void test_attn_tile(void)
 {
-    enum { NP = 3 };
+    enum { NP = 4 };
     static const int kcs[] = {1, 40, 64, 65, 160}, rowss[] = {1, 15, 16, 17, 77, 256};
     static const float m0s[] = {-INFINITY, -30.0f, 5.0f};
     CHECK(g_sets[g_nsets - 1]->attn_tile || strcmp(g_sets[g_nsets - 1]->name, "avx512") != 0,
@@ -867,6 +870,7 @@ static void test_attn_tile(void)
                 const int lds = pr * nr + 16, nq = NP * nr;
                 float *kr = falloc((size_t)rows * kc), *a = falloc((size_t)pr * kc);
                 float *b = falloc((size_t)NP * kc * nr), *s = falloc((size_t)NP * lds);
+                float *s3 = falloc((size_t)NP * lds);
                 fill(kr, (size_t)rows * kc, 700 + ki, 0.5f, 1.0f);    /* keys in (0.5, 1.5) */
                 fill(b, (size_t)NP * kc * nr, 710 + ri, 0.5f, -1.0f); /* queries negative */
                 for (int p = 0; p < pr / mr; p++) { /* kc < SD_KC_MAX: one piece */
@@ -913,6 +917,17 @@ static void test_attn_tile(void)
                     CHECK(em < 1e-5 && ep < 1e-5,
                           "%s attn_tile kc=%d rows=%d m0=%g: max %.3g, probabilities %.3g",
                           kern->name, kc, rows, m0s[mi], em, ep);
+                    float m3[NP * 16], cs3[NP * 16], cr3[NP * 16];
+                    memcpy(m3, m0, sizeof m3);
+                    kern->attn_tile(kc, rows, NP - 1, a, b, s3, lds, m3, cs3, cr3);
+                    int same = memcmp(m3, m, sizeof(float) * (NP - 1) * nr) == 0 &&
+                               memcmp(cs3, cs, sizeof(float) * (NP - 1) * nr) == 0 &&
+                               memcmp(cr3, cr, sizeof(float) * (NP - 1) * nr) == 0;
+                    for (int q = 0; q < NP - 1; q++)
+                        same &= memcmp(s3 + (size_t)q * lds, s + (size_t)q * lds,
+                                       sizeof(float) * rows * nr) == 0;
+                    CHECK(same, "%s attn_tile kc=%d rows=%d: %d panels differ from %d", kern->name,
+                          kc, rows, NP - 1, NP);
                     worst_m = fmax(worst_m, em);
                     worst_p = fmax(worst_p, ep);
                 }
@@ -921,6 +936,7 @@ static void test_attn_tile(void)
                 sd_free(a);
                 sd_free(b);
                 sd_free(s);
+                sd_free(s3);
             }
         printf("# %s attn_tile: worst error of the max %.3g, of the probabilities %.3g (per unit "
                "of score)\n",

@@ -400,6 +400,105 @@ exp_rows(float *s, int n, __m512 mx, __m512 *sum0, __m512 *sum1)
     }
 }
 
+#if MR == 16
+/* Scores of the 8 keys of a key panel's half (rows of the A panel at a,
+ * MR floats per step) against two query panels b0 and b1, into the tiles
+ * s0 and s1 (row stride NR): 16 accumulators, two B vectors and one A
+ * broadcast per pair of FMAs, where a one-panel tile issues an A load per
+ * FMA. Runs of SD_MICRO_SUB steps are summed as micro_rows sums them, so
+ * every score is bit for bit the one-panel tile's. The first `valid` rows
+ * are maxed into the chains mx0 and mx1 (two per panel). */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void
+scores_pair8(int kc, const float *restrict a, const float *restrict b0, const float *restrict b1,
+             float *s0, float *s1, int valid, __m512 *mx0, __m512 *mx1)
+{
+    for (int k0 = 0; k0 < kc; k0 += SD_MICRO_SUB) {
+        const int len = kc - k0 < SD_MICRO_SUB ? kc - k0 : SD_MICRO_SUB, last = k0 + len >= kc;
+        __m512 acc[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++)
+            acc[i] = _mm512_setzero_ps();
+        const float *ap = a + (size_t)k0 * MR, *p0 = b0 + (size_t)k0 * NR, *p1 = b1 + (size_t)k0 * NR;
+#pragma GCC unroll 2
+        for (int k = 0; k < len; k++) {
+            const __m512 x = _mm512_loadu_ps(p0), y = _mm512_loadu_ps(p1);
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) {
+                const __m512 av = _mm512_set1_ps(ap[i]);
+                acc[2 * i] = _mm512_fmadd_ps(av, x, acc[2 * i]);
+                acc[2 * i + 1] = _mm512_fmadd_ps(av, y, acc[2 * i + 1]);
+            }
+            ap += MR;
+            p0 += NR;
+            p1 += NR;
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) {
+            __m512 v0 = acc[2 * i], v1 = acc[2 * i + 1];
+            if (k0) {
+                v0 = _mm512_add_ps(_mm512_load_ps(s0 + i * NR), v0);
+                v1 = _mm512_add_ps(_mm512_load_ps(s1 + i * NR), v1);
+            }
+            _mm512_store_ps(s0 + i * NR, v0);
+            _mm512_store_ps(s1 + i * NR, v1);
+            if (last && i < valid) { /* max(x, mx) keeps mx when x is NaN */
+                mx0[i % 2] = _mm512_max_ps(v0, mx0[i % 2]);
+                mx1[i % 2] = _mm512_max_ps(v1, mx1[i % 2]);
+            }
+        }
+    }
+}
+
+/* attn_tile_avx512 for an even panel count, two query panels at a time:
+ * the scores of panels q and q + 1 (scores_pair8) run interleaved with
+ * the exp pass of q - 2 and q - 1. The same numbers, bit for bit. */
+static void attn_tile_pairs(int kc, int rows, int np, const float *restrict a,
+                            const float *restrict b, float *restrict s, int lds, float *restrict m,
+                            float *restrict colsum, float *restrict corr)
+{
+    __m512 mprev[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    __m512 moldprev[2] = {mprev[0], mprev[1]};
+    for (int q = 0; q <= np; q += 2, b += (size_t)2 * kc * NR) {
+        const int scores = q < np, exps = q > 0;
+        float *sq = s + (size_t)q * lds, *se = sq - 2 * (size_t)lds;
+        __m512 mold[2], mx[2][2], sum[2][2];
+        for (int h = 0; h < 2; h++) {
+            mold[h] = scores ? _mm512_loadu_ps(m + (q + h) * NR) : mprev[h];
+            mx[h][0] = mx[h][1] = mold[h];
+            sum[h][0] = sum[h][1] = _mm512_setzero_ps();
+        }
+        const float *ap = a;
+        for (int r0 = 0; r0 < rows; r0 += MR, ap += (size_t)kc * MR) {
+            if (scores)
+                for (int half = 0; half < MR; half += 8)
+                    scores_pair8(kc, ap + half, b, b + (size_t)kc * NR,
+                                 sq + (size_t)(r0 + half) * NR, sq + lds + (size_t)(r0 + half) * NR,
+                                 rows - r0 - half, mx[0], mx[1]);
+            if (exps)
+                for (int h = 0; h < 2; h++)
+                    exp_rows(se + (size_t)h * lds + (size_t)r0 * NR,
+                             rows - r0 < MR ? rows - r0 : MR, mprev[h], &sum[h][0], &sum[h][1]);
+        }
+        for (int h = 0; h < 2; h++) {
+            if (exps) {
+                _mm512_storeu_ps(colsum + (q - 2 + h) * NR, _mm512_add_ps(sum[h][0], sum[h][1]));
+                _mm512_storeu_ps(corr + (q - 2 + h) * NR,
+                                 exp2_avx512(_mm512_max_ps(_mm512_sub_ps(moldprev[h], mprev[h]),
+                                                           _mm512_set1_ps(-200.0f))));
+            }
+            if (scores) {
+                moldprev[h] = mold[h];
+                mprev[h] = _mm512_max_ps(mx[h][0], mx[h][1]);
+                _mm512_storeu_ps(m + (q + h) * NR, mprev[h]);
+            }
+        }
+    }
+}
+#endif
+
 /* Attention tiles of np query panels against one key block (see
  * sd_kernels.attn_tile): for each panel the scores of `rows` keys (MR-key
  * A panels of kc steps at a, zero-padded to whole panels) against its NR
@@ -413,6 +512,12 @@ static void attn_tile_avx512(int kc, int rows, int np, const float *restrict a,
                              const float *restrict b, float *restrict s, int lds, float *restrict m,
                              float *restrict colsum, float *restrict corr)
 {
+#if MR == 16
+    if (np % 2 == 0) {
+        attn_tile_pairs(kc, rows, np, a, b, s, lds, m, colsum, corr);
+        return;
+    }
+#endif
     __m512 mprev = _mm512_setzero_ps(), moldprev = mprev; /* panel q - 1 */
     for (int q = 0; q <= np; q++, b += (size_t)kc * NR) {
         const int scores = q<np, exps = q> 0;
