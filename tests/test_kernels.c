@@ -1133,8 +1133,8 @@ static void test_gemm_geglu(void)
                       F, K, d);
                 CHECK(!same, "%s/%d K=%d: bit for bit again: drop this exception", WHERE(ex), K);
             } else {
-                CHECK(same, "%s/%d M=%d F=%d K=%d: fused differs from GEMM + sd_geglu", WHERE(ex), M,
-                      F, K);
+                CHECK(same, "%s/%d M=%d F=%d K=%d: fused differs from GEMM + sd_geglu", WHERE(ex),
+                      M, F, K);
             }
             CHECK(pad_ok, "%s/%d M=%d F=%d: wrote past F", WHERE(ex), M, F);
             sd_packed_free(&P);

@@ -747,8 +747,8 @@ static void gemm_drive(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_
     /* Rounding mc up to whole panels can lose a block (M = 4096 on two
      * threads: 30 blocks of 137 rows became 29 of 144); while that leaves
      * the count off a multiple of the threads, take more blocks. */
-    for (int want = mblocks; threads > 1 && mblocks > 1 && want < 16 * threads &&
-                             ((M + mc - 1) / mc) % threads != 0;) {
+    for (int want = mblocks;
+         threads > 1 && mblocks > 1 && want < 16 * threads && ((M + mc - 1) / mc) % threads != 0;) {
         want += threads;
         mc = ((M + want - 1) / want + mr - 1) / mr * mr;
     }

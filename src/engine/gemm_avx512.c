@@ -421,7 +421,8 @@ scores_pair8(int kc, const float *restrict a, const float *restrict b0, const fl
 #pragma GCC unroll 16
         for (int i = 0; i < 16; i++)
             acc[i] = _mm512_setzero_ps();
-        const float *ap = a + (size_t)k0 * MR, *p0 = b0 + (size_t)k0 * NR, *p1 = b1 + (size_t)k0 * NR;
+        const float *ap = a + (size_t)k0 * MR, *p0 = b0 + (size_t)k0 * NR,
+                    *p1 = b1 + (size_t)k0 * NR;
 #pragma GCC unroll 2
         for (int k = 0; k < len; k++) {
             const __m512 x = _mm512_loadu_ps(p0), y = _mm512_loadu_ps(p1);
@@ -462,7 +463,7 @@ static void attn_tile_pairs(int kc, int rows, int np, const float *restrict a,
     __m512 mprev[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
     __m512 moldprev[2] = {mprev[0], mprev[1]};
     for (int q = 0; q <= np; q += 2, b += (size_t)2 * kc * NR) {
-        const int scores = q < np, exps = q > 0;
+        const int scores = q<np, exps = q> 0;
         float *sq = s + (size_t)q * lds, *se = sq - 2 * (size_t)lds;
         __m512 mold[2], mx[2][2], sum[2][2];
         for (int h = 0; h < 2; h++) {
