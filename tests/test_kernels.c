@@ -601,7 +601,10 @@ static void test_conv_winograd_chunks(void)
 
 static void test_groupnorm(void)
 {
-    static const int cfg[][3] = {{63, 64, 32}, {1, 96, 32}, {5, 96, 32}, {35, 64, 32}, {9, 6, 3}};
+    /* the last two: more groups than one statistics pass holds (GN_CHUNK),
+     * and more channels than the per-channel tables (GN_CMAX) */
+    static const int cfg[][3] = {{63, 64, 32}, {1, 96, 32}, {5, 96, 32}, {35, 64, 32},
+                                 {9, 6, 3},    {7, 200, 100}, {3, 4104, 8}};
     unsigned long long seed = 300;
     for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++)
         for (int silu = 0; silu <= 1; silu++)
@@ -1641,6 +1644,51 @@ static void test_special_weights(void)
 /* The AVX-512 set's element-wise kernels run the AVX2 set's operations on
  * 16 lanes instead of 8: their results must be the same bits, tails and
  * special values included. */
+/* The norms' row passes of every kernel set against the portable loops,
+ * bit for bit, at lengths around the vector widths, and nothing written
+ * past n. */
+static void test_norm_rows(void)
+{
+    enum { N = 340 };
+    static const int ns[] = {0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 31, 40, 333};
+    float x[N], gam[N], bet[N], y[N + 1], yc[N + 1];
+    double mean[N], scale[N], acc[N + 1], accc[N + 1];
+    fill(x, N, 950, 2.0f, 3.0f);
+    fill(gam, N, 951, 1, 1);
+    fill(bet, N, 952, 1, 0);
+    for (int c = 0; c < N; c++) {
+        mean[c] = 3.0 + 0.01 * c;
+        scale[c] = 0.7 - 0.001 * c;
+    }
+    for (int si = 0; si < g_nsets; si++) {
+        const sd_kernels *k = g_sets[si];
+        for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+            const int n = ns[ni];
+            for (int withm = 0; withm <= 1; withm++) {
+                for (int c = 0; c <= n; c++)
+                    acc[c] = accc[c] = 0.25 * c;
+                k->norm_sum(x, n, withm ? mean : NULL, acc);
+                sd_norm_sum_c(x, n, withm ? mean : NULL, accc);
+                CHECK(memcmp(acc, accc, sizeof(double) * (n + 1)) == 0, "%s norm_sum n=%d mean=%d",
+                      k->name, n, withm);
+            }
+            y[n] = yc[n] = 7.0f;
+            k->norm_affine(x, n, mean, scale, bet, y);
+            sd_norm_affine_c(x, n, mean, scale, bet, yc);
+            CHECK(memcmp(y, yc, sizeof(float) * (n + 1)) == 0, "%s norm_affine n=%d", k->name, n);
+            k->norm_affine1(x, n, 2.9, 0.83, gam, bet, y);
+            sd_norm_affine1_c(x, n, 2.9, 0.83, gam, bet, yc);
+            CHECK(memcmp(y, yc, sizeof(float) * (n + 1)) == 0, "%s norm_affine1 n=%d", k->name, n);
+        }
+        /* and against the formula, in double, rounded once */
+        k->norm_affine1(x, N, 2.9, 0.83, gam, bet, y);
+        int bad = 0;
+        for (int c = 0; c < N; c++)
+            bad += y[c] != (float)(((double)x[c] - 2.9) * (0.83 * gam[c]) + bet[c]);
+        CHECK(bad == 0, "%s norm_affine1: %d off the formula", k->name, bad);
+    }
+}
+
 static void test_isa_elementwise_agree(void)
 {
     const sd_kernels *a2 = sd_kernels_select("avx2"), *a5 = sd_kernels_select("avx512");
@@ -1835,6 +1883,7 @@ int main(void)
     RUN(test_widen);
     RUN(test_pack_types);
     RUN(test_special_weights);
+    RUN(test_norm_rows);
     RUN(test_isa_elementwise_agree);
     RUN(test_micro2);
     RUN(test_upsample);

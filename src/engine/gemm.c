@@ -197,6 +197,9 @@ static const sd_kernels kernels_portable = {
     .softmax_cols = softmax_cols_portable,
     .silu = silu_portable,
     .gelu_mul = gelu_mul_portable,
+    .norm_sum = sd_norm_sum_c,
+    .norm_affine = sd_norm_affine_c,
+    .norm_affine1 = sd_norm_affine1_c,
     .widen = widen_portable,
 };
 

@@ -748,5 +748,8 @@ const sd_kernels sd_kernels_avx512 = {
     .gelu_mul = gelu_mul_avx512,
     .winograd = sd_conv3x3_winograd_avx2,
     .winograd4 = sd_conv3x3_winograd4_avx2,
+    .norm_sum = sd_norm_sum_avx2,
+    .norm_affine = sd_norm_affine_avx2,
+    .norm_affine1 = sd_norm_affine1_avx2,
     .widen = widen_avx512,
 };

@@ -98,6 +98,17 @@ typedef struct sd_kernels {
     /* y[i] = h[i] * gelu(g[i]), exact-erf GELU, for i < n (one GEGLU row):
      * within ~3e-7 relative for g > -2.5, and in absolute terms beyond. */
     void (*gelu_mul)(const float *h, const float *g, float *y, int n);
+    /* The row passes of GroupNorm and LayerNorm (engine/norm.c), for c < n,
+     * in double, each element by the same operations in the same order in
+     * every set (no fused multiply-add), so every set gives the same bits:
+     * norm_sum: acc[c] += x[c], or with mean acc[c] += (x[c] - mean[c])^2;
+     * norm_affine: y[c] = (float)((x[c] - mean[c]) * scale[c] + beta[c]);
+     * norm_affine1: y[c] = (float)((x[c] - mean) * (rstd * gamma[c]) + beta[c]). */
+    void (*norm_sum)(const float *x, int n, const double *mean, double *acc);
+    void (*norm_affine)(const float *x, int n, const double *mean, const double *scale,
+                        const float *beta, float *y);
+    void (*norm_affine1)(const float *x, int n, double mean, double rstd, const float *gamma,
+                         const float *beta, float *y);
     /* dst[i] = the float32 value of the 16-bit weight src[i], i < n, for
      * type SD_WT_F16 (IEEE binary16: exact, subnormals included, Inf kept,
      * a NaN keeps its sign and payload and comes out quiet, as IEEE
@@ -414,7 +425,20 @@ void sd_gemm_run(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_packed
 void sd_pack_rows(const float *const *rows, int mr, int len, float *dst);
 extern const float sd_zero_row[SD_KC_MAX];
 
+/* The portable row passes of the norms (norm.c), and their AVX build
+ * (norm_avx2.c, used by the AVX2 and AVX-512 sets): see sd_kernels.norm_sum. */
+void sd_norm_sum_c(const float *x, int n, const double *mean, double *acc);
+void sd_norm_affine_c(const float *x, int n, const double *mean, const double *scale,
+                      const float *beta, float *y);
+void sd_norm_affine1_c(const float *x, int n, double mean, double rstd, const float *gamma,
+                       const float *beta, float *y);
+
 #if SD_HAVE_X86
+void sd_norm_sum_avx2(const float *x, int n, const double *mean, double *acc);
+void sd_norm_affine_avx2(const float *x, int n, const double *mean, const double *scale,
+                         const float *beta, float *y);
+void sd_norm_affine1_avx2(const float *x, int n, double mean, double rstd, const float *gamma,
+                          const float *beta, float *y);
 /* The x86 kernel sets; the AVX-512 set uses the AVX2 build of the Winograd
  * convolution (its transforms do not depend on the tile height). */
 extern const sd_kernels sd_kernels_avx2;   /* gemm_avx2.c */

@@ -52,6 +52,46 @@ static double sumsq_rows(const float *x, int rows, int w, size_t ld, double mean
     return (s0 + s1) + (s2 + s3);
 }
 
+/* ---- the row passes, portable (sd_kernels.norm_sum etc.): one
+ * operation per statement, as the vector builds do them ---- */
+
+void sd_norm_sum_c(const float *x, int n, const double *mean, double *acc)
+{
+    if (mean) {
+        for (int c = 0; c < n; c++) {
+            double d = (double)x[c] - mean[c];
+            d = d * d;
+            acc[c] = acc[c] + d;
+        }
+        return;
+    }
+    for (int c = 0; c < n; c++)
+        acc[c] = acc[c] + (double)x[c];
+}
+
+void sd_norm_affine_c(const float *x, int n, const double *mean, const double *scale,
+                      const float *beta, float *y)
+{
+    for (int c = 0; c < n; c++) {
+        double t = (double)x[c] - mean[c];
+        t = t * scale[c];
+        t = t + (double)beta[c];
+        y[c] = (float)t;
+    }
+}
+
+void sd_norm_affine1_c(const float *x, int n, double mean, double rstd, const float *gamma,
+                       const float *beta, float *y)
+{
+    for (int c = 0; c < n; c++) {
+        double s = rstd * (double)gamma[c];
+        double t = (double)x[c] - mean;
+        t = t * s;
+        t = t + (double)beta[c];
+        y[c] = (float)t;
+    }
+}
+
 /* ---- GroupNorm ---- */
 
 #define GN_CHUNK 64 /* groups whose statistics are held at once (stack) */
@@ -71,6 +111,9 @@ typedef struct {
     /* one-pass statistics: rows per chunk, which sum, per-chunk group sums */
     int rpc, dev;
     double part[GN_NCH][GN_CHUNK];
+    /* per channel (C <= GN_CMAX), for the kernel set's row passes: the
+     * group's mean, and rstd * gamma */
+    double cmean[GN_CMAX], cscale[GN_CMAX];
 } gn_job;
 
 static void gn_stats(void *ctx, int64_t t, int thread)
@@ -108,29 +151,11 @@ static void gn_chunk(void *ctx, int64_t t, int thread)
     double acc[GN_CMAX];
     for (int c = 0; c < C; c++)
         acc[c] = 0;
+    const double *m = j->dev ? j->cmean : NULL;
     for (int r = r0; r < r1; r++) {
-        const float *xr = j->x + (size_t)r * C1;
-        /* part 2 indexed by the full channel number c >= C1 */
-        const float *xr2 = C > C1 ? j->x2 + (size_t)r * (C - C1) - C1 : NULL;
-        if (!j->dev) {
-            for (int c = 0; c < C1; c++)
-                acc[c] += xr[c];
-            for (int c = C1; c < C; c++)
-                acc[c] += xr2[c];
-            continue;
-        }
-        for (int g = 0; g < j->ng; g++) {
-            const double m = j->mean[g];
-            const int cs = g * cpg, ce = cs + cpg, cm = ce < C1 ? ce : C1;
-            for (int c = cs; c < cm; c++) {
-                double d = xr[c] - m;
-                acc[c] += d * d;
-            }
-            for (int c = cm > cs ? cm : cs; c < ce; c++) {
-                double d = xr2[c] - m;
-                acc[c] += d * d;
-            }
-        }
+        j->kern->norm_sum(j->x + (size_t)r * C1, C1, m, acc);
+        if (C > C1)
+            j->kern->norm_sum(j->x2 + (size_t)r * (C - C1), C - C1, m ? m + C1 : NULL, acc + C1);
     }
     for (int g = 0; g < j->ng; g++) {
         double sg = 0;
@@ -157,6 +182,8 @@ static void gn_stats_onepass(const sd_exec *ex, gn_job *j)
             else
                 j->rstd[g] = 1.0 / sqrt(s / n + (double)j->eps);
         }
+        for (int c = 0; !j->dev && c < j->C; c++)
+            j->cmean[c] = j->mean[c / j->cpg];
     }
 }
 
@@ -166,12 +193,22 @@ static void gn_apply(void *ctx, int64_t t, int thread)
     gn_job *j = ctx;
     int r0 = (int)t * ROWS_PER_TASK, r1 = r0 + ROWS_PER_TASK < j->HW ? r0 + ROWS_PER_TASK : j->HW;
     const int C1 = j->C1, C2 = j->C - C1;
+    const int c0 = j->g0 * j->cpg, c1 = (j->g0 + j->ng) * j->cpg;
     for (int r = r0; r < r1; r++) {
         const float *xr = j->x + (size_t)r * C1;
         /* Part 2 indexed by the full channel number c >= C1. */
         const float *xr2 = C2 ? j->x2 + (size_t)r * C2 - C1 : NULL;
         float *yr = j->y + (size_t)r * j->C;
-        for (int gi = 0; gi < j->ng; gi++) {
+        if (j->C <= GN_CMAX) { /* by the kernel set, per channel (cmean, cscale) */
+            const int cm = c1 < C1 ? c1 : C1, c2 = c0 > C1 ? c0 : C1;
+            if (cm > c0)
+                j->kern->norm_affine(xr + c0, cm - c0, j->cmean + c0, j->cscale + c0,
+                                     j->beta + c0, yr + c0);
+            if (c1 > c2)
+                j->kern->norm_affine(xr2 + c2, c1 - c2, j->cmean + c2, j->cscale + c2,
+                                     j->beta + c2, yr + c2);
+        }
+        for (int gi = 0; j->C > GN_CMAX && gi < j->ng; gi++) {
             double mean = j->mean[gi], rstd = j->rstd[gi];
             int cs = (j->g0 + gi) * j->cpg, ce = cs + j->cpg, cm = ce < C1 ? ce : C1;
             for (int c = cs; c < cm; c++)
@@ -179,10 +216,8 @@ static void gn_apply(void *ctx, int64_t t, int thread)
             for (int c = cm > cs ? cm : cs; c < ce; c++)
                 yr[c] = (float)((xr2[c] - mean) * (rstd * j->gamma[c]) + j->beta[c]);
         }
-        if (j->silu) {
-            int c0 = j->g0 * j->cpg, c1 = (j->g0 + j->ng) * j->cpg;
+        if (j->silu)
             j->kern->silu(yr + c0, yr + c0, (size_t)(c1 - c0));
-        }
     }
 }
 
@@ -218,6 +253,11 @@ void sd_groupnorm_cat(const sd_exec *ex, const float *x1, int C1, const float *x
                 gn_stats_onepass(ex, &j);
             else /* group by group, GN_CHUNK groups at a time */
                 sd_pool_run(ex->pool, j.ng, gn_stats, &j);
+            for (int c = j.g0 * j.cpg; C <= GN_CMAX && c < (j.g0 + j.ng) * j.cpg; c++) {
+                const int gi = c / j.cpg - j.g0;
+                j.cmean[c] = j.mean[gi];
+                j.cscale[c] = j.rstd[gi] * (double)gamma[c];
+            }
             sd_pool_run(ex->pool, (HW + ROWS_PER_TASK - 1) / ROWS_PER_TASK, gn_apply, &j);
         }
     }
@@ -226,6 +266,7 @@ void sd_groupnorm_cat(const sd_exec *ex, const float *x1, int C1, const float *x
 /* ---- LayerNorm ---- */
 
 typedef struct {
+    const sd_kernels *kern;
     const float *x;
     float *y;
     int M, C;
@@ -244,8 +285,7 @@ static void ln_task(void *ctx, int64_t t, int thread)
         double mean = sum_rows(xr, 1, j->C, 0) / j->C;
         double var = sumsq_rows(xr, 1, j->C, 0, mean) / j->C;
         double rstd = 1.0 / sqrt(var + (double)j->eps);
-        for (int c = 0; c < j->C; c++)
-            yr[c] = (float)((xr[c] - mean) * (rstd * j->gamma[c]) + j->beta[c]);
+        j->kern->norm_affine1(xr, j->C, mean, rstd, j->gamma, j->beta, yr);
     }
 }
 
@@ -254,6 +294,6 @@ void sd_layernorm(const sd_exec *ex, const float *x, int M, int C, float eps, co
 {
     if (M <= 0 || C <= 0)
         return;
-    ln_job j = {x, y, M, C, eps, gamma, beta};
+    ln_job j = {ex->kern, x, y, M, C, eps, gamma, beta};
     sd_pool_run(ex->pool, (M + 15) / 16, ln_task, &j);
 }
