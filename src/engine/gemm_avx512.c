@@ -144,22 +144,17 @@ static void micro_avx512(int kc, const float *restrict a, const float *restrict 
 }
 
 #if MR == 16 /* micro2's halves are 8 rows */
-/* One run of len k steps of rows [r0, r0 + 8) of a micro2 tile (nrows <= 8
- * of them real) against two B panels: 16 accumulators, two B vectors and
- * one A broadcast per pair of FMAs. Per panel h the run is summed from
- * zero and then added as micro_rows adds it: into C when the panel's tile
- * is summed there (direct), else into the local tile t[h], and on the last
- * run of a non-direct tile stored with the epilogue. */
+/* acc[2i + h] = the sum over k < len of a[k*MR + i] * b_h[k*NR + 0..15]
+ * for i < 8 and the B panels b_0, b_1: 16 accumulators, two B vectors and
+ * one A broadcast per pair of FMAs. The run of micro2's half tiles and of
+ * the paired attention scores. */
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
 static inline void
-pair_run8(int len, const float *restrict a, const float *restrict b0, const float *restrict b1,
-          float *const c[2], int ldc, float (*t)[MR * NR], int r0, int nrows, const int add[2],
-          int accumulate, int last, const int direct[2], const __mmask16 mask[2],
-          const sd_tile_ep *te)
+fma_pair8(int len, const float *restrict a, const float *restrict b0, const float *restrict b1,
+          __m512 *acc)
 {
-    __m512 acc[16];
 #pragma GCC unroll 16
     for (int i = 0; i < 16; i++)
         acc[i] = _mm512_setzero_ps();
@@ -176,6 +171,25 @@ pair_run8(int len, const float *restrict a, const float *restrict b0, const floa
         b0 += NR;
         b1 += NR;
     }
+}
+
+/* One run of len k steps of rows [r0, r0 + 8) of a micro2 tile (nrows <= 8
+ * of them real) against two B panels: 16 accumulators, two B vectors and
+ * one A broadcast per pair of FMAs. Per panel h the run is summed from
+ * zero and then added as micro_rows adds it: into C when the panel's tile
+ * is summed there (direct), else into the local tile t[h], and on the last
+ * run of a non-direct tile stored with the epilogue. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void
+pair_run8(int len, const float *restrict a, const float *restrict b0, const float *restrict b1,
+          float *const c[2], int ldc, float (*t)[MR * NR], int r0, int nrows, const int add[2],
+          int accumulate, int last, const int direct[2], const __mmask16 mask[2],
+          const sd_tile_ep *te)
+{
+    __m512 acc[16];
+    fma_pair8(len, a, b0, b1, acc);
 #pragma GCC unroll 2
     for (int h = 0; h < 2; h++) {
         if (last && !direct[h]) {
@@ -418,24 +432,7 @@ scores_pair8(int kc, const float *restrict a, const float *restrict b0, const fl
     for (int k0 = 0; k0 < kc; k0 += SD_MICRO_SUB) {
         const int len = kc - k0 < SD_MICRO_SUB ? kc - k0 : SD_MICRO_SUB, last = k0 + len >= kc;
         __m512 acc[16];
-#pragma GCC unroll 16
-        for (int i = 0; i < 16; i++)
-            acc[i] = _mm512_setzero_ps();
-        const float *ap = a + (size_t)k0 * MR, *p0 = b0 + (size_t)k0 * NR,
-                    *p1 = b1 + (size_t)k0 * NR;
-#pragma GCC unroll 2
-        for (int k = 0; k < len; k++) {
-            const __m512 x = _mm512_loadu_ps(p0), y = _mm512_loadu_ps(p1);
-#pragma GCC unroll 8
-            for (int i = 0; i < 8; i++) {
-                const __m512 av = _mm512_set1_ps(ap[i]);
-                acc[2 * i] = _mm512_fmadd_ps(av, x, acc[2 * i]);
-                acc[2 * i + 1] = _mm512_fmadd_ps(av, y, acc[2 * i + 1]);
-            }
-            ap += MR;
-            p0 += NR;
-            p1 += NR;
-        }
+        fma_pair8(len, a + (size_t)k0 * MR, b0 + (size_t)k0 * NR, b1 + (size_t)k0 * NR, acc);
 #pragma GCC unroll 8
         for (int i = 0; i < 8; i++) {
             __m512 v0 = acc[2 * i], v1 = acc[2 * i + 1];

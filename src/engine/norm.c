@@ -202,11 +202,11 @@ static void gn_apply(void *ctx, int64_t t, int thread)
         if (j->C <= GN_CMAX) { /* by the kernel set, per channel (cmean, cscale) */
             const int cm = c1 < C1 ? c1 : C1, c2 = c0 > C1 ? c0 : C1;
             if (cm > c0)
-                j->kern->norm_affine(xr + c0, cm - c0, j->cmean + c0, j->cscale + c0,
-                                     j->beta + c0, yr + c0);
+                j->kern->norm_affine(xr + c0, cm - c0, j->cmean + c0, j->cscale + c0, j->beta + c0,
+                                     yr + c0);
             if (c1 > c2)
-                j->kern->norm_affine(xr2 + c2, c1 - c2, j->cmean + c2, j->cscale + c2,
-                                     j->beta + c2, yr + c2);
+                j->kern->norm_affine(xr2 + c2, c1 - c2, j->cmean + c2, j->cscale + c2, j->beta + c2,
+                                     yr + c2);
         }
         for (int gi = 0; j->C > GN_CMAX && gi < j->ng; gi++) {
             double mean = j->mean[gi], rstd = j->rstd[gi];

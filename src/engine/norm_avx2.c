@@ -1,9 +1,9 @@
 /* The row kernels of GroupNorm and LayerNorm (see sd_kernels.norm_sum) on
  * 4-double AVX vectors, built with -mavx2 -mfma and used by the AVX2 and
  * AVX-512 sets. Every element goes through the same double operations as
- * in the portable loops (engine/norm.c), one operation per statement so
- * that no compiler fuses a multiply and an add: the results are the
- * portable set's, bit for bit. The portable loops ran these passes on
+ * in the portable loops (engine/norm.c), which also do the tails, one
+ * operation per intrinsic so that no compiler fuses a multiply and an
+ * add: the results are the portable set's, bit for bit. The portable loops ran these passes on
  * scalar doubles, 3-5 cycles an element; here they are bound by memory. */
 #include "engine/kernels.h"
 
@@ -23,11 +23,7 @@ void sd_norm_sum_avx2(const float *x, int n, const double *mean, double *acc)
             _mm256_storeu_pd(acc + c, _mm256_add_pd(_mm256_loadu_pd(acc + c), d0));
             _mm256_storeu_pd(acc + c + 4, _mm256_add_pd(_mm256_loadu_pd(acc + c + 4), d1));
         }
-        for (; c < n; c++) {
-            double d = (double)x[c] - mean[c];
-            d = d * d;
-            acc[c] = acc[c] + d;
-        }
+        sd_norm_sum_c(x + c, n - c, mean + c, acc + c);
         return;
     }
     for (; c + 8 <= n; c += 8) {
@@ -36,8 +32,7 @@ void sd_norm_sum_avx2(const float *x, int n, const double *mean, double *acc)
         _mm256_storeu_pd(acc + c, _mm256_add_pd(_mm256_loadu_pd(acc + c), d0));
         _mm256_storeu_pd(acc + c + 4, _mm256_add_pd(_mm256_loadu_pd(acc + c + 4), d1));
     }
-    for (; c < n; c++)
-        acc[c] = acc[c] + (double)x[c];
+    sd_norm_sum_c(x + c, n - c, NULL, acc + c);
 }
 
 /* ((x - m) * s + b) on four lanes, rounded to float. */
@@ -60,12 +55,7 @@ void sd_norm_affine_avx2(const float *x, int n, const double *mean, const double
         _mm_storeu_ps(y + c, y0);
         _mm_storeu_ps(y + c + 4, y1);
     }
-    for (; c < n; c++) {
-        double t = (double)x[c] - mean[c];
-        t = t * scale[c];
-        t = t + (double)beta[c];
-        y[c] = (float)t;
-    }
+    sd_norm_affine_c(x + c, n - c, mean + c, scale + c, beta + c, y + c);
 }
 
 void sd_norm_affine1_avx2(const float *x, int n, double mean, double rstd, const float *gamma,
@@ -80,11 +70,5 @@ void sd_norm_affine1_avx2(const float *x, int n, double mean, double rstd, const
         _mm_storeu_ps(y + c, y0);
         _mm_storeu_ps(y + c + 4, y1);
     }
-    for (; c < n; c++) {
-        double s = rstd * (double)gamma[c];
-        double t = (double)x[c] - mean;
-        t = t * s;
-        t = t + (double)beta[c];
-        y[c] = (float)t;
-    }
+    sd_norm_affine1_c(x + c, n - c, mean, rstd, gamma + c, beta + c, y + c);
 }
