@@ -208,13 +208,16 @@ static void gn_apply(void *ctx, int64_t t, int thread)
                 j->kern->norm_affine(xr2 + c2, c1 - c2, j->cmean + c2, j->cscale + c2, j->beta + c2,
                                      yr + c2);
         }
-        for (int gi = 0; j->C > GN_CMAX && gi < j->ng; gi++) {
-            double mean = j->mean[gi], rstd = j->rstd[gi];
-            int cs = (j->g0 + gi) * j->cpg, ce = cs + j->cpg, cm = ce < C1 ? ce : C1;
-            for (int c = cs; c < cm; c++)
-                yr[c] = (float)((xr[c] - mean) * (rstd * j->gamma[c]) + j->beta[c]);
-            for (int c = cm > cs ? cm : cs; c < ce; c++)
-                yr[c] = (float)((xr2[c] - mean) * (rstd * j->gamma[c]) + j->beta[c]);
+        for (int gi = 0; j->C > GN_CMAX && gi < j->ng; gi++) { /* group by group */
+            const double mean = j->mean[gi], rstd = j->rstd[gi];
+            const int cs = (j->g0 + gi) * j->cpg, ce = cs + j->cpg, cm = ce < C1 ? ce : C1;
+            const int c2 = cm > cs ? cm : cs;
+            if (cm > cs)
+                j->kern->norm_affine1(xr + cs, cm - cs, mean, rstd, j->gamma + cs, j->beta + cs,
+                                      yr + cs);
+            if (ce > c2)
+                j->kern->norm_affine1(xr2 + c2, ce - c2, mean, rstd, j->gamma + c2, j->beta + c2,
+                                      yr + c2);
         }
         if (j->silu)
             j->kern->silu(yr + c0, yr + c0, (size_t)(c1 - c0));
@@ -249,13 +252,15 @@ void sd_groupnorm_cat(const sd_exec *ex, const float *x1, int C1, const float *x
         j.y = y + (size_t)b * HW * C;
         for (j.g0 = 0; j.g0 < G; j.g0 += GN_CHUNK) {
             j.ng = G - j.g0 < GN_CHUNK ? G - j.g0 : GN_CHUNK;
-            if (G <= GN_CHUNK && C <= GN_CMAX)
+            const int onepass = G <= GN_CHUNK && C <= GN_CMAX;
+            if (onepass) /* fills cmean for its second pass */
                 gn_stats_onepass(ex, &j);
             else /* group by group, GN_CHUNK groups at a time */
                 sd_pool_run(ex->pool, j.ng, gn_stats, &j);
             for (int c = j.g0 * j.cpg; C <= GN_CMAX && c < (j.g0 + j.ng) * j.cpg; c++) {
                 const int gi = c / j.cpg - j.g0;
-                j.cmean[c] = j.mean[gi];
+                if (!onepass)
+                    j.cmean[c] = j.mean[gi];
                 j.cscale[c] = j.rstd[gi] * (double)gamma[c];
             }
             sd_pool_run(ex->pool, (HW + ROWS_PER_TASK - 1) / ROWS_PER_TASK, gn_apply, &j);
