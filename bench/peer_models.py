@@ -210,11 +210,13 @@ def export(cache, what):
 # ---- inputs, golden cases, timing ----
 
 def unet_inputs(batch, h=64, w=64, ctx_len=77):
-    """The synthetic inputs of `sdunet bench` (sample, context) and its
-    timesteps 999, 979, ... per row."""
+    """The synthetic inputs of `sdunet bench --cfg` (sample, timesteps,
+    context): a batch as classifier-free guidance runs it, row 0 of the
+    synthetic sample and timestep 999 in every row, a context per row."""
     s = synth_weights.synth("input.sample", (batch, 4, h, w))
+    s = np.ascontiguousarray(np.broadcast_to(s[:1], s.shape))
     c = synth_weights.synth("input.encoder_hidden_states", (batch, ctx_len, 768))
-    t = np.array([999.0 - 20.0 * b for b in range(batch)], dtype=np.float32)
+    t = np.full((batch,), 999.0, dtype=np.float32)
     return s, t, c
 
 

@@ -30,7 +30,8 @@
 #   RUNS=3 WARMUP=1                  UNet: timed / warm-up forwards per engine and round
 #   VAE_RUNS=1 VAE_WARMUP=1          VAE decodes (sdunet decode has no warm-up: its first is timed)
 #   TEXT_RUNS=7                      text encodings (1 warm-up)
-#   BATCH2=0                         1: also the UNet at batch 2 (timesteps 999, 979)
+#   BATCH2=0                         1: also the UNet at batch 2 as classifier-free guidance
+#                                    runs it: one latent and timestep 999, two contexts (--cfg)
 #   WORKLOADS="unet vae text"        ENGINES="torch ort openvino"
 #   CHECK=1                          0: skip the golden-output checks
 #   TILED=1                          0: skip the tiled 1024x1024 decode's peak RSS
@@ -162,7 +163,9 @@ for w in $WORKLOADS; do
                 echo "## $w batch=$b threads=$t round=$r: sdunet (load $(load))" >&2
                 case $w in
                 unet)
-                    "$SDUNET" bench --synthetic sd15 --batch "$b" --threads "$t" --runs "$RUNS" \
+                    cfg=
+                    [ "$b" = 1 ] || cfg=--cfg
+                    "$SDUNET" bench --synthetic sd15 --batch "$b" $cfg --threads "$t" --runs "$RUNS" \
                         --warmup "$WARMUP" >"$LOG.t"
                     ISA=$(sed -n 's/.* \([a-z0-9_]*\) kernels, .*/\1/p' "$LOG.t" | head -n 1)
                     l=$(grep '^bench:' "$LOG.t")
@@ -172,7 +175,7 @@ for w in $WORKLOADS; do
                         "median_s=$(kv "$l" median_s) peak_rss_mb=$(kv "$l" peak_rss_mb) rel_l2=$rl"
                     if [ "$FAST" = 1 ]; then
                         echo "## $w batch=$b threads=$t round=$r: sdunet --fast (load $(load))" >&2
-                        "$SDUNET" bench --fast --synthetic sd15 --batch "$b" --threads "$t" \
+                        "$SDUNET" bench --fast --synthetic sd15 --batch "$b" $cfg --threads "$t" \
                             --runs "$RUNS" --warmup "$WARMUP" >"$LOG.t"
                         l=$(grep '^bench:' "$LOG.t")
                         rl=$SD_CHECK_UNET_FAST

@@ -686,6 +686,62 @@ static void test_shape_changes(void)
     sdunet_free(m);
 }
 
+/* Classifier-free guidance runs one latent and timestep in every row with a
+ * context per row: the layers before the first cross-attention then run for
+ * row 0 alone and their outputs are copied to the other rows. Each row must
+ * equal that row run alone, with the first cross-attention in the first
+ * block (SD), in a later block (the encoder's skip tensors from before it
+ * are copied), and only in the mid block (the copy at the end of the
+ * encoder), to rounding: a batch of one may take other kernel paths than
+ * a batch of two (portable kernels: 0; AVX-512 5e-7 .. 7e-7). A row left
+ * uncopied would be far off. The profile must show fewer 3x3 convolution
+ * flops than the same batch with a different timestep per row. */
+static void test_shared_rows(void)
+{
+    enum { C = 4, H = 9, W = 13, L = 3, D = 16, N = C * H * W };
+    char p[256];
+    snprintf(p, sizeof p, "%s/config.json", t_data("micro"));
+    for (int variant = 0; variant < 3; variant++) {
+        sd_unet_config cfg;
+        sdunet_error err;
+        CHECK(sd_config_load(p, &cfg, &err) == SDUNET_OK, "%s", err.message);
+        for (int i = 0; i < cfg.n_blocks && variant > 0; i++)
+            if (variant == 2 || i == 0)
+                cfg.down_has_attn[i] = 0;
+        sd_weight_source src = {.synth_round = SD_DT_F32};
+        sdunet_model *m = NULL;
+        CHECK(sd_model_create(&cfg, &src, NULL, &m, &err) == SDUNET_OK, "%s", err.message);
+        if (!m)
+            continue;
+        float x[2 * N], ctx[2 * L * D], o2[2 * N], o1[N], t[2] = {700, 700};
+        sd_synth_fill("x", N, 1.0, 0, x);
+        memcpy(x + N, x, sizeof(float) * N);
+        sd_synth_fill("c", 2 * L * D, 1.0, 0, ctx);
+        sd_prof shared = {0}, full = {0};
+        sd_model_set_profile(m, &shared);
+        CHECK(sdunet_forward(m, x, 2, C, H, W, t, 2, ctx, L, D, o2, &err) == SDUNET_OK, "%s",
+              err.message);
+        for (int b = 0; b < 2; b++) {
+            sd_model_set_profile(m, NULL);
+            CHECK(sdunet_forward(m, x, 1, C, H, W, t, 1, ctx + b * L * D, L, D, o1, &err) ==
+                      SDUNET_OK,
+                  "%s", err.message);
+            double rel = t_rel_l2_f32(o2 + b * N, o1, N);
+            printf("  variant %d row %d vs alone: relative L2 %.3g\n", variant, b, rel);
+            CHECK(rel >= 0 && rel <= 2e-6, "variant %d row %d: relative L2 %.3g", variant, b, rel);
+        }
+        t[1] = 699; /* rows differ: every layer runs for both */
+        sd_model_set_profile(m, &full);
+        CHECK(sdunet_forward(m, x, 2, C, H, W, t, 2, ctx, L, D, o2, &err) == SDUNET_OK, "%s",
+              err.message);
+        sd_model_set_profile(m, NULL);
+        CHECK(shared.flops[SD_OP_CONV3] < full.flops[SD_OP_CONV3],
+              "variant %d: the shared rows ran every layer twice (%.4g vs %.4g flops)", variant,
+              shared.flops[SD_OP_CONV3], full.flops[SD_OP_CONV3]);
+        sdunet_free(m);
+    }
+}
+
 int main(void)
 {
     RUN(test_synth_vectors);
@@ -706,5 +762,6 @@ int main(void)
     RUN(test_missing_and_mismatched_tensors);
     RUN(test_forward_bad_input);
     RUN(test_shape_changes);
+    RUN(test_shared_rows);
     return t_summary();
 }

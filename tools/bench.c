@@ -14,7 +14,7 @@ static const char bench_help[] =
     "usage: sdunet bench [--synthetic PRESET | --model PATH [--config FILE]]\n"
     "                    [--batch B] [--height H] [--width W] [--context-len L]\n"
     "                    [--runs N] [--warmup N] [--threads N] [--weights f32|f16|bf16]\n"
-    "                    [--fast]\n"
+    "                    [--fast] [--cfg]\n"
     "\n"
     "Times the UNet forward: after --warmup runs (default 1), --runs timed runs (default 3)\n"
     "on synthetic inputs; prints the median and minimum time, GFLOP/s (multiply-adds x 2\n"
@@ -24,6 +24,9 @@ static const char bench_help[] =
     "else each tensor's file precision, f32 for synthetic weights); compute is float32.\n"
     "--fast times the fast mode (sdunet_options.fast: 3x3 convolutions by Winograd\n"
     "F(4x4, 3x3), relative L2 <= 2e-5 against float64; default: $SDUNET_FAST, else off).\n"
+    "--cfg fills the batch as classifier-free guidance does: one latent and timestep 999 in\n"
+    "every row, a context per row (default: a latent per row, timesteps 999, 979, ...).\n"
+    "With equal rows the layers before the first cross-attention run once for all rows.\n"
     "The last line is machine-readable:\n"
     "  bench: precision=fp32 weights=f16 packed_mb=... batch=1 height=64 width=64 threads=2\n"
     "         fast=0 median_s=... min_s=... gflops=... peak_rss_mb=...   (one line)\n"
@@ -47,10 +50,13 @@ int cmd_bench(int argc, char **argv)
     for (int i = 0; i < argc; i++)
         if (strcmp(argv[i], "--text") == 0)
             return cmd_bench_text(argc, argv);
-    opt o[] = {{.name = "--synthetic"},   {.name = "--model"},   {.name = "--config"},
-               {.name = "--batch"},       {.name = "--height"},  {.name = "--width"},
-               {.name = "--context-len"}, {.name = "--runs"},    {.name = "--warmup"},
-               {.name = "--threads"},     {.name = "--weights"}, {.name = "--fast", .is_flag = 1}};
+    opt o[] = {{.name = "--synthetic"},        {.name = "--model"},
+               {.name = "--config"},           {.name = "--batch"},
+               {.name = "--height"},           {.name = "--width"},
+               {.name = "--context-len"},      {.name = "--runs"},
+               {.name = "--warmup"},           {.name = "--threads"},
+               {.name = "--weights"},          {.name = "--fast", .is_flag = 1},
+               {.name = "--cfg", .is_flag = 1}};
     const int no = sizeof o / sizeof o[0];
     int help;
     if (parse_opts(argc, argv, o, no, &help))
@@ -102,9 +108,13 @@ int cmd_bench(int argc, char **argv)
     }
     sd_synth_fill(SD_SYNTH_SAMPLE_NAME, ns, sqrt(3.0), 0.0f, sample);
     sd_synth_fill(SD_SYNTH_CONTEXT_NAME, nc, 1.0, 0.0f, ctx);
+    const int cfg = get(o, no, "--cfg") != NULL;
     float ts[64];
-    for (int b = 0; b < B; b++)
-        ts[b] = 999.0f - 20.0f * b;
+    for (int b = 0; b < B; b++) {
+        ts[b] = cfg ? 999.0f : 999.0f - 20.0f * b;
+        if (cfg && b > 0)
+            memcpy(sample + b * (ns / B), sample, sizeof(float) * (ns / B));
+    }
     size_t pb[SD_WT_COUNT];
     sd_model_packed_bytes(m, pb);
     const char *wlabel = sd_weights_label(pb);
@@ -113,8 +123,9 @@ int cmd_bench(int argc, char **argv)
            "threads, %s mode, load %.2f s\n",
            synthetic ? synthetic : model, (double)info.n_params / 1e6, wlabel, packed_mb, info.isa,
            info.threads, fast ? "fast" : "exact", load_s);
-    printf("input: batch %d, latent %dx%d, context %dx%d; %d warm-up + %d timed runs\n", B, H, W, L,
-           D, warmup, runs);
+    printf("input: batch %d%s, latent %dx%d, context %dx%d; %d warm-up + %d timed runs\n", B,
+           cfg ? " (classifier-free guidance: one latent, a context per row)" : "", H, W, L, D,
+           warmup, runs);
     fflush(stdout);
     sd_prof prof;
     for (int i = 0; i < warmup + runs; i++) {

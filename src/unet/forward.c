@@ -13,11 +13,22 @@
 #include <stdio.h>
 #include <string.h>
 
+#define SKIP_MAX (3 * SD_MAX_BLOCKS * (SD_MAX_LAYERS + 2))
+
 typedef struct run {
     const sd_unet *u;
     const sd_exec *ex;
     int dry;
     int B, L;
+    int share_rows; /* every row of x and t is the same: start with Bc = 1 */
+    /* Rows the ops compute: B, or 1 while every row is known to be the same
+     * (see share_end). Buffers are always sized for B rows. */
+    int Bc;
+    struct {
+        float *p;
+        size_t row;     /* floats per batch row */
+    } shared[SKIP_MAX]; /* skip tensors written while Bc < B */
+    int n_shared;
     sd_plan *plan;
     sd_arena skip, scratch; /* regions of the plan (base NULL in the dry run) */
     size_t hidden_need;
@@ -35,9 +46,47 @@ typedef struct tensor {
 
 /* ---- memory ---- */
 
+/* Copies row 0 of an (B, rows) tensor of `row` floats a row into rows 1..B-1. */
+static void widen(const run *r, float *p, size_t row)
+{
+    for (int b = 1; b < r->B; b++)
+        memcpy(p + (size_t)b * row, p, sizeof(float) * row);
+}
+
+/* Ends the shared prefix. Classifier-free guidance runs one latent and one
+ * timestep as every row of the batch, with a different context per row:
+ * until the first layer that reads the context, every row's activations are
+ * the same, so the ops compute row 0 alone (Bc = 1) and here, before the
+ * first cross-attention or at the end of the encoder, row 0 of every tensor
+ * still to be read is copied to the other rows. The skip tensors written so
+ * far are listed by skip_alloc; `extra` (rows of `extra_row` floats) is the
+ * caller's live tensor outside the skip region, if any. Row 0 is computed
+ * as a batch of one computes it, which agrees with the whole batch's row 0
+ * to rounding (bit for bit on SD1.5: sd15-64 as a guidance batch compared
+ * with cmp). */
+static void share_end(run *r, float *extra, size_t extra_row)
+{
+    if (r->Bc == r->B)
+        return;
+    if (!r->dry) {
+        for (int i = 0; i < r->n_shared; i++)
+            widen(r, r->shared[i].p, r->shared[i].row);
+        if (extra)
+            widen(r, extra, extra_row);
+    }
+    r->Bc = r->B;
+}
+
 static float *skip_alloc(run *r, size_t n)
 {
-    return sd_arena_alloc(&r->skip, n);
+    float *p = sd_arena_alloc(&r->skip, n);
+    if (r->Bc < r->B && r->n_shared == SKIP_MAX)
+        share_end(r, NULL, 0); /* cannot happen with SD_MAX_LAYERS; stay correct */
+    if (r->Bc < r->B) {
+        r->shared[r->n_shared].p = p;
+        r->shared[r->n_shared++].row = n / (size_t)r->B;
+    }
+    return p;
 }
 
 static float *scratch_alloc(run *r, size_t n)
@@ -134,16 +183,16 @@ static void conv_op(run *r, const float *in, int H, int W, int Cin, int stride, 
                     float *out, const sd_epilogue *ep)
 {
     double t0 = tick(r);
-    sd_conv3x3(r->ex, in, r->B, H, W, Cin, stride, &l->w, out, ep);
+    sd_conv3x3(r->ex, in, r->Bc, H, W, Cin, stride, &l->w, out, ep);
     int Ho = (H - 1) / stride + 1, Wo = (W - 1) / stride + 1;
-    tock(r, SD_OP_CONV3, t0, 2.0 * r->B * Ho * Wo * l->w.N * l->w.K);
+    tock(r, SD_OP_CONV3, t0, 2.0 * r->Bc * Ho * Wo * l->w.N * l->w.K);
 }
 
 static void attn_op(run *r, int heads, int dh, int Nq, int Nk, const float *q, int ldq,
                     const float *k, int ldk, const float *v, int ldv, float *o, int ldo,
                     float scale)
 {
-    sd_attention_op(r->ex, r->prof, r->B, heads, dh, Nq, Nk, q, ldq, k, ldk, v, ldv, o, ldo,
+    sd_attention_op(r->ex, r->prof, r->Bc, heads, dh, Nq, Nk, q, ldq, k, ldk, v, ldv, o, ldo,
                     scale);
 }
 
@@ -154,7 +203,7 @@ static void attn_op(run *r, int heads, int dh, int Nq, int Nk, const float *q, i
 static void resnet_fwd(run *r, const sd_resnet *res, const tensor *x, const tensor *x2, float *out)
 {
     const sd_unet_config *c = &r->u->cfg;
-    const int HW = x->H * x->W, M = r->B * HW, C1 = x->C, C2 = x2 ? x2->C : 0;
+    const int HW = x->H * x->W, M = r->Bc * HW, C1 = x->C, C2 = x2 ? x2->C : 0;
     size_t mark = r->scratch.used;
     float *t0_buf = scratch_alloc(r, numel(r, x->H, x->W, res->cin));
     float *h = scratch_alloc(r, numel(r, x->H, x->W, res->cout));
@@ -163,16 +212,16 @@ static void resnet_fwd(run *r, const sd_resnet *res, const tensor *x, const tens
     if (!r->dry) {
         const sd_exec *ex = r->ex;
         double t0 = tick(r);
-        sd_groupnorm_cat(ex, x->p, C1, x2 ? x2->p : NULL, C2, r->B, HW, c->norm_num_groups,
+        sd_groupnorm_cat(ex, x->p, C1, x2 ? x2->p : NULL, C2, r->Bc, HW, c->norm_num_groups,
                          c->norm_eps, res->norm1.gamma, res->norm1.beta, 1, t0_buf);
         tock(r, SD_OP_NORM, t0, 0);
         sd_epilogue ep_t = {.bias = res->temb.b};
-        gemm_op(r, SD_OP_LINEAR, r->B, r->temb_act, c->time_embed_dim, &res->temb, tp, res->cout,
+        gemm_op(r, SD_OP_LINEAR, r->Bc, r->temb_act, c->time_embed_dim, &res->temb, tp, res->cout,
                 &ep_t);
         sd_epilogue ep1 = {.bias = res->conv1.b, .group_add = tp, .group_rows = HW};
         conv_op(r, t0_buf, x->H, x->W, res->cin, 1, &res->conv1, h, &ep1);
         t0 = tick(r);
-        sd_groupnorm(ex, h, r->B, HW, res->cout, c->norm_num_groups, c->norm_eps, res->norm2.gamma,
+        sd_groupnorm(ex, h, r->Bc, HW, res->cout, c->norm_num_groups, c->norm_eps, res->norm2.gamma,
                      res->norm2.beta, 1, h);
         tock(r, SD_OP_NORM, t0, 0);
         const float *resid = x->p;
@@ -194,25 +243,27 @@ static void resnet_fwd(run *r, const sd_resnet *res, const tensor *x, const tens
 static void xformer_fwd(run *r, const sd_xformer *xf, tensor *x)
 {
     const sd_unet_config *c = &r->u->cfg;
-    const int C = xf->C, HW = x->H * x->W, M = r->B * HW, L = r->L;
+    const int C = xf->C, HW = x->H * x->W, L = r->L;
+    const size_t Mall = (size_t)r->B * HW; /* buffers hold every row */
+    int M = r->Bc * HW;                    /* rows computed (all after share_end) */
     const int D = c->cross_attention_dim, dh = C / xf->heads;
     const float scale = (float)(1.0 / sqrt((double)dh));
     size_t mark = r->scratch.used;
-    float *t0 = scratch_alloc(r, (size_t)M * C);
-    float *h = scratch_alloc(r, (size_t)M * C);
+    float *t0 = scratch_alloc(r, Mall * C);
+    float *h = scratch_alloc(r, Mall * C);
     /* qkv (3C), then the GEGLU projection (8C) unless it is fused: as the
      * weights were packed, or without weights (sdunet trace) as the loader
      * packs them for 16-wide panels (every kernel set's nr). Fused, the
      * gated output (4C) takes the qkv buffer, free by then. */
     const int fused = xf->ff1.w.data ? xf->ff1.w.geglu_F != 0 : sd_geglu_packable(4 * C, 16);
-    float *big = scratch_alloc(r, (size_t)M * (fused ? 4 : 8) * C);
-    float *gate = fused ? big : scratch_alloc(r, (size_t)M * 4 * C);
+    float *big = scratch_alloc(r, Mall * (fused ? 4 : 8) * C);
+    float *gate = fused ? big : scratch_alloc(r, Mall * 4 * C);
     float *kv = scratch_alloc(r, (size_t)r->B * L * 2 * C);
     if (!r->dry) {
         const sd_exec *ex = r->ex;
         const sd_op_kind proj = c->use_linear_projection ? SD_OP_LINEAR : SD_OP_CONV1;
         double tn = tick(r);
-        sd_groupnorm(ex, x->p, r->B, HW, C, c->norm_num_groups, 1e-6f, xf->norm.gamma,
+        sd_groupnorm(ex, x->p, r->Bc, HW, C, c->norm_num_groups, 1e-6f, xf->norm.gamma,
                      xf->norm.beta, 0, t0);
         tock(r, SD_OP_NORM, tn, 0);
         sd_epilogue ep = {.bias = xf->proj_in.b};
@@ -229,7 +280,9 @@ static void xformer_fwd(run *r, const sd_xformer *xf, tensor *x)
         sd_epilogue ep_o1 = {.bias = xf->out1.b, .residual = h, .ld_res = C};
         gemm_op(r, SD_OP_LINEAR, M, t0, C, &xf->out1, h, C, &ep_o1);
 
-        /* cross-attention on the context */
+        /* cross-attention on the context: the rows part here */
+        share_end(r, h, (size_t)HW * C);
+        M = r->B * HW;
         tn = tick(r);
         sd_layernorm(ex, h, M, C, 1e-5f, xf->ln2.gamma, xf->ln2.beta, t0);
         tock(r, SD_OP_NORM, tn, 0);
@@ -294,7 +347,7 @@ void sd_timestep_embedding(float t, int dim, int flip_sin_to_cos, int freq_shift
 }
 
 typedef struct skip_stack {
-    tensor items[3 * SD_MAX_BLOCKS * (SD_MAX_LAYERS + 2)];
+    tensor items[SKIP_MAX];
     int n;
 } skip_stack;
 
@@ -324,6 +377,8 @@ static void run_graph(run *r, const float *x_in, const float *t, float *y_out)
         sd_silu(ex, temb, temb_act, (size_t)B * tdim);
     }
     r->temb_act = temb_act;
+    if (r->share_rows)
+        r->Bc = 1;
     tensor tt = {tproj, 1, 1, ch0};
     emit_tensor(r, "time_proj", &tt);
     tt = (tensor){temb, 1, 1, tdim};
@@ -374,6 +429,8 @@ static void run_graph(run *r, const float *x_in, const float *t, float *y_out)
         snprintf(name, sizeof name, "down_blocks.%d", i);
         emit_block(r, name, &block_in, &h);
     }
+
+    share_end(r, NULL, 0); /* no cross-attention in the encoder */
 
     /* mid block: resnet, transformer, resnet */
     {
@@ -481,7 +538,7 @@ void sd_unet_plan(const sd_unet *u, int B, int H, int W, int L, sd_plan *plan, s
     plan->H = H;
     plan->W = W;
     plan->L = L;
-    run r = {.u = u, .dry = 1, .B = B, .L = L, .plan = plan, .ev = ev, .ev_user = ev_user};
+    run r = {.u = u, .dry = 1, .B = B, .Bc = B, .L = L, .plan = plan, .ev = ev, .ev_user = ev_user};
     run_graph(&r, NULL, NULL, NULL);
     plan->skip_floats = r.skip.peak;
     plan->hidden_floats = (r.hidden_need + 15) & ~(size_t)15;
@@ -509,6 +566,19 @@ void sd_plan_free(sd_plan *plan)
     plan->mem = plan->skip = plan->hidden[0] = plan->hidden[1] = plan->scratch = NULL;
 }
 
+/* Whether every row of x (B rows of H*W*C floats) and of t is the same, bit
+ * for bit. Not with events: they report every row of every tensor. */
+static int rows_alike(const sd_plan *plan, int C, const float *x, const float *t, int ev)
+{
+    const size_t row = (size_t)plan->H * plan->W * C;
+    if (ev || plan->B < 2)
+        return 0;
+    for (int b = 1; b < plan->B; b++)
+        if (memcmp(t + b, t, sizeof *t) || memcmp(x + b * row, x, sizeof *x * row))
+            return 0;
+    return 1;
+}
+
 void sd_unet_forward(const sd_unet *u, const sd_exec *ex, sd_plan *plan, const float *x,
                      const float *t, const float *context, float *out, sd_event_fn ev,
                      void *ev_user, sd_prof *prof)
@@ -517,6 +587,8 @@ void sd_unet_forward(const sd_unet *u, const sd_exec *ex, sd_plan *plan, const f
              .ex = ex,
              .dry = 0,
              .B = plan->B,
+             .Bc = plan->B,
+             .share_rows = rows_alike(plan, u->cfg.in_channels, x, t, ev != NULL),
              .L = plan->L,
              .plan = plan,
              .skip = {.base = plan->skip},
