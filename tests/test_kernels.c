@@ -597,13 +597,58 @@ static void test_conv_winograd_chunks(void)
     conv_bufs_free(&cb);
 }
 
+/* Winograd with whole tile blocks per thread (winograd_impl.h: several
+ * threads and at least half a block's tiles each), on the 3-thread pool and
+ * against the 1-thread pool's panel split: 1225 F(2x2) tiles make 12
+ * blocks, four a thread, so the transformed weights are made before them by
+ * all threads (U); 2 x 192 tiles of 1600 channels make channel chunks in
+ * each thread's block, with a residual that is the output; 576 F(4x4) tiles
+ * make 9 blocks with U. Against the double reference, bars as in
+ * test_conv_winograd_chunks. */
+static void test_conv_winograd_owned(void)
+{
+    static const int cs[][7] = {/* f4, batch, H, W, Cin, N, alias */
+                                {0, 1, 70, 70, 40, 40, 0},
+                                {0, 2, 16, 24, 1600, 20, 1},
+                                {1, 1, 96, 96, 24, 20, 0}};
+    unsigned long long seed = 980;
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++, seed++) {
+        const int f4 = cs[c][0], batch = cs[c][1], H = cs[c][2], W = cs[c][3], Cin = cs[c][4],
+                  N = cs[c][5], alias = cs[c][6];
+        const size_t M = (size_t)batch * H * W;
+        conv_bufs cb = conv_bufs_new(batch, H, W, Cin, N, 1, seed);
+        float *out = cb.out;
+        sd_ref_conv3x3(cb.in, batch, H, W, Cin, 1, cb.w, N, cb.ref, &cb.ep);
+        FOR_EACH_EXEC(ex)
+        {
+            sd_packed P;
+            CHECK(sd_pack(ex.kern, cb.w, N, Cin, 9, &P) == SDUNET_OK, "pack");
+            sd_epilogue e = cb.ep;
+            if (alias) { /* out = out + conv + bias + group */
+                memcpy(out, cb.res, sizeof(float) * M * N);
+                e.residual = out;
+            } else {
+                fill(out, M * N, seed + 5, 1, 0);
+            }
+            int ran = f4 ? sd_conv3x3_winograd4(&ex, cb.in, batch, H, W, Cin, &P, out, &e)
+                         : sd_conv3x3_winograd(&ex, cb.in, batch, H, W, Cin, &P, out, &e);
+            double err = t_rel_l2_f32(out, cb.ref, M * N);
+            CHECK(ran && err < (f4 ? 7e-6 : 2e-6),
+                  "%s/%d threads %s b=%d %dx%d Cin=%d: rel L2 %.3g", WHERE(ex),
+                  f4 ? "F(4x4)" : "F(2x2)", batch, H, W, Cin, err);
+            sd_packed_free(&P);
+        }
+        conv_bufs_free(&cb);
+    }
+}
+
 /* ---- norms ---- */
 
 static void test_groupnorm(void)
 {
     /* the last two: more groups than one statistics pass holds (GN_CHUNK),
      * and more channels than the per-channel tables (GN_CMAX) */
-    static const int cfg[][3] = {{63, 64, 32}, {1, 96, 32}, {5, 96, 32}, {35, 64, 32},
+    static const int cfg[][3] = {{63, 64, 32}, {1, 96, 32},   {5, 96, 32}, {35, 64, 32},
                                  {9, 6, 3},    {7, 200, 100}, {3, 4104, 8}};
     unsigned long long seed = 300;
     for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++)
@@ -1868,6 +1913,7 @@ int main(void)
     RUN(test_conv);
     RUN(test_conv_winograd4);
     RUN(test_conv_winograd_chunks);
+    RUN(test_conv_winograd_owned);
     RUN(test_groupnorm);
     RUN(test_concat_inputs);
     RUN(test_layernorm);

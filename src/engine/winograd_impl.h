@@ -121,8 +121,8 @@ static inline void tile_pixels(int t, int th, int tw, int H, int W, ptrdiff_t px
 typedef struct {
     const sd_kernels *kern;
     const float *in; /* the chunk's first channel */
-    int H, W, Cin;  /* Cin: the chunk's channels */
-    int ldin;       /* floats per input pixel (all channels) */
+    int H, W, Cin;   /* Cin: the chunk's channels */
+    int ldin;        /* floats per input pixel (all channels) */
     int th, tw, mr;
     int t0, nt;     /* the block's first tile and tile count */
     size_t ad_step; /* floats per position in V: panels x Cin x mr */
@@ -283,17 +283,17 @@ typedef struct {
     const sd_kernels *kern;
     const sd_packed *Wp;
     const float *V;
-    size_t ad_step; /* as in_job */
+    size_t ad_step;                         /* as in_job */
     int Cin, N, H, W, th, tw, t0, nt, tpan; /* Cin: the chunk's channels */
-    int wcin, wk0;  /* the weights' input channels, the chunk's first */
-    float *out;     /* (batch, H, W, N) */
-    int add_out;    /* out holds a partial sum: add to it */
+    int wcin, wk0;                          /* the weights' input channels, the chunk's first */
+    float *out;                             /* (batch, H, W, N) */
+    int add_out;                            /* out holds a partial sum: add to it */
     const sd_epilogue *ep;
     float *scratch; /* per thread: Ub then Acc, pp of each */
     size_t per_thread;
-    int pp, panels;  /* output panels per task (2 with kern->micro2), in all */
-    int kcb, nkb;    /* K blocks of Cin */
-    size_t ub_size;  /* floats of one panel's Ub: pos x (kcb x 16 + pad) */
+    int pp, panels; /* output panels per task (2 with kern->micro2), in all */
+    int kcb, nkb;   /* K blocks of Cin */
+    size_t ub_size; /* floats of one panel's Ub: pos x (kcb x 16 + pad) */
     /* NULL, or the chunk's transformed weights, panel p's K block kb at
      * U + (p * u_kbs + kb) * ub_size: made in the first tile block
      * (u_fill), read in the others. */
@@ -322,8 +322,8 @@ static void wg_products(const panel_job *j, int p0, int np, int pos, wg_weights_
         const size_t ustep = (size_t)kc * 16 + WG_PAD;
         float *u[2];
         for (int h = 0; h < np; h++) {
-            u[h] = j->U ? j->U + ((size_t)(p0 + h) * j->u_kbs + kb) * j->ub_size
-                        : ub + h * j->ub_size;
+            u[h] =
+                j->U ? j->U + ((size_t)(p0 + h) * j->u_kbs + kb) * j->ub_size : ub + h * j->ub_size;
             if (!j->U || j->u_fill)
                 wfn((const char *)j->Wp->data + (size_t)(p0 + h) * pstride, wtype, j->wcin,
                     j->wk0 + k0, kc, u[h]);
@@ -438,7 +438,80 @@ static void out_panel(void *ctx, int64_t task, int thread)
 typedef struct wg_variant {
     int side, pos, tb_max, kc;
     sd_task_fn in_fn, out_fn;
+    wg_weights_fn wfn;
 } wg_variant;
+
+/* The jobs of one tile block and input channel chunk. */
+static void wg_block_chunk(in_job *ij, panel_job *pj, const wg_variant *v, const float *in, int t0,
+                           int nt, int ch, int cc, int nch, int res_alias, const sd_epilogue *ep,
+                           const sd_epilogue *ep_last, float *U, int nkb_max, size_t ub_size)
+{
+    const int Cin = pj->wcin, c0 = ch * cc, cn = Cin - c0 < cc ? Cin - c0 : cc;
+    ij->in = in + c0;
+    ij->Cin = cn;
+    ij->t0 = t0;
+    ij->nt = nt;
+    pj->Cin = cn;
+    pj->t0 = t0;
+    pj->nt = nt;
+    pj->tpan = (nt + ij->mr - 1) / ij->mr;
+    pj->wk0 = c0;
+    pj->nkb = (cn + v->kc - 1) / v->kc;
+    pj->kcb = (cn + pj->nkb - 1) / pj->nkb;
+    pj->add_out = ch > 0 || (nch > 1 && res_alias);
+    pj->ep = ch < nch - 1 ? NULL : nch > 1 && res_alias ? ep_last : ep;
+    pj->U = U ? U + (size_t)ch * nkb_max * ub_size : NULL;
+}
+
+/* Several threads, each taking whole tile blocks (see wg_drive). */
+typedef struct {
+    const wg_variant *v;
+    const float *in;
+    in_job ij;
+    panel_job pj;
+    size_t v_floats; /* one thread's V */
+    int TB, tiles, nch, cc, res_alias, nkb_max;
+    const sd_epilogue *ep, *ep_last;
+    float *U;
+} owned_job;
+
+static void owned_block(void *ctx, int64_t task, int thread)
+{
+    const owned_job *o = ctx;
+    in_job ij = o->ij;
+    panel_job pj = o->pj;
+    ij.V = (float *)pj.V + (size_t)thread * o->v_floats;
+    pj.V = ij.V;
+    const int t0 = (int)task * o->TB, nt = o->tiles - t0 < o->TB ? o->tiles - t0 : o->TB;
+    for (int ch = 0; ch < o->nch; ch++) {
+        wg_block_chunk(&ij, &pj, o->v, o->in, t0, nt, ch, o->cc, o->nch, o->res_alias, o->ep,
+                       o->ep_last, o->U, o->nkb_max, pj.ub_size);
+        pj.u_fill = 0;
+        for (int tp = 0; tp < pj.tpan; tp++)
+            o->v->in_fn(&ij, tp, thread);
+        for (int p = 0; p < (pj.panels + pj.pp - 1) / pj.pp; p++)
+            o->v->out_fn(&pj, p, thread);
+    }
+}
+
+/* Output panel p's transformed weights, every chunk and K block, into U. */
+static void u_fill_panel(void *ctx, int64_t p, int thread)
+{
+    (void)thread;
+    const owned_job *o = ctx;
+    const panel_job *pj = &o->pj;
+    const int Cin = pj->wcin, wtype = pj->Wp->type;
+    const char *wp = (const char *)pj->Wp->data + (size_t)p * pj->Wp->K * 16 * sd_wtype_size(wtype);
+    for (int ch = 0; ch < o->nch; ch++) {
+        const int c0 = ch * o->cc, cn = Cin - c0 < o->cc ? Cin - c0 : o->cc;
+        const int nkb = (cn + o->v->kc - 1) / o->v->kc, kcb = (cn + nkb - 1) / nkb;
+        for (int kb = 0; kb < nkb; kb++) {
+            const int k0 = kb * kcb, kc = cn - k0 < kcb ? cn - k0 : kcb;
+            o->v->wfn(wp, wtype, Cin, c0 + k0, kc,
+                      o->U + ((size_t)p * pj->u_kbs + (size_t)ch * o->nkb_max + kb) * pj->ub_size);
+        }
+    }
+}
 
 /* The whole convolution by variant v (see winograd.c); returns 0 if it
  * cannot run. */
@@ -457,9 +530,20 @@ static int wg_drive(const sd_exec *ex, const float *in, int batch, int H, int W,
         return 0;
     const int tiles = (int)tiles_l, panels = (N + 15) / 16;
 
-    /* Tile blocks of whole mr panels, at most tb_max tiles. */
+    /* Tile blocks of at most tb_max tiles. With several threads and at
+     * least half a block's tiles per thread, each thread takes whole blocks
+     * (owned): it transforms its block's input into its own V and runs every
+     * output panel on it, so no thread reads the V another wrote. Split by
+     * output panels instead, each thread read the whole V, half of it from
+     * the other core, and wrote lines the other had read: the 64x64
+     * convolutions ran at 1.5x one thread's speed on two. Owned blocks come
+     * in a multiple of the thread count. */
+    const int threads = sd_pool_size(ex->pool);
     const int tb = tiles < v->tb_max ? tiles : v->tb_max;
-    const int blocks = (tiles + tb - 1) / tb;
+    int blocks = (tiles + tb - 1) / tb;
+    const int owned = threads > 1 && tiles >= threads * (v->tb_max / 2);
+    if (owned)
+        blocks = (blocks + threads - 1) / threads * threads;
     const int TB = (tiles + blocks - 1) / blocks, tpan_max = (TB + mr - 1) / mr;
     /* Channel chunks: a block's V holds at most WG_V_BYTES (and at least 8
      * channels). The transform is linear, so each chunk's output transform
@@ -492,7 +576,6 @@ static int wg_drive(const sd_exec *ex, const float *in, int batch, int H, int W,
     }
     const size_t ad_step = (size_t)tpan_max * cc * mr + WG_PAD;
 
-    const int threads = sd_pool_size(ex->pool);
     /* Output panels two at a time where the kernel set can (each pair
      * streams V once), with the same K block: twice the Ub and Acc of one
      * panel per thread (halving the K block to keep them at one panel's
@@ -503,7 +586,8 @@ static int wg_drive(const sd_exec *ex, const float *in, int batch, int H, int W,
     const size_t acc_step = (size_t)tpan_max * mr * 16 + WG_PAD;
     const size_t acc_size = (size_t)v->pos * acc_step;
     const size_t per_thread = pp * (ub_size + acc_size);
-    float *V = sd_ws_get(ex, 4, (size_t)v->pos * ad_step * sizeof(float));
+    const size_t v_floats = (size_t)v->pos * ad_step;
+    float *V = sd_ws_get(ex, 4, v_floats * (owned ? threads : 1) * sizeof(float));
     float *scratch = sd_ws_get(ex, 5, per_thread * threads * sizeof(float));
     if (!V || !scratch) {
         sd_ws_put(ex, 4, V);
@@ -511,19 +595,28 @@ static int wg_drive(const sd_exec *ex, const float *in, int batch, int H, int W,
         return 0;
     }
     /* With several tile blocks, each block but the first would transform
-     * the same weights again: from three blocks and up to WG_U_BYTES, the
-     * first keeps them (per panel, chunk and K block) for the rest (two
-     * blocks measured faster transforming twice than writing and reading
-     * the copy). Without that memory, every block transforms its own. */
+     * the same weights again: from three blocks (a thread) and up to
+     * WG_U_BYTES, they are kept (per panel, chunk and K block) for the rest
+     * (two blocks measured faster transforming twice than writing and
+     * reading the copy): made by the first block, or with owned blocks by
+     * all threads before them. Without that memory, every block transforms
+     * its own. */
     const int nkb_max = (cc + v->kc - 1) / v->kc;
     const size_t u_kbs = (size_t)nch * nkb_max, u_floats = (size_t)panels * u_kbs * ub_size;
-    float *U = blocks > 2 && u_floats * sizeof(float) <= WG_U_BYTES
+    float *U = (owned ? blocks / threads : blocks) > 2 && u_floats * sizeof(float) <= WG_U_BYTES
                    ? sd_ws_get(ex, 3, u_floats * sizeof(float))
                    : NULL;
     /* The jobs' fields that hold for every block and chunk; the loop sets
      * the rest. */
-    in_job ij = {.kern = kern, .H = H, .W = W, .ldin = Cin, .th = th, .tw = tw, .mr = mr,
-                 .ad_step = ad_step, .V = V};
+    in_job ij = {.kern = kern,
+                 .H = H,
+                 .W = W,
+                 .ldin = Cin,
+                 .th = th,
+                 .tw = tw,
+                 .mr = mr,
+                 .ad_step = ad_step,
+                 .V = V};
     panel_job pj = {.kern = kern,
                     .Wp = Wp,
                     .V = V,
@@ -543,27 +636,32 @@ static int wg_drive(const sd_exec *ex, const float *in, int batch, int H, int W,
                     .u_kbs = u_kbs,
                     .acc_size = acc_size,
                     .acc_step = acc_step};
-    for (int blk = 0; blk < blocks; blk++) {
+    if (owned) {
+        owned_job o = {.v = v,
+                       .in = in,
+                       .ij = ij,
+                       .pj = pj,
+                       .v_floats = v_floats,
+                       .TB = TB,
+                       .tiles = tiles,
+                       .nch = nch,
+                       .cc = cc,
+                       .res_alias = res_alias,
+                       .nkb_max = nkb_max,
+                       .ep = ep,
+                       .ep_last = &ep_last,
+                       .U = U};
+        if (U)
+            sd_pool_run(ex->pool, panels, u_fill_panel, &o);
+        sd_pool_run(ex->pool, blocks, owned_block, &o);
+    }
+    for (int blk = 0; !owned && blk < blocks; blk++) {
         const int t0 = blk * TB, nt = tiles - t0 < TB ? tiles - t0 : TB;
-        const int tpan = (nt + mr - 1) / mr;
         for (int ch = 0; ch < nch; ch++) {
-            const int c0 = ch * cc, cn = Cin - c0 < cc ? Cin - c0 : cc;
-            ij.in = in + c0;
-            ij.Cin = cn;
-            ij.t0 = t0;
-            ij.nt = nt;
-            sd_pool_run(ex->pool, tpan, v->in_fn, &ij);
-            pj.Cin = cn;
-            pj.t0 = t0;
-            pj.nt = nt;
-            pj.tpan = tpan;
-            pj.wk0 = c0;
-            pj.nkb = (cn + v->kc - 1) / v->kc;
-            pj.kcb = (cn + pj.nkb - 1) / pj.nkb;
-            pj.add_out = ch > 0 || (nch > 1 && res_alias);
-            pj.ep = ch < nch - 1 ? NULL : nch > 1 && res_alias ? &ep_last : ep;
-            pj.U = U ? U + (size_t)ch * nkb_max * ub_size : NULL;
+            wg_block_chunk(&ij, &pj, v, in, t0, nt, ch, cc, nch, res_alias, ep, &ep_last, U,
+                           nkb_max, ub_size);
             pj.u_fill = blk == 0;
+            sd_pool_run(ex->pool, pj.tpan, v->in_fn, &ij);
             sd_pool_run(ex->pool, (panels + pp - 1) / pp, v->out_fn, &pj);
         }
     }
@@ -577,7 +675,7 @@ static int wg_drive(const sd_exec *ex, const float *in, int batch, int H, int W,
 static int wg_run(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
                   const sd_packed *Wp, float *out, const sd_epilogue *ep)
 {
-    static const wg_variant f2 = {2, 16, WG_TB_MAX, WG_KC, in_panel, out_panel};
+    static const wg_variant f2 = {2, 16, WG_TB_MAX, WG_KC, in_panel, out_panel, weights_block};
     return wg_drive(ex, in, batch, H, W, Cin, Wp, out, ep, &f2);
 }
 
@@ -793,7 +891,7 @@ static void out_panel4(void *ctx, int64_t task, int thread)
 static int wg4_run(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
                    const sd_packed *Wp, float *out, const sd_epilogue *ep)
 {
-    static const wg_variant f4 = {4, 36, WG4_TB_MAX, WG4_KC, in_panel4, out_panel4};
+    static const wg_variant f4 = {4, 36, WG4_TB_MAX, WG4_KC, in_panel4, out_panel4, weights_block4};
     return wg_drive(ex, in, batch, H, W, Cin, Wp, out, ep, &f4);
 }
 #else
