@@ -13,12 +13,12 @@ LDLIBS   = -lm -lpthread
 
 ARCH := $(shell $(CC) -dumpmachine 2>/dev/null)
 ifneq (,$(findstring x86_64,$(ARCH)))
-  ISA_SRCS = $(wildcard src/*/*_avx2.c) $(wildcard src/*/*_avx512.c)
+  ISA_SRCS = $(wildcard src/*/*_avx2.c) $(wildcard src/*/*_avx512.c) $(wildcard src/*/*_amx.c)
   ALL_CFLAGS += -DSD_HAVE_X86=1
 else
   ISA_SRCS =
 endif
-PORTABLE_SRCS = $(filter-out %_avx2.c %_avx512.c,$(wildcard src/*/*.c))
+PORTABLE_SRCS = $(filter-out %_avx2.c %_avx512.c %_amx.c,$(wildcard src/*/*.c))
 LIB_OBJS = $(PORTABLE_SRCS:%.c=$(BUILD)/%.o) $(ISA_SRCS:%.c=$(BUILD)/%.o)
 TOOL_SRCS = $(wildcard tools/*.c)
 TEST_SRCS = $(wildcard tests/test_*.c)
@@ -42,6 +42,10 @@ $(BUILD)/%_avx2.o: %_avx2.c
 $(BUILD)/%_avx512.o: %_avx512.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mf16c -MMD -MP -c $< -o $@
+
+$(BUILD)/%_amx.o: %_amx.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mf16c -mamx-tile -mamx-bf16 -MMD -MP -c $< -o $@
 
 $(BUILD)/libsdunet.a: $(LIB_OBJS)
 	rm -f $@

@@ -328,9 +328,9 @@ static void test_pack_layout(void)
     CHECK(sd_kernels_select("nonsense") == NULL, "unknown set");
     CHECK(sd_kernels_select(NULL) != NULL, "default set");
     /* Forced sets are the named ones; the default is the widest available. */
-    static const char *const names[] = {"portable", "avx2", "avx512"};
+    static const char *const names[] = {"portable", "avx2", "avx512", "amx"};
     const sd_kernels *widest = NULL;
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 4; i++) {
         const sd_kernels *k = sd_kernels_select(names[i]);
         if (!k)
             continue;
@@ -1838,6 +1838,160 @@ static void test_micro2(void)
     sd_free(r);
 }
 
+/* The fast mode's AMX GEMM (the "amx" set with sd_exec.fast): within
+ * 2e-5 of the double reference (bfloat16 hi/lo split: ~4e-6 expected),
+ * on ragged shapes (rows past a 32-row pair, a lone last panel, partial
+ * columns, K past a 32-step tile and several K blocks, m blocks of 512
+ * rows), every epilogue (residual aliasing C included), 16-bit panels
+ * (bit for bit the float32 panels of the same values), GEGLU, the
+ * allocation fallback, one and three threads; and the exact mode of that
+ * set is the AVX-512 set's, bit for bit. */
+static void test_gemm_amx(void)
+{
+    const sd_kernels *amx = sd_kernels_select("amx"), *avx512 = sd_kernels_select("avx512");
+    if (!amx) {
+        printf("# no AMX on this CPU: the fast mode's AMX GEMM is not run here\n");
+        return;
+    }
+    static const int shapes[][3] = {{1, 1, 1},      {37, 61, 129}, {33, 17, 33},
+                                    {100, 33, 769}, {5, 129, 385}, {150, 45, 400},
+                                    {600, 48, 300}, {64, 400, 40}, {1100, 40, 600}};
+    unsigned long long seed = 3000;
+    for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++)
+        for (int e = EP_NONE; e < EP_COUNT; e++, seed++) {
+            const int M = shapes[sh][0], N = shapes[sh][1], K = shapes[sh][2];
+            const int lda = K + 3, ldc = N + 5, ldr = N + 2, grows = 3;
+            float *A = falloc((size_t)M * lda), *w = falloc((size_t)K * N);
+            float *Bkn = falloc((size_t)K * N), *wr = falloc((size_t)K * N);
+            float *bias = falloc(N), *res = falloc((size_t)M * ldr);
+            float *grp = falloc((size_t)((M + grows - 1) / grows) * N);
+            float *C0 = falloc((size_t)M * ldc), *Cref = falloc((size_t)M * ldc);
+            float *C = falloc((size_t)M * ldc), *C2 = falloc((size_t)M * ldc);
+            fill(A, (size_t)M * lda, seed, 1, 0);
+            fill(w, (size_t)K * N, seed + 1, 0.1f, 0);
+            fill(bias, N, seed + 2, 1, 0);
+            fill(res, (size_t)M * ldr, seed + 3, 1, 0);
+            fill(grp, (size_t)((M + grows - 1) / grows) * N, seed + 4, 1, 0);
+            fill(C0, (size_t)M * ldc, seed + 5, 1, 0);
+            for (int k = 0; k < K; k++)
+                for (int n = 0; n < N; n++)
+                    Bkn[(size_t)k * N + n] = w[(size_t)n * K + k];
+            sd_epilogue ep = {0};
+            if (e == EP_BIAS || e == EP_ALL)
+                ep.bias = bias;
+            if (e == EP_GROUP || e == EP_ALL) {
+                ep.group_add = grp;
+                ep.group_rows = grows;
+            }
+            if (e == EP_RES || e == EP_ALL) {
+                ep.residual = res;
+                ep.ld_res = ldr;
+            }
+            memcpy(Cref, C0, sizeof(float) * M * ldc);
+            if (e == EP_RES_ALIAS) {
+                ep.residual = Cref;
+                ep.ld_res = ldc;
+            }
+            sd_ref_gemm(M, N, K, A, lda, Bkn, Cref, ldc, e == EP_NONE ? NULL : &ep);
+            for (int pi = 0; pi < 2; pi++) {
+                sd_exec ex = {.pool = g_pools[pi], .kern = amx, .fast = 1};
+                const int threads = sd_pool_size(ex.pool);
+                sd_packed P;
+                CHECK(sd_pack(amx, w, N, K, 1, &P) == SDUNET_OK, "pack");
+                memcpy(C, C0, sizeof(float) * M * ldc);
+                if (e == EP_RES_ALIAS)
+                    ep.residual = C;
+                sd_gemm(&ex, M, A, lda, &P, C, ldc, e == EP_NONE ? NULL : &ep);
+                const double err = rel_l2_2d(C, ldc, Cref, ldc, M, N);
+                CHECK(err < 2e-5, "amx/%d M=%d N=%d K=%d ep=%d: rel L2 %.3g", threads, M, N, K, e,
+                      err);
+                int pad_ok = 1;
+                for (int m = 0; m < M; m++)
+                    for (int n = N; n < ldc; n++)
+                        pad_ok &= C[(size_t)m * ldc + n] == C0[(size_t)m * ldc + n];
+                CHECK(pad_ok, "amx/%d M=%d N=%d K=%d wrote past N", threads, M, N, K);
+                /* exact mode: the AVX-512 set's bits */
+                sd_exec exact = ex, ref512 = {.pool = g_pools[pi], .kern = avx512};
+                exact.fast = 0;
+                memcpy(C, C0, sizeof(float) * M * ldc);
+                memcpy(C2, C0, sizeof(float) * M * ldc);
+                if (e == EP_RES_ALIAS)
+                    ep.residual = C;
+                sd_gemm(&exact, M, A, lda, &P, C, ldc, e == EP_NONE ? NULL : &ep);
+                if (e == EP_RES_ALIAS)
+                    ep.residual = C2;
+                sd_gemm(&ref512, M, A, lda, &P, C2, ldc, e == EP_NONE ? NULL : &ep);
+                CHECK(same_bits(C, C2, (size_t)M * ldc), "amx/%d exact mode M=%d N=%d K=%d",
+                      threads, M, N, K);
+                sd_packed_free(&P);
+                /* 16-bit panels */
+                for (int st = SD_WT_F16; st <= SD_WT_BF16 && e == EP_ALL; st++) {
+                    round_to(wr, w, (size_t)K * N, st);
+                    sd_packed P32, P16;
+                    CHECK(pack_as(amx, wr, N, K, 1, 0, SD_WT_F32, &P32) &&
+                              pack_as(amx, wr, N, K, 1, 0, st, &P16),
+                          "pack %s", sd_wtype_name(st));
+                    memcpy(C, C0, sizeof(float) * M * ldc);
+                    memcpy(C2, C0, sizeof(float) * M * ldc);
+                    sd_gemm(&ex, M, A, lda, &P32, C, ldc, &ep);
+                    sd_gemm(&ex, M, A, lda, &P16, C2, ldc, &ep);
+                    CHECK(same_bits(C, C2, (size_t)M * ldc), "amx/%d %s panels M=%d N=%d K=%d",
+                          threads, sd_wtype_name(st), M, N, K);
+                    sd_packed_free(&P32);
+                    sd_packed_free(&P16);
+                }
+            }
+            sd_free(A);
+            sd_free(w);
+            sd_free(Bkn);
+            sd_free(wr);
+            sd_free(bias);
+            sd_free(res);
+            sd_free(grp);
+            sd_free(C0);
+            sd_free(Cref);
+            sd_free(C);
+            sd_free(C2);
+        }
+    /* GEGLU, and the allocation fallback (no workspace memory: the
+     * float32 path on one thread) */
+    const int M = 290, F = 48, K = 330, N = 2 * F;
+    float *A = falloc((size_t)M * K), *w = falloc((size_t)N * K), *Bkn = falloc((size_t)K * N);
+    float *bias = falloc(N), *hg = falloc((size_t)M * N), *ref = falloc((size_t)M * F);
+    float *y = falloc((size_t)M * F);
+    fill(A, (size_t)M * K, 3900, 1, 0);
+    fill(w, (size_t)N * K, 3901, 0.1f, 0);
+    fill(bias, N, 3902, 1, 0);
+    for (int k = 0; k < K; k++)
+        for (int n = 0; n < N; n++)
+            Bkn[(size_t)k * N + n] = w[(size_t)n * K + k];
+    sd_epilogue ep = {.bias = bias};
+    sd_ref_gemm(M, N, K, A, K, Bkn, hg, N, &ep);
+    sd_ref_geglu(hg, M, F, ref);
+    for (int pi = 0; pi < 2; pi++) {
+        sd_workspace ws = {.limit = 0};
+        sd_exec ex = {.pool = g_pools[pi], .kern = amx, .fast = 1, .ws = &ws};
+        sd_packed Pg;
+        CHECK(sd_pack_geglu(amx, w, F, K, &Pg) == SDUNET_OK, "pack_geglu");
+        sd_gemm_geglu(&ex, M, A, K, &Pg, bias, y, F);
+        double err = rel_l2_2d(y, F, ref, F, M, F);
+        CHECK(err < 2e-5, "amx/%d GEGLU: rel L2 %.3g", sd_pool_size(ex.pool), err);
+        ws.limit = 64;
+        sd_gemm_geglu(&ex, M, A, K, &Pg, bias, y, F);
+        err = rel_l2_2d(y, F, ref, F, M, F);
+        CHECK(err < BAR, "amx/%d GEGLU, no scratch: rel L2 %.3g", sd_pool_size(ex.pool), err);
+        sd_packed_free(&Pg);
+        sd_workspace_free(&ws);
+    }
+    sd_free(A);
+    sd_free(w);
+    sd_free(Bkn);
+    sd_free(bias);
+    sd_free(hg);
+    sd_free(ref);
+    sd_free(y);
+}
+
 static void test_upsample(void)
 {
     static const int cfg[][4] = {
@@ -1932,6 +2086,7 @@ int main(void)
     RUN(test_norm_rows);
     RUN(test_isa_elementwise_agree);
     RUN(test_micro2);
+    RUN(test_gemm_amx);
     RUN(test_upsample);
     RUN(test_empty);
     for (int i = 0; i < 2; i++)

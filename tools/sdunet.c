@@ -1105,8 +1105,8 @@ static const char main_help[] =
     "  img2img a picture from a prompt and an init image\n"
     "\n"
     "environment: SDUNET_THREADS (default thread count), SDUNET_ISA (force a kernel set:\n"
-    "portable, avx2, avx512), SDUNET_CONV (3x3 convolution method: auto, direct, winograd),\n"
-    "SDUNET_GEGLU (unfused: feed-forward projection and gating as two passes)\n";
+    "portable, avx2, avx512, amx), SDUNET_CONV (3x3 convolution method: auto, direct,\n"
+    "winograd), SDUNET_GEGLU (unfused: feed-forward projection and gating as two passes)\n";
 
 int main(int argc, char **argv)
 {

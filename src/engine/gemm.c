@@ -205,6 +205,10 @@ static const sd_kernels kernels_portable = {
 
 #if SD_HAVE_X86
 #include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 /* F16C (CPUID leaf 1, ECX bit 29), which every AVX2 CPU has so far; asked
  * through cpuid.h because not every compiler's __builtin_cpu_supports
@@ -241,6 +245,30 @@ static int have_avx512(void)
     const unsigned need = bit_AVX512F | bit_AVX512DQ | bit_AVX512BW | bit_AVX512VL;
     return (b & need) == need;
 }
+
+/* AMX-TILE and AMX-BF16 (CPUID leaf 7: EDX bits 24 and 22), tile state
+ * enabled in XCR0 (bits 17, 18), and, on Linux, the process's permission
+ * to use it (arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA, granted once
+ * per process; it is how the kernel learns to save the 8 KiB of tile
+ * data on a context switch). Elsewhere: no AMX. */
+static int have_amx(void)
+{
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    unsigned a, b, c, d;
+    if (!have_avx512() || !__get_cpuid_count(7, 0, &a, &b, &c, &d))
+        return 0;
+    if (!(d >> 24 & 1u) || !(d >> 22 & 1u))
+        return 0;
+    unsigned xlo, xhi;
+    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    (void)xhi;
+    if ((xlo >> 17 & 3u) != 3u)
+        return 0;
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+#else
+    return 0;
+#endif
+}
 #endif
 
 const sd_kernels *sd_kernels_select(const char *force)
@@ -253,10 +281,15 @@ const sd_kernels *sd_kernels_select(const char *force)
             return have_avx2() ? &sd_kernels_avx2 : NULL;
         if (strcmp(force, "avx512") == 0)
             return have_avx512() ? &sd_kernels_avx512 : NULL;
+        if (strcmp(force, "amx") == 0)
+            return have_amx() ? &sd_kernels_amx : NULL;
 #endif
         return NULL;
     }
 #if SD_HAVE_X86
+    /* The AMX set is the AVX-512 set but for the fast mode's GEMM. */
+    if (have_amx())
+        return &sd_kernels_amx;
     /* AVX-512 wherever it is usable: measured on Zen 5 (full-width 512-bit
      * FMA units), 1.5-1.6x the AVX2 set on the SD1.5 UNet. */
     if (have_avx512())
@@ -565,6 +598,9 @@ static void pack_cat(const void *src, int m0, int rows, int k0, int kc, const sd
 #define MC_TARGET 144 /* A block mc x kc = 144 KiB: L2 beside the C block */
 #endif
 #define MR_MAX SD_MR_MAX
+#ifndef AMX_MC_TARGET
+#define AMX_MC_TARGET 512 /* A block as bfloat16 tiles: 512 x 256 x 2 terms = 512 KiB (L2) */
+#endif
 
 typedef struct {
     const sd_kernels *kern;
@@ -583,6 +619,11 @@ typedef struct {
     int ldy;
     float *cblock;
     size_t cblock_per_thread;
+    /* The fast mode's AMX product (A in place), else NULL: per thread, the
+     * A block's tiles at the start of scratch, a panel pair's at amx_b_off
+     * (floats), a widened 16-bit panel at bconv_off. */
+    const sd_amx_kernels *amx;
+    size_t amx_b_off;
 } gemm_job;
 
 /* y[m0 + i][f0 .. f0 + nr) = h * gelu(g) for i < rows, from the hidden
@@ -611,9 +652,89 @@ static void tile_ep(const gemm_job *j, int m, int rows, int n, sd_tile_ep *te)
     }
 }
 
+/* gemm_task on the AMX tile unit: per K block, the task's rows of A are
+ * split into bfloat16 tiles once, each panel pair of B once, and the pair
+ * is swept over the rows 32 at a time (amx->block). */
+static void gemm_task_amx(const gemm_job *j, int64_t task, int thread)
+{
+    const sd_kernels *kern = j->kern;
+    const sd_amx_kernels *amx = j->amx;
+    const int nr = kern->nr, K = j->B->K, N = j->B->N;
+    const int mb = (int)(task % j->mblocks), nb = (int)(task / j->mblocks);
+    const int m0 = mb * j->mc, mrows = j->M - m0 < j->mc ? j->M - m0 : j->mc;
+    const int n0 = nb * j->nc, ncols = N - n0 < j->nc ? N - n0 : j->nc;
+    const sd_epilogue *ep = j->ep;
+    const int has_ep = ep->bias || ep->group_add || ep->residual;
+    float *base = j->scratch + (size_t)thread * j->scratch_per_thread;
+    uint16_t *atiles = (uint16_t *)base, *btiles = (uint16_t *)(base + j->amx_b_off);
+    float *bconv = base + j->bconv_off;
+    const int btype = j->B->type, nrt = (mrows + 31) / 32 * 2;
+    float *cblock = j->geglu_y ? j->cblock + (size_t)thread * j->cblock_per_thread : NULL;
+    const int pairwise = cblock && j->nkb == 1;
+    const size_t ps = (size_t)j->mc * nr;
+    sd_tile_ep te[4];
+
+    amx->begin();
+    for (int kb = 0; kb < j->nkb; kb++) {
+        const int k0 = kb * j->kc, kc = K - k0 < j->kc ? K - k0 : j->kc, nkt = (kc + 31) / 32;
+        const int last = kb == j->nkb - 1, accumulate = kb > 0 || j->res_in_c;
+        const size_t tile_k = (size_t)nkt * 512; /* one row tile's or panel's k tiles */
+        amx->pack_a(j->a->rows + (size_t)m0 * j->a->ld + k0, (size_t)j->a->ld, mrows, kc, nrt,
+                    atiles);
+        for (int jn = 0, np; jn < ncols; jn += np * nr) {
+            np = jn + nr < ncols ? 2 : 1;
+            int n[2], cols[2] = {0, 0};
+            const uint16_t *bt[2];
+            for (int h = 0; h < np; h++) {
+                n[h] = n0 + jn + h * nr;
+                cols[h] = N - n[h] < nr ? N - n[h] : nr;
+                const size_t boff = (size_t)(n[h] / nr) * K * nr + (size_t)k0 * nr;
+                const float *bp = (const float *)j->B->data + boff;
+                if (btype != SD_WT_F32) {
+                    kern->widen(btype, (const uint16_t *)j->B->data + boff, bconv, (size_t)kc * nr);
+                    bp = bconv;
+                }
+                bt[h] = btiles + (size_t)h * 2 * tile_k;
+                amx->pack_b(bp, kc, btiles + (size_t)h * 2 * tile_k);
+            }
+            if (np == 1) { /* a lone last panel: the second is computed and not stored */
+                n[1] = n[0];
+                bt[1] = bt[0];
+            }
+            for (int im = 0; im < mrows; im += 32) {
+                const int m = m0 + im, rows = mrows - im < 32 ? mrows - im : 32;
+                const int ldc = cblock ? nr : j->ldc;
+                float *c[2];
+                for (int h = 0; h < 2; h++)
+                    c[h] = cblock ? cblock +
+                                        (size_t)(pairwise ? (jn / nr + h) % 2 : jn / nr + h) * ps +
+                                        (size_t)im * nr
+                                  : j->C + (size_t)m * ldc + n[h];
+                const int with_ep = last && has_ep;
+                for (int half = 0; with_ep && half < 2 && 16 * half < rows; half++)
+                    for (int h = 0; h < np; h++)
+                        tile_ep(j, m + 16 * half, rows - 16 * half < 16 ? rows - 16 * half : 16,
+                                n[h], &te[2 * half + h]);
+                amx->block(nkt, atiles + (size_t)(im / 16) * tile_k, tile_k, (size_t)nrt * tile_k,
+                           bt, tile_k, c, ldc, accumulate, rows, cols, with_ep ? te : NULL);
+            }
+            if (pairwise && (jn / nr + np - 1) % 2 == 1)
+                geglu_pair(j, cblock, ps, mrows, m0, (n0 + jn + (np - 2) * nr) / 2);
+        }
+    }
+    amx->end();
+    if (cblock && !pairwise)
+        for (int jn = 0; jn < ncols; jn += 2 * nr)
+            geglu_pair(j, cblock + (size_t)(jn / nr) * ps, ps, mrows, m0, (n0 + jn) / 2);
+}
+
 static void gemm_task(void *ctx, int64_t task, int thread)
 {
     const gemm_job *j = ctx;
+    if (j->amx) {
+        gemm_task_amx(j, task, thread);
+        return;
+    }
     const sd_kernels *kern = j->kern;
     const int mr = kern->mr, nr = kern->nr;
     const int K = j->B->K, N = j->B->N;
@@ -740,20 +861,26 @@ static void gemm_drive(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_
         j.res_in_c = 1;
     }
 
-    /* m blocks: about MC_TARGET rows, a multiple of mr, all the same size;
+    /* The fast mode's AMX product where the set has one and A is one
+     * matrix read in place. Its m blocks are taller (whole 32-row tile
+     * pairs): each panel pair is split into bfloat16 tiles once per block
+     * and K block, and swept over the block's rows from L1. */
+    j.amx = ex->fast && kern->amx && a->rows ? kern->amx : NULL;
+    const int mstep = j.amx ? 32 : mr, mc_target = j.amx ? AMX_MC_TARGET : MC_TARGET;
+    /* m blocks: about mc_target rows, a multiple of mstep, all the same size;
      * with few blocks, their count is rounded up to a multiple of the thread
      * count so the last wave of tiles is not half empty. */
-    int mblocks = (M + MC_TARGET - 1) / MC_TARGET;
+    int mblocks = (M + mc_target - 1) / mc_target;
     if (threads > 1 && mblocks > 1 && mblocks < 16 * threads)
         mblocks = (mblocks + threads - 1) / threads * threads;
-    int mc = ((M + mblocks - 1) / mblocks + mr - 1) / mr * mr;
+    int mc = ((M + mblocks - 1) / mblocks + mstep - 1) / mstep * mstep;
     /* Rounding mc up to whole panels can lose a block (M = 4096 on two
      * threads: 30 blocks of 137 rows became 29 of 144); while that leaves
      * the count off a multiple of the threads, take more blocks. */
     for (int want = mblocks;
          threads > 1 && mblocks > 1 && want < 16 * threads && ((M + mc - 1) / mc) % threads != 0;) {
         want += threads;
-        mc = ((M + want - 1) / want + mr - 1) / mr * mr;
+        mc = ((M + want - 1) / want + mstep - 1) / mstep * mstep;
     }
     mblocks = (M + mc - 1) / mc;
     /* n blocks: all of N unless that leaves threads idle; then split N into
@@ -788,6 +915,12 @@ static void gemm_drive(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_
     const size_t bconv = B->type != SD_WT_F32 ? (size_t)(j.kc > 0 ? j.kc : 1) * nr * 2 : 0;
     j.bconv_off = ((size_t)mc * (j.kc > 0 ? j.kc : 1) + 15) & ~(size_t)15;
     j.scratch_per_thread = (j.bconv_off + bconv + 15) & ~(size_t)15;
+    if (j.amx) { /* bfloat16 tiles, two terms: 2 * 512 values (512 floats) a tile */
+        const size_t tiles_k = (size_t)(j.kc + 31) / 32 * 512;
+        j.amx_b_off = (size_t)(mc + 31) / 32 * 2 * tiles_k;
+        j.bconv_off = j.amx_b_off + 2 * tiles_k;
+        j.scratch_per_thread = (j.bconv_off + bconv / 2 + 15) & ~(size_t)15;
+    }
     j.scratch = sd_ws_get(ex, 0, j.scratch_per_thread * threads * sizeof(float));
     j.cblock_per_thread = ((size_t)mc * (j.nkb == 1 ? 2 * nr : j.nc) + 15) & ~(size_t)15;
     j.cblock = geglu_y ? sd_ws_get(ex, 6, j.cblock_per_thread * threads * sizeof(float)) : NULL;
@@ -800,6 +933,7 @@ static void gemm_drive(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_
         j.scratch = fallback;
         j.bconv_off = (size_t)MR_MAX * SD_KC_MAX; /* 64-byte aligned */
         j.micro2 = 0;                             /* room for one widened panel */
+        j.amx = NULL;
         if (geglu_y) {
             j.nc = 2 * nr;
             nblocks = npanels / 2;
@@ -825,7 +959,7 @@ void sd_gemm_cat(const sd_exec *ex, int M, const float *A1, int K1, const float 
                  const sd_packed *B, float *C, int ldc, const sd_epilogue *ep)
 {
     cat_a s = {A1, A2, K1, K1, K2};
-    sd_gemm_src src = {pack_cat, &s};
+    sd_gemm_src src = {pack_cat, &s, A2 ? NULL : A1, K1};
     sd_gemm_run(ex, M, &src, B, C, ldc, ep);
 }
 
@@ -833,7 +967,7 @@ void sd_gemm_geglu(const sd_exec *ex, int M, const float *A, int lda, const sd_p
                    const float *bias, float *y, int ldy)
 {
     cat_a s = {A, NULL, B->K, lda, 0};
-    sd_gemm_src src = {pack_cat, &s};
+    sd_gemm_src src = {pack_cat, &s, A, lda};
     sd_epilogue ep = {.bias = bias};
     gemm_drive(ex, M, &src, B, NULL, 0, &ep, y, ldy);
 }
@@ -842,6 +976,6 @@ void sd_gemm(const sd_exec *ex, int M, const float *A, int lda, const sd_packed 
              int ldc, const sd_epilogue *ep)
 {
     cat_a s = {A, NULL, B->K, lda, 0};
-    sd_gemm_src src = {pack_cat, &s};
+    sd_gemm_src src = {pack_cat, &s, A, lda};
     sd_gemm_run(ex, M, &src, B, C, ldc, ep);
 }

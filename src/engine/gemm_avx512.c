@@ -727,26 +727,26 @@ static void widen_avx512(int type, const uint16_t *src, float *dst, size_t n)
         dst[i] = sd_wt_widen1(type, src[i]);
 }
 
-const sd_kernels sd_kernels_avx512 = {
-    .name = "avx512",
-    .mr = MR,
-    .nr = NR,
-    .micro = micro_avx512,
+/* The AVX-512 set, and the same set with the fast mode's AMX GEMM. */
 #if MR == 16
-    .micro2 = micro2_avx512,
+#define MICRO2_ENTRIES .micro2 = micro2_avx512, .attn_pv = attn_pv_avx512,
+#else
+#define MICRO2_ENTRIES
 #endif
-    .pack_panel = pack_avx512,
-    .softmax_cols = softmax_cols_avx512,
-    .attn_tile = attn_tile_avx512,
-#if MR == 16
-    .attn_pv = attn_pv_avx512,
-#endif
-    .silu = silu_avx512,
-    .gelu_mul = gelu_mul_avx512,
-    .winograd = sd_conv3x3_winograd_avx2,
-    .winograd4 = sd_conv3x3_winograd4_avx2,
-    .norm_sum = sd_norm_sum_avx2,
-    .norm_affine = sd_norm_affine_avx2,
-    .norm_affine1 = sd_norm_affine1_avx2,
-    .widen = widen_avx512,
-};
+/* clang-format off */
+#define AVX512_SET(set_name, amx_kernels)                                      \
+    {                                                                          \
+        .name = set_name, .amx = amx_kernels,                                  \
+        .mr = MR, .nr = NR, .micro = micro_avx512, MICRO2_ENTRIES              \
+        .pack_panel = pack_avx512,                                             \
+        .softmax_cols = softmax_cols_avx512, .attn_tile = attn_tile_avx512,    \
+        .silu = silu_avx512, .gelu_mul = gelu_mul_avx512,                      \
+        .winograd = sd_conv3x3_winograd_avx2,                                  \
+        .winograd4 = sd_conv3x3_winograd4_avx2,                                \
+        .norm_sum = sd_norm_sum_avx2, .norm_affine = sd_norm_affine_avx2,      \
+        .norm_affine1 = sd_norm_affine1_avx2, .widen = widen_avx512,           \
+    }
+/* clang-format on */
+
+const sd_kernels sd_kernels_avx512 = AVX512_SET("avx512", NULL);
+const sd_kernels sd_kernels_amx = AVX512_SET("amx", &sd_amx_kernels_bf16x3);

@@ -40,6 +40,34 @@ struct sd_exec;
 struct sd_packed;
 struct sd_epilogue;
 
+/* The fast mode's GEMM on an AMX tile unit (gemm_amx.c; every float32
+ * operand split into two bfloat16 terms, the product summed as
+ * hi*hi + hi*lo + lo*hi in float32: relative L2 ~4e-6). A block of C is
+ * 32 rows x 2 panels of 16 columns. */
+typedef struct sd_amx_kernels {
+    /* Tile configuration of the calling thread: begin before the first
+     * block of a task, end after its last. */
+    void (*begin)(void);
+    void (*end)(void);
+    /* Rows [0, rows) of A (row stride lda), k values [0, kc), as nrt row
+     * tiles of 16 rows (rows past `rows` zero) by ceil(kc/32) k tiles,
+     * two terms each: tile (term, t, kt) at dst + ((term*nrt + t)*nkt +
+     * kt) * 512. dst: 64-byte aligned. */
+    void (*pack_a)(const float *a, size_t lda, int rows, int kc, int nrt, uint16_t *dst);
+    /* One B panel (kc k steps of 16 floats, k-major) as ceil(kc/32) k
+     * tiles of each term: tile (term, kt) at dst + (term*nkt + kt) * 512.
+     * dst: 64-byte aligned. */
+    void (*pack_b)(const float *b, int kc, uint16_t *dst);
+    /* C (32 x 32, in two panels of 16 columns) from nkt k tiles: A row
+     * tile 0 at a, row tile 1 at a + ats, the lo term at + acs; panels
+     * b[0], b[1], the lo term at + bcs. Stored as sd_tile_store stores
+     * (accumulate, epilogue te[2*half + panel] for rows 16 half..), for
+     * rows < `rows` and columns < cols[h]; cols[h] = 0 skips panel h. */
+    void (*block)(int nkt, const uint16_t *a, size_t ats, size_t acs, const uint16_t *const b[2],
+                  size_t bcs, float *const c[2], int ldc, int accumulate, int rows,
+                  const int cols[2], const sd_tile_ep *te);
+} sd_amx_kernels;
+
 /* A kernel set chosen at run time from the CPU's features. */
 typedef struct sd_kernels {
     const char *name; /* "avx512", "avx2", "portable" */
@@ -59,6 +87,9 @@ typedef struct sd_kernels {
      * is then used for two B vectors: half the A loads per multiply-add. */
     void (*micro2)(int kc, const float *a, const float *const b[2], float *const c[2], int ldc,
                    int accumulate, int rows, const int cols[2], const sd_tile_ep *te);
+    /* The AMX GEMM the fast mode uses for products with A in place
+     * (sd_gemm, sd_gemm_geglu), or NULL. */
+    const sd_amx_kernels *amx;
     /* Packs mr rows into one A micro-panel: dst[k*mr + i] = rows[i][k], k < len. */
     void (*pack_panel)(const float *const *rows, int len, float *dst);
     /* Online-softmax step on a rows x nr block (row stride nr) whose columns
@@ -123,7 +154,7 @@ typedef struct sd_kernels {
                      const struct sd_packed *Wp, float *out, const struct sd_epilogue *ep);
 } sd_kernels;
 
-/* Best kernel set for this CPU. `force` may name one ("portable", "avx2", "avx512")
+/* Best kernel set for this CPU. `force` may name one ("portable", "avx2", "avx512", "amx")
  * or be NULL; an unknown or unavailable name returns NULL. */
 const sd_kernels *sd_kernels_select(const char *force);
 
@@ -176,9 +207,9 @@ static inline void sd_exec_fault(const sd_exec *ex)
 }
 
 /* At least `bytes` of 64-byte aligned scratch for slot (0: GEMM/conv
- * A blocks; 1, 2: attention; 3, 4, 5: Winograd; 6: GEGLU product blocks), from the workspace when the
- * exec has one, else freshly allocated. NULL on allocation failure. Give it back with sd_ws_put.
- * Slots let one kernel hold several buffers at once. */
+ * A blocks; 1, 2: attention; 3, 4, 5: Winograd; 6: GEGLU product blocks), from the workspace when
+ * the exec has one, else freshly allocated. NULL on allocation failure. Give it back with
+ * sd_ws_put. Slots let one kernel hold several buffers at once. */
 void *sd_ws_get(const sd_exec *ex, int slot, size_t bytes);
 void sd_ws_put(const sd_exec *ex, int slot, void *p);
 
@@ -413,6 +444,10 @@ typedef struct sd_gemm_src {
     void (*pack)(const void *src, int m0, int rows, int k0, int kc, const sd_kernels *kern,
                  float *dst);
     const void *src;
+    /* A itself when it is one row-major matrix (row stride ld), which the
+     * AMX path reads in place; NULL otherwise. */
+    const float *rows;
+    int ld;
 } sd_gemm_src;
 
 /* The blocked, threaded GEMM behind sd_gemm and sd_conv3x3:
@@ -443,6 +478,9 @@ void sd_norm_affine1_avx2(const float *x, int n, double mean, double rstd, const
  * convolution (its transforms do not depend on the tile height). */
 extern const sd_kernels sd_kernels_avx2;   /* gemm_avx2.c */
 extern const sd_kernels sd_kernels_avx512; /* gemm_avx512.c */
+/* The AVX-512 set with the fast mode's AMX GEMM (gemm_avx512.c, gemm_amx.c). */
+extern const sd_kernels sd_kernels_amx;
+extern const sd_amx_kernels sd_amx_kernels_bf16x3;
 int sd_conv3x3_winograd_avx2(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
                              const sd_packed *Wp, float *out, const sd_epilogue *ep);
 int sd_conv3x3_winograd4_avx2(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
