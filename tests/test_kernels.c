@@ -179,6 +179,25 @@ static void test_ref_hand(void)
 
 enum { EP_NONE, EP_BIAS, EP_GROUP, EP_RES, EP_RES_ALIAS, EP_ALL, EP_COUNT };
 
+/* The epilogue of a kind (EP_RES_ALIAS: none yet; the caller points the
+ * residual at C). */
+static sd_epilogue epilogue_of(int kind, const float *bias, const float *grp, int grows,
+                               const float *res, int ldr)
+{
+    sd_epilogue ep = {0};
+    if (kind == EP_BIAS || kind == EP_ALL)
+        ep.bias = bias;
+    if (kind == EP_GROUP || kind == EP_ALL) {
+        ep.group_add = grp;
+        ep.group_rows = grows;
+    }
+    if (kind == EP_RES || kind == EP_ALL) {
+        ep.residual = res;
+        ep.ld_res = ldr;
+    }
+    return ep;
+}
+
 static void gemm_case(int M, int N, int K, int ep_kind, unsigned long long seed)
 {
     const int lda = K + (seed % 3), ldc = N + (int)(seed % 2) * 5, ldr = N + 2;
@@ -198,17 +217,7 @@ static void gemm_case(int M, int N, int K, int ep_kind, unsigned long long seed)
         for (int n = 0; n < N; n++)
             w[(size_t)n * K + k] = Bkn[(size_t)k * N + n];
 
-    sd_epilogue ep = {0};
-    if (ep_kind == EP_BIAS || ep_kind == EP_ALL)
-        ep.bias = bias;
-    if (ep_kind == EP_GROUP || ep_kind == EP_ALL) {
-        ep.group_add = grp;
-        ep.group_rows = grows;
-    }
-    if (ep_kind == EP_RES || ep_kind == EP_ALL) {
-        ep.residual = res;
-        ep.ld_res = ldr;
-    }
+    sd_epilogue ep = epilogue_of(ep_kind, bias, grp, grows, res, ldr);
 
     /* C starts as a sentinel (checked untouched past N); the aliasing case
      * starts it as the residual. */
@@ -1876,17 +1885,7 @@ static void test_gemm_amx(void)
             for (int k = 0; k < K; k++)
                 for (int n = 0; n < N; n++)
                     Bkn[(size_t)k * N + n] = w[(size_t)n * K + k];
-            sd_epilogue ep = {0};
-            if (e == EP_BIAS || e == EP_ALL)
-                ep.bias = bias;
-            if (e == EP_GROUP || e == EP_ALL) {
-                ep.group_add = grp;
-                ep.group_rows = grows;
-            }
-            if (e == EP_RES || e == EP_ALL) {
-                ep.residual = res;
-                ep.ld_res = ldr;
-            }
+            sd_epilogue ep = epilogue_of(e, bias, grp, grows, res, ldr);
             memcpy(Cref, C0, sizeof(float) * M * ldc);
             if (e == EP_RES_ALIAS) {
                 ep.residual = Cref;

@@ -652,6 +652,16 @@ static void tile_ep(const gemm_job *j, int m, int rows, int n, sd_tile_ep *te)
     }
 }
 
+/* The rows [m0, m0 + mrows) and columns [n0, n0 + ncols) of task t. */
+static void task_tile(const gemm_job *j, int64_t t, int *m0, int *mrows, int *n0, int *ncols)
+{
+    const int mb = (int)(t % j->mblocks), nb = (int)(t / j->mblocks);
+    *m0 = mb * j->mc;
+    *mrows = j->M - *m0 < j->mc ? j->M - *m0 : j->mc;
+    *n0 = nb * j->nc;
+    *ncols = j->B->N - *n0 < j->nc ? j->B->N - *n0 : j->nc;
+}
+
 /* gemm_task on the AMX tile unit: per K block, the task's rows of A are
  * split into bfloat16 tiles once, each panel pair of B once, and the pair
  * is swept over the rows 32 at a time (amx->block). */
@@ -660,11 +670,9 @@ static void gemm_task_amx(const gemm_job *j, int64_t task, int thread)
     const sd_kernels *kern = j->kern;
     const sd_amx_kernels *amx = j->amx;
     const int nr = kern->nr, K = j->B->K, N = j->B->N;
-    const int mb = (int)(task % j->mblocks), nb = (int)(task / j->mblocks);
-    const int m0 = mb * j->mc, mrows = j->M - m0 < j->mc ? j->M - m0 : j->mc;
-    const int n0 = nb * j->nc, ncols = N - n0 < j->nc ? N - n0 : j->nc;
-    const sd_epilogue *ep = j->ep;
-    const int has_ep = ep->bias || ep->group_add || ep->residual;
+    int m0, mrows, n0, ncols;
+    task_tile(j, task, &m0, &mrows, &n0, &ncols);
+    const int has_ep = j->ep->bias || j->ep->group_add || j->ep->residual;
     float *base = j->scratch + (size_t)thread * j->scratch_per_thread;
     uint16_t *atiles = (uint16_t *)base, *btiles = (uint16_t *)(base + j->amx_b_off);
     float *bconv = base + j->bconv_off;
@@ -738,11 +746,9 @@ static void gemm_task(void *ctx, int64_t task, int thread)
     const sd_kernels *kern = j->kern;
     const int mr = kern->mr, nr = kern->nr;
     const int K = j->B->K, N = j->B->N;
-    const int mb = (int)(task % j->mblocks), nb = (int)(task / j->mblocks);
-    const int m0 = mb * j->mc, mrows = j->M - m0 < j->mc ? j->M - m0 : j->mc;
-    const int n0 = nb * j->nc, ncols = N - n0 < j->nc ? N - n0 : j->nc;
-    const sd_epilogue *ep = j->ep;
-    const int has_ep = ep->bias || ep->group_add || ep->residual;
+    int m0, mrows, n0, ncols;
+    task_tile(j, task, &m0, &mrows, &n0, &ncols);
+    const int has_ep = j->ep->bias || j->ep->group_add || j->ep->residual;
     float *apack = j->scratch + (size_t)thread * j->scratch_per_thread;
     /* 16-bit panels: each kc x nr block is widened here once (two with
      * micro2) and swept over all the task's mrows / mr row tiles from L1. */
