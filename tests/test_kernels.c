@@ -198,6 +198,26 @@ static sd_epilogue epilogue_of(int kind, const float *bias, const float *grp, in
     return ep;
 }
 
+/* sd_gemm by ex1 with P1 into c1 and by ex2 with P2 into c2, each
+ * starting from C0 (M rows of ldc), with the epilogue of kind ep_kind (an
+ * aliased residual points at each output in turn): whether the two agree
+ * bit for bit. */
+static int gemms_agree(const sd_exec *ex1, const sd_packed *P1, const sd_exec *ex2,
+                       const sd_packed *P2, int M, const float *A, int lda, const float *C0,
+                       float *c1, float *c2, int ldc, int ep_kind, sd_epilogue *ep)
+{
+    const sd_epilogue *e = ep_kind == EP_NONE ? NULL : ep;
+    memcpy(c1, C0, sizeof(float) * M * ldc);
+    memcpy(c2, C0, sizeof(float) * M * ldc);
+    if (ep_kind == EP_RES_ALIAS)
+        ep->residual = c1;
+    sd_gemm(ex1, M, A, lda, P1, c1, ldc, e);
+    if (ep_kind == EP_RES_ALIAS)
+        ep->residual = c2;
+    sd_gemm(ex2, M, A, lda, P2, c2, ldc, e);
+    return same_bits(c1, c2, (size_t)M * ldc);
+}
+
 static void gemm_case(int M, int N, int K, int ep_kind, unsigned long long seed)
 {
     const int lda = K + (seed % 3), ldc = N + (int)(seed % 2) * 5, ldr = N + 2;
@@ -257,15 +277,7 @@ static void gemm_case(int M, int N, int K, int ep_kind, unsigned long long seed)
             CHECK(pack_as(ex.kern, wr, N, K, 1, 0, SD_WT_F32, &P32) &&
                       pack_as(ex.kern, wr, N, K, 1, 0, st, &P16),
                   "pack %s", sd_wtype_name(st));
-            memcpy(C, C0, sizeof(float) * M * ldc);
-            memcpy(C16, C0, sizeof(float) * M * ldc);
-            if (ep_kind == EP_RES_ALIAS)
-                ep.residual = C;
-            sd_gemm(&ex, M, A, lda, &P32, C, ldc, ep_kind == EP_NONE ? NULL : &ep);
-            if (ep_kind == EP_RES_ALIAS)
-                ep.residual = C16;
-            sd_gemm(&ex, M, A, lda, &P16, C16, ldc, ep_kind == EP_NONE ? NULL : &ep);
-            CHECK(same_bits(C, C16, (size_t)M * ldc),
+            CHECK(gemms_agree(&ex, &P32, &ex, &P16, M, A, lda, C0, C, C16, ldc, ep_kind, &ep),
                   "%s/%d %s panels M=%d N=%d K=%d ep=%d differ from f32 panels", WHERE(ex),
                   sd_wtype_name(st), M, N, K, ep_kind);
             sd_packed_free(&P32);
@@ -1912,16 +1924,8 @@ static void test_gemm_amx(void)
                 /* exact mode: the AVX-512 set's bits */
                 sd_exec exact = ex, ref512 = {.pool = g_pools[pi], .kern = avx512};
                 exact.fast = 0;
-                memcpy(C, C0, sizeof(float) * M * ldc);
-                memcpy(C2, C0, sizeof(float) * M * ldc);
-                if (e == EP_RES_ALIAS)
-                    ep.residual = C;
-                sd_gemm(&exact, M, A, lda, &P, C, ldc, e == EP_NONE ? NULL : &ep);
-                if (e == EP_RES_ALIAS)
-                    ep.residual = C2;
-                sd_gemm(&ref512, M, A, lda, &P, C2, ldc, e == EP_NONE ? NULL : &ep);
-                CHECK(same_bits(C, C2, (size_t)M * ldc), "amx/%d exact mode M=%d N=%d K=%d",
-                      threads, M, N, K);
+                CHECK(gemms_agree(&exact, &P, &ref512, &P, M, A, lda, C0, C, C2, ldc, e, &ep),
+                      "amx/%d exact mode M=%d N=%d K=%d", threads, M, N, K);
                 sd_packed_free(&P);
                 /* 16-bit panels */
                 for (int st = SD_WT_F16; st <= SD_WT_BF16 && e == EP_ALL; st++) {
@@ -1930,12 +1934,8 @@ static void test_gemm_amx(void)
                     CHECK(pack_as(amx, wr, N, K, 1, 0, SD_WT_F32, &P32) &&
                               pack_as(amx, wr, N, K, 1, 0, st, &P16),
                           "pack %s", sd_wtype_name(st));
-                    memcpy(C, C0, sizeof(float) * M * ldc);
-                    memcpy(C2, C0, sizeof(float) * M * ldc);
-                    sd_gemm(&ex, M, A, lda, &P32, C, ldc, &ep);
-                    sd_gemm(&ex, M, A, lda, &P16, C2, ldc, &ep);
-                    CHECK(same_bits(C, C2, (size_t)M * ldc), "amx/%d %s panels M=%d N=%d K=%d",
-                          threads, sd_wtype_name(st), M, N, K);
+                    CHECK(gemms_agree(&ex, &P32, &ex, &P16, M, A, lda, C0, C, C2, ldc, e, &ep),
+                          "amx/%d %s panels M=%d N=%d K=%d", threads, sd_wtype_name(st), M, N, K);
                     sd_packed_free(&P32);
                     sd_packed_free(&P16);
                 }

@@ -662,6 +662,42 @@ static void task_tile(const gemm_job *j, int64_t t, int *m0, int *mrows, int *n0
     *ncols = j->B->N - *n0 < j->nc ? j->B->N - *n0 : j->nc;
 }
 
+/* Panel n / nr of B, K steps [k0, k0 + kc), as float32: in place, or
+ * widened from 16-bit values into w (kc x nr floats). */
+static const float *b_slab(const gemm_job *j, int n, int k0, int kc, float *w)
+{
+    const int nr = j->kern->nr;
+    const size_t off = (size_t)(n / nr) * j->B->K * nr + (size_t)k0 * nr;
+    if (j->B->type == SD_WT_F32)
+        return (const float *)j->B->data + off;
+    j->kern->widen(j->B->type, (const uint16_t *)j->B->data + off, w, (size_t)kc * nr);
+    return w;
+}
+
+/* Where the tile at task row im (C row m) of panel jn / nr + h (column n)
+ * goes: C itself, or in GEGLU mode the task's product block (cblock; with
+ * pairwise, only the pair in progress). */
+static float *c_tile(const gemm_job *j, float *cblock, int pairwise, int jn, int h, int im, int m,
+                     int n)
+{
+    const int nr = j->kern->nr;
+    if (!cblock)
+        return j->C + (size_t)m * j->ldc + n;
+    const int q = pairwise ? (jn / nr + h) % 2 : jn / nr + h;
+    return cblock + (size_t)q * j->mc * nr + (size_t)im * nr;
+}
+
+/* GEGLU with several K blocks: each panel pair (2q, 2q+1) of the task's
+ * product block gated into y columns n0/2 + q*nr.. */
+static void geglu_task_block(const gemm_job *j, const float *cblock, int m0, int mrows, int n0,
+                             int ncols)
+{
+    const int nr = j->kern->nr;
+    const size_t ps = (size_t)j->mc * nr;
+    for (int jn = 0; jn < ncols; jn += 2 * nr)
+        geglu_pair(j, cblock + (size_t)(jn / nr) * ps, ps, mrows, m0, (n0 + jn) / 2);
+}
+
 /* gemm_task on the AMX tile unit: per K block, the task's rows of A are
  * split into bfloat16 tiles once, each panel pair of B once, and the pair
  * is swept over the rows 32 at a time (amx->block). */
@@ -676,7 +712,7 @@ static void gemm_task_amx(const gemm_job *j, int64_t task, int thread)
     float *base = j->scratch + (size_t)thread * j->scratch_per_thread;
     uint16_t *atiles = (uint16_t *)base, *btiles = (uint16_t *)(base + j->amx_b_off);
     float *bconv = base + j->bconv_off;
-    const int btype = j->B->type, nrt = (mrows + 31) / 32 * 2;
+    const int nrt = (mrows + 31) / 32 * 2;
     float *cblock = j->geglu_y ? j->cblock + (size_t)thread * j->cblock_per_thread : NULL;
     const int pairwise = cblock && j->nkb == 1;
     const size_t ps = (size_t)j->mc * nr;
@@ -696,14 +732,8 @@ static void gemm_task_amx(const gemm_job *j, int64_t task, int thread)
             for (int h = 0; h < np; h++) {
                 n[h] = n0 + jn + h * nr;
                 cols[h] = N - n[h] < nr ? N - n[h] : nr;
-                const size_t boff = (size_t)(n[h] / nr) * K * nr + (size_t)k0 * nr;
-                const float *bp = (const float *)j->B->data + boff;
-                if (btype != SD_WT_F32) {
-                    kern->widen(btype, (const uint16_t *)j->B->data + boff, bconv, (size_t)kc * nr);
-                    bp = bconv;
-                }
                 bt[h] = btiles + (size_t)h * 2 * tile_k;
-                amx->pack_b(bp, kc, btiles + (size_t)h * 2 * tile_k);
+                amx->pack_b(b_slab(j, n[h], k0, kc, bconv), kc, btiles + (size_t)h * 2 * tile_k);
             }
             if (np == 1) { /* a lone last panel: the second is computed and not stored */
                 n[1] = n[0];
@@ -714,10 +744,7 @@ static void gemm_task_amx(const gemm_job *j, int64_t task, int thread)
                 const int ldc = cblock ? nr : j->ldc;
                 float *c[2];
                 for (int h = 0; h < 2; h++)
-                    c[h] = cblock ? cblock +
-                                        (size_t)(pairwise ? (jn / nr + h) % 2 : jn / nr + h) * ps +
-                                        (size_t)im * nr
-                                  : j->C + (size_t)m * ldc + n[h];
+                    c[h] = c_tile(j, cblock, pairwise, jn, h, im, m, n[h]);
                 const int with_ep = last && has_ep;
                 for (int half = 0; with_ep && half < 2 && 16 * half < rows; half++)
                     for (int h = 0; h < np; h++)
@@ -732,8 +759,7 @@ static void gemm_task_amx(const gemm_job *j, int64_t task, int thread)
     }
     amx->end();
     if (cblock && !pairwise)
-        for (int jn = 0; jn < ncols; jn += 2 * nr)
-            geglu_pair(j, cblock + (size_t)(jn / nr) * ps, ps, mrows, m0, (n0 + jn) / 2);
+        geglu_task_block(j, cblock, m0, mrows, n0, ncols);
 }
 
 static void gemm_task(void *ctx, int64_t task, int thread)
@@ -753,7 +779,6 @@ static void gemm_task(void *ctx, int64_t task, int thread)
     /* 16-bit panels: each kc x nr block is widened here once (two with
      * micro2) and swept over all the task's mrows / mr row tiles from L1. */
     float *bconv = apack + j->bconv_off;
-    const int btype = j->B->type;
     sd_tile_ep te[2];
     float *cblock = j->geglu_y ? j->cblock + (size_t)thread * j->cblock_per_thread : NULL;
     /* GEGLU: each panel's products are held as one contiguous mc x nr
@@ -778,14 +803,7 @@ static void gemm_task(void *ctx, int64_t task, int thread)
             for (int h = 0; h < np; h++) {
                 n[h] = n0 + jn + h * nr;
                 cols[h] = N - n[h] < nr ? N - n[h] : nr;
-                const size_t boff = (size_t)(n[h] / nr) * K * nr + (size_t)k0 * nr;
-                if (btype == SD_WT_F32) {
-                    bp[h] = (const float *)j->B->data + boff;
-                } else {
-                    float *w = bconv + (size_t)h * kc * nr;
-                    kern->widen(btype, (const uint16_t *)j->B->data + boff, w, (size_t)kc * nr);
-                    bp[h] = w;
-                }
+                bp[h] = b_slab(j, n[h], k0, kc, bconv + (size_t)h * kc * nr);
             }
             for (int im = 0; im < mrows; im += mr) {
                 const int m = m0 + im, rows = mrows - im < mr ? mrows - im : mr;
@@ -793,10 +811,7 @@ static void gemm_task(void *ctx, int64_t task, int thread)
                 const int ldc = cblock ? nr : j->ldc;
                 float *c[2];
                 for (int h = 0; h < np; h++)
-                    c[h] = cblock ? cblock +
-                                        (size_t)(pairwise ? (jn / nr + h) % 2 : jn / nr + h) * ps +
-                                        (size_t)im * nr
-                                  : j->C + (size_t)m * ldc + n[h];
+                    c[h] = c_tile(j, cblock, pairwise, jn, h, im, m, n[h]);
                 /* The epilogue is added as the microkernel stores the tile
                  * (a residual aliasing C is read before C is written). */
                 const int with_ep = last && has_ep;
@@ -813,9 +828,8 @@ static void gemm_task(void *ctx, int64_t task, int thread)
                 geglu_pair(j, cblock, ps, mrows, m0, (n0 + jn + (np - 2) * nr) / 2);
         }
     }
-    if (cblock && !pairwise) /* panel pair (2q, 2q+1): y columns n0/2 + q*nr.. */
-        for (int jn = 0; jn < ncols; jn += 2 * nr)
-            geglu_pair(j, cblock + (size_t)(jn / nr) * ps, ps, mrows, m0, (n0 + jn) / 2);
+    if (cblock && !pairwise)
+        geglu_task_block(j, cblock, m0, mrows, n0, ncols);
 }
 
 /* sd_gemm_run, or with geglu_y the GEGLU mode of sd_gemm_geglu. */
