@@ -45,7 +45,7 @@ $(BUILD)/%_avx512.o: %_avx512.c
 
 $(BUILD)/%_amx.o: %_amx.c
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mf16c -mamx-tile -mamx-bf16 -MMD -MP -c $< -o $@
+	$(CC) $(ALL_CFLAGS) -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mf16c -mamx-tile -mamx-bf16 -mavx512bf16 -MMD -MP -c $< -o $@
 
 $(BUILD)/libsdunet.a: $(LIB_OBJS)
 	rm -f $@

@@ -246,7 +246,8 @@ static int have_avx512(void)
     return (b & need) == need;
 }
 
-/* AMX-TILE and AMX-BF16 (CPUID leaf 7: EDX bits 24 and 22), tile state
+/* AMX-TILE and AMX-BF16 (CPUID leaf 7: EDX bits 24 and 22) with
+ * AVX512-BF16 (every CPU with AMX-BF16 so far has it), tile state
  * enabled in XCR0 (bits 17, 18), and, on Linux, the process's permission
  * to use it (arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA, granted once
  * per process; it is how the kernel learns to save the 8 KiB of tile
@@ -258,6 +259,9 @@ static int have_amx(void)
     if (!have_avx512() || !__get_cpuid_count(7, 0, &a, &b, &c, &d))
         return 0;
     if (!(d >> 24 & 1u) || !(d >> 22 & 1u))
+        return 0;
+    /* AVX512-BF16 (leaf 7 subleaf 1, EAX bit 5): the operands' conversion */
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a >> 5 & 1u))
         return 0;
     unsigned xlo, xhi;
     __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));

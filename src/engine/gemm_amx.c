@@ -68,19 +68,21 @@ static inline __m512i round_bf16(__m512i x)
     return _mm512_and_si512(x, _mm512_set1_epi32((int)0xFFFF0000u));
 }
 
-/* hi and lo terms of x (float32 bit patterns, low halves zero). */
-static inline void split(__m512 x, __m512i *hi, __m512i *lo)
+/* The hi term of x as a float32 (low half zero) and the remainder
+ * x - hi, exact in float32, whose rounding to bfloat16 is the lo term. */
+static inline __m512 split_hi(__m512 x, __m512 *rest)
 {
-    *hi = round_bf16(_mm512_castps_si512(x));
-    *lo = round_bf16(_mm512_castps_si512(_mm512_sub_ps(x, _mm512_castsi512_ps(*hi))));
+    const __m512 hi = _mm512_castsi512_ps(round_bf16(_mm512_castps_si512(x)));
+    *rest = _mm512_sub_ps(x, hi);
+    return hi;
 }
 
-/* 32 k values of one A row (two float32 vectors split into hi / lo), as
- * the row of an A tile: 32 bfloat16 values in k order. */
-static inline void put_a_row(uint16_t *dst, __m512i x0, __m512i x1)
+/* Two float32 vectors as 32 bfloat16 values in order (x0's, then x1's),
+ * rounded to nearest even by the AVX512-BF16 conversion (which reads and
+ * writes subnormals as zero, as the tile unit reads them anyway). */
+static inline __m512i to_bf16(__m512 x0, __m512 x1)
 {
-    _mm256_store_si256((__m256i *)dst, _mm512_cvtepi32_epi16(_mm512_srli_epi32(x0, 16)));
-    _mm256_store_si256((__m256i *)(dst + 16), _mm512_cvtepi32_epi16(_mm512_srli_epi32(x1, 16)));
+    return (__m512i)_mm512_cvtne2ps_pbh(x1, x0);
 }
 
 static inline __mmask16 head_mask(int n)
@@ -110,11 +112,12 @@ static void amx_pack_a(const float *a, size_t lda, int rows, int kc, int nrt, ui
             const float *ar = a + (size_t)m * lda;
             for (int kt = 0; kt < nkt; kt++, d += TILE_ELEMS) {
                 const int k = 32 * kt;
-                __m512i h0, l0, h1, l1;
-                split(_mm512_maskz_loadu_ps(head_mask(kc - k), ar + k), &h0, &l0);
-                split(_mm512_maskz_loadu_ps(head_mask(kc - k - 16), ar + k + 16), &h1, &l1);
-                put_a_row(d, h0, h1);
-                put_a_row(d + cs, l0, l1);
+                __m512 r0, r1;
+                const __m512 h0 = split_hi(_mm512_maskz_loadu_ps(head_mask(kc - k), ar + k), &r0);
+                const __m512 h1 =
+                    split_hi(_mm512_maskz_loadu_ps(head_mask(kc - k - 16), ar + k + 16), &r1);
+                _mm512_store_si512(d, to_bf16(h0, h1));
+                _mm512_store_si512(d + cs, to_bf16(r0, r1));
             }
         }
 }
@@ -128,18 +131,22 @@ static void amx_pack_b(const float *b, int kc, uint16_t *dst)
     const int nkt = (kc + 31) / 32;
     const size_t cs = (size_t)nkt * TILE_ELEMS;
     const __m512i high = _mm512_set1_epi32((int)0xFFFF0000u);
+    /* to_bf16's order (x0's 16 values, then x1's) to pairs: 0, 16, 1, 17, .. */
+    const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
+                                           24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
+                                           16, 0);
     for (int k = 0; k < nkt * 32; k += 2) {
         const __m512 x0 = k < kc ? _mm512_loadu_ps(b + (size_t)k * 16) : _mm512_setzero_ps();
         const __m512 x1 =
             k + 1 < kc ? _mm512_loadu_ps(b + (size_t)(k + 1) * 16) : _mm512_setzero_ps();
-        __m512i h0, l0, h1, l1;
-        split(x0, &h0, &l0);
-        split(x1, &h1, &l1);
+        __m512 r0, r1;
+        const __m512i h0 = _mm512_castps_si512(split_hi(x0, &r0)),
+                      h1 = _mm512_castps_si512(split_hi(x1, &r1));
         uint16_t *d = dst + (size_t)(k / 32) * TILE_ELEMS + (size_t)(k % 32) * 16;
+        /* hi: exact halves, interleaved by shifts; lo: rounded, then paired */
         _mm512_store_si512(d,
                            _mm512_or_si512(_mm512_and_si512(h1, high), _mm512_srli_epi32(h0, 16)));
-        _mm512_store_si512(d + cs,
-                           _mm512_or_si512(_mm512_and_si512(l1, high), _mm512_srli_epi32(l0, 16)));
+        _mm512_store_si512(d + cs, _mm512_permutexvar_epi16(pairs, to_bf16(r0, r1)));
     }
 }
 
@@ -170,19 +177,19 @@ static void amx_block(int nkt, const uint16_t *a, size_t ats, size_t acs,
     for (int kt = 0; kt < nkt; kt++) {
         const uint16_t *ak = a + (size_t)kt * TILE_ELEMS, *p = b[0] + (size_t)kt * TILE_ELEMS,
                        *q = b[1] + (size_t)kt * TILE_ELEMS;
-        _tile_loadd(4, ak, 64);
-        _tile_loadd(5, ak + ats, 64);
-        _tile_loadd(6, p, 64);
-        _tile_loadd(7, q, 64);
-        DP4(); /* hi * hi */
-        _tile_loadd(6, p + bcs, 64);
-        _tile_loadd(7, q + bcs, 64);
-        DP4(); /* hi * lo */
+        /* eight tile loads for the three products: A lo with B hi, then A
+         * hi with the same B hi, then with B lo */
         _tile_loadd(4, ak + acs, 64);
         _tile_loadd(5, ak + acs + ats, 64);
         _tile_loadd(6, p, 64);
         _tile_loadd(7, q, 64);
         DP4(); /* lo * hi */
+        _tile_loadd(4, ak, 64);
+        _tile_loadd(5, ak + ats, 64);
+        DP4(); /* hi * hi */
+        _tile_loadd(6, p + bcs, 64);
+        _tile_loadd(7, q + bcs, 64);
+        DP4(); /* hi * lo */
     }
     _tile_stored(0, t, 128);
     _tile_stored(1, t + 16, 128);
