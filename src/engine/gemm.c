@@ -595,6 +595,18 @@ static void pack_cat(const void *src, int m0, int rows, int k0, int kc, const sd
 #ifndef KC2_ONE_BLOCK
 #define KC2_ONE_BLOCK 256
 #endif
+/* The AMX product's K blocks: up to 384 (a panel pair's tiles 48 KiB),
+ * one block only to 256 (K = 320 as two blocks of 160 keeps the row pair's
+ * and the panel pair's tiles in L1 together: 12% faster than one block of
+ * 320). One Xeon core, bench_gemm, best of six alternating runs against
+ * blocks of at most 256: K = 5760 337 -> 365 GFLOP/s, K = 1280 376 -> 422,
+ * K = 768 324 -> 342, GEGLU K = 640-1280 +4-6%. */
+#ifndef AMX_KC_TARGET
+#define AMX_KC_TARGET 384
+#endif
+#ifndef AMX_KC_ONE_BLOCK
+#define AMX_KC_ONE_BLOCK 256
+#endif
 #ifndef NC_PANELS_MAX
 #define NC_PANELS_MAX 32 /* 512 columns: a 144 x 512 C block is 288 KiB */
 #endif
@@ -868,8 +880,17 @@ static void gemm_drive(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_
      * 64x64 level's K = 320 feed-forward: +5-8% on one thread, +3% on two,
      * though the two B panels and the A micro-panel then overflow L1). */
     j.micro2 = kern->micro2 != NULL;
-    const int kc_one = j.micro2 && !geglu_y ? KC2_ONE_BLOCK : KC_ONE_BLOCK;
-    const int kc_target = j.micro2 ? KC2_TARGET : KC_TARGET;
+    /* The fast mode's AMX product where the set has one and A is one
+     * matrix read in place. Its m blocks are taller (whole 32-row tile
+     * pairs): each panel pair is split into bfloat16 tiles once per block
+     * and K block, and swept over the block's rows from L1. */
+    j.amx = ex->fast && kern->amx && a->rows ? kern->amx : NULL;
+    int kc_one = j.micro2 && !geglu_y ? KC2_ONE_BLOCK : KC_ONE_BLOCK;
+    int kc_target = j.micro2 ? KC2_TARGET : KC_TARGET;
+    if (j.amx) {
+        kc_one = geglu_y && KC_ONE_BLOCK > AMX_KC_ONE_BLOCK ? KC_ONE_BLOCK : AMX_KC_ONE_BLOCK;
+        kc_target = AMX_KC_TARGET;
+    }
     j.nkb = K > kc_one ? (K + kc_target - 1) / kc_target : 1;
     j.kc = K > 0 ? (K + j.nkb - 1) / j.nkb : 0;
     if (j.kc > SD_KC_MAX)
@@ -885,11 +906,6 @@ static void gemm_drive(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_
         j.res_in_c = 1;
     }
 
-    /* The fast mode's AMX product where the set has one and A is one
-     * matrix read in place. Its m blocks are taller (whole 32-row tile
-     * pairs): each panel pair is split into bfloat16 tiles once per block
-     * and K block, and swept over the block's rows from L1. */
-    j.amx = ex->fast && kern->amx && a->rows ? kern->amx : NULL;
     const int mstep = j.amx ? 32 : mr, mc_target = j.amx ? AMX_MC_TARGET : MC_TARGET;
     /* m blocks: about mc_target rows, a multiple of mstep, all the same size;
      * with few blocks, their count is rounded up to a multiple of the thread
