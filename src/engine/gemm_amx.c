@@ -174,7 +174,24 @@ static void amx_block(int nkt, const uint16_t *a, size_t ats, size_t acs,
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
-    for (int kt = 0; kt < nkt; kt++) {
+    /* Sixteen rows or fewer: row tile 0 only (row tile 1 is not read). */
+    for (int kt = 0; rows <= 16 && kt < nkt; kt++) {
+        const uint16_t *ak = a + (size_t)kt * TILE_ELEMS, *p = b[0] + (size_t)kt * TILE_ELEMS,
+                       *q = b[1] + (size_t)kt * TILE_ELEMS;
+        _tile_loadd(4, ak + acs, 64);
+        _tile_loadd(6, p, 64);
+        _tile_loadd(7, q, 64);
+        _tile_dpbf16ps(0, 4, 6); /* lo * hi */
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_loadd(4, ak, 64);
+        _tile_dpbf16ps(0, 4, 6); /* hi * hi */
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_loadd(6, p + bcs, 64);
+        _tile_loadd(7, q + bcs, 64);
+        _tile_dpbf16ps(0, 4, 6); /* hi * lo */
+        _tile_dpbf16ps(1, 4, 7);
+    }
+    for (int kt = 0; rows > 16 && kt < nkt; kt++) {
         const uint16_t *ak = a + (size_t)kt * TILE_ELEMS, *p = b[0] + (size_t)kt * TILE_ELEMS,
                        *q = b[1] + (size_t)kt * TILE_ELEMS;
         /* eight tile loads for the three products: A lo with B hi, then A

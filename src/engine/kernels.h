@@ -62,7 +62,8 @@ typedef struct sd_amx_kernels {
      * tile 0 at a, row tile 1 at a + ats, the lo term at + acs; panels
      * b[0], b[1], the lo term at + bcs. Stored as sd_tile_store stores
      * (accumulate, epilogue te[2*half + panel] for rows 16 half..), for
-     * rows < `rows` and columns < cols[h]; cols[h] = 0 skips panel h. */
+     * rows < `rows` and columns < cols[h]; cols[h] = 0 skips panel h.
+     * With rows <= 16, row tile 1 is neither read nor computed. */
     void (*block)(int nkt, const uint16_t *a, size_t ats, size_t acs, const uint16_t *const b[2],
                   size_t bcs, float *const c[2], int ldc, int accumulate, int rows,
                   const int cols[2], const sd_tile_ep *te);
