@@ -1878,6 +1878,7 @@ static void test_gemm_amx(void)
                                     {100, 33, 769}, {5, 129, 385}, {150, 45, 400},
                                     {600, 48, 300}, {64, 400, 40}, {1100, 40, 600}};
     unsigned long long seed = 3000;
+    double worst = 0;
     for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++)
         for (int e = EP_NONE; e < EP_COUNT; e++, seed++) {
             const int M = shapes[sh][0], N = shapes[sh][1], K = shapes[sh][2];
@@ -1914,8 +1915,9 @@ static void test_gemm_amx(void)
                     ep.residual = C;
                 sd_gemm(&ex, M, A, lda, &P, C, ldc, e == EP_NONE ? NULL : &ep);
                 const double err = rel_l2_2d(C, ldc, Cref, ldc, M, N);
-                CHECK(err < 2e-5, "amx/%d M=%d N=%d K=%d ep=%d: rel L2 %.3g", threads, M, N, K, e,
+                CHECK(err < BAR, "amx/%d M=%d N=%d K=%d ep=%d: rel L2 %.3g", threads, M, N, K, e,
                       err);
+                worst = err > worst ? err : worst;
                 int pad_ok = 1;
                 for (int m = 0; m < M; m++)
                     for (int n = N; n < ldc; n++)
@@ -1974,7 +1976,8 @@ static void test_gemm_amx(void)
         CHECK(sd_pack_geglu(amx, w, F, K, &Pg) == SDUNET_OK, "pack_geglu");
         sd_gemm_geglu(&ex, M, A, K, &Pg, bias, y, F);
         double err = rel_l2_2d(y, F, ref, F, M, F);
-        CHECK(err < 2e-5, "amx/%d GEGLU: rel L2 %.3g", sd_pool_size(ex.pool), err);
+        CHECK(err < BAR, "amx/%d GEGLU: rel L2 %.3g", sd_pool_size(ex.pool), err);
+        worst = err > worst ? err : worst;
         ws.limit = 64;
         sd_gemm_geglu(&ex, M, A, K, &Pg, bias, y, F);
         err = rel_l2_2d(y, F, ref, F, M, F);
@@ -1989,6 +1992,7 @@ static void test_gemm_amx(void)
     sd_free(hg);
     sd_free(ref);
     sd_free(y);
+    printf("# amx fast GEMM: worst rel L2 %.3g\n", worst);
 }
 
 static void test_upsample(void)

@@ -615,7 +615,7 @@ static void pack_cat(const void *src, int m0, int rows, int k0, int kc, const sd
 #endif
 #define MR_MAX SD_MR_MAX
 #ifndef AMX_MC_TARGET
-#define AMX_MC_TARGET 512 /* A block as bfloat16 tiles: 512 x 256 x 2 terms = 512 KiB (L2) */
+#define AMX_MC_TARGET 512 /* A block as bfloat16 tiles: 512 x 384 x 3 terms = 1.1 MiB (L2) */
 #endif
 
 typedef struct {
@@ -748,8 +748,8 @@ static void gemm_task_amx(const gemm_job *j, int64_t task, int thread)
             for (int h = 0; h < np; h++) {
                 n[h] = n0 + jn + h * nr;
                 cols[h] = N - n[h] < nr ? N - n[h] : nr;
-                bt[h] = btiles + (size_t)h * 2 * tile_k;
-                amx->pack_b(b_slab(j, n[h], k0, kc, bconv), kc, btiles + (size_t)h * 2 * tile_k);
+                bt[h] = btiles + (size_t)h * SD_AMX_TERMS * tile_k;
+                amx->pack_b(b_slab(j, n[h], k0, kc, bconv), kc, (uint16_t *)bt[h]);
             }
             if (np == 1) { /* a lone last panel: the second is computed and not stored */
                 n[1] = n[0];
@@ -955,8 +955,8 @@ static void gemm_drive(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_
     const size_t bconv = B->type != SD_WT_F32 ? (size_t)(j.kc > 0 ? j.kc : 1) * nr * 2 : 0;
     j.bconv_off = ((size_t)mc * (j.kc > 0 ? j.kc : 1) + 15) & ~(size_t)15;
     j.scratch_per_thread = (j.bconv_off + bconv + 15) & ~(size_t)15;
-    if (j.amx) { /* bfloat16 tiles, two terms: 2 * 512 values (512 floats) a tile */
-        const size_t tiles_k = (size_t)(j.kc + 31) / 32 * 512;
+    if (j.amx) { /* bfloat16 tiles of 512 values, SD_AMX_TERMS terms: 256 floats each */
+        const size_t tiles_k = (size_t)(j.kc + 31) / 32 * 256 * SD_AMX_TERMS;
         j.amx_b_off = (size_t)(mc + 31) / 32 * 2 * tiles_k;
         j.bconv_off = j.amx_b_off + 2 * tiles_k;
         j.scratch_per_thread = (j.bconv_off + bconv / 2 + 15) & ~(size_t)15;

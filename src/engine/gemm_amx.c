@@ -6,17 +6,21 @@
  * AVX-512 set's, bit for bit.
  *
  * The tile unit multiplies bfloat16 (8-bit significand) pairs into float32
- * sums. Each float32 operand x is split into two bfloat16 terms,
- * hi = x rounded to nearest even and lo = x - hi rounded likewise
- * (x = hi + lo to 2^-16 relative at worst), and a product a*b is summed as
- * hi*hi + hi*lo + lo*hi; the lo*lo term (~2^-16 relative) is dropped.
- * Every product of two bfloat16 values is exact in float32 and the tile
- * unit adds them in float32, so the error is the splitting's: relative L2
- * ~4e-6 against a double reference for any K (float32's own: 2e-7 at
- * K = 320 to 1e-6 at K = 5760 summed in one run), within the fast mode's
- * bar. Measured in the SD1.5 UNet's forward on one core of a Xeon with
- * AMX (`sdunet bench --fast`): the linear layers at 246 GFLOP/s of float32
- * work against 130 for the AVX-512 set.
+ * sums. Each float32 operand x is split into three bfloat16 terms,
+ * hi = x rounded to nearest even, mid = x - hi rounded likewise and
+ * lo = x - hi - mid rounded likewise (the differences are exact in
+ * float32, and the three terms hold x's 24 significant bits), and a
+ * product a*b is summed from the six term products of order 2^-16 and
+ * above, smallest first: lo*hi, mid*hi, mid*mid, hi*mid, hi*lo, hi*hi (the
+ * dropped mid*lo, lo*mid and lo*lo are below 2^-24 of the product). Every
+ * product of two bfloat16 values is exact in float32 and the tile unit
+ * adds them in float32, so the result is as accurate as a float32 GEMM's
+ * (test_gemm_amx: worst relative L2 1.8e-7 against double). With two terms
+ * and three products (hi*hi + hi*lo + lo*hi) the error was ~4e-6 per
+ * product: within the fast mode's 2e-5 on one forward, but after a
+ * sampling run it changed 6 of the 1024 pixels of a test image (the bar is
+ * 0.5%). Six products cost about 1.5x three (one Xeon core, sdunet bench
+ * --fast: linear layers 1.04-1.18 -> 1.28-1.40 s; the AVX-512 set 1.84 s).
  *
  * Tiles are 16 rows of 64 bytes: A tiles 16 rows x 32 k values, B tiles
  * 16 pairs of k rows x 16 columns with each pair interleaved (the VNNI
@@ -92,8 +96,9 @@ static inline __mmask16 head_mask(int n)
 
 /* Rows [0, rows) of A (row stride lda), k values [0, kc), as bfloat16 tiles:
  * tile (c, t, kt) at dst + ((c*nrt + t)*nkt + kt) * TILE_ELEMS holds the
- * term c (0: hi, 1: lo) of rows 16t.. 16t+15 and k values 32kt.. 32kt+31;
- * rows past `rows` (up to 16 nrt) and k values past kc are zero. */
+ * term c (0: hi, 1: mid, 2: lo) of rows 16t.. 16t+15 and k values
+ * 32kt.. 32kt+31; rows past `rows` (up to 16 nrt) and k values past kc are
+ * zero. */
 static void amx_pack_a(const float *a, size_t lda, int rows, int kc, int nrt, uint16_t *dst)
 {
     const int nkt = (kc + 31) / 32;
@@ -103,27 +108,28 @@ static void amx_pack_a(const float *a, size_t lda, int rows, int kc, int nrt, ui
             const int m = 16 * t + i;
             uint16_t *d = dst + (size_t)t * nkt * TILE_ELEMS + 32 * i;
             if (m >= rows) {
-                for (int kt = 0; kt < nkt; kt++) {
-                    memset(d + (size_t)kt * TILE_ELEMS, 0, 64);
-                    memset(d + cs + (size_t)kt * TILE_ELEMS, 0, 64);
-                }
+                for (int kt = 0; kt < nkt; kt++)
+                    for (int c = 0; c < SD_AMX_TERMS; c++)
+                        memset(d + c * cs + (size_t)kt * TILE_ELEMS, 0, 64);
                 continue;
             }
             const float *ar = a + (size_t)m * lda;
             for (int kt = 0; kt < nkt; kt++, d += TILE_ELEMS) {
                 const int k = 32 * kt;
-                __m512 r0, r1;
+                __m512 r0, r1, s0, s1;
                 const __m512 h0 = split_hi(_mm512_maskz_loadu_ps(head_mask(kc - k), ar + k), &r0);
                 const __m512 h1 =
                     split_hi(_mm512_maskz_loadu_ps(head_mask(kc - k - 16), ar + k + 16), &r1);
+                const __m512 m0 = split_hi(r0, &s0), m1 = split_hi(r1, &s1);
                 _mm512_store_si512(d, to_bf16(h0, h1));
-                _mm512_store_si512(d + cs, to_bf16(r0, r1));
+                _mm512_store_si512(d + cs, to_bf16(m0, m1));
+                _mm512_store_si512(d + 2 * cs, to_bf16(s0, s1));
             }
         }
 }
 
 /* One B panel (kc k steps of 16 float32 columns, k-major) as bfloat16
- * tiles: tile (c, kt) at dst + (c*nkt + kt) * TILE_ELEMS, row r holding
+ * tiles: tile (c, kt) at dst + (c*nkt + kt) * TILE_ELEMS (term c), row r holding
  * k steps 32kt + 2r and 32kt + 2r + 1 interleaved column by column (the
  * even step in the low half of each 32-bit lane); steps past kc are zero. */
 static void amx_pack_b(const float *b, int kc, uint16_t *dst)
@@ -132,21 +138,25 @@ static void amx_pack_b(const float *b, int kc, uint16_t *dst)
     const size_t cs = (size_t)nkt * TILE_ELEMS;
     const __m512i high = _mm512_set1_epi32((int)0xFFFF0000u);
     /* to_bf16's order (x0's 16 values, then x1's) to pairs: 0, 16, 1, 17, .. */
-    const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
-                                           24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
-                                           16, 0);
+    const __m512i pairs =
+        _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     for (int k = 0; k < nkt * 32; k += 2) {
         const __m512 x0 = k < kc ? _mm512_loadu_ps(b + (size_t)k * 16) : _mm512_setzero_ps();
         const __m512 x1 =
             k + 1 < kc ? _mm512_loadu_ps(b + (size_t)(k + 1) * 16) : _mm512_setzero_ps();
-        __m512 r0, r1;
+        __m512 r0, r1, s0, s1;
         const __m512i h0 = _mm512_castps_si512(split_hi(x0, &r0)),
                       h1 = _mm512_castps_si512(split_hi(x1, &r1));
+        const __m512i m0 = _mm512_castps_si512(split_hi(r0, &s0)),
+                      m1 = _mm512_castps_si512(split_hi(r1, &s1));
         uint16_t *d = dst + (size_t)(k / 32) * TILE_ELEMS + (size_t)(k % 32) * 16;
-        /* hi: exact halves, interleaved by shifts; lo: rounded, then paired */
+        /* hi, mid: exact halves, interleaved by shifts; lo: rounded, then paired */
         _mm512_store_si512(d,
                            _mm512_or_si512(_mm512_and_si512(h1, high), _mm512_srli_epi32(h0, 16)));
-        _mm512_store_si512(d + cs, _mm512_permutexvar_epi16(pairs, to_bf16(r0, r1)));
+        _mm512_store_si512(d + cs,
+                           _mm512_or_si512(_mm512_and_si512(m1, high), _mm512_srli_epi32(m0, 16)));
+        _mm512_store_si512(d + 2 * cs, _mm512_permutexvar_epi16(pairs, to_bf16(s0, s1)));
     }
 }
 
@@ -178,35 +188,56 @@ static void amx_block(int nkt, const uint16_t *a, size_t ats, size_t acs,
     for (int kt = 0; rows <= 16 && kt < nkt; kt++) {
         const uint16_t *ak = a + (size_t)kt * TILE_ELEMS, *p = b[0] + (size_t)kt * TILE_ELEMS,
                        *q = b[1] + (size_t)kt * TILE_ELEMS;
-        _tile_loadd(4, ak + acs, 64);
+#define DP2()                                                                                      \
+    do {                                                                                           \
+        _tile_dpbf16ps(0, 4, 6);                                                                   \
+        _tile_dpbf16ps(1, 4, 7);                                                                   \
+    } while (0)
+        _tile_loadd(4, ak + 2 * acs, 64);
         _tile_loadd(6, p, 64);
         _tile_loadd(7, q, 64);
-        _tile_dpbf16ps(0, 4, 6); /* lo * hi */
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_loadd(4, ak, 64);
-        _tile_dpbf16ps(0, 4, 6); /* hi * hi */
-        _tile_dpbf16ps(1, 4, 7);
+        DP2(); /* lo * hi */
+        _tile_loadd(4, ak + acs, 64);
+        DP2(); /* mid * hi */
         _tile_loadd(6, p + bcs, 64);
         _tile_loadd(7, q + bcs, 64);
-        _tile_dpbf16ps(0, 4, 6); /* hi * lo */
-        _tile_dpbf16ps(1, 4, 7);
+        DP2(); /* mid * mid */
+        _tile_loadd(4, ak, 64);
+        DP2(); /* hi * mid */
+        _tile_loadd(6, p + 2 * bcs, 64);
+        _tile_loadd(7, q + 2 * bcs, 64);
+        DP2(); /* hi * lo */
+        _tile_loadd(6, p, 64);
+        _tile_loadd(7, q, 64);
+        DP2(); /* hi * hi */
+#undef DP2
     }
     for (int kt = 0; rows > 16 && kt < nkt; kt++) {
         const uint16_t *ak = a + (size_t)kt * TILE_ELEMS, *p = b[0] + (size_t)kt * TILE_ELEMS,
                        *q = b[1] + (size_t)kt * TILE_ELEMS;
-        /* eight tile loads for the three products: A lo with B hi, then A
-         * hi with the same B hi, then with B lo */
-        _tile_loadd(4, ak + acs, 64);
-        _tile_loadd(5, ak + acs + ats, 64);
+        /* the six products, smallest first, in fourteen tile loads: A lo,
+         * then mid with B hi; B mid with A mid, then hi; A hi with B lo,
+         * then hi */
+        _tile_loadd(4, ak + 2 * acs, 64);
+        _tile_loadd(5, ak + 2 * acs + ats, 64);
         _tile_loadd(6, p, 64);
         _tile_loadd(7, q, 64);
         DP4(); /* lo * hi */
-        _tile_loadd(4, ak, 64);
-        _tile_loadd(5, ak + ats, 64);
-        DP4(); /* hi * hi */
+        _tile_loadd(4, ak + acs, 64);
+        _tile_loadd(5, ak + acs + ats, 64);
+        DP4(); /* mid * hi */
         _tile_loadd(6, p + bcs, 64);
         _tile_loadd(7, q + bcs, 64);
+        DP4(); /* mid * mid */
+        _tile_loadd(4, ak, 64);
+        _tile_loadd(5, ak + ats, 64);
+        DP4(); /* hi * mid */
+        _tile_loadd(6, p + 2 * bcs, 64);
+        _tile_loadd(7, q + 2 * bcs, 64);
         DP4(); /* hi * lo */
+        _tile_loadd(6, p, 64);
+        _tile_loadd(7, q, 64);
+        DP4(); /* hi * hi */
     }
     _tile_stored(0, t, 128);
     _tile_stored(1, t + 16, 128);

@@ -41,9 +41,10 @@ struct sd_packed;
 struct sd_epilogue;
 
 /* The fast mode's GEMM on an AMX tile unit (gemm_amx.c; every float32
- * operand split into two bfloat16 terms, the product summed as
- * hi*hi + hi*lo + lo*hi in float32: relative L2 ~4e-6). A block of C is
- * 32 rows x 2 panels of 16 columns. */
+ * operand split into SD_AMX_TERMS bfloat16 terms, hi + mid + lo, the
+ * product summed from the six terms of order 2^-16 and above in float32:
+ * float32's accuracy). A block of C is 32 rows x 2 panels of 16 columns. */
+#define SD_AMX_TERMS 3
 typedef struct sd_amx_kernels {
     /* Tile configuration of the calling thread: begin before the first
      * block of a task, end after its last. */
@@ -51,16 +52,16 @@ typedef struct sd_amx_kernels {
     void (*end)(void);
     /* Rows [0, rows) of A (row stride lda), k values [0, kc), as nrt row
      * tiles of 16 rows (rows past `rows` zero) by ceil(kc/32) k tiles,
-     * two terms each: tile (term, t, kt) at dst + ((term*nrt + t)*nkt +
-     * kt) * 512. dst: 64-byte aligned. */
+     * SD_AMX_TERMS terms each: tile (term, t, kt) at dst + ((term*nrt +
+     * t)*nkt + kt) * 512. dst: 64-byte aligned. */
     void (*pack_a)(const float *a, size_t lda, int rows, int kc, int nrt, uint16_t *dst);
     /* One B panel (kc k steps of 16 floats, k-major) as ceil(kc/32) k
      * tiles of each term: tile (term, kt) at dst + (term*nkt + kt) * 512.
      * dst: 64-byte aligned. */
     void (*pack_b)(const float *b, int kc, uint16_t *dst);
     /* C (32 x 32, in two panels of 16 columns) from nkt k tiles: A row
-     * tile 0 at a, row tile 1 at a + ats, the lo term at + acs; panels
-     * b[0], b[1], the lo term at + bcs. Stored as sd_tile_store stores
+     * tile 0 at a, row tile 1 at a + ats, term c at + c * acs; panels
+     * b[0], b[1], term c at + c * bcs. Stored as sd_tile_store stores
      * (accumulate, epilogue te[2*half + panel] for rows 16 half..), for
      * rows < `rows` and columns < cols[h]; cols[h] = 0 skips panel h.
      * With rows <= 16, row tile 1 is neither read nor computed. */
