@@ -1,9 +1,8 @@
 /* AMX tile kernels for the fast mode's GEMM (Intel Sapphire Rapids and
  * later: AMX-TILE and AMX-BF16, with AVX512-BF16). Compiled with the
- * AVX-512 flags plus -mamx-tile -mamx-bf16 -mavx512bf16 on x86-64 only, reached through the "amx" kernel
- * set (gemm_avx512.c) after a CPUID, XGETBV and permission check (gemm.c),
- * and used only when sd_exec.fast is set: the exact mode of that set is the
- * AVX-512 set's, bit for bit.
+ * AVX-512 flags plus -mamx-tile -mamx-bf16 -mavx512bf16 on x86-64 only, reached through the "amx"
+ * kernel set (gemm_avx512.c) after a CPUID, XGETBV and permission check (gemm.c), and used only
+ * when sd_exec.fast is set: the exact mode of that set is the AVX-512 set's, bit for bit.
  *
  * The tile unit multiplies bfloat16 (8-bit significand) pairs into float32
  * sums. Each float32 operand x is split into three bfloat16 terms,
@@ -166,13 +165,22 @@ static void amx_pack_b(const float *b, int kc, uint16_t *dst)
     }
 }
 
-/* The four C tiles += A tiles 4, 5 times B tiles 6, 7. */
+/* The C tiles += A tiles 4 (and 5, with `two` row tiles) times B tiles
+ * 6, 7; the A row tiles' loads. */
 #define DP4()                                                                                      \
     do {                                                                                           \
         _tile_dpbf16ps(0, 4, 6);                                                                   \
         _tile_dpbf16ps(1, 4, 7);                                                                   \
-        _tile_dpbf16ps(2, 5, 6);                                                                   \
-        _tile_dpbf16ps(3, 5, 7);                                                                   \
+        if (two) {                                                                                 \
+            _tile_dpbf16ps(2, 5, 6);                                                               \
+            _tile_dpbf16ps(3, 5, 7);                                                               \
+        }                                                                                          \
+    } while (0)
+#define LOAD_A(at)                                                                                 \
+    do {                                                                                           \
+        _tile_loadd(4, (at), 64);                                                                  \
+        if (two)                                                                                   \
+            _tile_loadd(5, (at) + ats, 64);                                                        \
     } while (0)
 
 /* A 32 x 32 block of C: rows from the A tiles at a (row tile 0) and
@@ -190,53 +198,25 @@ static void amx_block(int nkt, const uint16_t *a, size_t ats, size_t acs,
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
-    /* Sixteen rows or fewer: row tile 0 only (row tile 1 is not read). */
-    for (int kt = 0; rows <= 16 && kt < nkt; kt++) {
-        const uint16_t *ak = a + (size_t)kt * TILE_ELEMS, *p = b[0] + (size_t)kt * TILE_ELEMS,
-                       *q = b[1] + (size_t)kt * TILE_ELEMS;
-#define DP2()                                                                                      \
-    do {                                                                                           \
-        _tile_dpbf16ps(0, 4, 6);                                                                   \
-        _tile_dpbf16ps(1, 4, 7);                                                                   \
-    } while (0)
-        _tile_loadd(4, ak + 2 * acs, 64);
-        _tile_loadd(6, p, 64);
-        _tile_loadd(7, q, 64);
-        DP2(); /* lo * hi */
-        _tile_loadd(4, ak + acs, 64);
-        DP2(); /* mid * hi */
-        _tile_loadd(6, p + bcs, 64);
-        _tile_loadd(7, q + bcs, 64);
-        DP2(); /* mid * mid */
-        _tile_loadd(4, ak, 64);
-        DP2(); /* hi * mid */
-        _tile_loadd(6, p + 2 * bcs, 64);
-        _tile_loadd(7, q + 2 * bcs, 64);
-        DP2(); /* hi * lo */
-        _tile_loadd(6, p, 64);
-        _tile_loadd(7, q, 64);
-        DP2(); /* hi * hi */
-#undef DP2
-    }
-    for (int kt = 0; rows > 16 && kt < nkt; kt++) {
+    /* Sixteen rows or fewer: row tile 0 only (row tile 1 is neither read
+     * nor computed; C tiles 2 and 3 stay zero). */
+    const int two = rows > 16;
+    for (int kt = 0; kt < nkt; kt++) {
         const uint16_t *ak = a + (size_t)kt * TILE_ELEMS, *p = b[0] + (size_t)kt * TILE_ELEMS,
                        *q = b[1] + (size_t)kt * TILE_ELEMS;
         /* the six products, smallest first, in fourteen tile loads: A lo,
          * then mid with B hi; B mid with A mid, then hi; A hi with B lo,
          * then hi */
-        _tile_loadd(4, ak + 2 * acs, 64);
-        _tile_loadd(5, ak + 2 * acs + ats, 64);
+        LOAD_A(ak + 2 * acs);
         _tile_loadd(6, p, 64);
         _tile_loadd(7, q, 64);
         DP4(); /* lo * hi */
-        _tile_loadd(4, ak + acs, 64);
-        _tile_loadd(5, ak + acs + ats, 64);
+        LOAD_A(ak + acs);
         DP4(); /* mid * hi */
         _tile_loadd(6, p + bcs, 64);
         _tile_loadd(7, q + bcs, 64);
         DP4(); /* mid * mid */
-        _tile_loadd(4, ak, 64);
-        _tile_loadd(5, ak + ats, 64);
+        LOAD_A(ak);
         DP4(); /* hi * mid */
         _tile_loadd(6, p + 2 * bcs, 64);
         _tile_loadd(7, q + 2 * bcs, 64);
