@@ -887,8 +887,8 @@ static void gemm_drive(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_
     j.amx = ex->fast && kern->amx && a->rows ? kern->amx : NULL;
     int kc_one = j.micro2 && !geglu_y ? KC2_ONE_BLOCK : KC_ONE_BLOCK;
     int kc_target = j.micro2 ? KC2_TARGET : KC_TARGET;
-    if (j.amx) {
-        kc_one = geglu_y && KC_ONE_BLOCK > AMX_KC_ONE_BLOCK ? KC_ONE_BLOCK : AMX_KC_ONE_BLOCK;
+    if (j.amx) { /* GEGLU keeps one block to KC_ONE_BLOCK, as above */
+        kc_one = geglu_y ? KC_ONE_BLOCK : AMX_KC_ONE_BLOCK;
         kc_target = AMX_KC_TARGET;
     }
     j.nkb = K > kc_one ? (K + kc_target - 1) / kc_target : 1;

@@ -1,8 +1,9 @@
 /* AMX tile kernels for the fast mode's GEMM (Intel Sapphire Rapids and
  * later: AMX-TILE and AMX-BF16, with AVX512-BF16). Compiled with the
- * AVX-512 flags plus -mamx-tile -mamx-bf16 -mavx512bf16 on x86-64 only, reached through the "amx"
- * kernel set (gemm_avx512.c) after a CPUID, XGETBV and permission check (gemm.c), and used only
- * when sd_exec.fast is set: the exact mode of that set is the AVX-512 set's, bit for bit.
+ * AVX-512 flags plus -mamx-tile -mamx-bf16 -mavx512bf16 on x86-64 only,
+ * reached through the "amx" kernel set (gemm_avx512.c) after a CPUID,
+ * XGETBV and permission check (gemm.c), and used only when sd_exec.fast
+ * is set: the exact mode of that set is the AVX-512 set's, bit for bit.
  *
  * The tile unit multiplies bfloat16 (8-bit significand) pairs into float32
  * sums. Each float32 operand x is split into three bfloat16 terms,
@@ -77,8 +78,9 @@ static inline __m512i round_bf16(__m512i x)
     return _mm512_and_si512(x, _mm512_set1_epi32((int)0xFFFF0000u));
 }
 
-/* The hi term of x as a float32 (low half zero) and the remainder
- * x - hi, exact in float32, whose rounding to bfloat16 is the lo term. */
+/* The leading bfloat16 term of x as a float32 (low half zero), and the
+ * remainder x - hi, exact in float32: split again, it gives mid and its
+ * own remainder, whose rounding to bfloat16 is lo. */
 static inline __m512 split_hi(__m512 x, __m512 *rest)
 {
     const __m512 hi = _mm512_castsi512_ps(round_bf16(_mm512_castps_si512(x)));
