@@ -13,7 +13,7 @@
 
 #define BAR 1e-6 /* relative L2, float32 kernel vs double reference */
 
-static const sd_kernels *g_sets[3];
+static const sd_kernels *g_sets[4];
 static int g_nsets;
 static sd_pool *g_pools[2];
 static const int g_pool_threads[2] = {1, 3};
@@ -1156,9 +1156,10 @@ static void test_gelu(void)
  * into a [hidden | gate] buffer followed by sd_geglu, and within BAR of the
  * references. Shapes: one and several K blocks, M past one row block, N
  * split into blocks with an odd panel count rounded to whole pairs. With a
- * two-panel kernel set (micro2), 256 < K <= 320 is one K block in the fused
- * product and two in the plain GEMM (gemm_drive): there the two agree to
- * rounding, not bit for bit. */
+ * two-panel kernel set (micro2) on the float kernels, 256 < K <= 320 is one
+ * K block in the fused product and two in the plain GEMM (gemm_drive):
+ * there the two agree to rounding, not bit for bit. (The AMX GEMM's blocks
+ * are the same in both.) */
 static void test_gemm_geglu(void)
 {
     static const int cfg[][3] = {
@@ -1196,7 +1197,7 @@ static void test_gemm_geglu(void)
                 for (int f = F; f < ldy; f++)
                     pad_ok &= y[(size_t)m * ldy + f] == 12345.0f;
             }
-            if (ex.kern->micro2 && K > 256 && K <= 320) {
+            if (ex.kern->micro2 && !ex.kern->amx && K > 256 && K <= 320) {
                 double d = rel_l2_2d(y, ldy, y2, F, M, F);
                 CHECK(d < 1e-6, "%s/%d M=%d F=%d K=%d: fused vs GEMM + sd_geglu %.3g", WHERE(ex), M,
                       F, K, d);
@@ -1859,15 +1860,59 @@ static void test_micro2(void)
     sd_free(r);
 }
 
-/* The fast mode's AMX GEMM (the "amx" set with sd_exec.fast): within the
- * float32 kernels' bar of the double reference (three bfloat16 terms, six
- * products: 1.8e-7 worst seen; dropping mid*mid gives 2.4e-6),
- * on ragged shapes (rows past a 32-row pair, a lone last panel, partial
- * columns, K past a 32-step tile and several K blocks, m blocks of 512
- * rows), every epilogue (residual aliasing C included), 16-bit panels
- * (bit for bit the float32 panels of the same values), GEGLU, the
- * allocation fallback, one and three threads; and the exact mode of that
- * set is the AVX-512 set's, bit for bit. */
+/* Special values in A (weights: test_special_f16_weights runs on every
+ * set): an infinity, a NaN and a finite 3.39e38 (its bfloat16 hi term
+ * would be infinite) in the second K block of a few rows. Every output is
+ * NaN, or infinite with the sign, where the AVX-512 set's is, and the
+ * finite ones agree to rounding. */
+static void test_amx_specials(const sd_kernels *amx, const sd_kernels *avx512)
+{
+    const int M = 1100, N = 40, K = 600;
+    float *A = falloc((size_t)M * K), *w = falloc((size_t)N * K);
+    float *C = falloc((size_t)M * N), *Cf = falloc((size_t)M * N);
+    fill(A, (size_t)M * K, 3950, 1, 0);
+    fill(w, (size_t)N * K, 3951, 0.1f, 0);
+    A[(size_t)3 * K + 500] = INFINITY;
+    A[(size_t)600 * K + 450] = NAN;
+    A[(size_t)601 * K + 599] = -3.39e38f;
+    for (int pi = 0; pi < 2; pi++) {
+        sd_exec ex = {.pool = g_pools[pi], .kern = amx}, ef = {.pool = g_pools[pi], .kern = avx512};
+        sd_packed P, Pf;
+        CHECK(sd_pack(amx, w, N, K, 1, &P) == SDUNET_OK && sd_pack(avx512, w, N, K, 1, &Pf) == 0,
+              "pack");
+        sd_gemm(&ex, M, A, K, &P, C, N, NULL);
+        sd_gemm(&ef, M, A, K, &Pf, Cf, N, NULL);
+        size_t bad = 0, special = 0;
+        for (size_t i = 0; i < (size_t)M * N; i++) {
+            if (isnan(Cf[i]) || isinf(Cf[i])) {
+                special++;
+                bad += isnan(Cf[i]) ? !isnan(C[i]) : C[i] != Cf[i];
+            } else {
+                bad += !(fabsf(C[i] - Cf[i]) <= 1e-5f * (1.0f + fabsf(Cf[i])));
+            }
+        }
+        CHECK(special == 2 * (size_t)N && bad == 0, "amx/%d special A values: %zu of %zu differ",
+              sd_pool_size(ex.pool), bad, special);
+        sd_packed_free(&P);
+        sd_packed_free(&Pf);
+    }
+    sd_free(A);
+    sd_free(w);
+    sd_free(C);
+    sd_free(Cf);
+}
+
+/* The AMX GEMM (the "amx" set): within the float32 kernels' bar of the
+ * double reference (three bfloat16 terms, six products: 1.8e-7 worst
+ * seen; dropping mid*mid gives 2.4e-6), on ragged shapes (rows past a
+ * 32-row pair, a lone last panel, partial columns, K past a 32-step tile
+ * and several K blocks, m blocks of 512 rows), every epilogue (residual
+ * aliasing C included), 16-bit panels (bit for bit the float32 panels of
+ * the same values), GEGLU, the allocation fallback (bit for bit), one and
+ * three threads; the exact and fast modes run the same GEMM, bit for bit;
+ * special values in A or B take the float kernels for their products:
+ * infinities and NaN come out as float32 arithmetic gives them. (The
+ * kernel tests above also run every exact-mode check on this set.) */
 static void test_gemm_amx(void)
 {
     const sd_kernels *amx = sd_kernels_select("amx"), *avx512 = sd_kernels_select("avx512");
@@ -1924,10 +1969,10 @@ static void test_gemm_amx(void)
                     for (int n = N; n < ldc; n++)
                         pad_ok &= C[(size_t)m * ldc + n] == C0[(size_t)m * ldc + n];
                 CHECK(pad_ok, "amx/%d M=%d N=%d K=%d wrote past N", threads, M, N, K);
-                /* exact mode: the AVX-512 set's bits */
-                sd_exec exact = ex, ref512 = {.pool = g_pools[pi], .kern = avx512};
+                /* exact mode: the same GEMM */
+                sd_exec exact = ex;
                 exact.fast = 0;
-                CHECK(gemms_agree(&exact, &P, &ref512, &P, M, A, lda, C0, C, C2, ldc, e, &ep),
+                CHECK(gemms_agree(&exact, &P, &ex, &P, M, A, lda, C0, C, C2, ldc, e, &ep),
                       "amx/%d exact mode M=%d N=%d K=%d", threads, M, N, K);
                 sd_packed_free(&P);
                 /* 16-bit panels */
@@ -1955,12 +2000,12 @@ static void test_gemm_amx(void)
             sd_free(C);
             sd_free(C2);
         }
-    /* GEGLU, and the allocation fallback (no workspace memory: the
-     * float32 path on one thread) */
+    /* GEGLU, and the allocation fallback (no workspace memory: one row
+     * tile and one panel at a time on one thread) */
     const int M = 290, F = 48, K = 330, N = 2 * F;
     float *A = falloc((size_t)M * K), *w = falloc((size_t)N * K), *Bkn = falloc((size_t)K * N);
     float *bias = falloc(N), *hg = falloc((size_t)M * N), *ref = falloc((size_t)M * F);
-    float *y = falloc((size_t)M * F);
+    float *y = falloc((size_t)M * F), *y0 = falloc((size_t)M * F);
     fill(A, (size_t)M * K, 3900, 1, 0);
     fill(w, (size_t)N * K, 3901, 0.1f, 0);
     fill(bias, N, 3902, 1, 0);
@@ -1979,10 +2024,11 @@ static void test_gemm_amx(void)
         double err = rel_l2_2d(y, F, ref, F, M, F);
         CHECK(err < BAR, "amx/%d GEGLU: rel L2 %.3g", sd_pool_size(ex.pool), err);
         worst = err > worst ? err : worst;
+        memcpy(y0, y, sizeof(float) * M * F);
         ws.limit = 64;
         sd_gemm_geglu(&ex, M, A, K, &Pg, bias, y, F);
-        err = rel_l2_2d(y, F, ref, F, M, F);
-        CHECK(err < BAR, "amx/%d GEGLU, no scratch: rel L2 %.3g", sd_pool_size(ex.pool), err);
+        CHECK(same_bits(y, y0, (size_t)M * F), "amx/%d GEGLU, no scratch: differs",
+              sd_pool_size(ex.pool));
         sd_packed_free(&Pg);
         sd_workspace_free(&ws);
     }
@@ -1993,7 +2039,9 @@ static void test_gemm_amx(void)
     sd_free(hg);
     sd_free(ref);
     sd_free(y);
-    printf("# amx fast GEMM: worst rel L2 %.3g\n", worst);
+    sd_free(y0);
+    printf("# amx GEMM: worst rel L2 %.3g\n", worst);
+    test_amx_specials(amx, avx512);
 }
 
 static void test_upsample(void)
@@ -2057,7 +2105,11 @@ int main(void)
         g_sets[g_nsets++] = avx2;
     if (avx512)
         g_sets[g_nsets++] = avx512;
-    printf("# kernel sets: portable%s%s\n", avx2 ? ", avx2" : "", avx512 ? ", avx512" : "");
+    const sd_kernels *amx = sd_kernels_select("amx"); /* AVX-512 with the AMX GEMM */
+    if (amx)
+        g_sets[g_nsets++] = amx;
+    printf("# kernel sets: portable%s%s%s\n", avx2 ? ", avx2" : "", avx512 ? ", avx512" : "",
+           amx ? ", amx" : "");
     for (int i = 0; i < 2; i++)
         if (sd_pool_create(g_pool_threads[i], &g_pools[i], NULL) != SDUNET_OK) {
             printf("FAIL - pool_create\n");

@@ -84,7 +84,7 @@ void sd_conv3x3(const sd_exec *ex, const float *in, int batch, int H, int W, int
         sd_conv3x3_winograd(ex, in, batch, H, W, Cin, Wp, out, ep))
         return;
     conv_src s = {in, H, W, Cin, stride, 1, (H - 1) / stride + 1, (W - 1) / stride + 1};
-    sd_gemm_src src = {pack_conv, &s, NULL, 0};
+    sd_gemm_src src = {pack_conv, &s, NULL, 0, NULL};
     sd_gemm_run(ex, batch * s.Ho * s.Wo, &src, Wp, out, Wp->N, ep);
 }
 
@@ -102,6 +102,6 @@ void sd_conv3x3_pad0(const sd_exec *ex, const float *in, int batch, int H, int W
     conv_src s = {in, H, W, Cin, stride, 0, (H - 2) / stride + 1, (W - 2) / stride + 1};
     if (H < 2 || W < 2)
         return;
-    sd_gemm_src src = {pack_conv, &s, NULL, 0};
+    sd_gemm_src src = {pack_conv, &s, NULL, 0, NULL};
     sd_gemm_run(ex, batch * s.Ho * s.Wo, &src, Wp, out, Wp->N, ep);
 }

@@ -581,6 +581,23 @@ static void pack_cat(const void *src, int m0, int rows, int k0, int kc, const sd
     }
 }
 
+/* K steps [k0, k0 + kc) of rows [m0, m0 + rows) of [A1 | A2] as a
+ * row-major rows x kc block (the AMX path's copy of A; see
+ * sd_gemm_src.gather). */
+static void gather_cat(const void *src, int m0, int rows, int k0, int kc, float *dst)
+{
+    const cat_a *s = src;
+    const int K1 = s->K1;
+    const int n1 = k0 >= K1 ? 0 : (k0 + kc <= K1 ? kc : K1 - k0), n2 = kc - n1;
+    for (int i = 0; i < rows; i++, dst += kc) {
+        if (n1)
+            memcpy(dst, s->A1 + (size_t)(m0 + i) * s->ld1 + k0, sizeof(float) * n1);
+        if (n2)
+            memcpy(dst + n1, s->A2 + (size_t)(m0 + i) * s->ld2 + (k0 + n1 - K1),
+                   sizeof(float) * n2);
+    }
+}
+
 /* ---- the blocked driver ---- */
 
 #ifndef KC_TARGET
@@ -635,11 +652,14 @@ typedef struct {
     int ldy;
     float *cblock;
     size_t cblock_per_thread;
-    /* The fast mode's AMX product (A in place), else NULL: per thread, the
-     * A block's tiles at the start of scratch, a panel pair's at amx_b_off
-     * (floats), a widened 16-bit panel at bconv_off. */
+    /* The AMX product, else NULL: per thread, the A block's tiles at the
+     * start of scratch, a panel pair's at amx_b_off (floats), an mc x kc
+     * float block at amx_f_off (A gathered for the tiles, or A's float
+     * micro-panels for products with special values), two widened 16-bit
+     * panels at bconv_off; panels at most np_max at a time. */
     const sd_amx_kernels *amx;
-    size_t amx_b_off;
+    size_t amx_b_off, amx_f_off;
+    int np_max;
 } gemm_job;
 
 /* y[m0 + i][f0 .. f0 + nr) = h * gelu(g) for i < rows, from the hidden
@@ -714,9 +734,44 @@ static void geglu_task_block(const gemm_job *j, const float *cblock, int m0, int
         geglu_pair(j, cblock + (size_t)(jn / nr) * ps, ps, mrows, m0, (n0 + jn) / 2);
 }
 
+/* Panels n[0], n[1] (np of them; B K block at bp[h]) of the task's rows
+ * [m0, m0 + mrows) on the float kernels, from A's micro-panels at apack:
+ * one K block of kc steps, with the epilogue on the last. */
+static void float_panels(const gemm_job *j, const float *apack, int kc, int np, const int n[2],
+                         const int cols[2], const float *const bp[2], int m0, int mrows, int jn,
+                         int last, int accumulate, float *cblock, int pairwise)
+{
+    const sd_kernels *kern = j->kern;
+    const int mr = kern->mr, nr = kern->nr;
+    const int has_ep = j->ep->bias || j->ep->group_add || j->ep->residual;
+    sd_tile_ep te[2];
+    for (int im = 0; im < mrows; im += mr) {
+        const int m = m0 + im, rows = mrows - im < mr ? mrows - im : mr;
+        const float *ap = apack + (size_t)(im / mr) * kc * mr;
+        const int ldc = cblock ? nr : j->ldc;
+        float *c[2];
+        for (int h = 0; h < np; h++)
+            c[h] = c_tile(j, cblock, pairwise, jn, h, im, m, n[h]);
+        /* The epilogue is added as the microkernel stores the tile (a
+         * residual aliasing C is read before C is written). */
+        const int with_ep = last && has_ep;
+        for (int h = 0; with_ep && h < np; h++)
+            tile_ep(j, m, rows, n[h], &te[h]);
+        if (np == 2 && kern->micro2)
+            kern->micro2(kc, ap, bp, c, ldc, accumulate, rows, cols, with_ep ? te : NULL);
+        else
+            for (int h = 0; h < np; h++)
+                kern->micro(kc, ap, bp[h], c[h], ldc, accumulate, rows, cols[h],
+                            with_ep ? &te[h] : NULL);
+    }
+}
+
 /* gemm_task on the AMX tile unit: per K block, the task's rows of A are
  * split into bfloat16 tiles once, each panel pair of B once, and the pair
- * is swept over the rows 32 at a time (amx->block). */
+ * is swept over the rows 32 at a time (amx->block). A pair whose A block
+ * or B panels hold a value the split cannot (infinity, NaN, |x| >= 3.39e38)
+ * runs on the float kernels instead, so special values propagate as in
+ * float32 arithmetic. */
 static void gemm_task_amx(const gemm_job *j, int64_t task, int thread)
 {
     const sd_kernels *kern = j->kern;
@@ -727,8 +782,8 @@ static void gemm_task_amx(const gemm_job *j, int64_t task, int thread)
     const int has_ep = j->ep->bias || j->ep->group_add || j->ep->residual;
     float *base = j->scratch + (size_t)thread * j->scratch_per_thread;
     uint16_t *atiles = (uint16_t *)base, *btiles = (uint16_t *)(base + j->amx_b_off);
-    float *bconv = base + j->bconv_off;
-    const int nrt = (mrows + 31) / 32 * 2;
+    float *fa = base + j->amx_f_off, *bconv = base + j->bconv_off;
+    const int nrt = (mrows + 15) / 16; /* a last block of 16 rows or fewer runs one tile */
     float *cblock = j->geglu_y ? j->cblock + (size_t)thread * j->cblock_per_thread : NULL;
     const int pairwise = cblock && j->nkb == 1;
     const size_t ps = (size_t)j->mc * nr;
@@ -739,35 +794,55 @@ static void gemm_task_amx(const gemm_job *j, int64_t task, int thread)
         const int k0 = kb * j->kc, kc = K - k0 < j->kc ? K - k0 : j->kc, nkt = (kc + 31) / 32;
         const int last = kb == j->nkb - 1, accumulate = kb > 0 || j->res_in_c;
         const size_t tile_k = (size_t)nkt * 512; /* one row tile's or panel's k tiles */
-        amx->pack_a(j->a->rows + (size_t)m0 * j->a->ld + k0, (size_t)j->a->ld, mrows, kc, nrt,
-                    atiles);
+        const float *arows = j->a->rows + (size_t)m0 * j->a->ld + k0;
+        size_t lda = (size_t)j->a->ld;
+        if (!j->a->rows) {
+            j->a->gather(j->a->src, m0, mrows, k0, kc, fa);
+            arows = fa;
+            lda = (size_t)kc;
+        }
+        const int a_special = amx->pack_a(arows, lda, mrows, kc, nrt, atiles);
+        int fa_panels = 0; /* fa holds A's float micro-panels */
         for (int jn = 0, np; jn < ncols; jn += np * nr) {
-            np = jn + nr < ncols ? 2 : 1;
-            int n[2], cols[2] = {0, 0};
+            np = j->np_max == 2 && jn + nr < ncols ? 2 : 1;
+            int n[2], cols[2] = {0, 0}, special = a_special;
             const uint16_t *bt[2];
+            const float *bp[2];
             for (int h = 0; h < np; h++) {
                 n[h] = n0 + jn + h * nr;
                 cols[h] = N - n[h] < nr ? N - n[h] : nr;
                 bt[h] = btiles + (size_t)h * SD_AMX_TERMS * tile_k;
-                amx->pack_b(b_slab(j, n[h], k0, kc, bconv), kc, (uint16_t *)bt[h]);
+                bp[h] = b_slab(j, n[h], k0, kc, bconv + (size_t)h * kc * nr);
+                if (!a_special)
+                    special |= amx->pack_b(bp[h], kc, (uint16_t *)bt[h]);
             }
-            if (np == 1) { /* a lone last panel: the second is computed and not stored */
-                n[1] = n[0];
-                bt[1] = bt[0];
-            }
-            for (int im = 0; im < mrows; im += 32) {
-                const int m = m0 + im, rows = mrows - im < 32 ? mrows - im : 32;
-                const int ldc = cblock ? nr : j->ldc;
-                float *c[2];
-                for (int h = 0; h < 2; h++)
-                    c[h] = c_tile(j, cblock, pairwise, jn, h, im, m, n[h]);
-                const int with_ep = last && has_ep;
-                for (int half = 0; with_ep && half < 2 && 16 * half < rows; half++)
-                    for (int h = 0; h < np; h++)
-                        tile_ep(j, m + 16 * half, rows - 16 * half < 16 ? rows - 16 * half : 16,
-                                n[h], &te[2 * half + h]);
-                amx->block(nkt, atiles + (size_t)(im / 16) * tile_k, tile_k, (size_t)nrt * tile_k,
-                           bt, tile_k, c, ldc, accumulate, rows, cols, with_ep ? te : NULL);
+            if (special) {
+                if (!fa_panels)
+                    j->a->pack(j->a->src, m0, mrows, k0, kc, kern, fa);
+                fa_panels = 1;
+                float_panels(j, fa, kc, np, n, cols, bp, m0, mrows, jn, last, accumulate, cblock,
+                             pairwise);
+            } else {
+                if (np == 1) { /* a lone last panel: the second is computed and not stored */
+                    n[1] = n[0];
+                    bt[1] = bt[0];
+                }
+                for (int im = 0; im < mrows; im += 32) {
+                    const int m = m0 + im, rows = mrows - im < 32 ? mrows - im : 32;
+                    const int ldc = cblock ? nr : j->ldc;
+                    float *c[2];
+                    for (int h = 0; h < 2; h++)
+                        c[h] = c_tile(j, cblock, pairwise, jn, h, im, m, n[h]);
+                    const int with_ep = last && has_ep;
+                    for (int half = 0; with_ep && half < 2 && 16 * half < rows; half++)
+                        for (int h = 0; h < np; h++)
+                            tile_ep(j, m + 16 * half,
+                                    rows - 16 * half < 16 ? rows - 16 * half : 16, n[h],
+                                    &te[2 * half + h]);
+                    amx->block(nkt, atiles + (size_t)(im / 16) * tile_k, tile_k,
+                               (size_t)nrt * tile_k, bt, tile_k, c, ldc, accumulate, rows, cols,
+                               with_ep ? te : NULL);
+                }
             }
             if (pairwise && (jn / nr + np - 1) % 2 == 1)
                 geglu_pair(j, cblock, ps, mrows, m0, (n0 + jn + (np - 2) * nr) / 2);
@@ -786,16 +861,14 @@ static void gemm_task(void *ctx, int64_t task, int thread)
         return;
     }
     const sd_kernels *kern = j->kern;
-    const int mr = kern->mr, nr = kern->nr;
+    const int nr = kern->nr;
     const int K = j->B->K, N = j->B->N;
     int m0, mrows, n0, ncols;
     task_tile(j, task, &m0, &mrows, &n0, &ncols);
-    const int has_ep = j->ep->bias || j->ep->group_add || j->ep->residual;
     float *apack = j->scratch + (size_t)thread * j->scratch_per_thread;
     /* 16-bit panels: each kc x nr block is widened here once (two with
      * micro2) and swept over all the task's mrows / mr row tiles from L1. */
     float *bconv = apack + j->bconv_off;
-    sd_tile_ep te[2];
     float *cblock = j->geglu_y ? j->cblock + (size_t)thread * j->cblock_per_thread : NULL;
     /* GEGLU: each panel's products are held as one contiguous mc x nr
      * block, and a hidden/gate pair is gated straight into y, one gelu_mul
@@ -821,24 +894,8 @@ static void gemm_task(void *ctx, int64_t task, int thread)
                 cols[h] = N - n[h] < nr ? N - n[h] : nr;
                 bp[h] = b_slab(j, n[h], k0, kc, bconv + (size_t)h * kc * nr);
             }
-            for (int im = 0; im < mrows; im += mr) {
-                const int m = m0 + im, rows = mrows - im < mr ? mrows - im : mr;
-                const float *ap = apack + (size_t)(im / mr) * kc * mr;
-                const int ldc = cblock ? nr : j->ldc;
-                float *c[2];
-                for (int h = 0; h < np; h++)
-                    c[h] = c_tile(j, cblock, pairwise, jn, h, im, m, n[h]);
-                /* The epilogue is added as the microkernel stores the tile
-                 * (a residual aliasing C is read before C is written). */
-                const int with_ep = last && has_ep;
-                for (int h = 0; with_ep && h < np; h++)
-                    tile_ep(j, m, rows, n[h], &te[h]);
-                if (np == 2)
-                    kern->micro2(kc, ap, bp, c, ldc, accumulate, rows, cols, with_ep ? te : NULL);
-                else
-                    kern->micro(kc, ap, bp[0], c[0], ldc, accumulate, rows, cols[0],
-                                with_ep ? te : NULL);
-            }
+            float_panels(j, apack, kc, np, n, cols, bp, m0, mrows, jn, last, accumulate, cblock,
+                         pairwise);
             /* the hidden/gate pair ending at panel jn + np - 1 is done */
             if (pairwise && (jn / nr + np - 1) % 2 == 1)
                 geglu_pair(j, cblock, ps, mrows, m0, (n0 + jn + (np - 2) * nr) / 2);
@@ -846,6 +903,45 @@ static void gemm_task(void *ctx, int64_t task, int thread)
     }
     if (cblock && !pairwise)
         geglu_task_block(j, cblock, m0, mrows, n0, ncols);
+}
+
+/* The GEMM without scratch memory: on the calling thread, from blocks on
+ * the stack, one micro-panel of rows (float kernels) or one row tile (AMX,
+ * one panel at a time) per task. The K blocks, and so every result, are
+ * the normal path's: slower, never different. Out of line, so that only
+ * this path holds the stack blocks. */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static void
+gemm_lean(gemm_job *j, int M, int npanels, int nblocks)
+{
+    const int nr = j->kern->nr;
+    /* AMX: a row tile and a panel of tiles (SD_KC_MAX / 32 k tiles of each
+     * term), the row tile's float block and one widened panel; float: one
+     * micro-panel and two widened panels. */
+    enum { TILES = SD_KC_MAX / 32 * 256 * SD_AMX_TERMS };
+    _Alignas(64) float stack[2 * TILES + 2 * 16 * SD_KC_MAX];
+    _Alignas(64) float stack_c[MR_MAX * 2 * 16];
+    j->mc = j->amx ? 16 : j->kern->mr;
+    j->mblocks = (M + j->mc - 1) / j->mc;
+    j->scratch = stack;
+    if (j->amx) {
+        j->amx_b_off = TILES;
+        j->amx_f_off = 2 * TILES;
+        j->bconv_off = 2 * TILES + 16 * SD_KC_MAX;
+        j->np_max = 1;
+    } else {
+        j->bconv_off = (size_t)MR_MAX * SD_KC_MAX; /* 64-byte aligned */
+        j->micro2 = 0;                             /* room for one widened panel */
+    }
+    if (j->geglu_y) {
+        j->nc = 2 * nr;
+        nblocks = npanels / 2;
+        j->cblock = stack_c;
+        j->cblock_per_thread = 0;
+    }
+    sd_pool_run(NULL, (int64_t)j->mblocks * nblocks, gemm_task, j);
 }
 
 /* sd_gemm_run, or with geglu_y the GEGLU mode of sd_gemm_geglu. */
@@ -880,11 +976,13 @@ static void gemm_drive(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_
      * 64x64 level's K = 320 feed-forward: +5-8% on one thread, +3% on two,
      * though the two B panels and the A micro-panel then overflow L1). */
     j.micro2 = kern->micro2 != NULL;
-    /* The fast mode's AMX product where the set has one and A is one
-     * matrix read in place. Its m blocks are taller (whole 32-row tile
+    /* The AMX product where the set has one and A is one matrix read in
+     * place or gathered (both modes: it is as accurate as the float
+     * kernels, see gemm_amx.c). Its m blocks are taller (whole 32-row tile
      * pairs): each panel pair is split into bfloat16 tiles once per block
      * and K block, and swept over the block's rows from L1. */
-    j.amx = ex->fast && kern->amx && a->rows ? kern->amx : NULL;
+    j.amx = kern->amx && (a->rows || a->gather) ? kern->amx : NULL;
+    j.np_max = 2;
     int kc_one = j.micro2 && !geglu_y ? KC2_ONE_BLOCK : KC_ONE_BLOCK;
     int kc_target = j.micro2 ? KC2_TARGET : KC_TARGET;
     if (j.amx) { /* GEGLU keeps one block to KC_ONE_BLOCK, as above */
@@ -946,47 +1044,32 @@ static void gemm_drive(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_
     j.nc = ppb * nr;
 
     /* Per-thread A block (and in GEGLU mode product block). If that
-     * allocation fails fall back to one micro-panel (and one panel pair)
-     * on the stack and one thread: slower, never wrong. */
-    _Alignas(64) float fallback[(MR_MAX + 16) * SD_KC_MAX];
-    _Alignas(64) float fallback_c[MR_MAX * 2 * 16];
+     * allocation fails, gemm_lean runs it without. */
     j.geglu_y = geglu_y;
     j.ldy = ldy;
-    const size_t bconv = B->type != SD_WT_F32 ? (size_t)(j.kc > 0 ? j.kc : 1) * nr * 2 : 0;
-    j.bconv_off = ((size_t)mc * (j.kc > 0 ? j.kc : 1) + 15) & ~(size_t)15;
+    const size_t kc1 = (size_t)(j.kc > 0 ? j.kc : 1);
+    const size_t bconv = B->type != SD_WT_F32 ? kc1 * nr * 2 : 0;
+    j.bconv_off = ((size_t)mc * kc1 + 15) & ~(size_t)15;
     j.scratch_per_thread = (j.bconv_off + bconv + 15) & ~(size_t)15;
     if (j.amx) { /* bfloat16 tiles of 512 values, SD_AMX_TERMS terms: 256 floats each */
-        const size_t tiles_k = (size_t)(j.kc + 31) / 32 * 256 * SD_AMX_TERMS;
+        const size_t tiles_k = (kc1 + 31) / 32 * 256 * SD_AMX_TERMS;
         j.amx_b_off = (size_t)(mc + 31) / 32 * 2 * tiles_k;
-        j.bconv_off = j.amx_b_off + 2 * tiles_k;
-        j.scratch_per_thread = (j.bconv_off + bconv / 2 + 15) & ~(size_t)15;
+        j.amx_f_off = j.amx_b_off + 2 * tiles_k;
+        j.bconv_off = j.amx_f_off + (size_t)mc * kc1;
+        j.scratch_per_thread = (j.bconv_off + bconv + 15) & ~(size_t)15;
     }
     j.scratch = sd_ws_get(ex, 0, j.scratch_per_thread * threads * sizeof(float));
     j.cblock_per_thread = ((size_t)mc * (j.nkb == 1 ? 2 * nr : j.nc) + 15) & ~(size_t)15;
     j.cblock = geglu_y ? sd_ws_get(ex, 6, j.cblock_per_thread * threads * sizeof(float)) : NULL;
-    sd_pool *pool = ex->pool;
     if (!j.scratch || (geglu_y && !j.cblock)) {
         sd_ws_put(ex, 0, j.scratch);
         sd_ws_put(ex, 6, j.cblock);
-        j.mc = mr;
-        j.mblocks = (M + mr - 1) / mr;
-        j.scratch = fallback;
-        j.bconv_off = (size_t)MR_MAX * SD_KC_MAX; /* 64-byte aligned */
-        j.micro2 = 0;                             /* room for one widened panel */
-        j.amx = NULL;
-        if (geglu_y) {
-            j.nc = 2 * nr;
-            nblocks = npanels / 2;
-            j.cblock = fallback_c;
-            j.cblock_per_thread = 0;
-        }
-        pool = NULL;
+        gemm_lean(&j, M, npanels, nblocks);
+        return;
     }
-    sd_pool_run(pool, (int64_t)j.mblocks * nblocks, gemm_task, &j);
-    if (j.scratch != fallback) {
-        sd_ws_put(ex, 0, j.scratch);
-        sd_ws_put(ex, 6, j.cblock);
-    }
+    sd_pool_run(ex->pool, (int64_t)j.mblocks * nblocks, gemm_task, &j);
+    sd_ws_put(ex, 0, j.scratch);
+    sd_ws_put(ex, 6, j.cblock);
 }
 
 void sd_gemm_run(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_packed *B, float *C,
@@ -999,7 +1082,7 @@ void sd_gemm_cat(const sd_exec *ex, int M, const float *A1, int K1, const float 
                  const sd_packed *B, float *C, int ldc, const sd_epilogue *ep)
 {
     cat_a s = {A1, A2, K1, K1, K2};
-    sd_gemm_src src = {pack_cat, &s, A2 ? NULL : A1, K1};
+    sd_gemm_src src = {pack_cat, &s, A2 ? NULL : A1, K1, A2 ? gather_cat : NULL};
     sd_gemm_run(ex, M, &src, B, C, ldc, ep);
 }
 
@@ -1007,7 +1090,7 @@ void sd_gemm_geglu(const sd_exec *ex, int M, const float *A, int lda, const sd_p
                    const float *bias, float *y, int ldy)
 {
     cat_a s = {A, NULL, B->K, lda, 0};
-    sd_gemm_src src = {pack_cat, &s, A, lda};
+    sd_gemm_src src = {pack_cat, &s, A, lda, NULL};
     sd_epilogue ep = {.bias = bias};
     gemm_drive(ex, M, &src, B, NULL, 0, &ep, y, ldy);
 }
@@ -1016,6 +1099,6 @@ void sd_gemm(const sd_exec *ex, int M, const float *A, int lda, const sd_packed 
              int ldc, const sd_epilogue *ep)
 {
     cat_a s = {A, NULL, B->K, lda, 0};
-    sd_gemm_src src = {pack_cat, &s, A, lda};
+    sd_gemm_src src = {pack_cat, &s, A, lda, NULL};
     sd_gemm_run(ex, M, &src, B, C, ldc, ep);
 }

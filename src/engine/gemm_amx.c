@@ -96,6 +96,14 @@ static inline __m512i to_bf16(__m512 x0, __m512 x1)
     return (__m512i)_mm512_cvtne2ps_pbh(x1, x0);
 }
 
+/* Lanes of x whose split would not hold it: infinities, NaN, and values
+ * that round to infinity in hi (|x| >= 0x7F7F8000 as bits, 3.39e38). */
+static inline __mmask16 special_lanes(__m512 x)
+{
+    const __m512i mag = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7FFFFFFF));
+    return _mm512_cmpge_epu32_mask(mag, _mm512_set1_epi32(0x7F7F8000));
+}
+
 static inline __mmask16 head_mask(int n)
 {
     return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
@@ -106,9 +114,10 @@ static inline __mmask16 head_mask(int n)
  * term c (0: hi, 1: mid, 2: lo) of rows 16t.. 16t+15 and k values
  * 32kt.. 32kt+31; rows past `rows` (up to 16 nrt) and k values past kc are
  * zero. */
-static void amx_pack_a(const float *a, size_t lda, int rows, int kc, int nrt, uint16_t *dst)
+static int amx_pack_a(const float *a, size_t lda, int rows, int kc, int nrt, uint16_t *dst)
 {
     const int nkt = (kc + 31) / 32;
+    __mmask16 special = 0;
     const size_t cs = (size_t)nrt * nkt * TILE_ELEMS;
     for (int t = 0; t < nrt; t++)
         for (int i = 0; i < 16; i++) {
@@ -124,23 +133,26 @@ static void amx_pack_a(const float *a, size_t lda, int rows, int kc, int nrt, ui
             for (int kt = 0; kt < nkt; kt++, d += TILE_ELEMS) {
                 const int k = 32 * kt;
                 __m512 r0, r1, s0, s1;
-                const __m512 h0 = split_hi(_mm512_maskz_loadu_ps(head_mask(kc - k), ar + k), &r0);
-                const __m512 h1 =
-                    split_hi(_mm512_maskz_loadu_ps(head_mask(kc - k - 16), ar + k + 16), &r1);
+                const __m512 x0 = _mm512_maskz_loadu_ps(head_mask(kc - k), ar + k),
+                             x1 = _mm512_maskz_loadu_ps(head_mask(kc - k - 16), ar + k + 16);
+                special |= special_lanes(x0) | special_lanes(x1);
+                const __m512 h0 = split_hi(x0, &r0), h1 = split_hi(x1, &r1);
                 const __m512 m0 = split_hi(r0, &s0), m1 = split_hi(r1, &s1);
                 _mm512_store_si512(d, to_bf16(h0, h1));
                 _mm512_store_si512(d + cs, to_bf16(m0, m1));
                 _mm512_store_si512(d + 2 * cs, to_bf16(s0, s1));
             }
         }
+    return special != 0;
 }
 
 /* One B panel (kc k steps of 16 float32 columns, k-major) as bfloat16
  * tiles: tile (c, kt) at dst + (c*nkt + kt) * TILE_ELEMS (term c), row r holding
  * k steps 32kt + 2r and 32kt + 2r + 1 interleaved column by column (the
  * even step in the low half of each 32-bit lane); steps past kc are zero. */
-static void amx_pack_b(const float *b, int kc, uint16_t *dst)
+static int amx_pack_b(const float *b, int kc, uint16_t *dst)
 {
+    __mmask16 special = 0;
     const int nkt = (kc + 31) / 32;
     const size_t cs = (size_t)nkt * TILE_ELEMS;
     const __m512i high = _mm512_set1_epi32((int)0xFFFF0000u);
@@ -152,6 +164,7 @@ static void amx_pack_b(const float *b, int kc, uint16_t *dst)
         const __m512 x0 = k < kc ? _mm512_loadu_ps(b + (size_t)k * 16) : _mm512_setzero_ps();
         const __m512 x1 =
             k + 1 < kc ? _mm512_loadu_ps(b + (size_t)(k + 1) * 16) : _mm512_setzero_ps();
+        special |= special_lanes(x0) | special_lanes(x1);
         __m512 r0, r1, s0, s1;
         const __m512i h0 = _mm512_castps_si512(split_hi(x0, &r0)),
                       h1 = _mm512_castps_si512(split_hi(x1, &r1));
@@ -165,6 +178,7 @@ static void amx_pack_b(const float *b, int kc, uint16_t *dst)
                            _mm512_or_si512(_mm512_and_si512(m1, high), _mm512_srli_epi32(m0, 16)));
         _mm512_store_si512(d + 2 * cs, _mm512_permutexvar_epi16(pairs, to_bf16(s0, s1)));
     }
+    return special != 0;
 }
 
 /* The C tiles += A tiles 4 (and 5, with `two` row tiles) times B tiles

@@ -53,12 +53,14 @@ typedef struct sd_amx_kernels {
     /* Rows [0, rows) of A (row stride lda), k values [0, kc), as nrt row
      * tiles of 16 rows (rows past `rows` zero) by ceil(kc/32) k tiles,
      * SD_AMX_TERMS terms each: tile (term, t, kt) at dst + ((term*nrt +
-     * t)*nkt + kt) * 512. dst: 64-byte aligned. */
-    void (*pack_a)(const float *a, size_t lda, int rows, int kc, int nrt, uint16_t *dst);
+     * t)*nkt + kt) * 512. dst: 64-byte aligned. Returns nonzero if a
+     * value is one the split cannot hold (infinite, NaN, or rounding to
+     * infinity: |x| >= 3.39e38); those products go to the float kernels. */
+    int (*pack_a)(const float *a, size_t lda, int rows, int kc, int nrt, uint16_t *dst);
     /* One B panel (kc k steps of 16 floats, k-major) as ceil(kc/32) k
      * tiles of each term: tile (term, kt) at dst + (term*nkt + kt) * 512.
-     * dst: 64-byte aligned. */
-    void (*pack_b)(const float *b, int kc, uint16_t *dst);
+     * dst: 64-byte aligned. Returns nonzero as pack_a does. */
+    int (*pack_b)(const float *b, int kc, uint16_t *dst);
     /* C (32 x 32, in two panels of 16 columns) from nkt k tiles: A row
      * tile 0 at a, row tile 1 at a + ats, term c at + c * acs; panels
      * b[0], b[1], term c at + c * bcs. Stored as sd_tile_store stores
@@ -450,6 +452,10 @@ typedef struct sd_gemm_src {
      * AMX path reads in place; NULL otherwise. */
     const float *rows;
     int ld;
+    /* Else, or NULL: rows [m0, m0 + rows), K steps [k0, k0 + kc) copied
+     * to dst as a row-major rows x kc block, which the AMX path reads.
+     * With neither, the product runs on the float kernels. */
+    void (*gather)(const void *src, int m0, int rows, int k0, int kc, float *dst);
 } sd_gemm_src;
 
 /* The blocked, threaded GEMM behind sd_gemm and sd_conv3x3:
