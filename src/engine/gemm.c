@@ -291,7 +291,8 @@ const sd_kernels *sd_kernels_select(const char *force)
         return NULL;
     }
 #if SD_HAVE_X86
-    /* The AMX set is the AVX-512 set but for the fast mode's GEMM. */
+    /* The AMX set is the AVX-512 set but for the GEMM (sd_gemm and its
+     * GEGLU and concatenated forms). */
     if (have_amx())
         return &sd_kernels_amx;
     /* AVX-512 wherever it is usable: measured on Zen 5 (full-width 512-bit
@@ -836,9 +837,8 @@ static void gemm_task_amx(const gemm_job *j, int64_t task, int thread)
                     const int with_ep = last && has_ep;
                     for (int half = 0; with_ep && half < 2 && 16 * half < rows; half++)
                         for (int h = 0; h < np; h++)
-                            tile_ep(j, m + 16 * half,
-                                    rows - 16 * half < 16 ? rows - 16 * half : 16, n[h],
-                                    &te[2 * half + h]);
+                            tile_ep(j, m + 16 * half, rows - 16 * half < 16 ? rows - 16 * half : 16,
+                                    n[h], &te[2 * half + h]);
                     amx->block(nkt, atiles + (size_t)(im / 16) * tile_k, tile_k,
                                (size_t)nrt * tile_k, bt, tile_k, c, ldc, accumulate, rows, cols,
                                with_ep ? te : NULL);

@@ -1,9 +1,8 @@
-/* AMX tile kernels for the fast mode's GEMM (Intel Sapphire Rapids and
- * later: AMX-TILE and AMX-BF16, with AVX512-BF16). Compiled with the
- * AVX-512 flags plus -mamx-tile -mamx-bf16 -mavx512bf16 on x86-64 only,
- * reached through the "amx" kernel set (gemm_avx512.c) after a CPUID,
- * XGETBV and permission check (gemm.c), and used only when sd_exec.fast
- * is set: the exact mode of that set is the AVX-512 set's, bit for bit.
+/* AMX tile kernels for the GEMM (Intel Sapphire Rapids and later:
+ * AMX-TILE and AMX-BF16, with AVX512-BF16). Compiled with the AVX-512
+ * flags plus -mamx-tile -mamx-bf16 -mavx512bf16 on x86-64 only, reached
+ * through the "amx" kernel set (gemm_avx512.c) after a CPUID, XGETBV and
+ * permission check (gemm.c), in the exact and the fast mode alike.
  *
  * The tile unit multiplies bfloat16 (8-bit significand) pairs into float32
  * sums. Each float32 operand x is split into three bfloat16 terms,
@@ -15,27 +14,30 @@
  * dropped mid*lo, lo*mid and lo*lo are below 2^-24 of the product). Every
  * product of two bfloat16 values is exact in float32 and the tile unit
  * adds them in float32, so the result is as accurate as a float32 GEMM's
- * (test_gemm_amx: worst relative L2 1.8e-7 against double). With two terms
+ * (test_gemm_amx: worst relative L2 1.8e-7 against double; sd15-64 in
+ * the exact mode 1.12e-6, on the AVX-512 kernels 1.14e-6). With two terms
  * and three products (hi*hi + hi*lo + lo*hi) the error was ~4e-6 per
- * product: within the fast mode's 2e-5 on one forward, but after a
- * sampling run it changed 6 of the 1024 pixels of a test image (the bar is
- * 0.5%). Six products cost about 1.5x three (one Xeon core, sdunet bench
- * --fast: linear layers 1.04-1.18 -> 1.28-1.40 s; the AVX-512 set 1.84 s).
- * The exact mode keeps the AVX-512 set's kernels all the same: there
- * results do not depend on scratch memory (the fallback path), on fused or
- * concatenated forms of a product, and special values (infinities, NaN
- * payloads in the weights) pass through as in float32 arithmetic; the
- * split turns an infinite operand into NaN. (Measured there: forward
- * 4.60-4.73 -> 4.23-4.40 s, sd15-64 1.12e-6.)
+ * product, and after a sampling run it changed 6 of the 1024 pixels of a
+ * test image (the fast mode's bar is 0.5%). One Xeon core, sdunet bench:
+ * the linear layers 1.83-1.94 s on the AVX-512 kernels, 1.29-1.42 s here.
+ *
+ * What the split cannot hold, the float kernels compute: the packers
+ * report an infinity, a NaN or a value that rounds to infinity in hi
+ * (|x| >= 3.39e38) in their A block or B panel, and gemm.c runs that
+ * product on the float kernels, so special values come out as float32
+ * arithmetic gives them (an infinite operand would otherwise meet a zero
+ * term: NaN). Results do not depend on scratch memory (the fallback runs
+ * this unit too, one row tile at a time) nor on the form of the product
+ * (fused GEGLU, concatenated A: the same K blocks, the same tiles).
+ * Subnormal bfloat16 terms are read as zero by the tile unit: a relative
+ * change below 2^-126 of the largest term, and a float32 subnormal
+ * operand counts as zero (the float kernels keep it: ~1e-38 apart).
  *
  * Tiles are 16 rows of 64 bytes: A tiles 16 rows x 32 k values, B tiles
  * 16 pairs of k rows x 16 columns with each pair interleaved (the VNNI
  * layout the tile product expects), C tiles 16 x 16 floats. A block of C
  * is 32 x 32 (two A tiles, two B panels, four C tiles), which keeps the
- * tile unit busy with four independent sums. Values past the float32
- * range's last binade (|x| > 3.39e38) round to infinity in hi and give
- * NaN; subnormal bfloat16 terms are read as zero by the tile unit (a
- * relative change below 2^-126 of the largest term). */
+ * tile unit busy with four independent sums. */
 #include "engine/kernels.h"
 
 #include <immintrin.h>

@@ -727,7 +727,7 @@ static void widen_avx512(int type, const uint16_t *src, float *dst, size_t n)
         dst[i] = sd_wt_widen1(type, src[i]);
 }
 
-/* The AVX-512 set, and the same set with the fast mode's AMX GEMM. */
+/* The AVX-512 set, and the same set with the AMX GEMM. */
 #if MR == 16
 #define MICRO2_ENTRIES .micro2 = micro2_avx512, .attn_pv = attn_pv_avx512,
 #else

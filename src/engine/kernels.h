@@ -40,7 +40,7 @@ struct sd_exec;
 struct sd_packed;
 struct sd_epilogue;
 
-/* The fast mode's GEMM on an AMX tile unit (gemm_amx.c; every float32
+/* The GEMM on an AMX tile unit (gemm_amx.c; every float32
  * operand split into SD_AMX_TERMS bfloat16 terms, hi + mid + lo, the
  * product summed from the six terms of order 2^-16 and above in float32:
  * float32's accuracy). A block of C is 32 rows x 2 panels of 16 columns. */
@@ -91,8 +91,8 @@ typedef struct sd_kernels {
      * is then used for two B vectors: half the A loads per multiply-add. */
     void (*micro2)(int kc, const float *a, const float *const b[2], float *const c[2], int ldc,
                    int accumulate, int rows, const int cols[2], const sd_tile_ep *te);
-    /* The AMX GEMM the fast mode uses for products with A in place
-     * (sd_gemm, sd_gemm_geglu), or NULL. */
+    /* The AMX GEMM, used in both modes for products whose A is one matrix
+     * or gathered (sd_gemm, sd_gemm_geglu, sd_gemm_cat), or NULL. */
     const sd_amx_kernels *amx;
     /* Packs mr rows into one A micro-panel: dst[k*mr + i] = rows[i][k], k < len. */
     void (*pack_panel)(const float *const *rows, int len, float *dst);
@@ -486,7 +486,7 @@ void sd_norm_affine1_avx2(const float *x, int n, double mean, double rstd, const
  * convolution (its transforms do not depend on the tile height). */
 extern const sd_kernels sd_kernels_avx2;   /* gemm_avx2.c */
 extern const sd_kernels sd_kernels_avx512; /* gemm_avx512.c */
-/* The AVX-512 set with the fast mode's AMX GEMM (gemm_avx512.c, gemm_amx.c). */
+/* The AVX-512 set with the AMX GEMM (gemm_avx512.c, gemm_amx.c). */
 extern const sd_kernels sd_kernels_amx;
 extern const sd_amx_kernels sd_amx_kernels_bf16x3;
 int sd_conv3x3_winograd_avx2(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
