@@ -1917,7 +1917,7 @@ static void test_gemm_amx(void)
 {
     const sd_kernels *amx = sd_kernels_select("amx"), *avx512 = sd_kernels_select("avx512");
     if (!amx) {
-        printf("# no AMX on this CPU: the fast mode's AMX GEMM is not run here\n");
+        printf("# no AMX on this CPU: the AMX GEMM is not run here\n");
         return;
     }
     static const int shapes[][3] = {{1, 1, 1},      {37, 61, 129}, {33, 17, 33},
