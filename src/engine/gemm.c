@@ -795,12 +795,13 @@ static void gemm_task_amx(const gemm_job *j, int64_t task, int thread)
         const int k0 = kb * j->kc, kc = K - k0 < j->kc ? K - k0 : j->kc, nkt = (kc + 31) / 32;
         const int last = kb == j->nkb - 1, accumulate = kb > 0 || j->res_in_c;
         const size_t tile_k = (size_t)nkt * 512; /* one row tile's or panel's k tiles */
-        const float *arows = j->a->rows + (size_t)m0 * j->a->ld + k0;
-        size_t lda = (size_t)j->a->ld;
-        if (!j->a->rows) {
+        const float *arows = fa; /* A in place, or gathered into fa */
+        size_t lda = (size_t)kc;
+        if (j->a->rows) {
+            arows = j->a->rows + (size_t)m0 * j->a->ld + k0;
+            lda = (size_t)j->a->ld;
+        } else {
             j->a->gather(j->a->src, m0, mrows, k0, kc, fa);
-            arows = fa;
-            lda = (size_t)kc;
         }
         const int a_special = amx->pack_a(arows, lda, mrows, kc, nrt, atiles);
         int fa_panels = 0; /* fa holds A's float micro-panels */
