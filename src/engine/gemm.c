@@ -559,6 +559,13 @@ static void panel_rows(const float *base, size_t ld, int m0, int p, int mr, int 
     }
 }
 
+/* How many of K steps [k0, k0 + kc) of [A1 | A2] lie in A1 (the rest are
+ * in A2). */
+static inline int cat_in_a1(const cat_a *s, int k0, int kc)
+{
+    return k0 >= s->K1 ? 0 : (k0 + kc <= s->K1 ? kc : s->K1 - k0);
+}
+
 /* K steps [k0, k0 + kc) of [A1 | A2]: the part in A1, then the part in A2,
  * packed one after the other (a panel is k-major, so the pieces simply
  * follow each other). */
@@ -567,7 +574,7 @@ static void pack_cat(const void *src, int m0, int rows, int k0, int kc, const sd
 {
     const cat_a *s = src;
     const int mr = kern->mr, K1 = s->K1;
-    const int n1 = k0 >= K1 ? 0 : (k0 + kc <= K1 ? kc : K1 - k0), n2 = kc - n1;
+    const int n1 = cat_in_a1(s, k0, kc), n2 = kc - n1;
     const float *r[16];
     for (int p = 0; p * mr < rows; p++) {
         float *dp = dst + (size_t)p * kc * mr;
@@ -589,7 +596,7 @@ static void gather_cat(const void *src, int m0, int rows, int k0, int kc, float 
 {
     const cat_a *s = src;
     const int K1 = s->K1;
-    const int n1 = k0 >= K1 ? 0 : (k0 + kc <= K1 ? kc : K1 - k0), n2 = kc - n1;
+    const int n1 = cat_in_a1(s, k0, kc), n2 = kc - n1;
     for (int i = 0; i < rows; i++, dst += kc) {
         if (n1)
             memcpy(dst, s->A1 + (size_t)(m0 + i) * s->ld1 + k0, sizeof(float) * n1);
@@ -795,7 +802,7 @@ static void gemm_task_amx(const gemm_job *j, int64_t task, int thread)
         const int k0 = kb * j->kc, kc = K - k0 < j->kc ? K - k0 : j->kc, nkt = (kc + 31) / 32;
         const int last = kb == j->nkb - 1, accumulate = kb > 0 || j->res_in_c;
         const size_t tile_k = (size_t)nkt * 512; /* one row tile's or panel's k tiles */
-        const float *arows = fa; /* A in place, or gathered into fa */
+        const float *arows = fa;                 /* A in place, or gathered into fa */
         size_t lda = (size_t)kc;
         if (j->a->rows) {
             arows = j->a->rows + (size_t)m0 * j->a->ld + k0;
@@ -920,7 +927,7 @@ gemm_lean(gemm_job *j, int M, int npanels, int nblocks)
     const int nr = j->kern->nr;
     /* AMX: a row tile and a panel of tiles (SD_KC_MAX / 32 k tiles of each
      * term), the row tile's float block and one widened panel; float: one
-     * micro-panel and two widened panels. */
+     * micro-panel and one widened panel. */
     enum { TILES = SD_KC_MAX / 32 * 256 * SD_AMX_TERMS };
     _Alignas(64) float stack[2 * TILES + 2 * 16 * SD_KC_MAX];
     _Alignas(64) float stack_c[MR_MAX * 2 * 16];
