@@ -57,6 +57,14 @@ $(BUILD)/libsdunet.so: $(LIB_OBJS)
 $(BUILD)/sdunet: $(TOOL_SRCS:%.c=$(BUILD)/%.o) $(BUILD)/libsdunet.a
 	$(CC) $(SAN) -o $@ $^ $(LDLIBS)
 
+# make bench: the kernel benchmarks (bench/bench_gemm.c, bench/bench_weights.c; run on purpose).
+BENCH_BINS = $(BUILD)/bench/bench_gemm $(BUILD)/bench/bench_weights
+bench: $(BENCH_BINS)
+
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libsdunet.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
+
 # The README's C example, built so that it keeps compiling.
 $(BUILD)/examples/%: examples/%.c $(BUILD)/libsdunet.a
 	@mkdir -p $(dir $@)
