@@ -741,8 +741,8 @@ static void widen_avx512(int type, const uint16_t *src, float *dst, size_t n)
         .pack_panel = pack_avx512,                                             \
         .softmax_cols = softmax_cols_avx512, .attn_tile = attn_tile_avx512,    \
         .silu = silu_avx512, .gelu_mul = gelu_mul_avx512,                      \
-        .winograd = sd_conv3x3_winograd_avx2,                                  \
-        .winograd4 = sd_conv3x3_winograd4_avx2,                                \
+        .winograd = sd_conv3x3_winograd_avx512,                                \
+        .winograd4 = sd_conv3x3_winograd4_avx512,                              \
         .norm_sum = sd_norm_sum_avx2, .norm_affine = sd_norm_affine_avx2,      \
         .norm_affine1 = sd_norm_affine1_avx2, .widen = widen_avx512,           \
     }

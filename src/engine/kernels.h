@@ -493,6 +493,10 @@ int sd_conv3x3_winograd_avx2(const sd_exec *ex, const float *in, int batch, int 
                              const sd_packed *Wp, float *out, const sd_epilogue *ep);
 int sd_conv3x3_winograd4_avx2(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
                               const sd_packed *Wp, float *out, const sd_epilogue *ep);
+int sd_conv3x3_winograd_avx512(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
+                               const sd_packed *Wp, float *out, const sd_epilogue *ep);
+int sd_conv3x3_winograd4_avx512(const sd_exec *ex, const float *in, int batch, int H, int W,
+                                int Cin, const sd_packed *Wp, float *out, const sd_epilogue *ep);
 #endif
 
 /* ---- reference (naive, obviously correct) versions for the tests ---- */

@@ -3,8 +3,8 @@
  * the AVX-512 sets' winograd and winograd4. */
 #include "engine/winograd_impl.h"
 
-int sd_conv3x3_winograd_avx512(const sd_exec *ex, const float *in, int batch, int H, int W,
-                               int Cin, const sd_packed *Wp, float *out, const sd_epilogue *ep)
+int sd_conv3x3_winograd_avx512(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
+                               const sd_packed *Wp, float *out, const sd_epilogue *ep)
 {
     return wg_run(ex, in, batch, H, W, Cin, Wp, out, ep);
 }

@@ -1,7 +1,10 @@
 /* Winograd F(2x2, 3x3) convolution, the implementation (see winograd.c
- * for the method and the layouts). Included by winograd.c (portable build)
- * and winograd_avx2.c (built with -mavx2 -mfma, where the 8-channel vectors
- * below become single ymm operations): one source, two instruction sets.
+ * for the method and the layouts). Included by winograd.c (portable build),
+ * winograd_avx2.c (built with -mavx2 -mfma, where the 8-channel vectors
+ * below become single ymm operations) and winograd_avx512.c (16-channel
+ * vectors, one zmm operation: a whole output panel per transform): one
+ * source, three instruction sets. Every lane is computed by the same
+ * operations in every build, so all three give the same bits.
  * Defines WG_HAVE and, where it is 1, the static functions wg_run (F(2x2, 3x3)) and
  * wg4_run (F(4x4, 3x3), the fast mode's). */
 #ifndef SD_WINOGRAD_IMPL_H
@@ -13,6 +16,13 @@
 #include <string.h>
 #if defined(__F16C__) && defined(__AVX2__)
 #include <immintrin.h>
+#endif
+
+/* Channels per transform vector: 16 where the file is built for AVX-512. */
+#if defined(__AVX512F__)
+#define WG_VN 16
+#else
+#define WG_VN 8
 #endif
 
 #ifndef WG_V_BYTES
@@ -42,18 +52,19 @@
 #define WG_PAD 16
 #define WG4_PAD WG_PAD
 
-/* The transforms work on 8 channels at a time as one GNU C vector (AVX2
- * where this file is built for it, two SSE halves otherwise); compilers
- * without vector extensions get the direct method instead. */
+/* The transforms work on WG_VN channels at a time as one GNU C vector
+ * (AVX2 or AVX-512 where this file is built for it, SSE halves
+ * otherwise); compilers without vector extensions get the direct method
+ * instead. */
 #if defined(__GNUC__)
 #define WG_HAVE 1
-typedef float wv __attribute__((vector_size(32)));
+typedef float wv __attribute__((vector_size(4 * WG_VN)));
 
 /* The same vector at float alignment, allowed to alias floats: one
  * unaligned 32-byte move in the AVX2 build. (memcpy was expanded as two
  * 16-byte moves, and a 32-byte load of two 16-byte stores cannot be
  * forwarded from the store buffer: a stall on every staged vector.) */
-typedef float wv_u __attribute__((vector_size(32), aligned(4), may_alias));
+typedef float wv_u __attribute__((vector_size(4 * WG_VN), aligned(4), may_alias));
 
 /* Loads and stores through pointers (a vector passed by value would change
  * the ABI where AVX is not enabled). */
@@ -66,25 +77,28 @@ static inline void wv_st(float *p, const wv *v)
     *(wv_u *)p = *v;
 }
 
-/* n <= 8 lanes: the rest read as zero / are not written. */
+/* Every lane x. */
+#define wv_set(x) ((wv){0} + (x))
+
+/* n <= WG_VN lanes: the rest read as zero / are not written. */
 static inline void wv_ld_n(wv *v, const float *p, int n)
 {
-    if (n == 8) {
+    if (n == WG_VN) {
         wv_ld(v, p);
         return;
     }
-    float t[8] = {0};
+    float t[WG_VN] = {0};
     memcpy(t, p, sizeof(float) * (size_t)n);
     wv_ld(v, t);
 }
 
 static inline void wv_st_n(float *p, const wv *v, int n)
 {
-    if (n == 8) {
+    if (n == WG_VN) {
         wv_st(p, v);
         return;
     }
-    float t[8];
+    float t[WG_VN];
     wv_st(t, v);
     memcpy(p, t, sizeof(float) * (size_t)n);
 }
@@ -164,14 +178,14 @@ static void in_panel(void *ctx, int64_t task, int thread)
      * position's mr x 8 block is transposed into the panel's [channel][tile]
      * order by the kernel set's A packer (vector shuffles, not 8 x mr
      * scalar stores). */
-    _Alignas(32) float stage[16][SD_MR_MAX][8];
+    _Alignas(64) float stage[16][SD_MR_MAX][WG_VN];
     const float *rows[16][SD_MR_MAX];
     for (int p = 0; p < 16; p++)
         for (int r = 0; r < mr; r++)
             rows[p][r] = stage[p][r];
     float *vp = j->V + (size_t)task * Cin * mr;
-    for (int c0 = 0; c0 < Cin; c0 += 8) {
-        const int n = Cin - c0 < 8 ? Cin - c0 : 8;
+    for (int c0 = 0; c0 < Cin; c0 += WG_VN) {
+        const int n = Cin - c0 < WG_VN ? Cin - c0 : WG_VN;
         for (int r = 0; r < mr; r++) {
             wv d[16], q[16];
             for (int p = 0; p < 16; p++) {
@@ -204,7 +218,7 @@ static void in_panel(void *ctx, int64_t task, int thread)
 
 /* ---- weights: U = G g G^T, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1] ---- */
 
-/* Eight packed weights at element i of wp, of type `type` (sd_wtype), as
+/* WG_VN packed weights at element i of wp, of type `type` (sd_wtype), as
  * float32: 16-bit ones are widened exactly, as kern->widen does (F16C
  * where this file is built with it). */
 static inline void wg_ld_w(wv *v, const void *wp, size_t i, int type)
@@ -214,15 +228,21 @@ static inline void wg_ld_w(wv *v, const void *wp, size_t i, int type)
         return;
     }
     const uint16_t *hp = (const uint16_t *)wp + i;
-#if defined(__F16C__) && defined(__AVX2__)
+#if WG_VN == 16
+    const __m256i h = _mm256_loadu_si256((const __m256i *)hp);
+    if (type == SD_WT_F16)
+        *v = (wv)_mm512_cvtph_ps(h);
+    else
+        *v = (wv)_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+#elif defined(__F16C__) && defined(__AVX2__)
     const __m128i h = _mm_loadu_si128((const __m128i *)hp);
     if (type == SD_WT_F16)
         *v = (wv)_mm256_cvtph_ps(h);
     else
         *v = (wv)_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 #else
-    float f[8];
-    for (int q = 0; q < 8; q++)
+    float f[WG_VN];
+    for (int q = 0; q < WG_VN; q++)
         f[q] = sd_wt_widen1(type, hp[q]);
     wv_ld(v, f);
 #endif
@@ -237,10 +257,10 @@ __attribute__((always_inline))
 static inline void
 weights_block_t(const void *wp, int type, int Cin, int k0, int kc, float *ub)
 {
-    const wv half = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
+    const wv half = wv_set(0.5f);
     const size_t ad_step = (size_t)kc * 16 + WG_PAD, esz = sd_wtype_size(type);
     for (int k = 0; k < kc; k++)
-        for (int h = 0; h < 16; h += 8) {
+        for (int h = 0; h < 16; h += WG_VN) {
             wv g[9], t[12];
             for (int tap = 0; tap < 9; tap++) {
                 const size_t gi = ((size_t)tap * Cin + k0 + k) * 16 + h;
@@ -409,8 +429,8 @@ static void out_panel(void *ctx, int64_t task, int thread)
                     __builtin_prefetch(ep->residual + ahead[q] * ep->ld_res + n0);
             }
         }
-        for (int c0 = 0; c0 < cols; c0 += 8) {
-            const int n = cols - c0 < 8 ? cols - c0 : 8, col = n0 + c0, h = c0 % 16;
+        for (int c0 = 0; c0 < cols; c0 += WG_VN) {
+            const int n = cols - c0 < WG_VN ? cols - c0 : WG_VN, col = n0 + c0, h = c0 % 16;
             const float *m = acc + (size_t)(c0 / 16) * j->acc_size + (size_t)tb * 16;
             wv s[8], y[4];
             for (int k = 0; k < 4; k++) { /* rows: A^T M */
@@ -714,7 +734,7 @@ static inline void tile4_pixels(int t, int th, int tw, int H, int W, ptrdiff_t p
  *         [0    1 -5/2 1/2 1 0]     [0    1 -3/2  -2 3/2 1] */
 static inline void wg4_bt(const wv *d, int s, wv *o, int os)
 {
-    const wv h = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
+    const wv h = wv_set(0.5f);
     const wv d0 = d[0], d1 = d[s], d2 = d[2 * s], d3 = d[3 * s], d4 = d[4 * s], d5 = d[5 * s];
     const wv e31 = d3 - d1, e42 = d4 - d2;
     o[0] = (d0 - d2) + e42 + (e31 + h * e31);
@@ -734,14 +754,14 @@ static void in_panel4(void *ctx, int64_t task, int thread)
     const wv zero = {0};
     const float *src[SD_MR_MAX][36];
     tile_sources(j, task, 4, &src[0][0]);
-    _Alignas(32) float stage[36][SD_MR_MAX][8];
+    _Alignas(64) float stage[36][SD_MR_MAX][WG_VN];
     const float *rows[36][SD_MR_MAX];
     for (int p = 0; p < 36; p++)
         for (int r = 0; r < mr; r++)
             rows[p][r] = stage[p][r];
     float *vp = j->V + (size_t)task * Cin * mr;
-    for (int c0 = 0; c0 < Cin; c0 += 8) {
-        const int n = Cin - c0 < 8 ? Cin - c0 : 8;
+    for (int c0 = 0; c0 < Cin; c0 += WG_VN) {
+        const int n = Cin - c0 < WG_VN ? Cin - c0 : WG_VN;
         for (int r = 0; r < mr; r++) {
             wv d[36], q[36];
             for (int p = 0; p < 36; p++) {
@@ -771,7 +791,7 @@ static void in_panel4(void *ctx, int64_t task, int thread)
  * per weight and tile block. */
 static inline void wg4_g(const wv *g, int s, wv *o, int os)
 {
-    const wv four = {4, 4, 4, 4, 4, 4, 4, 4};
+    const wv four = wv_set(4.0f);
     const wv g0 = g[0], g1 = g[s], g2 = g[2 * s], s02 = g0 + g2;
     o[0] = g0;
     o[os] = s02 + g1;
@@ -802,7 +822,7 @@ weights_block4_t(const void *wp, int type, int Cin, int k0, int kc, float *ub)
 {
     const size_t ad_step = (size_t)kc * 16 + WG4_PAD, esz = sd_wtype_size(type);
     for (int k = 0; k < kc; k++)
-        for (int h = 0; h < 16; h += 8) {
+        for (int h = 0; h < 16; h += WG_VN) {
             wv g[9], t[18], u[36];
             for (int tap = 0; tap < 9; tap++) {
                 const size_t gi = ((size_t)tap * Cin + k0 + k) * 16 + h;
@@ -833,10 +853,8 @@ static void weights_block4(const void *wp, int type, int Cin, int k0, int kc, fl
  *   A^T = [1 1 1 1 1 0; 0 1 -1 1/2 -2 0; 0 1 1 1/4 4 0; 0 1 -1 1/8 -8 1]. */
 static inline void wg4_at(const wv *m, int s, wv *o, int os)
 {
-    const wv h = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
-    const wv q = {0.25f, 0.25f, 0.25f, 0.25f, 0.25f, 0.25f, 0.25f, 0.25f};
-    const wv e = {0.125f, 0.125f, 0.125f, 0.125f, 0.125f, 0.125f, 0.125f, 0.125f};
-    const wv f = {4, 4, 4, 4, 4, 4, 4, 4}, t = {2, 2, 2, 2, 2, 2, 2, 2};
+    const wv h = wv_set(0.5f);
+    const wv q = wv_set(0.25f), e = wv_set(0.125f), f = wv_set(4.0f), t = wv_set(2.0f);
     const wv m1 = m[s], m2 = m[2 * s], m3 = m[3 * s], m4 = m[4 * s];
     const wv sp = m1 + m2, dm = m1 - m2;
     o[0] = m[0] + sp + (m3 + m4);
@@ -868,8 +886,8 @@ static void out_panel4(void *ctx, int64_t task, int thread)
                     __builtin_prefetch(ep->residual + ahead[q] * ep->ld_res + n0);
             }
         }
-        for (int c0 = 0; c0 < cols; c0 += 8) {
-            const int n = cols - c0 < 8 ? cols - c0 : 8, col = n0 + c0, h = c0 % 16;
+        for (int c0 = 0; c0 < cols; c0 += WG_VN) {
+            const int n = cols - c0 < WG_VN ? cols - c0 : WG_VN, col = n0 + c0, h = c0 % 16;
             const float *m = acc + (size_t)(c0 / 16) * j->acc_size + (size_t)tb * 16;
             wv mv[36], s[24], y[16];
             for (int a = 0; a < 36; a++) {
