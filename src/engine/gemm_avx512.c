@@ -9,8 +9,9 @@
  * full-width 512-bit FMA units (Zen 5) that is twice the FMA work per
  * instruction of the AVX2 kernel's 6x16 tile. The element-wise kernels
  * (softmax, SiLU, GELU) are the AVX2 set's on 16 lanes; the Winograd
- * convolution is the AVX2 build (its transforms are 8-channel vectors and
- * it reaches the GEMM through the kernel set it is given, any mr). */
+ * convolution is its AVX-512 build (winograd_avx512.c: 16-channel
+ * transforms; it reaches the GEMM through the kernel set it is given, any
+ * mr). */
 #include "engine/kernels.h"
 
 #include <immintrin.h>

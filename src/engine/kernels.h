@@ -482,8 +482,9 @@ void sd_norm_affine_avx2(const float *x, int n, const double *mean, const double
                          const float *beta, float *y);
 void sd_norm_affine1_avx2(const float *x, int n, double mean, double rstd, const float *gamma,
                           const float *beta, float *y);
-/* The x86 kernel sets; the AVX-512 set uses the AVX2 build of the Winograd
- * convolution (its transforms do not depend on the tile height). */
+/* The x86 kernel sets and their builds of the Winograd convolution
+ * (winograd_avx2.c, winograd_avx512.c: the transforms do not depend on
+ * the tile height, and every build gives the same bits). */
 extern const sd_kernels sd_kernels_avx2;   /* gemm_avx2.c */
 extern const sd_kernels sd_kernels_avx512; /* gemm_avx512.c */
 /* The AVX-512 set with the AMX GEMM (gemm_avx512.c, gemm_amx.c). */
