@@ -990,6 +990,8 @@ static void gemm_drive(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_
      * pairs): each panel pair is split into bfloat16 tiles once per block
      * and K block, and swept over the block's rows from L1. */
     j.amx = kern->amx && (a->rows || a->gather) ? kern->amx : NULL;
+    if (j.amx && ex->fast && kern->amx_fast)
+        j.amx = kern->amx_fast;
     j.np_max = 2;
     int kc_one = j.micro2 && !geglu_y ? KC2_ONE_BLOCK : KC_ONE_BLOCK;
     int kc_target = j.micro2 ? KC2_TARGET : KC_TARGET;

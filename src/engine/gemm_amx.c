@@ -2,7 +2,7 @@
  * AMX-TILE and AMX-BF16, with AVX512-BF16). Compiled with the AVX-512
  * flags plus -mamx-tile -mamx-bf16 -mavx512bf16 on x86-64 only, reached
  * through the "amx" kernel set (gemm_avx512.c) after a CPUID, XGETBV and
- * permission check (gemm.c), in the exact and the fast mode alike.
+ * permission check (gemm.c), in the exact and the fast mode.
  *
  * The tile unit multiplies bfloat16 (8-bit significand) pairs into float32
  * sums. Each float32 operand x is split into three bfloat16 terms,
@@ -15,11 +15,19 @@
  * product of two bfloat16 values is exact in float32 and the tile unit
  * adds them in float32, so the result is as accurate as a float32 GEMM's
  * (test_gemm_amx: worst relative L2 1.8e-7 against double; sd15-64 in
- * the exact mode 1.12e-6, on the AVX-512 kernels 1.14e-6). With two terms
- * and three products (hi*hi + hi*lo + lo*hi) the error was ~4e-6 per
- * product, and after a sampling run it changed 6 of the 1024 pixels of a
- * test image (the fast mode's bar is 0.5%). One Xeon core, sdunet bench:
- * the linear layers 1.83-1.94 s on the AVX-512 kernels, 1.29-1.42 s here.
+ * the exact mode 1.12e-6, on the AVX-512 kernels 1.14e-6). One Xeon core,
+ * sdunet bench: the linear layers 1.83-1.94 s on the AVX-512 kernels,
+ * 1.29-1.42 s here.
+ *
+ * The fast mode (sd_amx_kernels_bf16x5) leaves out hi*lo: B (the weights)
+ * in two terms, 16 significant bits, five products in twelve tile loads
+ * and a third less splitting of B. test_gemm_amx: worst 3.1e-6 against
+ * double; sd15-64 in the fast mode 1.9e-6 -> 6.2e-6 (bar 2e-5), the
+ * pipeline images 0 to 2 of 1024 pixels off by one against the exact
+ * mode's (bar 0.5%); sdunet bench --fast: linear layers 1.26-1.36 ->
+ * 1.06-1.11 s. With two terms each and three products (hi*hi + hi*lo +
+ * lo*hi) the error was ~4e-6 per product, and one test image had 6 of its
+ * 1024 pixels off: over the bar.
  *
  * What the split cannot hold, the float kernels compute: the packers
  * report an infinity, a NaN or a value that rounds to infinity in hi
@@ -152,7 +160,11 @@ static int amx_pack_a(const float *a, size_t lda, int rows, int kc, int nrt, uin
  * tiles: tile (c, kt) at dst + (c*nkt + kt) * TILE_ELEMS (term c), row r holding
  * k steps 32kt + 2r and 32kt + 2r + 1 interleaved column by column (the
  * even step in the low half of each 32-bit lane); steps past kc are zero. */
-static int amx_pack_b(const float *b, int kc, uint16_t *dst)
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline int
+pack_b_terms(const float *b, int kc, uint16_t *dst, const int terms)
 {
     __mmask16 special = 0;
     const int nkt = (kc + 31) / 32;
@@ -178,9 +190,21 @@ static int amx_pack_b(const float *b, int kc, uint16_t *dst)
                            _mm512_or_si512(_mm512_and_si512(h1, high), _mm512_srli_epi32(h0, 16)));
         _mm512_store_si512(d + cs,
                            _mm512_or_si512(_mm512_and_si512(m1, high), _mm512_srli_epi32(m0, 16)));
-        _mm512_store_si512(d + 2 * cs, _mm512_permutexvar_epi16(pairs, to_bf16(s0, s1)));
+        if (terms == 3)
+            _mm512_store_si512(d + 2 * cs, _mm512_permutexvar_epi16(pairs, to_bf16(s0, s1)));
     }
     return special != 0;
+}
+
+static int amx_pack_b(const float *b, int kc, uint16_t *dst)
+{
+    return pack_b_terms(b, kc, dst, 3);
+}
+
+/* The fast mode's B: hi and mid only (a lo term is never read). */
+static int amx_pack_b2(const float *b, int kc, uint16_t *dst)
+{
+    return pack_b_terms(b, kc, dst, 2);
 }
 
 /* The C tiles += A tiles 4 (and 5, with `two` row tiles) times B tiles
@@ -207,9 +231,13 @@ static int amx_pack_b(const float *b, int kc, uint16_t *dst)
  * sd_tile_store would store it, to c[h] (row stride ldc) for panels h
  * with cols[h] > 0, rows < `rows` (at most 32), with te[2*half + h]
  * (rows 16 half..) as the epilogue when te is given. */
-static void amx_block(int nkt, const uint16_t *a, size_t ats, size_t acs,
-                      const uint16_t *const b[2], size_t bcs, float *const c[2], int ldc,
-                      int accumulate, int rows, const int cols[2], const sd_tile_ep *te)
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void
+block_products(int nkt, const uint16_t *a, size_t ats, size_t acs, const uint16_t *const b[2],
+               size_t bcs, float *const c[2], int ldc, int accumulate, int rows, const int cols[2],
+               const sd_tile_ep *te, const int six)
 {
     _Alignas(64) float t[32 * 32];
     _tile_zero(0);
@@ -236,9 +264,11 @@ static void amx_block(int nkt, const uint16_t *a, size_t ats, size_t acs,
         DP4(); /* mid * mid */
         LOAD_A(ak);
         DP4(); /* hi * mid */
-        _tile_loadd(6, p + 2 * bcs, 64);
-        _tile_loadd(7, q + 2 * bcs, 64);
-        DP4(); /* hi * lo */
+        if (six) {
+            _tile_loadd(6, p + 2 * bcs, 64);
+            _tile_loadd(7, q + 2 * bcs, 64);
+            DP4(); /* hi * lo */
+        }
         _tile_loadd(6, p, 64);
         _tile_loadd(7, q, 64);
         DP4(); /* hi * hi */
@@ -272,10 +302,33 @@ static void amx_block(int nkt, const uint16_t *a, size_t ats, size_t acs,
     }
 }
 
+static void amx_block(int nkt, const uint16_t *a, size_t ats, size_t acs,
+                      const uint16_t *const b[2], size_t bcs, float *const c[2], int ldc,
+                      int accumulate, int rows, const int cols[2], const sd_tile_ep *te)
+{
+    block_products(nkt, a, ats, acs, b, bcs, c, ldc, accumulate, rows, cols, te, 1);
+}
+
+/* The fast mode's five products: hi * lo left out (B in two terms). */
+static void amx_block5(int nkt, const uint16_t *a, size_t ats, size_t acs,
+                       const uint16_t *const b[2], size_t bcs, float *const c[2], int ldc,
+                       int accumulate, int rows, const int cols[2], const sd_tile_ep *te)
+{
+    block_products(nkt, a, ats, acs, b, bcs, c, ldc, accumulate, rows, cols, te, 0);
+}
+
 const sd_amx_kernels sd_amx_kernels_bf16x3 = {
     .begin = amx_begin,
     .end = amx_end,
     .pack_a = amx_pack_a,
     .pack_b = amx_pack_b,
     .block = amx_block,
+};
+
+const sd_amx_kernels sd_amx_kernels_bf16x5 = {
+    .begin = amx_begin,
+    .end = amx_end,
+    .pack_a = amx_pack_a,
+    .pack_b = amx_pack_b2,
+    .block = amx_block5,
 };

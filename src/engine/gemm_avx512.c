@@ -735,9 +735,9 @@ static void widen_avx512(int type, const uint16_t *src, float *dst, size_t n)
 #define MICRO2_ENTRIES
 #endif
 /* clang-format off */
-#define AVX512_SET(set_name, amx_kernels)                                      \
+#define AVX512_SET(set_name, amx_kernels, amx_fast_kernels)                    \
     {                                                                          \
-        .name = set_name, .amx = amx_kernels,                                  \
+        .name = set_name, .amx = amx_kernels, .amx_fast = amx_fast_kernels,    \
         .mr = MR, .nr = NR, .micro = micro_avx512, MICRO2_ENTRIES              \
         .pack_panel = pack_avx512,                                             \
         .softmax_cols = softmax_cols_avx512, .attn_tile = attn_tile_avx512,    \
@@ -749,5 +749,5 @@ static void widen_avx512(int type, const uint16_t *src, float *dst, size_t n)
     }
 /* clang-format on */
 
-const sd_kernels sd_kernels_avx512 = AVX512_SET("avx512", NULL);
-const sd_kernels sd_kernels_amx = AVX512_SET("amx", &sd_amx_kernels_bf16x3);
+const sd_kernels sd_kernels_avx512 = AVX512_SET("avx512", NULL, NULL);
+const sd_kernels sd_kernels_amx = AVX512_SET("amx", &sd_amx_kernels_bf16x3, &sd_amx_kernels_bf16x5);

@@ -94,6 +94,8 @@ typedef struct sd_kernels {
     /* The AMX GEMM, used in both modes for products whose A is one matrix
      * or gathered (sd_gemm, sd_gemm_geglu, sd_gemm_cat), or NULL. */
     const sd_amx_kernels *amx;
+    /* The fast mode's AMX GEMM (five products, see gemm_amx.c), or NULL. */
+    const sd_amx_kernels *amx_fast;
     /* Packs mr rows into one A micro-panel: dst[k*mr + i] = rows[i][k], k < len. */
     void (*pack_panel)(const float *const *rows, int len, float *dst);
     /* Online-softmax step on a rows x nr block (row stride nr) whose columns
@@ -489,7 +491,7 @@ extern const sd_kernels sd_kernels_avx2;   /* gemm_avx2.c */
 extern const sd_kernels sd_kernels_avx512; /* gemm_avx512.c */
 /* The AVX-512 set with the AMX GEMM (gemm_avx512.c, gemm_amx.c). */
 extern const sd_kernels sd_kernels_amx;
-extern const sd_amx_kernels sd_amx_kernels_bf16x3;
+extern const sd_amx_kernels sd_amx_kernels_bf16x3, sd_amx_kernels_bf16x5;
 int sd_conv3x3_winograd_avx2(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
                              const sd_packed *Wp, float *out, const sd_epilogue *ep);
 int sd_conv3x3_winograd4_avx2(const sd_exec *ex, const float *in, int batch, int H, int W, int Cin,
