@@ -54,31 +54,6 @@ static void pack_conv(const void *src, int m0, int rows, int k0, int kc, const s
     }
 }
 
-/* K steps [k0, k0 + kc) of rows [m0, m0 + rows) of the virtual A as a
- * row-major rows x kc block (the AMX path's copy of A): per row, one
- * channel run per tap, zeros for padding taps. */
-static void gather_conv(const void *src, int m0, int rows, int k0, int kc, float *dst)
-{
-    const conv_src *s = src;
-    const int Cin = s->Cin, HWo = s->Ho * s->Wo;
-    const int tap_first = k0 / Cin, tap_last = (k0 + kc - 1) / Cin;
-    for (int i = 0; i < rows; i++, dst += kc) {
-        const int m = m0 + i, b = m / HWo, rem = m - b * HWo, y = rem / s->Wo, x = rem - y * s->Wo;
-        const int y0 = y * s->stride - s->pad, x0 = x * s->stride - s->pad;
-        for (int tap = tap_first; tap <= tap_last; tap++) {
-            const int ky = tap / 3, kx = tap - ky * 3, iy = y0 + ky, ix = x0 + kx;
-            const int ks = tap * Cin > k0 ? tap * Cin : k0;
-            const int ke = (tap + 1) * Cin < k0 + kc ? (tap + 1) * Cin : k0 + kc;
-            float *d = dst + (ks - k0);
-            if (iy < 0 || iy >= s->H || ix < 0 || ix >= s->W)
-                memset(d, 0, sizeof(float) * (size_t)(ke - ks));
-            else
-                memcpy(d, s->in + ((size_t)(b * s->H + iy) * s->W + ix) * Cin + (ks - tap * Cin),
-                       sizeof(float) * (size_t)(ke - ks));
-        }
-    }
-}
-
 sd_conv_algo sd_conv_algo_parse(const char *name)
 {
     if (name && strcmp(name, "direct") == 0)
@@ -109,7 +84,7 @@ void sd_conv3x3(const sd_exec *ex, const float *in, int batch, int H, int W, int
         sd_conv3x3_winograd(ex, in, batch, H, W, Cin, Wp, out, ep))
         return;
     conv_src s = {in, H, W, Cin, stride, 1, (H - 1) / stride + 1, (W - 1) / stride + 1};
-    sd_gemm_src src = {pack_conv, &s, NULL, 0, gather_conv};
+    sd_gemm_src src = {pack_conv, &s, NULL, 0, NULL};
     sd_gemm_run(ex, batch * s.Ho * s.Wo, &src, Wp, out, Wp->N, ep);
 }
 
@@ -127,6 +102,6 @@ void sd_conv3x3_pad0(const sd_exec *ex, const float *in, int batch, int H, int W
     conv_src s = {in, H, W, Cin, stride, 0, (H - 2) / stride + 1, (W - 2) / stride + 1};
     if (H < 2 || W < 2)
         return;
-    sd_gemm_src src = {pack_conv, &s, NULL, 0, gather_conv};
+    sd_gemm_src src = {pack_conv, &s, NULL, 0, NULL};
     sd_gemm_run(ex, batch * s.Ho * s.Wo, &src, Wp, out, Wp->N, ep);
 }
