@@ -22,8 +22,8 @@
  * The fast mode (sd_amx_kernels_bf16x5) leaves out hi*lo: B (the weights)
  * in two terms, 16 significant bits, five products in twelve tile loads
  * and a third less splitting of B. test_gemm_amx: worst 3.1e-6 against
- * double; sd15-64 in the fast mode 1.9e-6 -> 6.2e-6 (bar 2e-5), the
- * pipeline images 0 to 2 of 1024 pixels off by one against the exact
+ * double; sd15-64 in the fast mode 1.9e-6 -> 4.5e-6 (bar 2e-5), the
+ * pipeline images 0 to 4 of 1024 pixels off by one against the exact
  * mode's (bar 0.5%); sdunet bench --fast: linear layers 1.26-1.36 ->
  * 1.06-1.11 s. With two terms each and three products (hi*hi + hi*lo +
  * lo*hi) the error was ~4e-6 per product, and one test image had 6 of its
