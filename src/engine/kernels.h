@@ -486,7 +486,7 @@ void sd_norm_affine1_avx2(const float *x, int n, double mean, double rstd, const
                           const float *beta, float *y);
 /* The x86 kernel sets and their builds of the Winograd convolution
  * (winograd_avx2.c, winograd_avx512.c: the transforms do not depend on
- * the tile height, and every build gives the same bits). */
+ * the tile height, and every build does the same operations per lane). */
 extern const sd_kernels sd_kernels_avx2;   /* gemm_avx2.c */
 extern const sd_kernels sd_kernels_avx512; /* gemm_avx512.c */
 /* The AVX-512 set with the AMX GEMM (gemm_avx512.c, gemm_amx.c). */

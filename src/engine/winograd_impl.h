@@ -4,7 +4,7 @@
  * below become single ymm operations) and winograd_avx512.c (16-channel
  * vectors, one zmm operation: a whole output panel per transform): one
  * source, three instruction sets. Every lane is computed by the same
- * operations in every build, so all three give the same bits.
+ * operations in every build.
  * Defines WG_HAVE and, where it is 1, the static functions wg_run (F(2x2, 3x3)) and
  * wg4_run (F(4x4, 3x3), the fast mode's). */
 #ifndef SD_WINOGRAD_IMPL_H
