@@ -985,8 +985,9 @@ static void gemm_drive(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_
      * though the two B panels and the A micro-panel then overflow L1). */
     j.micro2 = kern->micro2 != NULL;
     /* The AMX product where the set has one and A is one matrix read in
-     * place or gathered (both modes: it is as accurate as the float
-     * kernels, see gemm_amx.c). Its m blocks are taller (whole 32-row tile
+     * place or gathered: six products in the exact mode (as accurate as
+     * the float kernels), five in the fast mode (see gemm_amx.c). B's
+     * tiles are sized for three terms in both. Its m blocks are taller (whole 32-row tile
      * pairs): each panel pair is split into bfloat16 tiles once per block
      * and K block, and swept over the block's rows from L1. */
     j.amx = kern->amx && (a->rows || a->gather) ? kern->amx : NULL;

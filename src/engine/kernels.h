@@ -43,7 +43,9 @@ struct sd_epilogue;
 /* The GEMM on an AMX tile unit (gemm_amx.c; every float32
  * operand split into SD_AMX_TERMS bfloat16 terms, hi + mid + lo, the
  * product summed from the six terms of order 2^-16 and above in float32:
- * float32's accuracy). A block of C is 32 rows x 2 panels of 16 columns. */
+ * float32's accuracy; the fast mode's set leaves out hi*lo, and B's lo
+ * term is never made or read). A block of C is 32 rows x 2 panels of 16
+ * columns. */
 #define SD_AMX_TERMS 3
 typedef struct sd_amx_kernels {
     /* Tile configuration of the calling thread: begin before the first
@@ -202,7 +204,7 @@ typedef struct sd_exec {
     int *fault;
     /* 0: exact mode. 1: fast mode, where sd_conv3x3 may use Winograd
      * F(4x4, 3x3) (sd_winograd4_pays), whose error is several times the
-     * exact mode's (see winograd.c). */
+     * exact mode's (see winograd.c), and the GEMM the set's amx_fast. */
     int fast;
 } sd_exec;
 
