@@ -57,8 +57,9 @@ $(BUILD)/libsdunet.so: $(LIB_OBJS)
 $(BUILD)/sdunet: $(TOOL_SRCS:%.c=$(BUILD)/%.o) $(BUILD)/libsdunet.a
 	$(CC) $(SAN) -o $@ $^ $(LDLIBS)
 
-# make bench: the kernel benchmarks (bench/bench_gemm.c, bench/bench_weights.c; run on purpose).
-BENCH_BINS = $(BUILD)/bench/bench_gemm $(BUILD)/bench/bench_weights
+# make bench: the kernel benchmarks (bench/bench_gemm.c, bench/bench_weights.c) and the
+# host probe run_peers.sh logs each round with (bench/host_probe.c); run on purpose.
+BENCH_BINS = $(BUILD)/bench/bench_gemm $(BUILD)/bench/bench_weights $(BUILD)/bench/host_probe
 bench: $(BENCH_BINS)
 
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libsdunet.a

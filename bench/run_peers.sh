@@ -17,6 +17,11 @@
 # Ends with a markdown table: per workload and thread count the median over
 # rounds of each engine's median seconds, fastest peer / sdunet, peak RSS and
 # rel L2; and, with TILED=1, the peak RSS of a tiled 128x128-latent decode.
+# Before each engine's turn, bench/host_probe measures the GFLOP/s one thread
+# gets from the FMA units and the tile unit (the "probe" column, FMA/AMX):
+# a busy sibling hyperthread of another tenant halves them, and slows an
+# engine that computes near the units' peak more than one that waits on
+# memory, so compare rounds taken under like figures.
 #
 #   sh bench/run_peers.sh
 #   RUNS=1 ROUNDS=1 THREADS=2 WORKLOADS=vae sh bench/run_peers.sh     # a quick look
@@ -72,6 +77,8 @@ if ! "$PY" -c "import onnxruntime, openvino, onnx" 2>/dev/null; then
     "$PY" -m pip install --disable-pip-version-check -q onnxruntime openvino onnx "numpy==1.26.4" >&2
 fi
 [ "$SDUNET" != build/sdunet ] || make -s -j2 build/sdunet >&2
+PROBE_BIN=build/bench/host_probe
+make -s "$PROBE_BIN" >&2 || echo "run_peers: no host probe; the log shows ? for it" >&2
 mkdir -p "$CACHE"
 has() { case " $1 " in *" $2 "*) return 0 ;; esac; return 1; }
 for w in unet vae; do
@@ -90,8 +97,17 @@ ERR=$(mktemp)
 trap 'rm -f "$LOG" "$ERR" "$LOG.t"' EXIT
 trap 'exit 1' INT TERM HUP
 load() { cut -d' ' -f1-3 /proc/loadavg; }
-# row KEY=VALUE...: one result line into the log
-row() { echo "row: $*" >>"$LOG"; echo "  -> $*" >&2; }
+# The host probe (bench/host_probe.c): the GFLOP/s one thread gets from the
+# FMA units and the tile unit right now, "fma/amx" ("-" where absent).
+probe() {
+    p_o=$("$PROBE_BIN" 2>/dev/null) || p_o=
+    echo "$(kv "$p_o" fma_gflops)/$(kv "$p_o" amx_gflops)" | sed 's|^/$|?|'
+}
+# begin TEXT: probe the host, then the progress line for the engine about to run
+begin() { PROBE=$(probe); echo "## $* (load $(load); probe $PROBE)" >&2; }
+PROBE=?
+# row KEY=VALUE...: one result line into the log, with the probe taken before it
+row() { echo "row: $* probe=$PROBE" >>"$LOG"; echo "  -> $*" >&2; }
 kv() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
 # rel L2 of an .npy (optionally one row of it) against a float64 reference
 rel() {
@@ -107,7 +123,7 @@ peer() { # engine workload batch threads round args...
     p_e=$1 p_w=$2 p_b=$3 p_t=$4 p_r=$5
     shift 5
     p_key="workload=$p_w batch=$p_b threads=$p_t round=$p_r engine=$p_e"
-    echo "## $p_key (load $(load))" >&2
+    begin "$p_key"
     if "$PY" "bench/peer_$(case $p_e in torch) echo diffusers ;; *) echo "$p_e" ;; esac).py" \
         --workload "$p_w" --batch "$p_b" --threads "$p_t" --cache "$CACHE" "$@" >"$LOG.t" 2>"$ERR"; then
         p_l=$(grep '^peer:' "$LOG.t" | tail -n 1)
@@ -160,7 +176,7 @@ for w in $WORKLOADS; do
             while [ "$r" -le "$ROUNDS" ]; do
                 chk=
                 [ "$CHECK" = 1 ] && [ "$r" = 1 ] && chk=--check
-                echo "## $w batch=$b threads=$t round=$r: sdunet (load $(load))" >&2
+                begin "$w batch=$b threads=$t round=$r: sdunet"
                 case $w in
                 unet)
                     cfg=
@@ -174,7 +190,7 @@ for w in $WORKLOADS; do
                     row "workload=$w batch=$b threads=$t round=$r engine=sdunet" \
                         "median_s=$(kv "$l" median_s) peak_rss_mb=$(kv "$l" peak_rss_mb) rel_l2=$rl"
                     if [ "$FAST" = 1 ]; then
-                        echo "## $w batch=$b threads=$t round=$r: sdunet --fast (load $(load))" >&2
+                        begin "$w batch=$b threads=$t round=$r: sdunet --fast"
                         "$SDUNET" bench --fast --synthetic sd15 --batch "$b" $cfg --threads "$t" \
                             --runs "$RUNS" --warmup "$WARMUP" >"$LOG.t"
                         l=$(grep '^bench:' "$LOG.t")
@@ -198,7 +214,7 @@ for w in $WORKLOADS; do
                     row "workload=$w batch=1 threads=$t round=$r engine=sdunet median_s=$s" \
                         "peak_rss_mb=$((m / 1024)) rel_l2=$SD_CHECK_VAE"
                     if [ "$FAST" = 1 ]; then
-                        echo "## $w threads=$t round=$r: sdunet --fast (load $(load))" >&2
+                        begin "$w threads=$t round=$r: sdunet --fast"
                         /usr/bin/time -f "maxrss_kb=%M" -o "$ERR" "$SDUNET" decode --fast \
                             --synthetic sd15 --latent "$CACHE/latent64.npy" \
                             --out "$CACHE/sd-decode.npy" --threads "$t" --runs "$VAE_RUNS" >"$LOG.t"
@@ -218,7 +234,7 @@ for w in $WORKLOADS; do
                     row "workload=$w batch=1 threads=$t round=$r engine=sdunet" \
                         "median_s=$(kv "$l" median_s) peak_rss_mb=$(kv "$l" peak_rss_mb) rel_l2=$SD_CHECK_TEXT"
                     if has "$ENGINES" torch; then
-                        echo "## $w threads=$t round=$r: torch (load $(load))" >&2
+                        begin "$w threads=$t round=$r: torch"
                         l=$("$PY" bench/peer_text_torch.py --preset sd15 --prompt "$PROMPT" \
                             --threads "$t" --runs "$TEXT_RUNS" 2>/dev/null | grep '^peer:') || l=
                         row "workload=$w batch=1 threads=$t round=$r engine=torch" \
@@ -237,7 +253,7 @@ for w in $WORKLOADS; do
                     row "workload=$w batch=1 threads=$t round=$r engine=sdunet median_s=$s" \
                         "peak_rss_mb=$((${m:-0} / 1024)) rel_l2=-"
                     if has "$ENGINES" torch; then
-                        echo "## $w threads=$t round=$r: torch (load $(load))" >&2
+                        begin "$w threads=$t round=$r: torch"
                         l=$("$PY" bench/peer_pipeline_torch.py --threads "$t" --steps "$PIPE_STEPS" \
                             --size "$PIPE_SIZE" 2>/dev/null | grep '^peer:') || l=
                         row "workload=$w batch=1 threads=$t round=$r engine=torch" \
@@ -298,6 +314,7 @@ BEGIN { ne = split(engines, E, " "); name["sdunet"] = "sdunet"; name["sdunet_fas
     g = kv($0, "workload") " b" kv($0, "batch") " t" kv($0, "threads"); e = kv($0, "engine")
     if (!(g in seen)) { seen[g] = 1; order[++ng] = g; wl[g] = kv($0, "workload"); bt[g] = kv($0, "batch"); th[g] = kv($0, "threads") }
     m = kv($0, "median_s")
+    pr = kv($0, "probe"); probes[g, e] = probes[g, e] (probes[g, e] == "" ? "" : " ") (pr == "" ? "?" : pr)
     if (m != "" && m != "failed") { secs[g, e] = secs[g, e] " " m; rounds[g, e] = rounds[g, e] sprintf("%s%.2f", rounds[g, e] == "" ? "" : " / ", m) }
     else failed[g, e] = 1
     r = kv($0, "peak_rss_mb"); if (r != "" && (!((g, e) in rss) || r + 0 > rss[g, e] + 0)) rss[g, e] = r
@@ -329,18 +346,19 @@ END {
         else if (fast) printf " - |"
         printf "\n"
     }
-    printf "\n| workload | threads | engine | seconds per round | peak RSS MiB | rel L2 vs float64 |\n|---|---|---|---|---|---|\n"
+    printf "\n| workload | threads | engine | seconds per round | peak RSS MiB | rel L2 vs float64 | probe per round, FMA/AMX GFLOP/s |\n|---|---|---|---|---|---|---|\n"
     for (k = 1; k <= ng; k++) {
         g = order[k]
         label = wl[g] == "unet" ? "UNet b" bt[g] : wl[g] == "vae" ? "VAE decode" : wl[g] == "pipeline" ? "txt2img" : "text"
         for (i = 1; i <= ne; i++) {
             e = E[i]
             if (!has[g, e]) continue
-            printf "| %s | %s | %s | %s | %s | %s |\n", label, th[g], name[e], rounds[g, e] == "" ? "failed" : rounds[g, e] ((g, e) in failed ? " (a round failed)" : ""), (g, e) in rss ? rss[g, e] : "-", (g, e) in rl ? rl[g, e] : "-"
+            printf "| %s | %s | %s | %s | %s | %s | %s |\n", label, th[g], name[e], rounds[g, e] == "" ? "failed" : rounds[g, e] ((g, e) in failed ? " (a round failed)" : ""), (g, e) in rss ? rss[g, e] : "-", (g, e) in rl ? rl[g, e] : "-", probes[g, e]
         }
     }
 }'
 echo
 echo "(seconds: the median over rounds of each engine's median of its timed runs; rel L2 on the golden"
-echo " inputs: UNet tests/data/sd15-64, VAE tests/data/vae/vae-sd-32 (32x32 latent), text clip-sd15-full)"
+echo " inputs: UNet tests/data/sd15-64, VAE tests/data/vae/vae-sd-32 (32x32 latent), text clip-sd15-full;"
+echo " probe: bench/host_probe just before the engine's turn, one thread, register-only loops)"
 [ -z "$TILED_LINE" ] || echo "$TILED_LINE"

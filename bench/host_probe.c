@@ -1,0 +1,189 @@
+/* host_probe: how much of this core's vector units one thread gets right now.
+ *
+ * On a shared machine the load average says nothing about the other
+ * hyperthread of the core, which belongs to another tenant and shares its
+ * FMA ports and its tile unit. A kernel running near the units' peak (as
+ * sdunet's do) loses up to half its speed when that sibling computes,
+ * while an engine held back by memory loses less, so a ratio measured then
+ * is not the ratio on an idle core. run_peers.sh calls this before each
+ * round so the log shows the conditions each round ran under.
+ *
+ * Two register-only loops, each for --ms milliseconds (default 100):
+ * 512-bit FMAs (256-bit where the CPU has no AVX-512; none elsewhere) and
+ * AMX bfloat16 tile products where the CPU and the kernel allow them.
+ * Prints one line: probe: fma_gflops=... amx_gflops=... (- where absent).
+ * Compare a round's figures with the best the log shows: a unit whose
+ * sibling is busy gives about half (bench/RESULTS.md has the figures of
+ * its machine). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#include <immintrin.h>
+#include <stdint.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define FMA_CHAINS 12 /* independent accumulators: more than ports x latency */
+
+/* Runs `iters` rounds of FMA_CHAINS dependent-chain FMAs; returns the
+ * sum so the work cannot be dropped. */
+__attribute__((target("avx512f"))) static float fma512(long iters)
+{
+    /* Distinct chains: identical ones would be merged by the compiler. */
+    __m512 a0 = _mm512_set1_ps(1.00f), a1 = _mm512_set1_ps(1.01f), a2 = _mm512_set1_ps(1.02f);
+    __m512 a3 = _mm512_set1_ps(1.03f), a4 = _mm512_set1_ps(1.04f), a5 = _mm512_set1_ps(1.05f);
+    __m512 a6 = _mm512_set1_ps(1.06f), a7 = _mm512_set1_ps(1.07f), a8 = _mm512_set1_ps(1.08f);
+    __m512 a9 = _mm512_set1_ps(1.09f), a10 = _mm512_set1_ps(1.10f), a11 = _mm512_set1_ps(1.11f);
+    const __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+    for (long i = 0; i < iters; i++) {
+        a0 = _mm512_fmadd_ps(a0, m, c), a1 = _mm512_fmadd_ps(a1, m, c);
+        a2 = _mm512_fmadd_ps(a2, m, c), a3 = _mm512_fmadd_ps(a3, m, c);
+        a4 = _mm512_fmadd_ps(a4, m, c), a5 = _mm512_fmadd_ps(a5, m, c);
+        a6 = _mm512_fmadd_ps(a6, m, c), a7 = _mm512_fmadd_ps(a7, m, c);
+        a8 = _mm512_fmadd_ps(a8, m, c), a9 = _mm512_fmadd_ps(a9, m, c);
+        a10 = _mm512_fmadd_ps(a10, m, c), a11 = _mm512_fmadd_ps(a11, m, c);
+    }
+    __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
+                             _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
+    s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
+    return _mm512_reduce_add_ps(s);
+}
+
+__attribute__((target("avx2,fma"))) static float fma256(long iters)
+{
+    /* Distinct chains: identical ones would be merged by the compiler. */
+    __m256 a0 = _mm256_set1_ps(1.00f), a1 = _mm256_set1_ps(1.01f), a2 = _mm256_set1_ps(1.02f);
+    __m256 a3 = _mm256_set1_ps(1.03f), a4 = _mm256_set1_ps(1.04f), a5 = _mm256_set1_ps(1.05f);
+    __m256 a6 = _mm256_set1_ps(1.06f), a7 = _mm256_set1_ps(1.07f), a8 = _mm256_set1_ps(1.08f);
+    __m256 a9 = _mm256_set1_ps(1.09f), a10 = _mm256_set1_ps(1.10f), a11 = _mm256_set1_ps(1.11f);
+    const __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+    for (long i = 0; i < iters; i++) {
+        a0 = _mm256_fmadd_ps(a0, m, c), a1 = _mm256_fmadd_ps(a1, m, c);
+        a2 = _mm256_fmadd_ps(a2, m, c), a3 = _mm256_fmadd_ps(a3, m, c);
+        a4 = _mm256_fmadd_ps(a4, m, c), a5 = _mm256_fmadd_ps(a5, m, c);
+        a6 = _mm256_fmadd_ps(a6, m, c), a7 = _mm256_fmadd_ps(a7, m, c);
+        a8 = _mm256_fmadd_ps(a8, m, c), a9 = _mm256_fmadd_ps(a9, m, c);
+        a10 = _mm256_fmadd_ps(a10, m, c), a11 = _mm256_fmadd_ps(a11, m, c);
+    }
+    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+                             _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
+    s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(a8, a9), _mm256_add_ps(a10, a11)));
+    float out[8];
+    _mm256_storeu_ps(out, s);
+    return out[0] + out[7];
+}
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_cfg;
+
+/* Four independent 16x16 accumulators fed by four operand tiles: each
+ * product is 16 x 16 x 32 multiply-adds. */
+__attribute__((target("amx-tile,amx-bf16"))) static void amx_loop(long iters)
+{
+    static _Alignas(64) uint16_t ops[4][512];
+    /* Static: GCC drops stores to a local configuration that only
+     * ldtilecfg reads. */
+    static const _Alignas(64) tile_cfg cfg = {
+        .palette = 1,
+        .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
+        .rows = {16, 16, 16, 16, 16, 16, 16, 16},
+    };
+    _tile_loadconfig(&cfg);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    _tile_loadd(4, ops[0], 64);
+    _tile_loadd(5, ops[1], 64);
+    _tile_loadd(6, ops[2], 64);
+    _tile_loadd(7, ops[3], 64);
+    for (long i = 0; i < iters; i++) {
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_release();
+}
+
+static int has_amx(void)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
+        return 0;
+    if (!(d & (1u << 22)) || !(d & (1u << 24))) /* AMX-BF16, AMX-TILE */
+        return 0;
+    /* Linux hands out the tile state on request (ARCH_REQ_XCOMP_PERM, 18). */
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+}
+
+/* GFLOP/s of `fn` run for about `ms` milliseconds, `flops` per iteration. */
+#define TIMED(call_with_n, flops_per_iter, ms, out)                                                \
+    do {                                                                                           \
+        long n_ = 1000;                                                                            \
+        double t_;                                                                                 \
+        for (;;) {                                                                                 \
+            double t0_ = now();                                                                    \
+            long n = n_;                                                                           \
+            call_with_n;                                                                           \
+            t_ = now() - t0_;                                                                      \
+            if (t_ * 1e3 >= (ms) || n_ > (1L << 40))                                               \
+                break;                                                                             \
+            n_ *= t_ > 1e-4 ? (long)((ms)*1e-3 / t_ * 1.2) + 1 : 16;                               \
+        }                                                                                          \
+        (out) = (double)n_ * (flops_per_iter) / t_ * 1e-9;                                         \
+    } while (0)
+
+int main(int argc, char **argv)
+{
+    double ms = 100;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--ms") == 0 && i + 1 < argc) {
+            ms = atof(argv[++i]);
+        } else {
+            fprintf(stderr, "usage: host_probe [--ms MILLISECONDS]\n");
+            return strcmp(argv[i], "--help") == 0 ? 0 : 2;
+        }
+    }
+    if (ms <= 0 || ms > 10000)
+        ms = 100;
+    __builtin_cpu_init();
+    volatile float sink = 0;
+    double fma = -1, amx = -1;
+    if (__builtin_cpu_supports("avx512f"))
+        TIMED(sink += fma512(n), FMA_CHAINS * 32.0, ms, fma);
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        TIMED(sink += fma256(n), FMA_CHAINS * 16.0, ms, fma);
+    if (has_amx())
+        TIMED(amx_loop(n), 4 * 16.0 * 16 * 32 * 2, ms, amx);
+    (void)sink;
+    printf("probe: fma_gflops=");
+    fma < 0 ? printf("-") : printf("%.0f", fma);
+    printf(" amx_gflops=");
+    amx < 0 ? printf("-") : printf("%.0f", amx);
+    printf("\n");
+    return 0;
+}
+
+#else /* not x86-64: nothing to probe */
+int main(void)
+{
+    (void)now;
+    printf("probe: fma_gflops=- amx_gflops=-\n");
+    return 0;
+}
+#endif
