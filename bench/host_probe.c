@@ -36,53 +36,31 @@ static double now(void)
 
 #define FMA_CHAINS 12 /* independent accumulators: more than ports x latency */
 
-/* Runs `iters` rounds of FMA_CHAINS dependent-chain FMAs; returns the
- * sum so the work cannot be dropped. */
-__attribute__((target("avx512f"))) static float fma512(long iters)
-{
-    /* Distinct chains: identical ones would be merged by the compiler. */
-    __m512 a0 = _mm512_set1_ps(1.00f), a1 = _mm512_set1_ps(1.01f), a2 = _mm512_set1_ps(1.02f);
-    __m512 a3 = _mm512_set1_ps(1.03f), a4 = _mm512_set1_ps(1.04f), a5 = _mm512_set1_ps(1.05f);
-    __m512 a6 = _mm512_set1_ps(1.06f), a7 = _mm512_set1_ps(1.07f), a8 = _mm512_set1_ps(1.08f);
-    __m512 a9 = _mm512_set1_ps(1.09f), a10 = _mm512_set1_ps(1.10f), a11 = _mm512_set1_ps(1.11f);
-    const __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
-    for (long i = 0; i < iters; i++) {
-        a0 = _mm512_fmadd_ps(a0, m, c), a1 = _mm512_fmadd_ps(a1, m, c);
-        a2 = _mm512_fmadd_ps(a2, m, c), a3 = _mm512_fmadd_ps(a3, m, c);
-        a4 = _mm512_fmadd_ps(a4, m, c), a5 = _mm512_fmadd_ps(a5, m, c);
-        a6 = _mm512_fmadd_ps(a6, m, c), a7 = _mm512_fmadd_ps(a7, m, c);
-        a8 = _mm512_fmadd_ps(a8, m, c), a9 = _mm512_fmadd_ps(a9, m, c);
-        a10 = _mm512_fmadd_ps(a10, m, c), a11 = _mm512_fmadd_ps(a11, m, c);
+/* A function running `iters` rounds of FMA_CHAINS dependent-chain FMAs
+ * on vectors VT of `lanes` floats; it returns a sum of the chains so the
+ * work cannot be dropped. The chains start apart: identical ones would be
+ * merged by the compiler. */
+#define DEFINE_FMA_LOOP(name, isa, VT, lanes, set1, fmadd, add, storeu)                            \
+    __attribute__((target(isa))) static float name(long iters)                                     \
+    {                                                                                              \
+        VT acc[FMA_CHAINS];                                                                        \
+        const VT m = set1(0.999999f), c = set1(1e-7f);                                             \
+        _Pragma("GCC unroll 12") for (int j = 0; j < FMA_CHAINS; j++) acc[j] =                     \
+            set1(1.0f + 0.01f * j);                                                                \
+        for (long i = 0; i < iters; i++) {                                                         \
+            _Pragma("GCC unroll 12") for (int j = 0; j < FMA_CHAINS; j++) acc[j] =                 \
+                fmadd(acc[j], m, c);                                                               \
+        }                                                                                          \
+        _Pragma("GCC unroll 12") for (int j = 1; j < FMA_CHAINS; j++) acc[0] =                     \
+            add(acc[0], acc[j]);                                                                   \
+        float out[lanes];                                                                          \
+        storeu(out, acc[0]);                                                                       \
+        return out[0] + out[lanes - 1];                                                            \
     }
-    __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
-                             _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
-    s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
-    return _mm512_reduce_add_ps(s);
-}
-
-__attribute__((target("avx2,fma"))) static float fma256(long iters)
-{
-    /* Distinct chains: identical ones would be merged by the compiler. */
-    __m256 a0 = _mm256_set1_ps(1.00f), a1 = _mm256_set1_ps(1.01f), a2 = _mm256_set1_ps(1.02f);
-    __m256 a3 = _mm256_set1_ps(1.03f), a4 = _mm256_set1_ps(1.04f), a5 = _mm256_set1_ps(1.05f);
-    __m256 a6 = _mm256_set1_ps(1.06f), a7 = _mm256_set1_ps(1.07f), a8 = _mm256_set1_ps(1.08f);
-    __m256 a9 = _mm256_set1_ps(1.09f), a10 = _mm256_set1_ps(1.10f), a11 = _mm256_set1_ps(1.11f);
-    const __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
-    for (long i = 0; i < iters; i++) {
-        a0 = _mm256_fmadd_ps(a0, m, c), a1 = _mm256_fmadd_ps(a1, m, c);
-        a2 = _mm256_fmadd_ps(a2, m, c), a3 = _mm256_fmadd_ps(a3, m, c);
-        a4 = _mm256_fmadd_ps(a4, m, c), a5 = _mm256_fmadd_ps(a5, m, c);
-        a6 = _mm256_fmadd_ps(a6, m, c), a7 = _mm256_fmadd_ps(a7, m, c);
-        a8 = _mm256_fmadd_ps(a8, m, c), a9 = _mm256_fmadd_ps(a9, m, c);
-        a10 = _mm256_fmadd_ps(a10, m, c), a11 = _mm256_fmadd_ps(a11, m, c);
-    }
-    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
-                             _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
-    s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(a8, a9), _mm256_add_ps(a10, a11)));
-    float out[8];
-    _mm256_storeu_ps(out, s);
-    return out[0] + out[7];
-}
+DEFINE_FMA_LOOP(fma512, "avx512f", __m512, 16, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps,
+                _mm512_storeu_ps)
+DEFINE_FMA_LOOP(fma256, "avx2,fma", __m256, 8, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps,
+                _mm256_storeu_ps)
 
 typedef struct {
     uint8_t palette, start_row, reserved[14];
