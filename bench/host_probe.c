@@ -11,7 +11,10 @@
  * Two register-only loops, each for --ms milliseconds (default 100):
  * 512-bit FMAs (256-bit where the CPU has no AVX-512; none elsewhere) and
  * AMX bfloat16 tile products where the CPU and the kernel allow them.
- * Prints one line: probe: fma_gflops=... amx_gflops=... (- where absent).
+ * And one thread's read bandwidth from a 32 MiB buffer, which other
+ * tenants' traffic in the shared L3 and memory lowers.
+ * Prints one line: probe: fma_gflops=... amx_gflops=... read_gbs=...
+ * (- where absent).
  * Compare a round's figures with the best the log shows: a unit whose
  * sibling is busy gives about half (bench/RESULTS.md has the figures of
  * its machine). */
@@ -25,6 +28,37 @@ static double now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* GB/s of one thread reading a 32 MiB buffer over and over for about `ms`
+ * milliseconds (eight 16-byte sums, so the loads set the pace): past L2,
+ * inside the L3 of a quiet server chip, about the size of the transformed
+ * inputs a Winograd block streams; -1 without the memory. */
+typedef unsigned long long probe_v4 __attribute__((vector_size(16)));
+static double read_gbs(double ms)
+{
+    const size_t n = (32u << 20) / sizeof(probe_v4);
+    probe_v4 *buf = malloc(n * sizeof *buf);
+    if (!buf)
+        return -1;
+    memset(buf, 1, n * sizeof *buf);
+    probe_v4 s0 = {0}, s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
+    long passes = -1; /* the first pass warms the caches, untimed */
+    double t0 = 0, t = 0;
+    do {
+        for (size_t i = 0; i + 8 <= n; i += 8) {
+            s0 += buf[i], s1 += buf[i + 1], s2 += buf[i + 2], s3 += buf[i + 3];
+            s4 += buf[i + 4], s5 += buf[i + 5], s6 += buf[i + 6], s7 += buf[i + 7];
+        }
+        if (++passes == 0)
+            t0 = now();
+        t = now() - t0;
+    } while (passes < 1 || t * 1e3 < ms);
+    free(buf);
+    const probe_v4 sum = s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7;
+    volatile unsigned long long sink = sum[0] + sum[1];
+    (void)sink;
+    return passes * (double)(n * sizeof *buf) / t * 1e-9;
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -149,19 +183,22 @@ int main(int argc, char **argv)
     if (has_amx())
         TIMED(amx_loop(n), 4 * 16.0 * 16 * 32 * 2, ms, amx);
     (void)sink;
+    const double gbs = read_gbs(ms);
     printf("probe: fma_gflops=");
     fma < 0 ? printf("-") : printf("%.0f", fma);
     printf(" amx_gflops=");
     amx < 0 ? printf("-") : printf("%.0f", amx);
+    printf(" read_gbs=");
+    gbs < 0 ? printf("-") : printf("%.1f", gbs);
     printf("\n");
     return 0;
 }
 
 #else /* not x86-64: nothing to probe */
-int main(void)
+int main(int argc, char **argv)
 {
-    (void)now;
-    printf("probe: fma_gflops=- amx_gflops=-\n");
+    const double ms = argc > 2 && strcmp(argv[1], "--ms") == 0 ? atof(argv[2]) : 100;
+    printf("probe: fma_gflops=- amx_gflops=- read_gbs=%.1f\n", read_gbs(ms > 0 ? ms : 100));
     return 0;
 }
 #endif
