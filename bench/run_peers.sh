@@ -18,10 +18,11 @@
 # rounds of each engine's median seconds, fastest peer / sdunet, peak RSS and
 # rel L2; and, with TILED=1, the peak RSS of a tiled 128x128-latent decode.
 # Before each engine's turn, bench/host_probe measures the GFLOP/s one thread
-# gets from the FMA units and the tile unit (the "probe" column, FMA/AMX):
-# a busy sibling hyperthread of another tenant halves them, and slows an
-# engine that computes near the units' peak more than one that waits on
-# memory, so compare rounds taken under like figures.
+# gets from the FMA units and the tile unit and its read bandwidth from a
+# 32 MiB buffer (the "probe" column, FMA/AMX/GB/s): a busy sibling
+# hyperthread of another tenant halves the first two, traffic in the shared
+# L3 lowers the third, and neither hits every engine alike, so compare
+# rounds taken under like figures.
 #
 #   sh bench/run_peers.sh
 #   RUNS=1 ROUNDS=1 THREADS=2 WORKLOADS=vae sh bench/run_peers.sh     # a quick look
@@ -98,10 +99,11 @@ trap 'rm -f "$LOG" "$ERR" "$LOG.t"' EXIT
 trap 'exit 1' INT TERM HUP
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 # The host probe (bench/host_probe.c): the GFLOP/s one thread gets from the
-# FMA units and the tile unit right now, "fma/amx" ("-" where absent).
+# FMA units and the tile unit right now and its read bandwidth from a 32 MiB
+# buffer, "fma/amx/GB/s" ("-" where absent, "?" without the probe).
 probe() {
     p_o=$("$PROBE_BIN" 2>/dev/null) || p_o=
-    echo "$(kv "$p_o" fma_gflops)/$(kv "$p_o" amx_gflops)" | sed 's|^/$|?|'
+    echo "$(kv "$p_o" fma_gflops)/$(kv "$p_o" amx_gflops)/$(kv "$p_o" read_gbs)" | sed 's|^//$|?|'
 }
 # begin TEXT: probe the host, then the progress line for the engine about to run
 begin() { PROBE=$(probe); echo "## $* (load $(load); probe $PROBE)" >&2; }
@@ -346,7 +348,7 @@ END {
         else if (fast) printf " - |"
         printf "\n"
     }
-    printf "\n| workload | threads | engine | seconds per round | peak RSS MiB | rel L2 vs float64 | probe per round, FMA/AMX GFLOP/s |\n|---|---|---|---|---|---|---|\n"
+    printf "\n| workload | threads | engine | seconds per round | peak RSS MiB | rel L2 vs float64 | probe per round, FMA/AMX GFLOP/s, read GB/s |\n|---|---|---|---|---|---|---|\n"
     for (k = 1; k <= ng; k++) {
         g = order[k]
         label = wl[g] == "unet" ? "UNet b" bt[g] : wl[g] == "vae" ? "VAE decode" : wl[g] == "pipeline" ? "txt2img" : "text"
