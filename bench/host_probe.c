@@ -10,7 +10,8 @@
  *
  * Two register-only loops, each for --ms milliseconds (default 100):
  * 512-bit FMAs (256-bit where the CPU has no AVX-512; none elsewhere) and
- * AMX bfloat16 tile products where the CPU and the kernel allow them.
+ * AMX bfloat16 tile products, each where sdunet itself would use the unit
+ * (sd_kernels_select: CPUID, the OS state, the tile permission).
  * And one thread's read bandwidth from a 32 MiB buffer, which other
  * tenants' traffic in the shared L3 and memory lowers.
  * Prints one line: probe: fma_gflops=... amx_gflops=... read_gbs=...
@@ -23,12 +24,7 @@
 #include <string.h>
 #include <time.h>
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "bench_util.h" /* bench_now; sd_kernels_select via engine/kernels.h */
 
 /* GB/s of one thread reading a 32 MiB buffer over and over for about `ms`
  * milliseconds (eight 16-byte sums, so the loads set the pace): past L2,
@@ -51,8 +47,8 @@ static double read_gbs(double ms)
             s4 += buf[i + 4], s5 += buf[i + 5], s6 += buf[i + 6], s7 += buf[i + 7];
         }
         if (++passes == 0)
-            t0 = now();
-        t = now() - t0;
+            t0 = bench_now(0);
+        t = bench_now(0) - t0;
     } while (passes < 1 || t * 1e3 < ms);
     free(buf);
     const probe_v4 sum = s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7;
@@ -62,11 +58,8 @@ static double read_gbs(double ms)
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <cpuid.h>
 #include <immintrin.h>
 #include <stdint.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #define FMA_CHAINS 12 /* independent accumulators: more than ports x latency */
 
@@ -132,27 +125,16 @@ __attribute__((target("amx-tile,amx-bf16"))) static void amx_loop(long iters)
     _tile_release();
 }
 
-static int has_amx(void)
-{
-    unsigned a, b, c, d;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
-        return 0;
-    if (!(d & (1u << 22)) || !(d & (1u << 24))) /* AMX-BF16, AMX-TILE */
-        return 0;
-    /* Linux hands out the tile state on request (ARCH_REQ_XCOMP_PERM, 18). */
-    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
-}
-
 /* GFLOP/s of `fn` run for about `ms` milliseconds, `flops` per iteration. */
 #define TIMED(call_with_n, flops_per_iter, ms, out)                                                \
     do {                                                                                           \
         long n_ = 1000;                                                                            \
         double t_;                                                                                 \
         for (;;) {                                                                                 \
-            double t0_ = now();                                                                    \
+            double t0_ = bench_now(0);                                                             \
             long n = n_;                                                                           \
             call_with_n;                                                                           \
-            t_ = now() - t0_;                                                                      \
+            t_ = bench_now(0) - t0_;                                                               \
             if (t_ * 1e3 >= (ms) || n_ > (1L << 40))                                               \
                 break;                                                                             \
             n_ *= t_ > 1e-4 ? (long)((ms)*1e-3 / t_ * 1.2) + 1 : 16;                               \
@@ -173,14 +155,15 @@ int main(int argc, char **argv)
     }
     if (ms <= 0 || ms > 10000)
         ms = 100;
-    __builtin_cpu_init();
     volatile float sink = 0;
     double fma = -1, amx = -1;
-    if (__builtin_cpu_supports("avx512f"))
+    /* The library's own checks (CPUID, the OS's register state, the tile
+     * permission): a unit counts where sdunet would use it. */
+    if (sd_kernels_select("avx512"))
         TIMED(sink += fma512(n), FMA_CHAINS * 32.0, ms, fma);
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    else if (sd_kernels_select("avx2"))
         TIMED(sink += fma256(n), FMA_CHAINS * 16.0, ms, fma);
-    if (has_amx())
+    if (sd_kernels_select("amx"))
         TIMED(amx_loop(n), 4 * 16.0 * 16 * 32 * 2, ms, amx);
     (void)sink;
     const double gbs = read_gbs(ms);

@@ -362,5 +362,5 @@ END {
 echo
 echo "(seconds: the median over rounds of each engine's median of its timed runs; rel L2 on the golden"
 echo " inputs: UNet tests/data/sd15-64, VAE tests/data/vae/vae-sd-32 (32x32 latent), text clip-sd15-full;"
-echo " probe: bench/host_probe just before the engine's turn, one thread, register-only loops)"
+echo " probe: bench/host_probe just before the engine's turn, one thread: FMA and AMX loops on registers, reads of 32 MiB)"
 [ -z "$TILED_LINE" ] || echo "$TILED_LINE"

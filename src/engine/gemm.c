@@ -987,9 +987,10 @@ static void gemm_drive(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_
     /* The AMX product where the set has one and A is one matrix read in
      * place or gathered: six products in the exact mode (as accurate as
      * the float kernels), five in the fast mode (see gemm_amx.c). B's
-     * tiles are sized for three terms in both. Its m blocks are taller (whole 32-row tile
-     * pairs): each panel pair is split into bfloat16 tiles once per block
-     * and K block, and swept over the block's rows from L1. */
+     * tiles are sized for three terms in both. Its m blocks are taller
+     * (whole 32-row tile pairs): each panel pair is split into bfloat16
+     * tiles once per block and K block, and swept over the block's rows
+     * from L1. */
     j.amx = kern->amx && (a->rows || a->gather) ? kern->amx : NULL;
     if (j.amx && ex->fast && kern->amx_fast)
         j.amx = kern->amx_fast;
