@@ -990,7 +990,7 @@ static void gemm_drive(const sd_exec *ex, int M, const sd_gemm_src *a, const sd_
      * tiles are sized for three terms in both. Its m blocks are taller
      * (whole 32-row tile pairs): each panel pair is split into bfloat16
      * tiles once per block and K block, and swept over the block's rows
-     * from L1. */
+     * (a pair's tiles are 72 KiB at kc = 384: from L2 more than L1). */
     j.amx = kern->amx && (a->rows || a->gather) ? kern->amx : NULL;
     if (j.amx && ex->fast && kern->amx_fast)
         j.amx = kern->amx_fast;
