@@ -42,6 +42,8 @@
 #   CHECK=1                          0: skip the golden-output checks
 #   TILED=1                          0: skip the tiled 1024x1024 decode's peak RSS
 #   PIPE_SIZE=512 PIPE_STEPS=20      the pipeline workload's image side and steps
+#   PIPE_THREADS=$THREADS PIPE_ROUNDS=$ROUNDS   its thread counts and rounds (a 1-thread
+#                                    round takes ~10 minutes: PIPE_THREADS=2 keeps it out)
 #   FAST=0                           1: also sdunet's fast mode (--fast) on the UNet and the VAE,
 #                                    its own column; rel L2 on the same golden inputs
 #   CACHE=/tmp/sdunet-peers  PY=.venv-ref/bin/python  SDUNET=build/sdunet
@@ -61,6 +63,8 @@ CHECK=${CHECK:-1}
 TILED=${TILED:-1}
 PIPE_SIZE=${PIPE_SIZE:-512}
 PIPE_STEPS=${PIPE_STEPS:-20}
+PIPE_THREADS=${PIPE_THREADS:-$THREADS}
+PIPE_ROUNDS=${PIPE_ROUNDS:-$ROUNDS}
 FAST=${FAST:-0}
 CACHE=${CACHE:-/tmp/sdunet-peers}
 PY=${PY:-.venv-ref/bin/python}
@@ -172,10 +176,12 @@ BATCHES=1
 ISA=? TISA=?
 for w in $WORKLOADS; do
     case $w in unet) bs=$BATCHES ;; *) bs=1 ;; esac
+    ts=$THREADS nr=$ROUNDS
+    [ "$w" != pipeline ] || ts=$PIPE_THREADS nr=$PIPE_ROUNDS
     for b in $bs; do
-        for t in $THREADS; do
+        for t in $ts; do
             r=1
-            while [ "$r" -le "$ROUNDS" ]; do
+            while [ "$r" -le "$nr" ]; do
                 chk=
                 [ "$CHECK" = 1 ] && [ "$r" = 1 ] && chk=--check
                 begin "$w batch=$b threads=$t round=$r: sdunet"
@@ -254,6 +260,19 @@ for w in $WORKLOADS; do
                     m=$(sed -n 's/^maxrss_kb=//p' "$ERR")
                     row "workload=$w batch=1 threads=$t round=$r engine=sdunet median_s=$s" \
                         "peak_rss_mb=$((${m:-0} / 1024)) rel_l2=-"
+                    if [ "$FAST" = 1 ]; then
+                        begin "$w threads=$t round=$r: sdunet --fast"
+                        /usr/bin/time -f "maxrss_kb=%M" -o "$ERR" "$SDUNET" txt2img --fast \
+                            --synthetic sd15 --prompt "$PROMPT" --width "$PIPE_SIZE" \
+                            --height "$PIPE_SIZE" --steps "$PIPE_STEPS" --scheduler euler_a \
+                            --seed 1 --threads "$t" --verbose --out "$CACHE/sd-pipeline-fast.png" \
+                            2>"$LOG.t" >/dev/null || true
+                        s=$(awk '/^  (text encoding|denoising|VAE decoding): [0-9.]+ s$/ { s += $(NF - 1); n++ }
+                            END { if (n == 3) printf "%.2f", s; else printf "failed" }' "$LOG.t")
+                        m=$(sed -n 's/^maxrss_kb=//p' "$ERR")
+                        row "workload=$w batch=1 threads=$t round=$r engine=sdunet_fast median_s=$s" \
+                            "peak_rss_mb=$((${m:-0} / 1024)) rel_l2=-"
+                    fi
                     if has "$ENGINES" torch; then
                         begin "$w threads=$t round=$r: torch"
                         l=$("$PY" bench/peer_pipeline_torch.py --threads "$t" --steps "$PIPE_STEPS" \
@@ -296,7 +315,7 @@ echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs; avx2 $(yn avx
 echo "peers: $("$PY" -c 'import torch, diffusers, onnxruntime, openvino; print("torch %s, diffusers %s, onnxruntime %s, openvino %s" % (torch.__version__.split("+")[0], diffusers.__version__, onnxruntime.__version__, openvino.__version__.split("-")[0]))' 2>/dev/null || echo "$vers")"
 echo "load average (1/5/15 min): before $LOAD0, after $LOAD1; per round: $(sed -n 's/^load=\([^ ]*\).*/\1/p' "$LOG" | tr '\n' ' ')"
 [ -z "$prec" ] || echo "OpenVINO inference precision (read back from the compiled models): $prec"
-echo "settings: THREADS=\"$THREADS\" ROUNDS=$ROUNDS RUNS=$RUNS WARMUP=$WARMUP VAE_RUNS=$VAE_RUNS VAE_WARMUP=$VAE_WARMUP TEXT_RUNS=$TEXT_RUNS"
+echo "settings: THREADS=\"$THREADS\" ROUNDS=$ROUNDS PIPE_THREADS=\"$PIPE_THREADS\" PIPE_ROUNDS=$PIPE_ROUNDS RUNS=$RUNS WARMUP=$WARMUP VAE_RUNS=$VAE_RUNS VAE_WARMUP=$VAE_WARMUP TEXT_RUNS=$TEXT_RUNS"
 echo
 ours=sdunet
 [ "$FAST" = 1 ] && ours="sdunet sdunet_fast"
