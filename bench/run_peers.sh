@@ -9,8 +9,9 @@
 #          without loading: text encoding + denoising + VAE decode; not in the default
 #          WORKLOADS: ~5 minutes a round at 2 threads)
 # all float32 on the same synthetic weights (tools/synth_weights.py), interleaved
-# round by round (sdunet, then each peer, ROUNDS times) at each thread count so
-# that load from other work on the machine hits every engine alike.
+# round by round (sdunet, then each peer, ROUNDS times; with BATCH2=1 batch 1
+# and batch 2 in the same round) at each thread count so that load from other
+# work on the machine hits every engine, and both batch sizes, alike.
 # Each engine's output is checked once against the float64 golden output
 # (UNet: tests/data/sd15-64; VAE: tests/data/vae/vae-sd-32, a 32x32 latent;
 # text: tests/data/text/clip-sd15-full) as rel L2 = ||out - ref|| / ||ref||.
@@ -178,10 +179,12 @@ for w in $WORKLOADS; do
     case $w in unet) bs=$BATCHES ;; *) bs=1 ;; esac
     ts=$THREADS nr=$ROUNDS
     [ "$w" != pipeline ] || ts=$PIPE_THREADS nr=$PIPE_ROUNDS
-    for b in $bs; do
-        for t in $ts; do
-            r=1
-            while [ "$r" -le "$nr" ]; do
+    for t in $ts; do
+        r=1
+        while [ "$r" -le "$nr" ]; do
+            # batch 1 and 2 side by side in each round, so their ratio is
+            # taken under the same load
+            for b in $bs; do
                 chk=
                 [ "$CHECK" = 1 ] && [ "$r" = 1 ] && chk=--check
                 begin "$w batch=$b threads=$t round=$r: sdunet"
@@ -284,8 +287,8 @@ for w in $WORKLOADS; do
                 *) echo "run_peers: unknown workload $w" >&2; exit 1 ;;
                 esac
                 echo "load=$(load)" >>"$LOG"
-                r=$((r + 1))
             done
+            r=$((r + 1))
         done
     done
 done
@@ -356,7 +359,7 @@ END {
         for (i = 1; i <= ne; i++) {
             e = E[i]
             if (!has[g, e]) { printf " |"; continue }
-            md[e] = median(secs[g, e])
+            md[e] = median(secs[g, e]); mdg[g, e] = md[e]
             if (md[e] == "") { printf " failed |"; continue }
             printf " %.3f |", md[e]
             if (e !~ /^sdunet/ && (best == "" || md[e] + 0 < best + 0)) { best = md[e]; bname = name[e] }
@@ -365,6 +368,16 @@ END {
         else printf " - |"
         if (fast && best != "" && has[g, "sdunet_fast"] && md["sdunet_fast"] != "") printf " **%.2f** |", best / md["sdunet_fast"]
         else if (fast) printf " - |"
+        printf "\n"
+    }
+    for (k = 1; k <= ng; k++) {
+        g = order[k]; g1 = "unet b1 t" th[g]
+        if (wl[g] != "unet" || bt[g] != 2 || !(g1 in seen)) continue
+        printf "\nUNet batch 2 / batch 1, %s thread%s (rounds side by side):", th[g], th[g] == 1 ? "" : "s"
+        for (i = 1; i <= ne; i++) {
+            e = E[i]
+            if (mdg[g, e] != "" && mdg[g1, e] + 0 > 0) printf " %s %.2f", name[e], mdg[g, e] / mdg[g1, e]
+        }
         printf "\n"
     }
     printf "\n| workload | threads | engine | seconds per round | peak RSS MiB | rel L2 vs float64 | probe per round, FMA/AMX GFLOP/s, read GB/s |\n|---|---|---|---|---|---|---|\n"
