@@ -318,7 +318,9 @@ echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs; avx2 $(yn avx
 echo "peers: $("$PY" -c 'import torch, diffusers, onnxruntime, openvino; print("torch %s, diffusers %s, onnxruntime %s, openvino %s" % (torch.__version__.split("+")[0], diffusers.__version__, onnxruntime.__version__, openvino.__version__.split("-")[0]))' 2>/dev/null || echo "$vers")"
 echo "load average (1/5/15 min): before $LOAD0, after $LOAD1; per round: $(sed -n 's/^load=\([^ ]*\).*/\1/p' "$LOG" | tr '\n' ' ')"
 [ -z "$prec" ] || echo "OpenVINO inference precision (read back from the compiled models): $prec"
-echo "settings: THREADS=\"$THREADS\" ROUNDS=$ROUNDS PIPE_THREADS=\"$PIPE_THREADS\" PIPE_ROUNDS=$PIPE_ROUNDS RUNS=$RUNS WARMUP=$WARMUP VAE_RUNS=$VAE_RUNS VAE_WARMUP=$VAE_WARMUP TEXT_RUNS=$TEXT_RUNS"
+pset=
+has "$WORKLOADS" pipeline && pset=" PIPE_THREADS=\"$PIPE_THREADS\" PIPE_ROUNDS=$PIPE_ROUNDS PIPE_SIZE=$PIPE_SIZE PIPE_STEPS=$PIPE_STEPS"
+echo "settings: THREADS=\"$THREADS\" ROUNDS=$ROUNDS RUNS=$RUNS WARMUP=$WARMUP VAE_RUNS=$VAE_RUNS VAE_WARMUP=$VAE_WARMUP TEXT_RUNS=$TEXT_RUNS$pset"
 echo
 ours=sdunet
 [ "$FAST" = 1 ] && ours="sdunet sdunet_fast"
