@@ -142,6 +142,22 @@ peer() { # engine workload batch threads round args...
     fi
 }
 
+# txt2img THREADS ROUND ENGINE [--fast]: one timed sdunet txt2img (generation
+# without loading: the sum of its --verbose phases) as a row
+txt2img() {
+    x_t=$1 x_r=$2 x_e=$3
+    shift 3
+    /usr/bin/time -f "maxrss_kb=%M" -o "$ERR" "$SDUNET" txt2img "$@" --synthetic sd15 \
+        --prompt "$PROMPT" --width "$PIPE_SIZE" --height "$PIPE_SIZE" --steps "$PIPE_STEPS" \
+        --scheduler euler_a --seed 1 --threads "$x_t" --verbose --out "$CACHE/sd-pipeline.png" \
+        2>"$LOG.t" >/dev/null || true
+    x_s=$(awk '/^  (text encoding|denoising|VAE decoding): [0-9.]+ s$/ { s += $(NF - 1); n++ }
+        END { if (n == 3) printf "%.2f", s; else printf "failed" }' "$LOG.t")
+    x_m=$(sed -n 's/^maxrss_kb=//p' "$ERR")
+    row "workload=pipeline batch=1 threads=$x_t round=$x_r engine=$x_e median_s=$x_s" \
+        "peak_rss_mb=$((${x_m:-0} / 1024)) rel_l2=-"
+}
+
 START=$(date -u '+%Y-%m-%d %H:%M')
 echo "# load before: $(load)" >&2
 LOAD0=$(load)
@@ -254,27 +270,10 @@ for w in $WORKLOADS; do
                     fi
                     ;;
                 pipeline)
-                    /usr/bin/time -f "maxrss_kb=%M" -o "$ERR" "$SDUNET" txt2img --synthetic sd15 \
-                        --prompt "$PROMPT" --width "$PIPE_SIZE" --height "$PIPE_SIZE" \
-                        --steps "$PIPE_STEPS" --scheduler euler_a --seed 1 --threads "$t" \
-                        --verbose --out "$CACHE/sd-pipeline.png" 2>"$LOG.t" >/dev/null || true
-                    s=$(awk '/^  (text encoding|denoising|VAE decoding): [0-9.]+ s$/ { s += $(NF - 1); n++ }
-                        END { if (n == 3) printf "%.2f", s; else printf "failed" }' "$LOG.t")
-                    m=$(sed -n 's/^maxrss_kb=//p' "$ERR")
-                    row "workload=$w batch=1 threads=$t round=$r engine=sdunet median_s=$s" \
-                        "peak_rss_mb=$((${m:-0} / 1024)) rel_l2=-"
+                    txt2img "$t" "$r" sdunet
                     if [ "$FAST" = 1 ]; then
                         begin "$w threads=$t round=$r: sdunet --fast"
-                        /usr/bin/time -f "maxrss_kb=%M" -o "$ERR" "$SDUNET" txt2img --fast \
-                            --synthetic sd15 --prompt "$PROMPT" --width "$PIPE_SIZE" \
-                            --height "$PIPE_SIZE" --steps "$PIPE_STEPS" --scheduler euler_a \
-                            --seed 1 --threads "$t" --verbose --out "$CACHE/sd-pipeline-fast.png" \
-                            2>"$LOG.t" >/dev/null || true
-                        s=$(awk '/^  (text encoding|denoising|VAE decoding): [0-9.]+ s$/ { s += $(NF - 1); n++ }
-                            END { if (n == 3) printf "%.2f", s; else printf "failed" }' "$LOG.t")
-                        m=$(sed -n 's/^maxrss_kb=//p' "$ERR")
-                        row "workload=$w batch=1 threads=$t round=$r engine=sdunet_fast median_s=$s" \
-                            "peak_rss_mb=$((${m:-0} / 1024)) rel_l2=-"
+                        txt2img "$t" "$r" sdunet_fast --fast
                     fi
                     if has "$ENGINES" torch; then
                         begin "$w threads=$t round=$r: torch"
