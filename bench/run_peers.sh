@@ -360,14 +360,14 @@ END {
         for (i = 1; i <= ne; i++) {
             e = E[i]
             if (!has[g, e]) { printf " |"; continue }
-            md[e] = median(secs[g, e]); mdg[g, e] = md[e]
-            if (md[e] == "") { printf " failed |"; continue }
-            printf " %.3f |", md[e]
-            if (e !~ /^sdunet/ && (best == "" || md[e] + 0 < best + 0)) { best = md[e]; bname = name[e] }
+            mdg[g, e] = median(secs[g, e])
+            if (mdg[g, e] == "") { printf " failed |"; continue }
+            printf " %.3f |", mdg[g, e]
+            if (e !~ /^sdunet/ && (best == "" || mdg[g, e] + 0 < best + 0)) { best = mdg[g, e]; bname = name[e] }
         }
-        if (best != "" && md["sdunet"] != "") printf " **%.2f** (%s) |", best / md["sdunet"], bname
+        if (best != "" && mdg[g, "sdunet"] != "") printf " **%.2f** (%s) |", best / mdg[g, "sdunet"], bname
         else printf " - |"
-        if (fast && best != "" && has[g, "sdunet_fast"] && md["sdunet_fast"] != "") printf " **%.2f** |", best / md["sdunet_fast"]
+        if (fast && best != "" && has[g, "sdunet_fast"] && mdg[g, "sdunet_fast"] != "") printf " **%.2f** |", best / mdg[g, "sdunet_fast"]
         else if (fast) printf " - |"
         printf "\n"
     }
