@@ -142,6 +142,36 @@ peer() { # engine workload batch threads round args...
     fi
 }
 
+# unet_bench BATCH THREADS ROUND ENGINE REL_L2 [--fast]: one sdunet bench of
+# the UNet as a row (batch 2 as classifier-free guidance runs it, --cfg; its
+# rel L2 is that of batch 1's golden check, so it shows -)
+unet_bench() {
+    u_b=$1 u_t=$2 u_r=$3 u_e=$4 u_l=$5
+    shift 5
+    u_c=
+    [ "$u_b" = 1 ] || u_c=--cfg u_l=-
+    "$SDUNET" bench "$@" --synthetic sd15 --batch "$u_b" $u_c --threads "$u_t" --runs "$RUNS" \
+        --warmup "$WARMUP" >"$LOG.t"
+    ISA=$(sed -n 's/.* \([a-z0-9_]*\) kernels, .*/\1/p' "$LOG.t" | head -n 1)
+    u_o=$(grep '^bench:' "$LOG.t")
+    row "workload=unet batch=$u_b threads=$u_t round=$u_r engine=$u_e" \
+        "median_s=$(kv "$u_o" median_s) peak_rss_mb=$(kv "$u_o" peak_rss_mb) rel_l2=$u_l"
+}
+
+# vae_decode THREADS ROUND ENGINE REL_L2 [--fast]: one sdunet decode of the
+# 64x64 latent as a row
+vae_decode() {
+    v_t=$1 v_r=$2 v_e=$3 v_l=$4
+    shift 4
+    /usr/bin/time -f "maxrss_kb=%M" -o "$ERR" "$SDUNET" decode "$@" --synthetic sd15 \
+        --latent "$CACHE/latent64.npy" --out "$CACHE/sd-decode.npy" --threads "$v_t" \
+        --runs "$VAE_RUNS" >"$LOG.t"
+    v_s=$(sed -n 's/^decode: median_s=\([0-9.]*\).*/\1/p; s/^decode: \([0-9.]*\) s$/\1/p' "$LOG.t")
+    v_m=$(sed -n 's/^maxrss_kb=//p' "$ERR")
+    row "workload=vae batch=1 threads=$v_t round=$v_r engine=$v_e median_s=$v_s" \
+        "peak_rss_mb=$((${v_m:-0} / 1024)) rel_l2=$v_l"
+}
+
 # txt2img THREADS ROUND ENGINE [--fast]: one timed sdunet txt2img (generation
 # without loading: the sum of its --verbose phases) as a row
 txt2img() {
@@ -206,25 +236,10 @@ for w in $WORKLOADS; do
                 begin "$w batch=$b threads=$t round=$r: sdunet"
                 case $w in
                 unet)
-                    cfg=
-                    [ "$b" = 1 ] || cfg=--cfg
-                    "$SDUNET" bench --synthetic sd15 --batch "$b" $cfg --threads "$t" --runs "$RUNS" \
-                        --warmup "$WARMUP" >"$LOG.t"
-                    ISA=$(sed -n 's/.* \([a-z0-9_]*\) kernels, .*/\1/p' "$LOG.t" | head -n 1)
-                    l=$(grep '^bench:' "$LOG.t")
-                    rl=$SD_CHECK_UNET
-                    [ "$b" = 1 ] || rl=-
-                    row "workload=$w batch=$b threads=$t round=$r engine=sdunet" \
-                        "median_s=$(kv "$l" median_s) peak_rss_mb=$(kv "$l" peak_rss_mb) rel_l2=$rl"
+                    unet_bench "$b" "$t" "$r" sdunet "$SD_CHECK_UNET"
                     if [ "$FAST" = 1 ]; then
                         begin "$w batch=$b threads=$t round=$r: sdunet --fast"
-                        "$SDUNET" bench --fast --synthetic sd15 --batch "$b" $cfg --threads "$t" \
-                            --runs "$RUNS" --warmup "$WARMUP" >"$LOG.t"
-                        l=$(grep '^bench:' "$LOG.t")
-                        rl=$SD_CHECK_UNET_FAST
-                        [ "$b" = 1 ] || rl=-
-                        row "workload=$w batch=$b threads=$t round=$r engine=sdunet_fast" \
-                            "median_s=$(kv "$l" median_s) peak_rss_mb=$(kv "$l" peak_rss_mb) rel_l2=$rl"
+                        unet_bench "$b" "$t" "$r" sdunet_fast "$SD_CHECK_UNET_FAST" --fast
                     fi
                     for e in $ENGINES; do
                         c=$chk
@@ -233,22 +248,10 @@ for w in $WORKLOADS; do
                     done
                     ;;
                 vae)
-                    /usr/bin/time -f "maxrss_kb=%M" -o "$ERR" "$SDUNET" decode --synthetic sd15 \
-                        --latent "$CACHE/latent64.npy" --out "$CACHE/sd-decode.npy" --threads "$t" \
-                        --runs "$VAE_RUNS" >"$LOG.t"
-                    s=$(sed -n 's/^decode: median_s=\([0-9.]*\).*/\1/p; s/^decode: \([0-9.]*\) s$/\1/p' "$LOG.t")
-                    m=$(sed -n 's/^maxrss_kb=//p' "$ERR")
-                    row "workload=$w batch=1 threads=$t round=$r engine=sdunet median_s=$s" \
-                        "peak_rss_mb=$((m / 1024)) rel_l2=$SD_CHECK_VAE"
+                    vae_decode "$t" "$r" sdunet "$SD_CHECK_VAE"
                     if [ "$FAST" = 1 ]; then
                         begin "$w threads=$t round=$r: sdunet --fast"
-                        /usr/bin/time -f "maxrss_kb=%M" -o "$ERR" "$SDUNET" decode --fast \
-                            --synthetic sd15 --latent "$CACHE/latent64.npy" \
-                            --out "$CACHE/sd-decode.npy" --threads "$t" --runs "$VAE_RUNS" >"$LOG.t"
-                        s=$(sed -n 's/^decode: median_s=\([0-9.]*\).*/\1/p; s/^decode: \([0-9.]*\) s$/\1/p' "$LOG.t")
-                        m=$(sed -n 's/^maxrss_kb=//p' "$ERR")
-                        row "workload=$w batch=1 threads=$t round=$r engine=sdunet_fast median_s=$s" \
-                            "peak_rss_mb=$((m / 1024)) rel_l2=$SD_CHECK_VAE_FAST"
+                        vae_decode "$t" "$r" sdunet_fast "$SD_CHECK_VAE_FAST" --fast
                     fi
                     for e in $ENGINES; do
                         peer "$e" "$w" 1 "$t" "$r" --runs "$VAE_RUNS" --warmup "$VAE_WARMUP" $chk
