@@ -142,6 +142,12 @@ peer() { # engine workload batch threads round args...
     fi
 }
 
+# the peak RSS in MiB that /usr/bin/time -f "maxrss_kb=%M" -o "$ERR" wrote
+rss_mb() {
+    r_k=$(sed -n 's/^maxrss_kb=//p' "$ERR")
+    echo $((${r_k:-0} / 1024))
+}
+
 # unet_bench BATCH THREADS ROUND ENGINE REL_L2 [--fast]: one sdunet bench of
 # the UNet as a row (batch 2 as classifier-free guidance runs it, --cfg; its
 # rel L2 is that of batch 1's golden check, so it shows -)
@@ -167,9 +173,8 @@ vae_decode() {
         --latent "$CACHE/latent64.npy" --out "$CACHE/sd-decode.npy" --threads "$v_t" \
         --runs "$VAE_RUNS" >"$LOG.t"
     v_s=$(sed -n 's/^decode: median_s=\([0-9.]*\).*/\1/p; s/^decode: \([0-9.]*\) s$/\1/p' "$LOG.t")
-    v_m=$(sed -n 's/^maxrss_kb=//p' "$ERR")
     row "workload=vae batch=1 threads=$v_t round=$v_r engine=$v_e median_s=$v_s" \
-        "peak_rss_mb=$((${v_m:-0} / 1024)) rel_l2=$v_l"
+        "peak_rss_mb=$(rss_mb) rel_l2=$v_l"
 }
 
 # txt2img THREADS ROUND ENGINE [--fast]: one timed sdunet txt2img (generation
@@ -183,9 +188,8 @@ txt2img() {
         2>"$LOG.t" >/dev/null || true
     x_s=$(awk '/^  (text encoding|denoising|VAE decoding): [0-9.]+ s$/ { s += $(NF - 1); n++ }
         END { if (n == 3) printf "%.2f", s; else printf "failed" }' "$LOG.t")
-    x_m=$(sed -n 's/^maxrss_kb=//p' "$ERR")
     row "workload=pipeline batch=1 threads=$x_t round=$x_r engine=$x_e median_s=$x_s" \
-        "peak_rss_mb=$((${x_m:-0} / 1024)) rel_l2=-"
+        "peak_rss_mb=$(rss_mb) rel_l2=-"
 }
 
 START=$(date -u '+%Y-%m-%d %H:%M')
