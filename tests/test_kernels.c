@@ -1759,6 +1759,29 @@ static void test_norm_rows(void)
     }
 }
 
+/* gelu_mul's block form (rows of n, y rows ldy apart, as the fused GEGLU
+ * calls it) against one call per row: the same bits, and y's gaps kept. */
+static void test_gelu_mul_rows(void)
+{
+    enum { ROWS = 7, LDY = 50 };
+    float h[ROWS * 20], g[ROWS * 20], y[ROWS * LDY], yr[ROWS * LDY];
+    fill(h, ROWS * 20, 620, 2, 0);
+    fill(g, ROWS * 20, 621, 6, 0);
+    g[3] = -INFINITY;
+    g[21] = NAN;
+    static const int widths[] = {16, 20, 5};
+    for (int s = 0; s < g_nsets; s++)
+        for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
+            const int n = widths[wi];
+            for (int i = 0; i < ROWS * LDY; i++)
+                y[i] = yr[i] = (float)i;
+            g_sets[s]->gelu_mul(h, g, y, n, ROWS, LDY);
+            for (int r = 0; r < ROWS; r++)
+                g_sets[s]->gelu_mul(h + r * n, g + r * n, yr + r * LDY, n, 1, 0);
+            CHECK(memcmp(y, yr, sizeof y) == 0, "%s gelu_mul rows n=%d", g_sets[s]->name, n);
+        }
+}
+
 static void test_isa_elementwise_agree(void)
 {
     const sd_kernels *a2 = sd_kernels_select("avx2"), *a5 = sd_kernels_select("avx512");
@@ -1780,8 +1803,8 @@ static void test_isa_elementwise_agree(void)
         a2->silu(x, y2, (size_t)len);
         a5->silu(x, y5, (size_t)len);
         CHECK(memcmp(y2, y5, sizeof(float) * n) == 0, "silu n=%d differs", len);
-        a2->gelu_mul(h, x, y2, len);
-        a5->gelu_mul(h, x, y5, len);
+        a2->gelu_mul(h, x, y2, len, 1, 0);
+        a5->gelu_mul(h, x, y5, len, 1, 0);
         CHECK(memcmp(y2, y5, sizeof(float) * n) == 0, "gelu_mul n=%d differs", len);
     }
     /* softmax_cols on 37 rows of 16 scores (one column all -inf but one). */
@@ -2137,6 +2160,7 @@ int main(void)
     RUN(test_attn_tile);
     RUN(test_attn_pv);
     RUN(test_gelu);
+    RUN(test_gelu_mul_rows);
     RUN(test_silu_geglu);
     RUN(test_gemm_geglu);
     RUN(test_alloc_fallbacks);

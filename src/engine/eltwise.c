@@ -49,7 +49,7 @@ static void geglu_task(void *ctx, int64_t t, int thread)
     int r1 = r0 + j->rows_per_task < j->M ? r0 + j->rows_per_task : j->M;
     for (int r = r0; r < r1; r++) {
         const float *h = j->x + (size_t)r * 2 * j->F;
-        j->kern->gelu_mul(h, h + j->F, j->y + (size_t)r * j->F, j->F);
+        j->kern->gelu_mul(h, h + j->F, j->y + (size_t)r * j->F, j->F, 1, 0);
     }
 }
 
@@ -90,7 +90,7 @@ static void gelu_task(void *ctx, int64_t t, int thread)
         ones[i] = 1.0f;
     for (size_t i = i0; i < i1; i += 256) {
         int len = i1 - i < 256 ? (int)(i1 - i) : 256;
-        j->kern->gelu_mul(ones, j->x + i, j->y + i, len);
+        j->kern->gelu_mul(ones, j->x + i, j->y + i, len, 1, 0);
     }
 }
 

@@ -331,7 +331,7 @@ static inline __m256 gelu_avx2(__m256 g)
     return _mm256_mul_ps(g, phi);
 }
 
-static void gelu_mul_avx2(const float *h, const float *g, float *y, int n)
+static inline void gelu_mul_row_avx2(const float *h, const float *g, float *y, int n)
 {
     int i = 0;
     for (; i + 8 <= n; i += 8)
@@ -347,6 +347,12 @@ static void gelu_mul_avx2(const float *h, const float *g, float *y, int n)
         for (int q = i; q < n; q++)
             y[q] = th[q - i];
     }
+}
+
+static void gelu_mul_avx2(const float *h, const float *g, float *y, int n, int rows, size_t ldy)
+{
+    for (int r = 0; r < rows; r++)
+        gelu_mul_row_avx2(h + (size_t)r * n, g + (size_t)r * n, y + (size_t)r * ldy, n);
 }
 
 /* 16-bit weights to float32, 8 at a time: F16C's vcvtph2ps for float16

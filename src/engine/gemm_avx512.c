@@ -695,7 +695,7 @@ static inline __m512 gelu_avx512(__m512 g)
     return _mm512_mul_ps(g, phi);
 }
 
-static void gelu_mul_avx512(const float *h, const float *g, float *y, int n)
+static inline void gelu_mul_row_avx512(const float *h, const float *g, float *y, int n)
 {
     int i = 0;
     for (; i + 16 <= n; i += 16)
@@ -707,6 +707,19 @@ static void gelu_mul_avx512(const float *h, const float *g, float *y, int n)
                               _mm512_mul_ps(_mm512_maskz_loadu_ps(k, h + i),
                                             gelu_avx512(_mm512_maskz_loadu_ps(k, g + i))));
     }
+}
+
+static void gelu_mul_avx512(const float *h, const float *g, float *y, int n, int rows, size_t ldy)
+{
+    if (n == 16) { /* a GEGLU panel pair's block: one vector per row */
+        for (int r = 0; r < rows; r++)
+            _mm512_storeu_ps(y + (size_t)r * ldy,
+                             _mm512_mul_ps(_mm512_loadu_ps(h + (size_t)r * 16),
+                                           gelu_avx512(_mm512_loadu_ps(g + (size_t)r * 16))));
+        return;
+    }
+    for (int r = 0; r < rows; r++)
+        gelu_mul_row_avx512(h + (size_t)r * n, g + (size_t)r * n, y + (size_t)r * ldy, n);
 }
 
 /* 16-bit weights to float32, 16 at a time: vcvtph2ps for float16 (exact;

@@ -134,9 +134,12 @@ typedef struct sd_kernels {
                     const float *corr);
     /* y[i] = x[i] / (1 + exp(-x[i])) for i < n; y may equal x. */
     void (*silu)(const float *x, float *y, size_t n);
-    /* y[i] = h[i] * gelu(g[i]), exact-erf GELU, for i < n (one GEGLU row):
-     * within ~3e-7 relative for g > -2.5, and in absolute terms beyond. */
-    void (*gelu_mul)(const float *h, const float *g, float *y, int n);
+    /* y[r*ldy + i] = h[r*n + i] * gelu(g[r*n + i]), exact-erf GELU, for
+     * r < rows and i < n (rows of a GEGLU; h and g rows x n contiguous):
+     * within ~3e-7 relative for g > -2.5, and in absolute terms beyond.
+     * One call for a whole block lets the long-latency GELU steps of
+     * successive vectors overlap. */
+    void (*gelu_mul)(const float *h, const float *g, float *y, int n, int rows, size_t ldy);
     /* The row passes of GroupNorm and LayerNorm (engine/norm.c), for c < n,
      * in double, each element by the same operations in the same order in
      * every set (no fused multiply-add), so every set gives the same bits:
