@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Float32 rounding error of one 3x3 convolution computed directly and by
-Winograd F(2x2,3x3) and F(4x4,3x3), against a float64 direct convolution.
+Winograd F(2x2,3x3), F(3x3,3x3) and F(4x4,3x3), against a float64 direct
+convolution.
 
 Why: the model must stay within relative L2 2e-6 of the float64 reference,
 so a Winograd variant whose single-convolution error is already near that bar
@@ -80,6 +81,26 @@ def main():
             C, rel(direct(x.astype(F32), w.astype(F32))), rel(winograd(x, w, *f2, 2)),
             rel(winograd(x, w, *f4, 4)), rel(winograd(x, w, *f4, 4, u64=True)),
             rel(winograd(x, w, *f4h, 4))))
+
+    # F(3x3, 3x3) on a 12x12 image (whole 3x3 tiles), three point sets,
+    # beside F(2x2) on the same data
+    f3 = [toom_cook(3, [0, 1, -1, q]) for q in (2, 0.5, -2)]
+    rng = np.random.default_rng(0)
+    print('\nCin   direct    F(2x2)    F(3x3) 2  F(3x3) 1/2  F(3x3) -2')
+    for C in (320, 640, 1280):
+        H = W = 12
+        N = 32
+        x = np.zeros((H + 2, W + 2, C))
+        x[1:-1, 1:-1] = rng.standard_normal((H, W, C))
+        w = rng.standard_normal((3, 3, C, N)) / np.sqrt(9 * C)
+        x, w = x.astype(F32).astype(float), w.astype(F32).astype(float)
+        ref = direct(x, w)
+
+        def rel(o):
+            return np.linalg.norm(o - ref) / np.linalg.norm(ref)
+        print('%-5d %.2e  %.2e  %.2e  %.2e    %.2e' % (
+            C, rel(direct(x.astype(F32), w.astype(F32))), rel(winograd(x, w, *f2, 2)),
+            *[rel(winograd(x, w, *f, 3)) for f in f3]))
 
 
 if __name__ == '__main__':
