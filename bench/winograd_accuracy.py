@@ -60,47 +60,37 @@ def toom_cook(m, points):
     return BT, G, AT
 
 
-def main():
+def table(title, channels, H, N, methods):
+    """One row per input channel count: the relative L2 of each method
+    (x, w -> output in float32) against the float64 direct convolution of
+    an H x H image of N(0,1) values, N outputs, weights of std 1/sqrt(9 C)."""
     rng = np.random.default_rng(0)
+    print(title)
+    for C in channels:
+        x = np.zeros((H + 2, H + 2, C))
+        x[1:-1, 1:-1] = rng.standard_normal((H, H, C))
+        w = rng.standard_normal((3, 3, C, N)) / np.sqrt(9 * C)
+        x, w = x.astype(F32).astype(float), w.astype(F32).astype(float)
+        ref = direct(x, w)
+        errs = [np.linalg.norm(m(x, w) - ref) / np.linalg.norm(ref) for m in methods]
+        print('%-5d ' % C + '  '.join('%.2e' % e for e in errs))
+
+
+def main():
     f2 = toom_cook(2, [0, 1, -1])
     f4 = toom_cook(4, [0, 1, -1, 2, -2])
     f4h = toom_cook(4, [0, 1, -1, 0.5, -0.5])
-    print('Cin   direct    F(2x2)    F(4x4)    F(4x4) U64  F(4x4) +-1/2')
-    for C in (320, 640):
-        H = W = 16
-        N = 64
-        x = np.zeros((H + 2, W + 2, C))
-        x[1:-1, 1:-1] = rng.standard_normal((H, W, C))
-        w = rng.standard_normal((3, 3, C, N)) / np.sqrt(9 * C)
-        x, w = x.astype(F32).astype(float), w.astype(F32).astype(float)
-        ref = direct(x, w)
-
-        def rel(o):
-            return np.linalg.norm(o - ref) / np.linalg.norm(ref)
-        print('%-5d %.2e  %.2e  %.2e  %.2e    %.2e' % (
-            C, rel(direct(x.astype(F32), w.astype(F32))), rel(winograd(x, w, *f2, 2)),
-            rel(winograd(x, w, *f4, 4)), rel(winograd(x, w, *f4, 4, u64=True)),
-            rel(winograd(x, w, *f4h, 4))))
-
-    # F(3x3, 3x3) on a 12x12 image (whole 3x3 tiles), three point sets,
-    # beside F(2x2) on the same data
     f3 = [toom_cook(3, [0, 1, -1, q]) for q in (2, 0.5, -2)]
-    rng = np.random.default_rng(0)
-    print('\nCin   direct    F(2x2)    F(3x3) 2  F(3x3) 1/2  F(3x3) -2')
-    for C in (320, 640, 1280):
-        H = W = 12
-        N = 32
-        x = np.zeros((H + 2, W + 2, C))
-        x[1:-1, 1:-1] = rng.standard_normal((H, W, C))
-        w = rng.standard_normal((3, 3, C, N)) / np.sqrt(9 * C)
-        x, w = x.astype(F32).astype(float), w.astype(F32).astype(float)
-        ref = direct(x, w)
 
-        def rel(o):
-            return np.linalg.norm(o - ref) / np.linalg.norm(ref)
-        print('%-5d %.2e  %.2e  %.2e  %.2e    %.2e' % (
-            C, rel(direct(x.astype(F32), w.astype(F32))), rel(winograd(x, w, *f2, 2)),
-            *[rel(winograd(x, w, *f, 3)) for f in f3]))
+    def direct32(x, w):
+        return direct(x.astype(F32), w.astype(F32))
+    table('Cin   direct    F(2x2)    F(4x4)    F(4x4) U64  F(4x4) +-1/2', (320, 640), 16, 64,
+          [direct32, lambda x, w: winograd(x, w, *f2, 2), lambda x, w: winograd(x, w, *f4, 4),
+           lambda x, w: winograd(x, w, *f4, 4, u64=True), lambda x, w: winograd(x, w, *f4h, 4)])
+    # F(3x3, 3x3) on a 12x12 image (whole 3x3 tiles), three point sets
+    table('\nCin   direct    F(2x2)    F(3x3) 2  F(3x3) 1/2  F(3x3) -2', (320, 640, 1280), 12, 32,
+          [direct32, lambda x, w: winograd(x, w, *f2, 2)] +
+          [lambda x, w, f=f: winograd(x, w, *f, 3) for f in f3])
 
 
 if __name__ == '__main__':
