@@ -711,7 +711,10 @@ static inline void gelu_mul_row_avx512(const float *h, const float *g, float *y,
 
 static void gelu_mul_avx512(const float *h, const float *g, float *y, int n, int rows, size_t ldy)
 {
-    if (n == 16) { /* a GEGLU panel pair's block: one vector per row */
+    /* A GEGLU panel pair's block, one vector per row, in a loop of its
+     * own: through the row function (a tail test per row) the block ran
+     * 1.53-1.57 ns per value against 1.20-1.23. */
+    if (n == 16) {
         for (int r = 0; r < rows; r++)
             _mm512_storeu_ps(y + (size_t)r * ldy,
                              _mm512_mul_ps(_mm512_loadu_ps(h + (size_t)r * 16),
