@@ -179,6 +179,18 @@ static void test_decode_runs(void)
           "decode --runs 3 printed '%s'", r->out);
     const char *c3 = strstr(r->out, "checksum:");
     CHECK(c1 && c3 && strcmp(sum1, c3) == 0, "checksums differ: '%s' vs '%s'", sum1, c3 ? c3 : "");
+    /* --shapes: the table by shape after the one by kind (vae-tiny's
+     * decoder runs eight 3x3 convolutions at 16x12 with 64 channels) */
+    snprintf(a, sizeof a,
+             "decode --vae %s/weights.safetensors --latent %s/latent.npy --out %s/d2.npy --runs 2 "
+             "--shapes",
+             v, v, tmp);
+    r = sh(a);
+    const char *kinds = strstr(r->out, "op kind  "), *shapes = strstr(r->out, "shape  ");
+    CHECK(r->status == 0 && kinds && shapes && kinds < shapes &&
+              strstr(shapes, "3x3 conv   16x12x64 -> 64") &&
+              sscanf(strstr(shapes, "16x12x64 -> 64") + 14, "%d", &n) == 1 && n == 8,
+          "decode --shapes: %d '%s' %s", r->status, r->out, r->err);
     snprintf(a, sizeof a,
              "decode --vae %s/weights.safetensors --latent %s/latent.npy --out %s/d0.npy --runs 0",
              v, v, tmp);

@@ -742,12 +742,87 @@ static void test_shared_rows(void)
     }
 }
 
+/* The profile's table by shape: every timed call of a kind with a shape
+ * is in exactly one entry (the entries of a kind add up to its total),
+ * and the UNet's first and last convolutions are found by their shapes. */
+static void test_profile_shapes(void)
+{
+    enum { C = 4, H = 9, W = 13, L = 3, D = 16, N = C * H * W };
+    char p[256];
+    snprintf(p, sizeof p, "%s/config.json", t_data("micro"));
+    sd_unet_config cfg;
+    sdunet_error err;
+    CHECK(sd_config_load(p, &cfg, &err) == SDUNET_OK, "%s", err.message);
+    sd_weight_source src = {.synth_round = SD_DT_F32};
+    sdunet_model *m = NULL;
+    CHECK(sd_model_create(&cfg, &src, NULL, &m, &err) == SDUNET_OK, "%s", err.message);
+    if (!m)
+        return;
+    float x[N], ctx[L * D], o[N], t = 500;
+    sd_synth_fill("x", N, 1.0, 0, x);
+    sd_synth_fill("c", L * D, 1.0, 0, ctx);
+    static sd_prof prof; /* ~10 KiB */
+    memset(&prof, 0, sizeof prof);
+    sd_model_set_profile(m, &prof);
+    CHECK(sdunet_forward(m, x, 1, C, H, W, &t, 1, ctx, L, D, o, &err) == SDUNET_OK, "%s",
+          err.message);
+    sd_model_set_profile(m, NULL);
+    sdunet_free(m);
+    CHECK(prof.entries > 0 && prof.entries <= SD_PROF_ENTRIES && prof.unlisted == 0,
+          "%d entries, %ld unlisted", prof.entries, prof.unlisted);
+    for (int k = 0; k < SD_OP_COUNT; k++) {
+        double sec = 0, fl = 0;
+        long calls = 0;
+        for (int i = 0; i < prof.entries; i++)
+            if (prof.entry[i].kind == (sd_op_kind)k) {
+                sec += prof.entry[i].seconds;
+                fl += prof.entry[i].flops;
+                calls += prof.entry[i].calls;
+            }
+        if (k == SD_OP_NORM) { /* no shapes: the kind's total only */
+            CHECK(calls == 0 && prof.calls[k] > 0, "norm entries %ld of %ld", calls, prof.calls[k]);
+            continue;
+        }
+        CHECK(calls == prof.calls[k] && calls > 0, "kind %d: %ld calls in entries, %ld in all", k,
+              calls, prof.calls[k]);
+        CHECK(fabs(sec - prof.seconds[k]) <= 1e-9 * prof.seconds[k] + 1e-12 &&
+                  fabs(fl - prof.flops[k]) <= 1e-9 * prof.flops[k],
+              "kind %d: entries %.9g s %.9g flops, totals %.9g s %.9g flops", k, sec, fl,
+              prof.seconds[k], prof.flops[k]);
+    }
+    const int ch0 = cfg.block_out_channels[0];
+    const int want[2][6] = {{1, H, W, C, ch0, 1}, {1, H, W, ch0, C, 1}}; /* conv_in, conv_out */
+    for (int w = 0; w < 2; w++) {
+        int found = 0;
+        for (int i = 0; i < prof.entries; i++)
+            found += prof.entry[i].kind == SD_OP_CONV3 &&
+                     prof.entry[i].shape.form == SD_SHAPE_CONV &&
+                     memcmp(prof.entry[i].shape.d, want[w], sizeof want[w]) == 0 &&
+                     prof.entry[i].calls == 1;
+        CHECK(found == 1, "conv_%s's shape found %d times", w ? "out" : "in", found);
+    }
+    /* A full table: the calls of shapes past its end count in the totals. */
+    memset(&prof, 0, sizeof prof);
+    for (int i = 0; i <= SD_PROF_ENTRIES; i++)
+        for (int rep = 0; rep < 2; rep++)
+            sd_tock_shape(&prof, SD_OP_LINEAR, sd_mono_now(), 2.0,
+                          (sd_shape){SD_SHAPE_GEMM, {i + 1, 1, 1}});
+    sd_tock_shape(NULL, SD_OP_LINEAR, 0, 2.0, (sd_shape){SD_SHAPE_GEMM, {1, 1, 1}});
+    CHECK(prof.entries == SD_PROF_ENTRIES && prof.unlisted == 2 &&
+              prof.calls[SD_OP_LINEAR] == 2 * (SD_PROF_ENTRIES + 1) &&
+              prof.entry[SD_PROF_ENTRIES - 1].calls == 2 &&
+              prof.entry[SD_PROF_ENTRIES - 1].shape.d[0] == SD_PROF_ENTRIES,
+          "full table: %d entries, %ld unlisted, %ld calls", prof.entries, prof.unlisted,
+          prof.calls[SD_OP_LINEAR]);
+}
+
 int main(void)
 {
     RUN(test_synth_vectors);
     RUN(test_config_presets);
     RUN(test_config_errors);
     RUN(test_micro);
+    RUN(test_profile_shapes);
     RUN(test_tiny);
     RUN(test_tiny_b2_odd);
     RUN(test_tiny_sd2);

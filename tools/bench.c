@@ -14,7 +14,7 @@ static const char bench_help[] =
     "usage: sdunet bench [--synthetic PRESET | --model PATH [--config FILE]]\n"
     "                    [--batch B] [--height H] [--width W] [--context-len L]\n"
     "                    [--runs N] [--warmup N] [--threads N] [--weights f32|f16|bf16]\n"
-    "                    [--fast] [--cfg]\n"
+    "                    [--fast] [--cfg] [--shapes]\n"
     "\n"
     "Times the UNet forward: after --warmup runs (default 1), --runs timed runs (default 3)\n"
     "on synthetic inputs; prints the median and minimum time, GFLOP/s (multiply-adds x 2\n"
@@ -27,6 +27,7 @@ static const char bench_help[] =
     "--cfg fills the batch as classifier-free guidance does: one latent and timestep 999 in\n"
     "every row, a context per row (default: a latent per row, timesteps 999, 979, ...).\n"
     "With equal rows the layers before the first cross-attention run once for all rows.\n"
+    "--shapes adds a table of the last run's time by op kind and shape, longest first.\n"
     "The last line is machine-readable:\n"
     "  bench: precision=fp32 weights=f16 packed_mb=... batch=1 height=64 width=64 threads=2\n"
     "         fast=0 median_s=... min_s=... gflops=... peak_rss_mb=...   (one line)\n"
@@ -50,13 +51,20 @@ int cmd_bench(int argc, char **argv)
     for (int i = 0; i < argc; i++)
         if (strcmp(argv[i], "--text") == 0)
             return cmd_bench_text(argc, argv);
-    opt o[] = {{.name = "--synthetic"},        {.name = "--model"},
-               {.name = "--config"},           {.name = "--batch"},
-               {.name = "--height"},           {.name = "--width"},
-               {.name = "--context-len"},      {.name = "--runs"},
-               {.name = "--warmup"},           {.name = "--threads"},
-               {.name = "--weights"},          {.name = "--fast", .is_flag = 1},
-               {.name = "--cfg", .is_flag = 1}};
+    opt o[] = {{.name = "--synthetic"},
+               {.name = "--model"},
+               {.name = "--config"},
+               {.name = "--batch"},
+               {.name = "--height"},
+               {.name = "--width"},
+               {.name = "--context-len"},
+               {.name = "--runs"},
+               {.name = "--warmup"},
+               {.name = "--threads"},
+               {.name = "--weights"},
+               {.name = "--fast", .is_flag = 1},
+               {.name = "--cfg", .is_flag = 1},
+               {.name = "--shapes", .is_flag = 1}};
     const int no = sizeof o / sizeof o[0];
     int help;
     if (parse_opts(argc, argv, o, no, &help))
@@ -146,6 +154,8 @@ int cmd_bench(int argc, char **argv)
     sd_model_set_profile(m, NULL);
     /* the breakdown is from the last timed run */
     double total_f = print_breakdown(&prof);
+    if (get(o, no, "--shapes"))
+        print_shapes(&prof);
     qsort(times, (size_t)runs, sizeof *times, cmp_double);
     double median = runs % 2 ? times[runs / 2] : 0.5 * (times[runs / 2 - 1] + times[runs / 2]);
     double gflops = total_f / 1e9 / median;

@@ -215,10 +215,11 @@ int check_writable(const char *path)
     return 0;
 }
 
+static const char *const kind_name[SD_OP_COUNT] = {"3x3 conv", "1x1 conv", "linear", "attention",
+                                                   "norms+elementwise"};
+
 double print_breakdown(const sd_prof *prof)
 {
-    static const char *const kind_name[SD_OP_COUNT] = {"3x3 conv", "1x1 conv", "linear",
-                                                       "attention", "norms+elementwise"};
     double total_t = 0, total_f = 0;
     for (int k = 0; k < SD_OP_COUNT; k++) {
         total_t += prof->seconds[k];
@@ -227,15 +228,67 @@ double print_breakdown(const sd_prof *prof)
     printf("\n%-18s %10s %7s %9s %10s %7s\n", "op kind", "time (s)", "share", "GFLOP", "GFLOP/s",
            "calls");
     for (int k = 0; k < SD_OP_COUNT; k++) {
-        double gf = prof->flops[k] / 1e9, share = total_t > 0 ? 100.0 * prof->seconds[k] / total_t : 0;
+        double gf = prof->flops[k] / 1e9,
+               share = total_t > 0 ? 100.0 * prof->seconds[k] / total_t : 0;
         if (gf > 0)
-            printf("%-18s %10.3f %6.1f%% %9.1f %10.1f %7ld\n", kind_name[k], prof->seconds[k], share,
-                   gf, prof->seconds[k] > 0 ? gf / prof->seconds[k] : 0.0, prof->calls[k]);
+            printf("%-18s %10.3f %6.1f%% %9.1f %10.1f %7ld\n", kind_name[k], prof->seconds[k],
+                   share, gf, prof->seconds[k] > 0 ? gf / prof->seconds[k] : 0.0, prof->calls[k]);
         else
-            printf("%-18s %10.3f %6.1f%% %9s %10s %7ld\n", kind_name[k], prof->seconds[k], share, "-",
-                   "-", prof->calls[k]);
+            printf("%-18s %10.3f %6.1f%% %9s %10s %7ld\n", kind_name[k], prof->seconds[k], share,
+                   "-", "-", prof->calls[k]);
     }
     printf("%-18s %10.3f %6.1f%% %9.1f %10.1f\n", "total", total_t, 100.0, total_f / 1e9,
            total_t > 0 ? total_f / 1e9 / total_t : 0.0);
     return total_f;
+}
+
+static void shape_text(const sd_shape *s, char *buf, size_t cap)
+{
+    const int *d = s->d;
+    char batch[24] = "", stride[24] = "";
+    switch (s->form) {
+    case SD_SHAPE_GEMM: snprintf(buf, cap, "M%d N%d K%d", d[0], d[1], d[2]); break;
+    case SD_SHAPE_GEGLU: snprintf(buf, cap, "GEGLU M%d F%d K%d", d[0], d[1], d[2]); break;
+    case SD_SHAPE_CONV:
+        if (d[0] > 1)
+            snprintf(batch, sizeof batch, "%d x ", d[0]);
+        if (d[5] > 1)
+            snprintf(stride, sizeof stride, ", stride %d", d[5]);
+        snprintf(buf, cap, "%s%dx%dx%d -> %d%s", batch, d[1], d[2], d[3], d[4], stride);
+        break;
+    case SD_SHAPE_ATTN:
+        if (d[0] > 1)
+            snprintf(batch, sizeof batch, "%d x ", d[0]);
+        snprintf(buf, cap, "%s%d heads, dh %d, %d queries x %d keys", batch, d[1], d[4], d[2],
+                 d[3]);
+        break;
+    }
+}
+
+static int cmp_entry_time(const void *a, const void *b)
+{
+    const sd_prof_entry *x = a, *y = b;
+    return (x->seconds < y->seconds) - (x->seconds > y->seconds);
+}
+
+void print_shapes(const sd_prof *prof)
+{
+    double total_t = 0;
+    for (int k = 0; k < SD_OP_COUNT; k++)
+        total_t += prof->seconds[k];
+    sd_prof_entry e[SD_PROF_ENTRIES];
+    const int n = prof->entries;
+    memcpy(e, prof->entry, sizeof e[0] * (size_t)n);
+    qsort(e, (size_t)n, sizeof e[0], cmp_entry_time);
+    printf("\n%-10s %-42s %6s %9s %7s %8s\n", "op kind", "shape", "calls", "time (s)", "share",
+           "GFLOP/s");
+    for (int i = 0; i < n; i++) {
+        char shape[96];
+        shape_text(&e[i].shape, shape, sizeof shape);
+        printf("%-10s %-42s %6ld %9.3f %6.1f%% %8.1f\n", kind_name[e[i].kind], shape, e[i].calls,
+               e[i].seconds, total_t > 0 ? 100.0 * e[i].seconds / total_t : 0.0,
+               e[i].seconds > 0 ? e[i].flops / 1e9 / e[i].seconds : 0.0);
+    }
+    if (prof->unlisted)
+        printf("(%ld more calls of shapes past the table's %d)\n", prof->unlisted, SD_PROF_ENTRIES);
 }

@@ -56,6 +56,9 @@ int load_model_w(const char *model, const char *config, const char *variant, con
 /* Prints a profile's table by op kind (time, share, GFLOP, GFLOP/s, calls)
  * on stdout; returns its total FLOPs. */
 double print_breakdown(const sd_prof *prof);
+/* The profile's time by op kind and shape (norms and element-wise ops are
+ * in print_breakdown's table only), longest first. */
+void print_shapes(const sd_prof *prof);
 /* Prints "checksum: sum=... l2=... max_abs=..." for an output on stdout. */
 void print_checksum(const float *y, size_t n);
 

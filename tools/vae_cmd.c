@@ -72,7 +72,7 @@ static const char decode_help[] =
     "usage: sdunet decode (--model PATH [--vae PATH] | --vae PATH | --synthetic PRESET)\n"
     "                     --latent L.npy --out OUT.png|OUT.npy [--config FILE|PRESET]\n"
     "                     [--variant NAME] [--tiled] [--threads N] [--allow-nonfinite]\n"
-    "                     [--runs N] [--fast]\n"
+    "                     [--runs N [--shapes]] [--fast]\n"
     "\n"
     "Decodes latents with the VAE (diffusers AutoencoderKL): image = decoder(latent /\n"
     "scaling_factor), as the SD pipelines do before postprocessing.\n"
@@ -94,6 +94,7 @@ static const char decode_help[] =
     "  --runs N            decode N times (default 1) and print a breakdown of the last\n"
     "                      one by op kind, then the median and minimum time:\n"
     "                      decode: median_s=... min_s=... runs=N\n"
+    "  --shapes            with --runs: also the last decode's time by op kind and shape\n"
     "  --fast              fast mode: faster algorithms (3x3 convolutions by Winograd\n"
     "                      F(4x4, 3x3)), relative L2 <= 2e-5 against float64 (default:\n"
     "                      $SDUNET_FAST, else exact mode)\n";
@@ -117,6 +118,7 @@ int cmd_decode(int argc, char **argv)
                {.name = "--runs"},
                {.name = "--tiled", .is_flag = 1},
                {.name = "--fast", .is_flag = 1},
+               {.name = "--shapes", .is_flag = 1},
                {.name = "--allow-nonfinite", .is_flag = 1}};
     const int no = sizeof o / sizeof o[0];
     int help;
@@ -219,9 +221,10 @@ int cmd_decode(int argc, char **argv)
            (long long)os[2], (long long)os[3], out_p);
     if (runs > 1) {
         print_breakdown(&prof); /* of the last run */
+        if (get(o, no, "--shapes"))
+            print_shapes(&prof);
         printf("decode: median_s=%.3f min_s=%.3f runs=%d\n", dt, times[0], runs);
-    }
-    else
+    } else
         printf("decode: %.3f s\n", dt);
     print_checksum(img, n_out);
     rc = 0;

@@ -399,7 +399,8 @@ static void graph(run *r, int B, int L, const int32_t *ids, int skip, float *out
         t0 = sd_tick(r->prof);
         sd_attention_causal(ex, B, c->heads, dh, L, big, 3 * D, big + D, 3 * D, big + 2 * D, 3 * D,
                             t, D, scale);
-        sd_tock(r->prof, SD_OP_ATTN, t0, 2.0 * B * c->heads * (double)L * (L + 1) * dh);
+        sd_tock_shape(r->prof, SD_OP_ATTN, t0, 2.0 * B * c->heads * (double)L * (L + 1) * dh,
+                      (sd_shape){SD_SHAPE_ATTN, {B, c->heads, L, L, dh}});
         sd_epilogue eo = {.bias = y->out.b, .residual = x, .ld_res = D};
         sd_linear_op(ex, r->prof, SD_OP_LINEAR, M, t, D, &y->out, x, D, &eo);
         t0 = sd_tick(r->prof);

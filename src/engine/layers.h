@@ -195,10 +195,38 @@ typedef enum sd_op_kind {
     SD_OP_COUNT
 } sd_op_kind;
 
+/* An op's shape, the key of the profile's table by shape. */
+typedef enum sd_shape_form {
+    SD_SHAPE_GEMM,  /* d = M, N, K */
+    SD_SHAPE_GEGLU, /* d = M, F (gated outputs), K */
+    SD_SHAPE_CONV,  /* d = batch, H, W, Cin, N, stride (the input's size) */
+    SD_SHAPE_ATTN   /* d = batch, heads, Nq, Nk, dh */
+} sd_shape_form;
+
+typedef struct sd_shape {
+    sd_shape_form form;
+    int d[6];
+} sd_shape;
+
+/* The time of every call of one op kind and shape. */
+typedef struct sd_prof_entry {
+    sd_op_kind kind;
+    sd_shape shape;
+    double seconds, flops;
+    long calls;
+} sd_prof_entry;
+
+#define SD_PROF_ENTRIES 128
+
 typedef struct sd_prof {
     double seconds[SD_OP_COUNT];
     double flops[SD_OP_COUNT];
     long calls[SD_OP_COUNT];
+    /* By kind and shape, in order of first call; calls of a shape past the
+     * table's end count in the totals above only (`unlisted`). */
+    sd_prof_entry entry[SD_PROF_ENTRIES];
+    int entries;
+    long unlisted;
 } sd_prof;
 
 static inline double sd_mono_now(void)
@@ -223,9 +251,15 @@ static inline void sd_tock(sd_prof *prof, sd_op_kind kind, double t0, double flo
     prof->calls[kind]++;
 }
 
+/* sd_tock, and the call's time added to its shape's entry. */
+void sd_tock_shape(sd_prof *prof, sd_op_kind kind, double t0, double flops, sd_shape shape);
+
 /* sd_gemm through layer l (C = A * l + epilogue), timed as `kind`. */
 void sd_linear_op(const sd_exec *ex, sd_prof *prof, sd_op_kind kind, int M, const float *A, int lda,
                   const sd_lin *l, float *C, int ldc, const sd_epilogue *ep);
+/* sd_conv3x3 through layer l, timed as SD_OP_CONV3. */
+void sd_conv3x3_op(const sd_exec *ex, sd_prof *prof, const float *in, int batch, int H, int W,
+                   int Cin, int stride, const sd_lin *l, float *out, const sd_epilogue *ep);
 /* sd_attention timed as SD_OP_ATTN. */
 void sd_attention_op(const sd_exec *ex, sd_prof *prof, int batch, int heads, int dh, int Nq, int Nk,
                      const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,

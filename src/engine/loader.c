@@ -351,12 +351,49 @@ void sd_norm_free(sd_norm *g)
     g->gamma = g->beta = NULL;
 }
 
+void sd_tock_shape(sd_prof *prof, sd_op_kind kind, double t0, double flops, sd_shape shape)
+{
+    if (!prof)
+        return;
+    const double dt = sd_mono_now() - t0;
+    prof->seconds[kind] += dt;
+    prof->flops[kind] += flops;
+    prof->calls[kind]++;
+    int i = 0;
+    while (i < prof->entries &&
+           !(prof->entry[i].kind == kind && prof->entry[i].shape.form == shape.form &&
+             memcmp(prof->entry[i].shape.d, shape.d, sizeof shape.d) == 0))
+        i++;
+    if (i == prof->entries) {
+        if (i == SD_PROF_ENTRIES) {
+            prof->unlisted++;
+            return;
+        }
+        prof->entry[i] = (sd_prof_entry){.kind = kind, .shape = shape};
+        prof->entries++;
+    }
+    prof->entry[i].seconds += dt;
+    prof->entry[i].flops += flops;
+    prof->entry[i].calls++;
+}
+
 void sd_linear_op(const sd_exec *ex, sd_prof *prof, sd_op_kind kind, int M, const float *A, int lda,
                   const sd_lin *l, float *C, int ldc, const sd_epilogue *ep)
 {
     double t0 = sd_tick(prof);
     sd_gemm(ex, M, A, lda, &l->w, C, ldc, ep);
-    sd_tock(prof, kind, t0, 2.0 * M * l->w.N * l->w.K);
+    sd_tock_shape(prof, kind, t0, 2.0 * M * l->w.N * l->w.K,
+                  (sd_shape){SD_SHAPE_GEMM, {M, l->w.N, l->w.K}});
+}
+
+void sd_conv3x3_op(const sd_exec *ex, sd_prof *prof, const float *in, int batch, int H, int W,
+                   int Cin, int stride, const sd_lin *l, float *out, const sd_epilogue *ep)
+{
+    double t0 = sd_tick(prof);
+    sd_conv3x3(ex, in, batch, H, W, Cin, stride, &l->w, out, ep);
+    const int Ho = (H - 1) / stride + 1, Wo = (W - 1) / stride + 1;
+    sd_tock_shape(prof, SD_OP_CONV3, t0, 2.0 * batch * Ho * Wo * l->w.N * l->w.K,
+                  (sd_shape){SD_SHAPE_CONV, {batch, H, W, Cin, l->w.N, stride}});
 }
 
 void sd_attention_op(const sd_exec *ex, sd_prof *prof, int batch, int heads, int dh, int Nq, int Nk,
@@ -365,7 +402,8 @@ void sd_attention_op(const sd_exec *ex, sd_prof *prof, int batch, int heads, int
 {
     double t0 = sd_tick(prof);
     sd_attention(ex, batch, heads, dh, Nq, Nk, q, ldq, k, ldk, v, ldv, o, ldo, scale);
-    sd_tock(prof, SD_OP_ATTN, t0, 4.0 * batch * heads * (double)Nq * Nk * dh);
+    sd_tock_shape(prof, SD_OP_ATTN, t0, 4.0 * batch * heads * (double)Nq * Nk * dh,
+                  (sd_shape){SD_SHAPE_ATTN, {batch, heads, Nq, Nk, dh}});
 }
 
 /* ---- sharing between the models of a pipeline ---- */

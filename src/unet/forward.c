@@ -167,10 +167,12 @@ static void tock(run *r, sd_op_kind kind, double t0, double flops)
     sd_tock(r->prof, kind, t0, flops);
 }
 
-/* tock for a GEMM of M rows through layer l. */
-static void tock_gemm(run *r, sd_op_kind kind, double t0, int M, const sd_lin *l)
+/* tock for a GEMM of M rows through layer l (GEGLU: its N outputs are
+ * gated into N / 2). */
+static void tock_gemm(run *r, sd_op_kind kind, double t0, int M, const sd_lin *l, int geglu)
 {
-    tock(r, kind, t0, 2.0 * M * l->w.N * l->w.K);
+    sd_shape s = {geglu ? SD_SHAPE_GEGLU : SD_SHAPE_GEMM, {M, geglu ? l->w.N / 2 : l->w.N, l->w.K}};
+    sd_tock_shape(r->prof, kind, t0, 2.0 * M * l->w.N * l->w.K, s);
 }
 
 static void gemm_op(run *r, sd_op_kind kind, int M, const float *A, int lda, const sd_lin *l,
@@ -182,10 +184,7 @@ static void gemm_op(run *r, sd_op_kind kind, int M, const float *A, int lda, con
 static void conv_op(run *r, const float *in, int H, int W, int Cin, int stride, const sd_lin *l,
                     float *out, const sd_epilogue *ep)
 {
-    double t0 = tick(r);
-    sd_conv3x3(r->ex, in, r->Bc, H, W, Cin, stride, &l->w, out, ep);
-    int Ho = (H - 1) / stride + 1, Wo = (W - 1) / stride + 1;
-    tock(r, SD_OP_CONV3, t0, 2.0 * r->Bc * Ho * Wo * l->w.N * l->w.K);
+    sd_conv3x3_op(r->ex, r->prof, in, r->Bc, H, W, Cin, stride, l, out, ep);
 }
 
 static void attn_op(run *r, int heads, int dh, int Nq, int Nk, const float *q, int ldq,
@@ -230,7 +229,7 @@ static void resnet_fwd(run *r, const sd_resnet *res, const tensor *x, const tens
             t0 = tick(r);
             sd_gemm_cat(ex, M, x->p, C1, x2 ? x2->p : NULL, C2, &res->shortcut.w, sc, res->cout,
                         &ep_s);
-            tock_gemm(r, SD_OP_CONV1, t0, M, &res->shortcut);
+            tock_gemm(r, SD_OP_CONV1, t0, M, &res->shortcut, 0);
             resid = sc;
         }
         sd_epilogue ep2 = {.bias = res->conv2.b, .residual = resid, .ld_res = res->cout};
@@ -299,7 +298,7 @@ static void xformer_fwd(run *r, const sd_xformer *xf, tensor *x)
         if (fused) { /* projection and GELU gating in one pass */
             tn = tick(r);
             sd_gemm_geglu(ex, M, t0, C, &xf->ff1.w, xf->ff1.b, gate, 4 * C);
-            tock_gemm(r, SD_OP_LINEAR, tn, M, &xf->ff1);
+            tock_gemm(r, SD_OP_LINEAR, tn, M, &xf->ff1, 1);
         } else {
             sd_epilogue ep_f1 = {.bias = xf->ff1.b};
             gemm_op(r, SD_OP_LINEAR, M, t0, C, &xf->ff1, big, 8 * C, &ep_f1);

@@ -62,9 +62,7 @@ static void trace(run *r, const char *name, const tensor *t)
 static void conv3(run *r, const float *in, int H, int W, int Cin, const sd_lin *l, float *out,
                   const sd_epilogue *ep)
 {
-    double t0 = sd_tick(r->prof);
-    sd_conv3x3(r->ex, in, r->B, H, W, Cin, 1, &l->w, out, ep);
-    sd_tock(r->prof, SD_OP_CONV3, t0, 2.0 * r->B * H * W * l->w.N * l->w.K);
+    sd_conv3x3_op(r->ex, r->prof, in, r->B, H, W, Cin, 1, l, out, ep);
 }
 
 static void norm(run *r, const float *x, int HW, int C, const sd_norm *n, int silu, float *y)
@@ -246,8 +244,10 @@ static void encode_graph(run *r, const float *x, float *moments)
                 double t0 = sd_tick(r->prof);
                 sd_epilogue ep = {.bias = lv->sample_conv.b};
                 sd_conv3x3_pad0(r->ex, h.p, r->B, h.H, h.W, h.C, 2, &lv->sample_conv.w, o.p, &ep);
-                sd_tock(r->prof, SD_OP_CONV3, t0,
-                        2.0 * r->B * Ho * Wo * lv->sample_conv.w.N * lv->sample_conv.w.K);
+                sd_tock_shape(
+                    r->prof, SD_OP_CONV3, t0,
+                    2.0 * r->B * Ho * Wo * lv->sample_conv.w.N * lv->sample_conv.w.K,
+                    (sd_shape){SD_SHAPE_CONV, {r->B, h.H, h.W, h.C, lv->sample_conv.w.N, 2}});
             }
             cur ^= 1;
             h = o;
