@@ -389,6 +389,42 @@ static void test_python_literals(void)
     CHECK(sd_json_parse(in, strlen(in), &j, &err) == SDUNET_E_FORMAT, "strict parser refuses");
 }
 
+/* The typed config getters: absent and null leave the value, a wrong type
+ * or range is a config error naming the key. */
+static void test_config_getters(void)
+{
+    sd_json *j = parse_ok("{\"i\": 7, \"big\": 70, \"f\": 0.5, \"s\": \"x\", \"b\": true, "
+                          "\"n\": null, \"no\": false, \"fi\": 1.5}");
+    if (!j)
+        return;
+    sdunet_error err = {0};
+    int i = -1, b = -1;
+    float f = -1;
+    CHECK(sd_json_config_int(j, "i", 0, 10, "cfg", &i, &err) == SDUNET_OK && i == 7, "int %d", i);
+    CHECK(sd_json_config_int(j, "n", 0, 10, "cfg", &i, &err) == SDUNET_OK && i == 7, "null int");
+    CHECK(sd_json_config_int(j, "absent", 0, 10, "cfg", &i, &err) == SDUNET_OK && i == 7, "absent");
+    CHECK(sd_json_config_int(j, "big", 0, 10, "cfg", &i, &err) == SDUNET_E_CONFIG && i == 7 &&
+              strcmp(err.message, "cfg: 'big' must be an integer in 0..10") == 0,
+          "range: %s", err.message);
+    CHECK(sd_json_config_int(j, "fi", 0, 10, "cfg", &i, &err) == SDUNET_E_CONFIG, "fraction");
+    CHECK(sd_json_config_int(j, "s", 0, 10, "cfg", &i, &err) == SDUNET_E_CONFIG, "string as int");
+    CHECK(sd_json_config_bool(j, "b", "cfg", &b, &err) == SDUNET_OK && b == 1, "bool %d", b);
+    CHECK(sd_json_config_bool(j, "i", "cfg", &b, &err) == SDUNET_E_CONFIG && b == 1 &&
+              strcmp(err.message, "cfg: 'i' must be true or false") == 0,
+          "int as bool: %s", err.message);
+    CHECK(sd_json_config_float(j, "f", "cfg", &f, &err) == SDUNET_OK && f == 0.5f, "float %g", f);
+    CHECK(sd_json_config_float(j, "i", "cfg", &f, &err) == SDUNET_OK && f == 7.0f, "int as float");
+    CHECK(sd_json_config_float(j, "b", "cfg", &f, &err) == SDUNET_E_CONFIG && f == 7.0f &&
+              strcmp(err.message, "cfg: 'b' must be a number") == 0,
+          "bool as float: %s", err.message);
+    CHECK(sd_json_null_or_false(sd_json_get(j, "n")) &&
+              sd_json_null_or_false(sd_json_get(j, "no")) && sd_json_null_or_false(NULL) &&
+              !sd_json_null_or_false(sd_json_get(j, "b")) &&
+              !sd_json_null_or_false(sd_json_get(j, "i")),
+          "null_or_false");
+    sd_json_free(j);
+}
+
 int main(void)
 {
     RUN(test_python_literals);
@@ -401,5 +437,6 @@ int main(void)
     RUN(test_depth);
     RUN(test_malformed);
     RUN(test_messages);
+    RUN(test_config_getters);
     return t_summary();
 }

@@ -789,6 +789,48 @@ const sd_json *sd_json_get(const sd_json *obj, const char *key)
     return NULL;
 }
 
+int sd_json_null_or_false(const sd_json *v)
+{
+    return !v || v->type == SD_JSON_NULL || (v->type == SD_JSON_BOOL && !v->boolean);
+}
+
+sdunet_status sd_json_config_int(const sd_json *obj, const char *key, int lo, int hi,
+                                 const char *what, int *out, sdunet_error *err)
+{
+    const sd_json *v = sd_json_get(obj, key);
+    if (!v || v->type == SD_JSON_NULL)
+        return SDUNET_OK;
+    if (v->type != SD_JSON_NUMBER || !v->is_int || v->integer < lo || v->integer > hi)
+        return sd_fail(err, SDUNET_E_CONFIG, "%s: '%s' must be an integer in %d..%d", what, key, lo,
+                       hi);
+    *out = (int)v->integer;
+    return SDUNET_OK;
+}
+
+sdunet_status sd_json_config_bool(const sd_json *obj, const char *key, const char *what, int *out,
+                                  sdunet_error *err)
+{
+    const sd_json *v = sd_json_get(obj, key);
+    if (!v || v->type == SD_JSON_NULL)
+        return SDUNET_OK;
+    if (v->type != SD_JSON_BOOL)
+        return sd_fail(err, SDUNET_E_CONFIG, "%s: '%s' must be true or false", what, key);
+    *out = v->boolean;
+    return SDUNET_OK;
+}
+
+sdunet_status sd_json_config_float(const sd_json *obj, const char *key, const char *what,
+                                   float *out, sdunet_error *err)
+{
+    const sd_json *v = sd_json_get(obj, key);
+    if (!v || v->type == SD_JSON_NULL)
+        return SDUNET_OK;
+    if (v->type != SD_JSON_NUMBER || !isfinite(v->number))
+        return sd_fail(err, SDUNET_E_CONFIG, "%s: '%s' must be a number", what, key);
+    *out = (float)v->number;
+    return SDUNET_OK;
+}
+
 char *sd_json_from_python(const char *text, size_t len, size_t *out_len)
 {
     size_t cap;

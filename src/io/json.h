@@ -47,4 +47,17 @@ char *sd_json_from_python(const char *text, size_t len, size_t *out_len);
 /* Object member by key or NULL (also NULL if obj is not an object). */
 const sd_json *sd_json_get(const sd_json *obj, const char *key);
 
+/* Whether v is absent, null or false. */
+int sd_json_null_or_false(const sd_json *v);
+
+/* A model config's member `key` of obj into *out: absent or null leaves
+ * *out as it is; another type, or an integer out of lo..hi, a float not
+ * finite, is SDUNET_E_CONFIG "WHAT: 'KEY' must be ...". */
+sdunet_status sd_json_config_int(const sd_json *obj, const char *key, int lo, int hi,
+                                 const char *what, int *out, sdunet_error *err);
+sdunet_status sd_json_config_bool(const sd_json *obj, const char *key, const char *what, int *out,
+                                  sdunet_error *err);
+sdunet_status sd_json_config_float(const sd_json *obj, const char *key, const char *what,
+                                   float *out, sdunet_error *err);
+
 #endif

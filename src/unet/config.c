@@ -55,36 +55,15 @@ sdunet_status sd_config_preset(const char *name, sd_unet_config *cfg, sdunet_err
 
 /* ---- JSON helpers ---- */
 
-static int json_is_null_or_false(const sd_json *v)
+static sdunet_status get_int(const sd_json *root, const char *key, int lo, int hi, int *out,
+                             sdunet_error *err)
 {
-    return !v || v->type == SD_JSON_NULL || (v->type == SD_JSON_BOOL && !v->boolean);
-}
-
-static sdunet_status get_int(const sd_json *root, const char *key, int required, int lo, int hi,
-                             int *out, sdunet_error *err)
-{
-    const sd_json *v = sd_json_get(root, key);
-    if (!v || v->type == SD_JSON_NULL) {
-        if (required)
-            return sd_fail(err, SDUNET_E_CONFIG, "config: missing required key '%s'", key);
-        return SDUNET_OK;
-    }
-    if (v->type != SD_JSON_NUMBER || !v->is_int || v->integer < lo || v->integer > hi)
-        return sd_fail(err, SDUNET_E_CONFIG, "config: '%s' must be an integer in %d..%d", key, lo,
-                       hi);
-    *out = (int)v->integer;
-    return SDUNET_OK;
+    return sd_json_config_int(root, key, lo, hi, "config", out, err);
 }
 
 static sdunet_status get_bool(const sd_json *root, const char *key, int *out, sdunet_error *err)
 {
-    const sd_json *v = sd_json_get(root, key);
-    if (!v || v->type == SD_JSON_NULL)
-        return SDUNET_OK;
-    if (v->type != SD_JSON_BOOL)
-        return sd_fail(err, SDUNET_E_CONFIG, "config: '%s' must be true or false", key);
-    *out = v->boolean;
-    return SDUNET_OK;
+    return sd_json_config_bool(root, key, "config", out, err);
 }
 
 /* A key that must hold a given string value (or be absent/null). */
@@ -201,7 +180,7 @@ static sdunet_status parse_root(const sd_json *root, sd_unet_config *c, sdunet_e
         for (j = 0; j < nk; j++)
             if (strcmp(k, known_keys[j]) == 0)
                 break;
-        if (j == nk && !json_is_null_or_false(&root->items[i]))
+        if (j == nk && !sd_json_null_or_false(&root->items[i]))
             return sd_fail(err, SDUNET_E_CONFIG, "config: unsupported key '%s'", k);
     }
     const sd_json *cls = sd_json_get(root, "_class_name");
@@ -233,7 +212,7 @@ static sdunet_status parse_root(const sd_json *root, sd_unet_config *c, sdunet_e
                                               "mid_block_only_cross_attention"};
     for (size_t i = 0; i < sizeof must_be_off / sizeof must_be_off[0]; i++) {
         const sd_json *v = sd_json_get(root, must_be_off[i]);
-        if (!json_is_null_or_false(v))
+        if (!sd_json_null_or_false(v))
             return sd_fail(err, SDUNET_E_CONFIG,
                            "config: '%s' is set; unsupported (SD1.x/SD2.x "
                            "UNets only)",
@@ -253,18 +232,18 @@ static sdunet_status parse_root(const sd_json *root, sd_unet_config *c, sdunet_e
     const sd_json *oca = sd_json_get(root, "only_cross_attention");
     if (oca && oca->type == SD_JSON_ARRAY) {
         for (size_t i = 0; i < oca->len; i++)
-            if (!json_is_null_or_false(&oca->items[i]))
+            if (!sd_json_null_or_false(&oca->items[i]))
                 return sd_fail(err, SDUNET_E_CONFIG,
                                "config: 'only_cross_attention' is set; unsupported");
-    } else if (!json_is_null_or_false(oca)) {
+    } else if (!sd_json_null_or_false(oca)) {
         return sd_fail(err, SDUNET_E_CONFIG, "config: 'only_cross_attention' is set; unsupported");
     }
 
-    if ((st = get_int(root, "in_channels", 0, 1, 64, &c->in_channels, err)) ||
-        (st = get_int(root, "out_channels", 0, 1, 64, &c->out_channels, err)) ||
-        (st = get_int(root, "norm_num_groups", 0, 1, 1024, &c->norm_num_groups, err)) ||
-        (st = get_int(root, "freq_shift", 0, 0, 1, &c->freq_shift, err)) ||
-        (st = get_int(root, "cross_attention_dim", 0, 1, 65536, &c->cross_attention_dim, err)) ||
+    if ((st = get_int(root, "in_channels", 1, 64, &c->in_channels, err)) ||
+        (st = get_int(root, "out_channels", 1, 64, &c->out_channels, err)) ||
+        (st = get_int(root, "norm_num_groups", 1, 1024, &c->norm_num_groups, err)) ||
+        (st = get_int(root, "freq_shift", 0, 1, &c->freq_shift, err)) ||
+        (st = get_int(root, "cross_attention_dim", 1, 65536, &c->cross_attention_dim, err)) ||
         (st = get_bool(root, "flip_sin_to_cos", &c->flip_sin_to_cos, err)) ||
         (st = get_bool(root, "use_linear_projection", &c->use_linear_projection, err)))
         return st;
@@ -272,7 +251,7 @@ static sdunet_status parse_root(const sd_json *root, sd_unet_config *c, sdunet_e
     if (lpb && lpb->type == SD_JSON_ARRAY)
         return sd_fail(err, SDUNET_E_CONFIG,
                        "config: 'layers_per_block' as a per-block list is unsupported");
-    if ((st = get_int(root, "layers_per_block", 0, 1, 16, &c->layers_per_block, err)))
+    if ((st = get_int(root, "layers_per_block", 1, 16, &c->layers_per_block, err)))
         return st;
     const sd_json *eps = sd_json_get(root, "norm_eps");
     if (eps && eps->type != SD_JSON_NULL) {

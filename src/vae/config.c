@@ -62,44 +62,20 @@ sdunet_status sd_vae_config_check(const sd_vae_config *c, sdunet_error *err)
     return SDUNET_OK;
 }
 
-static int null_or_false(const sd_json *v)
-{
-    return !v || v->type == SD_JSON_NULL || (v->type == SD_JSON_BOOL && !v->boolean);
-}
-
 static sdunet_status get_int(const sd_json *root, const char *key, int lo, int hi, int *out,
                              sdunet_error *err)
 {
-    const sd_json *v = sd_json_get(root, key);
-    if (!v || v->type == SD_JSON_NULL)
-        return SDUNET_OK;
-    if (v->type != SD_JSON_NUMBER || !v->is_int || v->integer < lo || v->integer > hi)
-        return sd_fail(err, SDUNET_E_CONFIG, "vae config: '%s' must be an integer in %d..%d", key,
-                       lo, hi);
-    *out = (int)v->integer;
-    return SDUNET_OK;
+    return sd_json_config_int(root, key, lo, hi, "vae config", out, err);
 }
 
 static sdunet_status get_bool(const sd_json *root, const char *key, int *out, sdunet_error *err)
 {
-    const sd_json *v = sd_json_get(root, key);
-    if (!v || v->type == SD_JSON_NULL)
-        return SDUNET_OK;
-    if (v->type != SD_JSON_BOOL)
-        return sd_fail(err, SDUNET_E_CONFIG, "vae config: '%s' must be true or false", key);
-    *out = v->boolean;
-    return SDUNET_OK;
+    return sd_json_config_bool(root, key, "vae config", out, err);
 }
 
 static sdunet_status get_float(const sd_json *root, const char *key, float *out, sdunet_error *err)
 {
-    const sd_json *v = sd_json_get(root, key);
-    if (!v || v->type == SD_JSON_NULL)
-        return SDUNET_OK;
-    if (v->type != SD_JSON_NUMBER || !isfinite(v->number))
-        return sd_fail(err, SDUNET_E_CONFIG, "vae config: '%s' must be a number", key);
-    *out = (float)v->number;
-    return SDUNET_OK;
+    return sd_json_config_float(root, key, "vae config", out, err);
 }
 
 /* Every entry of a block-type list must be `want`; the count must match. */
@@ -178,7 +154,7 @@ static sdunet_status parse_root(const sd_json *root, sd_vae_config *c, sdunet_er
         return sd_fail(err, SDUNET_E_CONFIG, "vae config: act_fn must be \"silu\"");
     static const char *const must_be_null[] = {"latents_mean", "latents_std"};
     for (size_t i = 0; i < sizeof must_be_null / sizeof must_be_null[0]; i++)
-        if (!null_or_false(sd_json_get(root, must_be_null[i])))
+        if (!sd_json_null_or_false(sd_json_get(root, must_be_null[i])))
             return sd_fail(err, SDUNET_E_CONFIG, "vae config: '%s' is set; unsupported",
                            must_be_null[i]);
     return sd_vae_config_check(c, err);
