@@ -43,7 +43,8 @@ void sdunet_text_options_default(sdunet_text_options *opt);
  * 1024) pads with "!" (id 0), which also makes every "!" in a prompt its
  * own token 0, as transformers does for SD2 (a tokenizer folder's
  * special_tokens_map.json overrides this). A file with no text encoder is
- * SDUNET_E_WEIGHTS naming what was looked for. */
+ * SDUNET_E_WEIGHTS naming what was looked for; a folder without the weight
+ * file, SDUNET_E_IO. */
 sdunet_status sdunet_text_load(const char *path, const sdunet_text_options *opt, sdunet_text **out,
                                sdunet_error *err);
 

@@ -32,7 +32,8 @@ typedef struct sdunet_vae sdunet_vae;
  * the config.json beside it when that is an AutoencoderKL's (another
  * model's is ignored), and otherwise infers the configuration from the
  * tensor shapes (norm groups 32 and scaling factor 0.18215 assumed). A file without a VAE is
- * SDUNET_E_WEIGHTS naming what was looked for. */
+ * SDUNET_E_WEIGHTS naming what was looked for; a folder without the weight
+ * file, SDUNET_E_IO. */
 sdunet_status sdunet_vae_load(const char *path, const char *config_path, const sdunet_options *opt,
                               sdunet_vae **out, sdunet_error *err);
 

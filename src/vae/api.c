@@ -111,7 +111,7 @@ static sdunet_status find_in_folder(const char *dir, const char *variant, vae_fi
     if (r < 0)
         return sd_fail(err, SDUNET_E_IO, "%s: path too long", dir);
     if (r == 0)
-        return sd_fail(err, SDUNET_E_WEIGHTS,
+        return sd_fail(err, SDUNET_E_IO,
                        "%s: no VAE weights in this folder (looked for "
                        "diffusion_pytorch_model.%s%ssafetensors in %s/vae and %s)",
                        dir, variant ? variant : "", variant ? "." : "", dir, dir);
