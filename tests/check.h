@@ -45,6 +45,23 @@ void *t_read_file(const char *path, size_t *size);
 /* Writes n bytes; 0 on success. */
 int t_write_file(const char *path, const void *data, size_t n);
 
+#if defined(__GNUC__)
+#define T_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define T_PRINTF(a, b)
+#endif
+
+/* A path in this program's own temporary folder, from a printf format: the
+ * folder is made under $TMPDIR (else /tmp) on first use and removed, with
+ * everything in it, by t_summary; so test programs running side by side
+ * never share a path. Rotating static buffers (8 slots). Exits when the
+ * folder cannot be made. */
+const char *t_tmp(const char *fmt, ...) T_PRINTF(1, 2);
+/* The folder itself (made if need be). */
+const char *t_tmp_dir(void);
+/* Copies a file; 0 on success. */
+int t_copy_file(const char *from, const char *to);
+
 /* Deterministic pseudo-random floats in [-1, 1) for kernel tests. */
 void t_fill_random(float *x, size_t n, unsigned long long seed);
 

@@ -22,23 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static char g_tmp[256];
 static char g_bin[512];
-
-/* A path under the temporary folder (rotating static buffers). */
-static const char *tmp(const char *fmt, ...) SD_PRINTF(1, 2);
-static const char *tmp(const char *fmt, ...)
-{
-    static char slots[8][700];
-    static int next;
-    char *buf = slots[next++ & 7];
-    int n = snprintf(buf, sizeof slots[0], "%s/", g_tmp);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf + n, sizeof slots[0] - (size_t)n, fmt, ap);
-    va_end(ap);
-    return buf;
-}
 
 static int sh(const char *fmt, ...) SD_PRINTF(1, 2);
 static int sh(const char *fmt, ...)
@@ -63,15 +47,15 @@ static int cli(const char **out, const char **errs, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(args, sizeof args, fmt, ap);
     va_end(ap);
-    snprintf(cmd, sizeof cmd, "%s %s >%s/cli.out 2>%s/cli.err </dev/null", g_bin, args, g_tmp,
-             g_tmp);
+    snprintf(cmd, sizeof cmd, "%s %s >%s/cli.out 2>%s/cli.err </dev/null", g_bin, args, t_tmp_dir(),
+             t_tmp_dir());
     int st = system(cmd);
     char p[700];
     const char *names[2] = {"cli.out", "cli.err"};
     char *bufs[2] = {obuf, ebuf};
     size_t caps[2] = {sizeof obuf, sizeof ebuf};
     for (int i = 0; i < 2; i++) {
-        snprintf(p, sizeof p, "%s/%s", g_tmp, names[i]);
+        snprintf(p, sizeof p, "%s/%s", t_tmp_dir(), names[i]);
         FILE *f = fopen(p, "rb");
         size_t n = f ? fread(bufs[i], 1, caps[i] - 1, f) : 0;
         bufs[i][n] = 0;
@@ -521,7 +505,7 @@ static void test_inferred_files_load(void)
         for (int ldm = 0; ldm < 2; ldm++) {
             tlist l = {0};
             tl_model(&l, &cfgs[k], SD_DT_F32, ldm, 1.0f);
-            const char *p = tmp("infer-%d-%d.safetensors", k, ldm);
+            const char *p = t_tmp("infer-%d-%d.safetensors", k, ldm);
             if (tl_write(&l, p) == 0) {
                 sdunet_model *m = load(p, NULL, NULL, SDUNET_OK, NULL);
                 CHECK(same_outputs(m, ref), "%s %s file: output differs from the model",
@@ -546,8 +530,8 @@ static void test_tiny_cases_via_convert(void)
         CHECK(golden_load(cases[k], &g) == 0 && case_config(cases[k], &cfg) == 0, "%s", cases[k]);
         tlist l = {0};
         tl_model(&l, &cfg, SD_DT_F32, 0, 1.0f);
-        const char *diff = tmp("%s-diffusers.safetensors", cases[k]);
-        const char *ldm = tmp("%s-ldm.safetensors", cases[k]);
+        const char *diff = t_tmp("%s-diffusers.safetensors", cases[k]);
+        const char *ldm = t_tmp("%s-ldm.safetensors", cases[k]);
         tl_write(&l, diff);
         tl_free(&l);
         const char *out, *errs;
@@ -589,7 +573,7 @@ static void test_full_checkpoint(void)
     tlist l = {0};
     tl_model(&l, &cfg, SD_DT_F32, 1, 1.0f);
     tl_add_extras(&l, &cfg);
-    const char *p = tmp("v1-5-pruned-like.safetensors");
+    const char *p = t_tmp("v1-5-pruned-like.safetensors");
     tl_write(&l, p);
     tl_free(&l);
     char cfgp[600];
@@ -609,7 +593,7 @@ static void test_full_checkpoint(void)
     /* The EMA values would have changed the output: a file whose model
      * keys hold them gives a different one. */
     tl_model(&l, &cfg, SD_DT_F32, 1, -1.0f);
-    p = tmp("ema-values.safetensors");
+    p = t_tmp("ema-values.safetensors");
     tl_write(&l, p);
     tl_free(&l);
     m = load(p, cfgp, NULL, SDUNET_OK, NULL);
@@ -622,8 +606,8 @@ static void test_full_checkpoint(void)
     sd1_small(&cfg);
     tl_model(&l, &cfg, SD_DT_F16, 1, 1.0f);
     tl_add_extras(&l, &cfg);
-    mkdir(tmp("single"), 0755);
-    p = tmp("single/model.safetensors");
+    mkdir(t_tmp("single"), 0755);
+    p = t_tmp("single/model.safetensors");
     tl_write(&l, p);
     tl_free(&l);
     m = load(p, NULL, NULL, SDUNET_OK, NULL);
@@ -642,11 +626,11 @@ static void test_full_checkpoint(void)
                           "attn2.to_k.weight"),
           "info output:\n%s", out);
     /* convert keeps only the UNet */
-    rc = cli(&out, &errs, "convert %s %s", p, tmp("single-unet.safetensors"));
+    rc = cli(&out, &errs, "convert %s %s", p, t_tmp("single-unet.safetensors"));
     CHECK(rc == 0, "convert: %d %s", rc, errs);
     sd_tensorfile *tf = NULL;
     sdunet_error err;
-    if (sd_tensorfile_open(tmp("single-unet.safetensors"), &tf, &err) == SDUNET_OK) {
+    if (sd_tensorfile_open(t_tmp("single-unet.safetensors"), &tf, &err) == SDUNET_OK) {
         tlist names = {0};
         tl_model(&names, &cfg, SD_DT_F32, 0, 0.0f);
         CHECK(tf->count == names.n, "convert wrote %zu tensors, the UNet has %zu", tf->count,
@@ -671,18 +655,19 @@ static void test_diffusers_folders(void)
     CHECK(golden_load("micro", &g) == 0 && case_config("micro", &cfg) == 0, "micro case");
     const char *m = t_data("micro");
     char src[600];
-    CHECK(sh("mkdir -p %s/pipe/unet %s/fp16only %s/noconf/unet", g_tmp, g_tmp, g_tmp) == 0,
+    CHECK(sh("mkdir -p %s/pipe/unet %s/fp16only %s/noconf/unet", t_tmp_dir(), t_tmp_dir(),
+             t_tmp_dir()) == 0,
           "mkdir");
     snprintf(src, sizeof src, "%s/config.json", m);
-    copy_file(src, tmp("pipe/unet/config.json"));
-    copy_file(src, tmp("fp16only/config.json"));
+    copy_file(src, t_tmp("pipe/unet/config.json"));
+    copy_file(src, t_tmp("fp16only/config.json"));
     snprintf(src, sizeof src, "%s/weights.safetensors", m);
-    copy_file(src, tmp("pipe/unet/diffusion_pytorch_model.safetensors"));
-    copy_file(src, tmp("noconf/unet/diffusion_pytorch_model.safetensors"));
+    copy_file(src, t_tmp("pipe/unet/diffusion_pytorch_model.safetensors"));
+    copy_file(src, t_tmp("noconf/unet/diffusion_pytorch_model.safetensors"));
     snprintf(src, sizeof src, "%s/weights-fp16.safetensors", m);
-    copy_file(src, tmp("pipe/unet/diffusion_pytorch_model.fp16.safetensors"));
-    copy_file(src, tmp("fp16only/diffusion_pytorch_model.fp16.safetensors"));
-    FILE *f = fopen(tmp("pipe/model_index.json"), "w");
+    copy_file(src, t_tmp("pipe/unet/diffusion_pytorch_model.fp16.safetensors"));
+    copy_file(src, t_tmp("fp16only/diffusion_pytorch_model.fp16.safetensors"));
+    FILE *f = fopen(t_tmp("pipe/model_index.json"), "w");
     if (f) {
         fputs("{\"_class_name\": \"StableDiffusionPipeline\"}\n", f);
         fclose(f);
@@ -694,9 +679,9 @@ static void test_diffusers_folders(void)
     struct {
         const char *path, *variant;
         const float *want;
-    } ok[] = {{tmp("pipe"), NULL, want},       {tmp("pipe/unet"), NULL, want},
-              {tmp("pipe"), "fp16", want16},   {tmp("pipe/unet"), "fp16", want16},
-              {tmp("fp16only"), NULL, want16}, {tmp("fp16only"), "fp16", want16}};
+    } ok[] = {{t_tmp("pipe"), NULL, want},       {t_tmp("pipe/unet"), NULL, want},
+              {t_tmp("pipe"), "fp16", want16},   {t_tmp("pipe/unet"), "fp16", want16},
+              {t_tmp("fp16only"), NULL, want16}, {t_tmp("fp16only"), "fp16", want16}};
     for (size_t k = 0; k < sizeof ok / sizeof ok[0]; k++) {
         sdunet_model *mm = load(ok[k].path, NULL, ok[k].variant, SDUNET_OK, NULL);
         if (!mm)
@@ -707,34 +692,34 @@ static void test_diffusers_folders(void)
         free(y);
         sdunet_free(mm);
     }
-    load(tmp("pipe"), NULL, "bf16", SDUNET_E_IO, "diffusion_pytorch_model.bf16.safetensors");
-    load(tmp("pipe"), NULL, "../fp16", SDUNET_E_INVALID_ARG, "variant");
-    load(tmp("pipe/unet/diffusion_pytorch_model.safetensors"), NULL, "fp16", SDUNET_E_INVALID_ARG,
+    load(t_tmp("pipe"), NULL, "bf16", SDUNET_E_IO, "diffusion_pytorch_model.bf16.safetensors");
+    load(t_tmp("pipe"), NULL, "../fp16", SDUNET_E_INVALID_ARG, "variant");
+    load(t_tmp("pipe/unet/diffusion_pytorch_model.safetensors"), NULL, "fp16", SDUNET_E_INVALID_ARG,
          "variant");
-    load(tmp("single"), NULL, NULL, SDUNET_E_IO, "no UNet weights");
+    load(t_tmp("single"), NULL, NULL, SDUNET_E_IO, "no UNet weights");
     /* No config.json and nothing to infer the heads from (cross width 16). */
-    load(tmp("noconf"), NULL, NULL, SDUNET_E_CONFIG, "--config");
+    load(t_tmp("noconf"), NULL, NULL, SDUNET_E_CONFIG, "--config");
     char cfgp[600];
     snprintf(cfgp, sizeof cfgp, "%s/config.json", m);
-    sdunet_model *mm = load(tmp("noconf"), cfgp, NULL, SDUNET_OK, NULL);
+    sdunet_model *mm = load(t_tmp("noconf"), cfgp, NULL, SDUNET_OK, NULL);
     sdunet_free(mm);
     /* A lone LDM file with no config beside it: the same. */
     snprintf(src, sizeof src, "%s/weights-ldm.ckpt", m);
-    copy_file(src, tmp("noconf/weights-ldm.ckpt"));
-    load(tmp("noconf/weights-ldm.ckpt"), NULL, NULL, SDUNET_E_CONFIG, "--config");
+    copy_file(src, t_tmp("noconf/weights-ldm.ckpt"));
+    load(t_tmp("noconf/weights-ldm.ckpt"), NULL, NULL, SDUNET_E_CONFIG, "--config");
 
     /* The CLI: a folder with --variant, against the float64 reference. */
     const char *out, *errs;
     int rc = cli(&out, &errs,
                  "run --model %s --variant fp16 --sample %s/sample.npy --timestep 1 --context "
                  "%s/context.npy --out %s --threads 2",
-                 tmp("pipe"), m, m, tmp("o.npy"));
+                 t_tmp("pipe"), m, m, t_tmp("o.npy"));
     CHECK(rc == 0 && strstr(out, "checksum"), "run --variant: %d %s", rc, errs);
-    rc = cli(&out, &errs, "info %s --variant fp16", tmp("pipe"));
+    rc = cli(&out, &errs, "info %s --variant fp16", t_tmp("pipe"));
     CHECK(rc == 0 && strstr(out, "diffusion_pytorch_model.fp16.safetensors") &&
               strstr(out, "(beside the weights)") && strstr(out, "folder: "),
           "info folder: %d %s %s", rc, out, errs);
-    rc = cli(&out, &errs, "info %s", tmp("noconf"));
+    rc = cli(&out, &errs, "info %s", t_tmp("noconf"));
     CHECK(rc != 0 && strstr(out, "--config"), "info without config: %d %s", rc, out);
     free(want);
     free(want16);
@@ -775,38 +760,38 @@ static void test_convert_round_trips(void)
     const char *m = t_data("micro");
     char a[2000];
     /* ldm -> diffusers -> ldm, and the ckpt -> diffusers */
-    snprintf(a, sizeof a, "%s/weights-ldm.safetensors %s", m, tmp("rt-diff.safetensors"));
+    snprintf(a, sizeof a, "%s/weights-ldm.safetensors %s", m, t_tmp("rt-diff.safetensors"));
     convert_ok(a);
     char want[600];
     snprintf(want, sizeof want, "%s/weights.safetensors", m);
-    CHECK(same_tensors(want, tmp("rt-diff.safetensors")), "ldm -> diffusers");
-    snprintf(a, sizeof a, "%s %s --layout ldm --config %s/config.json", tmp("rt-diff.safetensors"),
-             tmp("rt-ldm.safetensors"), m);
+    CHECK(same_tensors(want, t_tmp("rt-diff.safetensors")), "ldm -> diffusers");
+    snprintf(a, sizeof a, "%s %s --layout ldm --config %s/config.json",
+             t_tmp("rt-diff.safetensors"), t_tmp("rt-ldm.safetensors"), m);
     convert_ok(a);
     snprintf(want, sizeof want, "%s/weights-ldm.safetensors", m);
-    CHECK(same_tensors(want, tmp("rt-ldm.safetensors")), "ldm -> diffusers -> ldm");
-    snprintf(a, sizeof a, "%s/weights-ldm.ckpt %s", m, tmp("rt-ckpt.safetensors"));
+    CHECK(same_tensors(want, t_tmp("rt-ldm.safetensors")), "ldm -> diffusers -> ldm");
+    snprintf(a, sizeof a, "%s/weights-ldm.ckpt %s", m, t_tmp("rt-ckpt.safetensors"));
     convert_ok(a);
     snprintf(want, sizeof want, "%s/weights.safetensors", m);
-    CHECK(same_tensors(want, tmp("rt-ckpt.safetensors")), "ckpt -> diffusers");
+    CHECK(same_tensors(want, t_tmp("rt-ckpt.safetensors")), "ckpt -> diffusers");
     /* f32 -> f16 / bf16: the rounded values, byte for byte as the reference files */
     const char *dts[2] = {"f16", "bf16"}, *refs[2] = {"weights-fp16", "weights-bf16"};
     for (int k = 0; k < 2; k++) {
         snprintf(a, sizeof a, "%s/weights-ldm.ckpt %s --dtype %s", m,
-                 tmp("rt-%s.safetensors", dts[k]), dts[k]);
+                 t_tmp("rt-%s.safetensors", dts[k]), dts[k]);
         convert_ok(a);
         snprintf(want, sizeof want, "%s/%s.safetensors", m, refs[k]);
-        CHECK(same_tensors(want, tmp("rt-%s.safetensors", dts[k])), "f32 -> %s", dts[k]);
+        CHECK(same_tensors(want, t_tmp("rt-%s.safetensors", dts[k])), "f32 -> %s", dts[k]);
     }
     /* f16 -> f32 widens exactly, and back gives the same half bytes */
     snprintf(a, sizeof a, "%s/weights-fp16.safetensors %s --dtype f32", m,
-             tmp("rt-wide.safetensors"));
+             t_tmp("rt-wide.safetensors"));
     convert_ok(a);
     sd_tensorfile *half = NULL, *wide = NULL;
     sdunet_error err;
     snprintf(want, sizeof want, "%s/weights-fp16.safetensors", m);
     if (sd_tensorfile_open(want, &half, &err) == SDUNET_OK &&
-        sd_tensorfile_open(tmp("rt-wide.safetensors"), &wide, &err) == SDUNET_OK) {
+        sd_tensorfile_open(t_tmp("rt-wide.safetensors"), &wide, &err) == SDUNET_OK) {
         size_t bad = 0;
         for (size_t i = 0; i < half->count && i < wide->count; i++) {
             const sd_tensor_info *h = &half->tensors[i], *w = &wide->tensors[i];
@@ -824,15 +809,15 @@ static void test_convert_round_trips(void)
     sd_tensorfile_close(half);
     sd_tensorfile_close(wide);
     snprintf(a, sizeof a, "%s %s --dtype f16 --layout ldm --config %s/config.json",
-             tmp("rt-wide.safetensors"), tmp("rt-narrow.safetensors"), m);
+             t_tmp("rt-wide.safetensors"), t_tmp("rt-narrow.safetensors"), m);
     convert_ok(a);
-    snprintf(a, sizeof a, "%s %s --dtype f16 --config %s/config.json", tmp("rt-narrow.safetensors"),
-             tmp("rt-back.safetensors"), m);
+    snprintf(a, sizeof a, "%s %s --dtype f16 --config %s/config.json",
+             t_tmp("rt-narrow.safetensors"), t_tmp("rt-back.safetensors"), m);
     convert_ok(a);
     snprintf(want, sizeof want, "%s/weights-fp16.safetensors", m);
-    CHECK(same_tensors(want, tmp("rt-back.safetensors")), "f16 -> f32 -> f16");
+    CHECK(same_tensors(want, t_tmp("rt-back.safetensors")), "f16 -> f32 -> f16");
     /* diffusers' conventions: metadata first, header padded to 8 bytes */
-    FILE *f = fopen(tmp("rt-ldm.safetensors"), "rb");
+    FILE *f = fopen(t_tmp("rt-ldm.safetensors"), "rb");
     unsigned char head[64] = {0};
     if (f) {
         CHECK(fread(head, 1, sizeof head, f) == sizeof head, "read header");
@@ -846,13 +831,13 @@ static void test_convert_round_trips(void)
     const char *out, *errs;
     int rc = cli(&out, &errs, "convert --help");
     CHECK(rc == 0 && strstr(out, "UNet tensors only"), "convert --help: %s", out);
-    rc = cli(&out, &errs, "convert %s/weights.safetensors %s --layout caffe", m, tmp("x"));
+    rc = cli(&out, &errs, "convert %s/weights.safetensors %s --layout caffe", m, t_tmp("x"));
     CHECK(rc == 1 && strstr(errs, "--layout"), "bad layout: %d %s", rc, errs);
-    rc = cli(&out, &errs, "convert %s/weights.safetensors %s --dtype f8", m, tmp("x"));
+    rc = cli(&out, &errs, "convert %s/weights.safetensors %s --dtype f8", m, t_tmp("x"));
     CHECK(rc == 1 && strstr(errs, "--dtype"), "bad dtype: %d %s", rc, errs);
     rc = cli(&out, &errs, "convert %s/weights.safetensors", m);
     CHECK(rc == 1 && strstr(errs, "OUT"), "no OUT: %d %s", rc, errs);
-    rc = cli(&out, &errs, "convert %s/weights.safetensors %s --config sd15", m, tmp("x"));
+    rc = cli(&out, &errs, "convert %s/weights.safetensors %s --config sd15", m, t_tmp("x"));
     CHECK(rc == 1 && strstr(errs, "mismatched"), "wrong config: %d %s", rc, errs);
 }
 
@@ -871,24 +856,24 @@ static void test_errors(void)
             free(l.t[i].name);
             l.t[i].name = strdup("model.diffusion_model.middle_block.1.proj_in.weight_renamed");
         }
-    tl_write(&l, tmp("missing.safetensors"));
-    load(tmp("missing.safetensors"), cfgp, NULL, SDUNET_E_WEIGHTS,
+    tl_write(&l, t_tmp("missing.safetensors"));
+    load(t_tmp("missing.safetensors"), cfgp, NULL, SDUNET_E_WEIGHTS,
          "model.diffusion_model.middle_block.1.proj_in.weight");
-    load(tmp("missing.safetensors"), cfgp, NULL, SDUNET_E_WEIGHTS,
+    load(t_tmp("missing.safetensors"), cfgp, NULL, SDUNET_E_WEIGHTS,
          "mid_block.attentions.0.proj_in.weight");
     /* both layouts in one file */
     tl_push(&l, "conv_in.weight", SD_DT_F32, 1, (int64_t[]){1});
-    tl_write(&l, tmp("mixed.safetensors"));
-    load(tmp("mixed.safetensors"), cfgp, NULL, SDUNET_E_WEIGHTS, "both");
-    load(tmp("mixed.safetensors"), NULL, NULL, SDUNET_E_WEIGHTS, "both");
+    tl_write(&l, t_tmp("mixed.safetensors"));
+    load(t_tmp("mixed.safetensors"), cfgp, NULL, SDUNET_E_WEIGHTS, "both");
+    load(t_tmp("mixed.safetensors"), NULL, NULL, SDUNET_E_WEIGHTS, "both");
     tl_free(&l);
     /* nothing of a UNet */
     tl_push(&l, "first_stage_model.encoder.conv_in.bias", SD_DT_F16, 1, (int64_t[]){4});
-    tl_write(&l, tmp("vae-only.safetensors"));
-    load(tmp("vae-only.safetensors"), cfgp, NULL, SDUNET_E_WEIGHTS, "no UNet tensors");
-    load(tmp("vae-only.safetensors"), NULL, NULL, SDUNET_E_WEIGHTS, "no UNet tensors");
+    tl_write(&l, t_tmp("vae-only.safetensors"));
+    load(t_tmp("vae-only.safetensors"), cfgp, NULL, SDUNET_E_WEIGHTS, "no UNet tensors");
+    load(t_tmp("vae-only.safetensors"), NULL, NULL, SDUNET_E_WEIGHTS, "no UNet tensors");
     tl_free(&l);
-    load(tmp("does-not-exist"), NULL, NULL, SDUNET_E_IO, "does-not-exist");
+    load(t_tmp("does-not-exist"), NULL, NULL, SDUNET_E_IO, "does-not-exist");
 }
 
 static long resident_pages(void)
@@ -918,11 +903,11 @@ static void test_release_pages(void)
         for (size_t i = 0; i < t->numel; i++)
             v[i] = (float)(i % 1000) + (float)k;
     }
-    tl_write(&l, tmp("release.safetensors"));
+    tl_write(&l, t_tmp("release.safetensors"));
     tl_free(&l);
     sd_tensorfile *tf = NULL;
     sdunet_error err;
-    CHECK(sd_tensorfile_open(tmp("release.safetensors"), &tf, &err) == SDUNET_OK, "%s",
+    CHECK(sd_tensorfile_open(t_tmp("release.safetensors"), &tf, &err) == SDUNET_OK, "%s",
           err.message);
     if (!tf)
         return;
@@ -962,11 +947,6 @@ int main(void)
         snprintf(g_bin, sizeof g_bin, "%s", bin);
     else
         snprintf(g_bin, sizeof g_bin, "%s/sdunet", build && *build ? build : "build");
-    snprintf(g_tmp, sizeof g_tmp, "/tmp/sdunet-ckpt-test-XXXXXX");
-    if (!mkdtemp(g_tmp)) {
-        perror("mkdtemp");
-        return 1;
-    }
     FILE *f = fopen(g_bin, "rb");
     CHECK(f != NULL, "no CLI binary at %s (set BUILD)", g_bin);
     if (f)
@@ -980,6 +960,5 @@ int main(void)
     RUN(test_convert_round_trips);
     RUN(test_errors);
     RUN(test_release_pages);
-    sh("rm -rf '%s'", g_tmp);
     return t_summary();
 }

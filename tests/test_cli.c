@@ -11,7 +11,7 @@
 #include <sys/wait.h>
 
 static char g_bin[512];
-static const char *tmp = "/tmp/sdunet-cli-test";
+static const char *tmp; /* t_tmp_dir() */
 
 typedef struct result {
     int status; /* exit status, or 128 + signal */
@@ -520,10 +520,7 @@ int main(void)
     snprintf(g_bin, sizeof g_bin, "%s", bin ? bin : "");
     if (!bin)
         snprintf(g_bin, sizeof g_bin, "%s/sdunet", build ? build : "build");
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "mkdir -p %s", tmp);
-    if (system(cmd) != 0)
-        return 1;
+    tmp = t_tmp_dir();
     FILE *f = fopen(g_bin, "rb");
     CHECK(f != NULL, "no CLI binary at %s", g_bin);
     if (f)
@@ -538,8 +535,5 @@ int main(void)
     RUN(test_weights_option);
     RUN(test_trace);
     RUN(test_fast_option);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    if (system(cmd) != 0)
-        return 1;
     return t_summary();
 }

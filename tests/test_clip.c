@@ -184,21 +184,11 @@ static void check_case(const char *dir, const char *file, int want_layout, const
     sd_tensorfile_close(tf);
 }
 
-static const char *tmp_path(const char *name)
-{
-    static char buf[4][512];
-    static int k;
-    const char *dir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/sdunet-test-clip-%d-%s", dir, (int)getpid(), name);
-    return buf[k];
-}
-
 static void test_tiny_sd1(void)
 {
     sd_clip_config cfg = read_config(t_data("text/clip-tiny-sd1/config.json"));
     CHECK(cfg.quick_gelu == 1 && cfg.layers == 3 && cfg.hidden == 32, "config");
-    const char *bare = tmp_path("sd1-bare.safetensors"), *ldm = tmp_path("sd1-ldm.safetensors");
+    const char *bare = t_tmp("sd1-bare.safetensors"), *ldm = t_tmp("sd1-ldm.safetensors");
     CHECK(write_synthetic(&cfg, "text_model.", 0, bare) == 0, "write %s", bare);
     CHECK(write_synthetic(&cfg, "cond_stage_model.transformer.text_model.", 0, ldm) == 0,
           "write %s", ldm);
@@ -213,7 +203,7 @@ static void test_tiny_sd2(void)
 {
     sd_clip_config cfg = read_config(t_data("text/clip-tiny-sd2/config.json"));
     CHECK(cfg.quick_gelu == 0 && cfg.layers == 4 && cfg.hidden == 48, "config");
-    const char *f16 = tmp_path("sd2-f16tok.safetensors");
+    const char *f16 = t_tmp("sd2-f16tok.safetensors");
     CHECK(write_synthetic(&cfg, "text_model.", 1, f16) == 0, "write %s", f16);
     check_case("text/clip-tiny-sd2", f16, SD_CLIP_TRANSFORMERS, "text_model.");
     remove(f16);

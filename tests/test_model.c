@@ -441,9 +441,8 @@ static void test_half_files_golden(void)
             const sd_dtype dt = d ? SD_DT_BF16 : SD_DT_F16;
             const int wt = d ? SD_WT_BF16 : SD_WT_F16;
             const char *name = cases[c][0], *wcase = cases[c][1];
-            char path[256];
-            snprintf(path, sizeof path, "/tmp/sdunet-test-%s-%s.safetensors", wcase,
-                     sd_wtype_name(wt));
+            char path[1024];
+            snprintf(path, sizeof path, "%s", t_tmp("%s-%s.safetensors", wcase, sd_wtype_name(wt)));
             golden_case g;
             CHECK(golden_load(name, &g) == 0, "load %s", name);
             CHECK(write_half_file(wcase, dt, path) == 0, "write %s", path);
@@ -572,7 +571,7 @@ static void test_missing_and_mismatched_tensors(void)
             ts[i].numel = 2;
             ts[i].nbytes = 8;
         }
-    const char *out = "/tmp/sdunet-test-missing.safetensors";
+    const char *out = t_tmp("missing.safetensors");
     CHECK(sd_safetensors_write(out, ts, n, NULL, &err) == SDUNET_OK, "%s", err.message);
     char c[256];
     snprintf(c, sizeof c, "%s/config.json", t_data("micro"));

@@ -6,23 +6,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static char g_tmpdir[256];
-
-static const char *tmp_path(const char *name)
-{
-    static char slots[4][512];
-    static int next;
-    if (!g_tmpdir[0]) {
-        const char *base = getenv("TMPDIR");
-        snprintf(g_tmpdir, sizeof g_tmpdir, "%s/sdunet-npy-XXXXXX", base && *base ? base : "/tmp");
-        if (!mkdtemp(g_tmpdir))
-            snprintf(g_tmpdir, sizeof g_tmpdir, "/tmp");
-    }
-    char *buf = slots[next++ & 3];
-    snprintf(buf, sizeof slots[0], "%s/%s", g_tmpdir, name);
-    return buf;
-}
-
 /* Builds a .npy image: magic, version, header length field (2 or 4 bytes),
  * the dict padded with spaces + '\n' to a multiple of 64, then data. */
 static unsigned char *build_npy(int major, const char *dict, const void *data, size_t data_len,
@@ -164,7 +147,7 @@ static void test_roundtrip(void)
         t_fill_random(v, n, 7 + c);
         if (n)
             v[0] = -0.0f;
-        const char *path = tmp_path("rt.npy");
+        const char *path = t_tmp("rt.npy");
         sdunet_error err = {0};
         sdunet_status st = sd_npy_write_f32(path, v, cases[c].ndim, cases[c].shape, &err);
         CHECK(st == SDUNET_OK, "write: %s", err.message);
@@ -204,11 +187,11 @@ static void test_roundtrip(void)
     }
     sdunet_error err = {0};
     int64_t neg[1] = {-1};
-    CHECK(sd_npy_write_f32(tmp_path("x.npy"), NULL, 1, neg, &err) == SDUNET_E_INVALID_ARG,
+    CHECK(sd_npy_write_f32(t_tmp("x.npy"), NULL, 1, neg, &err) == SDUNET_E_INVALID_ARG,
           "negative dim");
     int64_t s9[9] = {1, 1, 1, 1, 1, 1, 1, 1, 1};
     float one = 1;
-    CHECK(sd_npy_write_f32(tmp_path("x.npy"), &one, 9, s9, &err) == SDUNET_E_INVALID_ARG, "9 dims");
+    CHECK(sd_npy_write_f32(t_tmp("x.npy"), &one, 9, s9, &err) == SDUNET_E_INVALID_ARG, "9 dims");
     CHECK(sd_npy_write_f32("/nonexistent-dir/x.npy", &one, 0, NULL, &err) == SDUNET_E_IO &&
               strstr(err.message, "/nonexistent-dir/x.npy"),
           "unwritable: %s", err.message);
@@ -221,7 +204,7 @@ static void test_f16_f64_files(void)
     size_t size;
     unsigned char *buf =
         build_npy(1, "{'descr': '<f2', 'fortran_order': False, 'shape': (2, 3), }", h, 12, &size);
-    const char *path = tmp_path("h.npy");
+    const char *path = t_tmp("h.npy");
     t_write_file(path, buf, size);
     free(buf);
     float *f = NULL;
@@ -378,11 +361,11 @@ static void test_file_errors(void)
     int ndim;
     int64_t shape[SD_MAX_DIMS];
     sdunet_error err = {0};
-    const char *missing = tmp_path("missing.npy");
+    const char *missing = t_tmp("missing.npy");
     CHECK(sd_npy_read_f32(missing, &data, &ndim, shape, &err) == SDUNET_E_IO, "missing");
     CHECK(strstr(err.message, missing) != NULL, "path in message: %s", err.message);
     CHECK(sd_npy_read_f64(missing, &d, &ndim, shape, &err) == SDUNET_E_IO, "missing f64");
-    const char *path = tmp_path("empty.npy");
+    const char *path = t_tmp("empty.npy");
     t_write_file(path, "", 0);
     CHECK(sd_npy_read_f32(path, &data, &ndim, shape, &err) == SDUNET_E_FORMAT, "empty: %s",
           err.message);
@@ -452,6 +435,5 @@ int main(void)
     RUN(test_bad_inputs);
     RUN(test_file_errors);
     RUN(test_corruption);
-    rmdir(g_tmpdir);
     return t_summary();
 }

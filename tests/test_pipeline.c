@@ -24,25 +24,6 @@
 
 #define BAR 1e-5
 
-static const char *tmp_path(const char *name)
-{
-    static char buf[8][512];
-    static int k;
-    const char *dir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-    k = (k + 1) % 8;
-    snprintf(buf[k], sizeof buf[k], "%s/sdunet-test-pipe-%d-%s", dir, (int)getpid(), name);
-    return buf[k];
-}
-
-static int copy_file(const char *from, const char *to)
-{
-    size_t n;
-    void *d = t_read_file(from, &n);
-    int rc = d ? t_write_file(to, d, n) : -1;
-    free(d);
-    return rc;
-}
-
 static const struct {
     const char *cls, *name;
 } classes[] = {{"DDIMScheduler", "ddim"},
@@ -78,16 +59,16 @@ static int make_folder(const char *dir, const char *case_dir, const char *text_c
     int rc = 0;
     snprintf(p, sizeof p, "%s/unet/config.json", dir);
     snprintf(q, sizeof q, "%s/unet_config.json", case_dir);
-    rc |= copy_file(t_data(q), p);
+    rc |= t_copy_file(t_data(q), p);
     snprintf(p, sizeof p, "%s/vae/config.json", dir);
     snprintf(q, sizeof q, "%s/vae_config.json", case_dir);
-    rc |= copy_file(t_data(q), p);
+    rc |= t_copy_file(t_data(q), p);
     snprintf(p, sizeof p, "%s/text_encoder/config.json", dir);
-    rc |= copy_file(t_data(text_cfg), p);
+    rc |= t_copy_file(t_data(text_cfg), p);
     snprintf(p, sizeof p, "%s/tokenizer/vocab.json", dir);
-    rc |= copy_file(t_data("text/vocab.json"), p);
+    rc |= t_copy_file(t_data("text/vocab.json"), p);
     snprintf(p, sizeof p, "%s/tokenizer/merges.txt", dir);
-    rc |= copy_file(t_data("text/merges.txt"), p);
+    rc |= t_copy_file(t_data("text/merges.txt"), p);
     snprintf(p, sizeof p, "%s/tokenizer/special_tokens_map.json", dir);
     const char *stm = sd2 ? "{\"pad_token\": \"!\"}" : "{\"pad_token\": \"<|endoftext|>\"}";
     rc |= t_write_file(p, stm, strlen(stm));
@@ -208,7 +189,7 @@ static void run_case(const char *name, int low_memory)
     CHECK(text_cfg[0] && sched && call, "%s: manifest lacks models or scheduler", name);
     char case_dir[300];
     snprintf(case_dir, sizeof case_dir, "pipeline/%s", name);
-    const char *dir = tmp_path(name);
+    const char *dir = t_tmp("%s", name);
     if (!text_cfg[0] || !sched || !call || make_folder(dir, case_dir, text_cfg, sd2)) {
         CHECK(0, "%s: cannot lay out the pipeline folder", name);
         sd_json_free(m);
@@ -221,7 +202,7 @@ static void run_case(const char *name, int low_memory)
     mkdir(sp, 0700);
     snprintf(sp, sizeof sp, "%s/scheduler/scheduler_config.json", dir);
     snprintf(p, sizeof p, "%s/scheduler_config.json", case_dir);
-    CHECK(copy_file(t_data(p), sp) == 0, "scheduler config");
+    CHECK(t_copy_file(t_data(p), sp) == 0, "scheduler config");
 
     sdunet_pipeline_options po;
     sdunet_pipeline_options_default(&po);
@@ -478,7 +459,7 @@ static void check_sd1_ddim(sdunet_pipeline *pl, const char *what, float *out)
 static void test_from_files(void)
 {
     tlist *l = calloc(1, sizeof *l);
-    const char *dir = tmp_path("files");
+    const char *dir = t_tmp("files");
     char p[1024];
     int ok = make_folder(dir, "pipeline/sd1-ddim", "text/clip-tiny-sd1/config.json", 0) == 0;
     snprintf(p, sizeof p, "%s/unet/diffusion_pytorch_model.safetensors", dir);
@@ -529,7 +510,7 @@ static void test_from_files(void)
      * UNet's heads and the 32-wide encoder's cannot be inferred: configs) */
     po.unet_config = t_data("pipeline/sd1-ddim/unet_config.json");
     po.text_config = t_data("text/clip-tiny-sd1/config.json");
-    const char *single = tmp_path("single.safetensors");
+    const char *single = t_tmp("single.safetensors");
     ok = collect_models(l, 1, 0) == 0 && collect_models(l, 1, 1) == 0 &&
          collect_models(l, 1, 2) == 0 && write_list(l, single) == 0;
     CHECK(ok, "writing the single file");
@@ -591,7 +572,7 @@ static void test_share(void)
     sd_pool_destroy(mine);
 
     const char *path = t_data("pipeline/sd1-ddim/unet_config.json");
-    const char *file = tmp_path("share.safetensors");
+    const char *file = t_tmp("share.safetensors");
     sd_tensor_info t = {
         .name = (char *)"x", .dtype = SD_DT_F32, .ndim = 1, .shape = {3}, .numel = 3, .nbytes = 12};
     const float v[3] = {1, 2, 3};
@@ -621,7 +602,7 @@ static int cancel_at_step2(void *user, sdunet_phase ph, int done, int total)
 /* Bad input: each a clear error before (or instead of) the work. */
 static void test_bad_input(void)
 {
-    const char *dir = tmp_path("bad");
+    const char *dir = t_tmp("bad");
     sdunet_error err;
     sdunet_pipeline *pl = NULL;
     if (make_folder(dir, "pipeline/sd1-ddim", "text/clip-tiny-sd1/config.json", 0) ||

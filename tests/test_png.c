@@ -13,23 +13,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static char g_tmpdir[256];
-
-static const char *tmp_path(const char *name)
-{
-    static char slots[4][512];
-    static int next;
-    if (!g_tmpdir[0]) {
-        const char *base = getenv("TMPDIR");
-        snprintf(g_tmpdir, sizeof g_tmpdir, "%s/sdunet-png-XXXXXX", base && *base ? base : "/tmp");
-        if (!mkdtemp(g_tmpdir))
-            snprintf(g_tmpdir, sizeof g_tmpdir, "/tmp");
-    }
-    char *buf = slots[next++ & 3];
-    snprintf(buf, sizeof slots[0], "%s/%s", g_tmpdir, name);
-    return buf;
-}
-
 /* ------------------------------------------------ a growable byte buffer */
 
 typedef struct bytes {
@@ -1118,12 +1101,12 @@ static void test_files(void)
     uint8_t *rgb = pattern(37, 23, 1);
     sd_png_text t = {"parameters", "Steps: 20"};
     sdunet_error err;
-    const char *path = tmp_path("files.png");
-    int before = count_dir_entries(g_tmpdir);
+    const char *path = t_tmp("files.png");
+    int before = count_dir_entries(t_tmp_dir());
     CHECK(sd_png_write(path, rgb, 37, 23, &t, 1, &err) == SDUNET_OK, "write: %s", err.message);
     /* Overwrite in place. */
     CHECK(sd_png_write(path, rgb, 37, 23, &t, 1, &err) == SDUNET_OK, "rewrite: %s", err.message);
-    CHECK(count_dir_entries(g_tmpdir) == before + 1, "temporary files left behind");
+    CHECK(count_dir_entries(t_tmp_dir()) == before + 1, "temporary files left behind");
     sd_image img;
     CHECK(sd_png_read(path, &img, &err) == SDUNET_OK, "read: %s", err.message);
     CHECK(img.width == 37 && img.height == 23 && img.data &&
@@ -1131,9 +1114,9 @@ static void test_files(void)
           "pixels");
     CHECK(img.n_texts == 1 && !strcmp(img.texts[0].value, "Steps: 20"), "text");
     sd_image_free(&img);
-    CHECK(sd_png_read(tmp_path("missing.png"), &img, &err) == SDUNET_E_IO, "missing file");
-    CHECK(sd_png_read(g_tmpdir, &img, &err) == SDUNET_E_IO, "directory");
-    CHECK(sd_png_write(tmp_path("no/such/dir.png"), rgb, 37, 23, NULL, 0, &err) == SDUNET_E_IO,
+    CHECK(sd_png_read(t_tmp("missing.png"), &img, &err) == SDUNET_E_IO, "missing file");
+    CHECK(sd_png_read(t_tmp_dir(), &img, &err) == SDUNET_E_IO, "directory");
+    CHECK(sd_png_write(t_tmp("no/such/dir.png"), rgb, 37, 23, NULL, 0, &err) == SDUNET_E_IO,
           "unwritable path");
     /* A file with a bad CRC names the file and the chunk. */
     size_t n = 0;
@@ -1141,7 +1124,7 @@ static void test_files(void)
     CHECK(data && n > 40, "read back");
     if (data && n > 40) {
         data[20] ^= 4;
-        const char *bad = tmp_path("bad.png");
+        const char *bad = t_tmp("bad.png");
         t_write_file(bad, data, n);
         CHECK(sd_png_read(bad, &img, &err) == SDUNET_E_FORMAT && strstr(err.message, bad) &&
                   strstr(err.message, "IHDR"),
@@ -1186,7 +1169,7 @@ static void test_pil(void)
         int w = cases[c][0], h = cases[c][1];
         uint8_t *rgb = pattern(w, h, cases[c][2]);
         sd_png_text t[2] = {{"parameters", "Steps: 20, Seed: 7"}, {"Title", "\xc3\xa9t\xc3\xa9"}};
-        const char *path = tmp_path("pil.png");
+        const char *path = t_tmp("pil.png");
         sdunet_error err;
         CHECK(sd_png_write(path, rgb, w, h, t, 2, &err) == SDUNET_OK, "write: %s", err.message);
         char cmd[1024];
@@ -1228,7 +1211,7 @@ static void test_pil(void)
      * (for I;16, to the high byte rounded as documented). */
     static const char *const modes[] = {"L", "LA", "P", "RGBA", "1", "I;16"};
     for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
-        const char *src = tmp_path("from-pil.png");
+        const char *src = t_tmp("from-pil.png");
         char cmd[2048];
         snprintf(
             cmd, sizeof cmd,
@@ -1278,7 +1261,7 @@ static void test_pngcheck(void)
 {
     uint8_t *rgb = pattern(130, 70, 0);
     sd_png_text t[2] = {{"parameters", "a cat\nSteps: 20"}, {"Comment", "\xe2\x98\x95"}};
-    const char *path = tmp_path("check.png");
+    const char *path = t_tmp("check.png");
     sdunet_error err;
     CHECK(sd_png_write(path, rgb, 130, 70, t, 2, &err) == SDUNET_OK, "write: %s", err.message);
     char cmd[1024];
@@ -1327,7 +1310,5 @@ int main(void)
     RUN(test_structure_errors);
     RUN(test_files);
     independent_decoders();
-    if (g_tmpdir[0] && strcmp(g_tmpdir, "/tmp") != 0)
-        rmdir(g_tmpdir);
     return t_summary();
 }

@@ -13,24 +13,6 @@
 
 /* ------------------------------------------------------------- helpers */
 
-static char g_tmpdir[256];
-
-static const char *tmp_path(const char *name)
-{
-    static char slots[4][512];
-    static int next;
-    if (!g_tmpdir[0]) {
-        const char *base = getenv("TMPDIR");
-        snprintf(g_tmpdir, sizeof g_tmpdir, "%s/sdunet-st-XXXXXX", base && *base ? base : "/tmp");
-        if (!mkdtemp(g_tmpdir)) {
-            snprintf(g_tmpdir, sizeof g_tmpdir, "/tmp");
-        }
-    }
-    char *buf = slots[next++ & 3];
-    snprintf(buf, sizeof slots[0], "%s/%s", g_tmpdir, name);
-    return buf;
-}
-
 /* Builds "u64 declared_len + header text + data" in memory. */
 static unsigned char *build_raw(uint64_t declared_len, const char *header, const void *data,
                                 size_t data_len, size_t *size)
@@ -418,7 +400,7 @@ static void test_write_roundtrip(void)
         t[i].nbytes = t[i].numel * sd_dtype_size(dts[i]);
         t[i].data = datas[i];
     }
-    const char *path = tmp_path("roundtrip.safetensors");
+    const char *path = t_tmp("roundtrip.safetensors");
     sdunet_error err = {0};
     const char *meta = "{ \"b\": \"2\", \"a\": \"line\\nbreak \\\"q\\\" \\u00e9\" }";
     sdunet_status st = sd_safetensors_write(path, t, 7, meta, &err);
@@ -508,7 +490,7 @@ static void test_rewrite_reference(void)
             CHECK(0, "%s", err.message);
             continue;
         }
-        const char *path = tmp_path("rewrite.safetensors");
+        const char *path = t_tmp("rewrite.safetensors");
         sdunet_status st = sd_safetensors_write(path, tf->tensors, tf->count, tf->metadata, &err);
         CHECK(st == SDUNET_OK, "%s", err.message);
         size_t size;
@@ -535,7 +517,7 @@ static void test_write_errors(void)
         t[i].nbytes = 8;
         t[i].data = v;
     }
-    const char *path = tmp_path("bad.safetensors");
+    const char *path = t_tmp("bad.safetensors");
     sdunet_error err = {0};
     CHECK(sd_safetensors_write(path, t, 2, "[1]", &err) == SDUNET_E_INVALID_ARG,
           "metadata not an object: %s", err.message);
@@ -790,7 +772,7 @@ static void test_truncated_real(void)
     CHECK(parse_buf(raw, size, NULL, &err) == SDUNET_OK, "uncut: %s", err.message);
 
     /* The same through files, with the path leading the message. */
-    const char *path = tmp_path("truncated.safetensors");
+    const char *path = t_tmp("truncated.safetensors");
     size_t file_cuts[] = {0, 5, 200, 8 + hl + 10, size - 1};
     for (size_t i = 0; i < sizeof file_cuts / sizeof file_cuts[0]; i++) {
         CHECK(t_write_file(path, raw, file_cuts[i]) == 0, "write");
@@ -812,15 +794,15 @@ static void test_open_errors(void)
 {
     sd_tensorfile *tf = NULL;
     sdunet_error err = {0};
-    const char *missing = tmp_path("does-not-exist.safetensors");
+    const char *missing = t_tmp("does-not-exist.safetensors");
     CHECK(sd_tensorfile_open(missing, &tf, &err) == SDUNET_E_IO, "missing: %s", err.message);
     CHECK(strncmp(err.message, missing, strlen(missing)) == 0 && strstr(err.message, "No such"),
           "message: %s", err.message);
-    CHECK(sd_tensorfile_open(g_tmpdir, &tf, &err) == SDUNET_E_IO, "directory: %s", err.message);
+    CHECK(sd_tensorfile_open(t_tmp_dir(), &tf, &err) == SDUNET_E_IO, "directory: %s", err.message);
     CHECK(sd_tensorfile_open(NULL, &tf, &err) == SDUNET_E_INVALID_ARG, "NULL path");
 
     /* Hostile headers through a file. */
-    const char *path = tmp_path("hostile.safetensors");
+    const char *path = t_tmp("hostile.safetensors");
     size_t size;
     unsigned char *buf =
         build("{\"a\":{\"dtype\":\"Q4\",\"shape\":[2],\"data_offsets\":[0,1]}}", 8, &size);
@@ -902,6 +884,5 @@ int main(void)
     RUN(test_truncated_real);
     RUN(test_open_errors);
     RUN(test_corruption);
-    rmdir(g_tmpdir);
     return t_summary();
 }

@@ -440,12 +440,11 @@ static const char *bin(void)
     return path;
 }
 
-static char g_tmp[256];                   /* per-process scratch prefix under /tmp */
 static char g_stdout[320], g_stderr[320]; /* where run_cli sends the command's output */
 
 static void tmp_path(char *buf, size_t cap, const char *leaf)
 {
-    snprintf(buf, cap, "%s-%s", g_tmp, leaf);
+    snprintf(buf, cap, "%s", t_tmp("%s", leaf));
 }
 
 static int count_lines(const char *path, char *first, size_t cap)
@@ -659,7 +658,6 @@ static void test_cli_interrupt(void)
 
 int main(void)
 {
-    snprintf(g_tmp, sizeof g_tmp, "/tmp/sdunet-test-sample-%ld", (long)getpid());
     tmp_path(g_stdout, sizeof g_stdout, "stdout");
     tmp_path(g_stderr, sizeof g_stderr, "stderr");
     RUN(test_rng_fixed_values);

@@ -17,26 +17,6 @@
 
 #define BAR 2e-6
 
-static const char *tmp_path(const char *name)
-{
-    static char buf[4][512];
-    static int k;
-    const char *dir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/sdunet-test-text-%d-%s", dir, (int)getpid(), name);
-    return buf[k];
-}
-
-/* Copies a file; 0 on success. */
-static int copy_file(const char *from, const char *to)
-{
-    size_t n;
-    void *d = t_read_file(from, &n);
-    int rc = d ? t_write_file(to, d, n) : -1;
-    free(d);
-    return rc;
-}
-
 /* SD2 (OpenCLIP single file, "!" padding): the case's prompt through the
  * public API gives the reference's ids and hidden states. */
 static void test_sd2_single_file(void)
@@ -167,8 +147,8 @@ static int write_tiny_sd1(const char *path)
  * case's two prompts as one batch. */
 static void test_sd1_folder(void)
 {
-    const char *dir = tmp_path("pipe"), *te = tmp_path("pipe/text_encoder"),
-               *tk = tmp_path("pipe/tokenizer");
+    const char *dir = t_tmp("pipe"), *te = t_tmp("pipe/text_encoder"),
+               *tk = t_tmp("pipe/tokenizer");
     mkdir(dir, 0700);
     mkdir(te, 0700);
     mkdir(tk, 0700);
@@ -176,11 +156,11 @@ static void test_sd1_folder(void)
     snprintf(p, sizeof p, "%s/model.safetensors", te);
     CHECK(write_tiny_sd1(p) == 0, "write weights");
     snprintf(p, sizeof p, "%s/config.json", te);
-    CHECK(copy_file(t_data("text/clip-tiny-sd1/config.json"), p) == 0, "config");
+    CHECK(t_copy_file(t_data("text/clip-tiny-sd1/config.json"), p) == 0, "config");
     snprintf(p, sizeof p, "%s/vocab.json", tk);
-    CHECK(copy_file(t_data("text/vocab.json"), p) == 0, "vocab");
+    CHECK(t_copy_file(t_data("text/vocab.json"), p) == 0, "vocab");
     snprintf(p, sizeof p, "%s/merges.txt", tk);
-    CHECK(copy_file(t_data("text/merges.txt"), p) == 0, "merges");
+    CHECK(t_copy_file(t_data("text/merges.txt"), p) == 0, "merges");
     snprintf(p, sizeof p, "%s/special_tokens_map.json", tk);
     const char *stm = "{\"bos_token\": \"<|startoftext|>\", \"eos_token\": \"<|endoftext|>\", "
                       "\"pad_token\": \"<|endoftext|>\", \"unk_token\": \"<|endoftext|>\"}";

@@ -25,22 +25,6 @@
 
 #define BAR 2e-6 /* rel L2 against float64 */
 
-static char g_tmp[256];
-
-static const char *tmp(const char *fmt, ...) SD_PRINTF(1, 2);
-static const char *tmp(const char *fmt, ...)
-{
-    static char slots[8][700];
-    static int next;
-    char *buf = slots[next++ & 7];
-    int n = snprintf(buf, sizeof slots[0], "%s/", g_tmp);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf + n, sizeof slots[0] - (size_t)n, fmt, ap);
-    va_end(ap);
-    return buf;
-}
-
 static double now(void)
 {
     struct timespec ts;
@@ -533,14 +517,14 @@ static void test_tiny_ldm_and_inferred(void)
     }
     sdunet_vae_free(v);
     /* alone in a folder: the configuration inferred from the shapes */
-    mkdir(tmp("infer"), 0700);
+    mkdir(t_tmp("infer"), 0700);
     static const char *const files[2] = {"weights.safetensors", "weights-ldm.safetensors"};
     for (int i = 0; i < 2; i++) {
         char rel[96];
         snprintf(rel, sizeof rel, "vae/vae-tiny/%s", files[i]);
-        if (copy_to(rel, tmp("infer/%s", files[i])))
+        if (copy_to(rel, t_tmp("infer/%s", files[i])))
             continue;
-        v = load(tmp("infer/%s", files[i]), NULL);
+        v = load(t_tmp("infer/%s", files[i]), NULL);
         if (v && run_case(v, "vae-tiny", &o, NULL)) {
             check_same_as_tiny(files[i], &o);
             outputs_free(&o);
@@ -548,8 +532,8 @@ static void test_tiny_ldm_and_inferred(void)
         sdunet_vae_free(v);
     }
     /* another model's config.json beside the file is not the VAE's */
-    if (!copy_to("tiny/config.json", tmp("infer/config.json"))) {
-        v = load(tmp("infer/weights.safetensors"), NULL);
+    if (!copy_to("tiny/config.json", t_tmp("infer/config.json"))) {
+        v = load(t_tmp("infer/weights.safetensors"), NULL);
         if (v && run_case(v, "vae-tiny", &o, NULL)) {
             check_same_as_tiny("beside a UNet config", &o);
             outputs_free(&o);
@@ -559,8 +543,8 @@ static void test_tiny_ldm_and_inferred(void)
     /* an AutoencoderKL config.json beside the file is */
     const char *cfg = "{\"_class_name\": \"AutoencoderKL\", \"block_out_channels\": [32, 64], "
                       "\"scaling_factor\": 0.5}";
-    if (!t_write_file(tmp("infer/config.json"), cfg, strlen(cfg))) {
-        v = load(tmp("infer/weights.safetensors"), NULL);
+    if (!t_write_file(t_tmp("infer/config.json"), cfg, strlen(cfg))) {
+        v = load(t_tmp("infer/weights.safetensors"), NULL);
         sdunet_vae_info info;
         sdunet_vae_get_info(v, &info);
         CHECK(v && info.scaling_factor == 0.5f, "scaling factor %g", info.scaling_factor);
@@ -656,8 +640,8 @@ static void test_tiny_files(void)
     snprintf(ldm, sizeof ldm, "%s", t_data("vae/vae-tiny/weights-ldm.safetensors"));
     outputs o;
     /* deprecated attention names */
-    if (!rewrite(dif, tmp("old-attn.safetensors"), to_deprecated, SD_DT_F32, NULL, NULL)) {
-        sdunet_vae *v = load(tmp("old-attn.safetensors"), t_data("vae/vae-tiny/config.json"));
+    if (!rewrite(dif, t_tmp("old-attn.safetensors"), to_deprecated, SD_DT_F32, NULL, NULL)) {
+        sdunet_vae *v = load(t_tmp("old-attn.safetensors"), t_data("vae/vae-tiny/config.json"));
         if (v && run_case(v, "vae-tiny", &o, NULL)) {
             check_same_as_tiny("query/key/value/proj_attn names", &o);
             outputs_free(&o);
@@ -665,8 +649,8 @@ static void test_tiny_files(void)
         sdunet_vae_free(v);
     }
     /* a standalone LDM VAE file (no prefix) */
-    if (!rewrite(ldm, tmp("ldm-plain.safetensors"), strip_ldm_prefix, SD_DT_F32, NULL, NULL)) {
-        sdunet_vae *v = load(tmp("ldm-plain.safetensors"), NULL);
+    if (!rewrite(ldm, t_tmp("ldm-plain.safetensors"), strip_ldm_prefix, SD_DT_F32, NULL, NULL)) {
+        sdunet_vae *v = load(t_tmp("ldm-plain.safetensors"), NULL);
         if (v && run_case(v, "vae-tiny", &o, NULL)) {
             check_same_as_tiny("standalone LDM file", &o);
             outputs_free(&o);
@@ -674,19 +658,19 @@ static void test_tiny_files(void)
         sdunet_vae_free(v);
     }
     /* a diffusers pipeline folder, F32 and the fp16 variant; LDM in F16 */
-    mkdir(tmp("pipe"), 0700);
-    mkdir(tmp("pipe/vae"), 0700);
+    mkdir(t_tmp("pipe"), 0700);
+    mkdir(t_tmp("pipe/vae"), 0700);
     outputs h1 = {0}, h2 = {0};
-    if (!rewrite(dif, tmp("pipe/vae/diffusion_pytorch_model.safetensors"), NULL, SD_DT_F32, NULL,
+    if (!rewrite(dif, t_tmp("pipe/vae/diffusion_pytorch_model.safetensors"), NULL, SD_DT_F32, NULL,
                  NULL) &&
-        !rewrite(dif, tmp("pipe/vae/diffusion_pytorch_model.fp16.safetensors"), NULL, SD_DT_F16,
+        !rewrite(dif, t_tmp("pipe/vae/diffusion_pytorch_model.fp16.safetensors"), NULL, SD_DT_F16,
                  NULL, NULL) &&
-        !rewrite(ldm, tmp("ldm16.safetensors"), NULL, SD_DT_F16, NULL, NULL)) {
+        !rewrite(ldm, t_tmp("ldm16.safetensors"), NULL, SD_DT_F16, NULL, NULL)) {
         size_t len;
         char *cfg = t_read_file(t_data("vae/vae-tiny/config.json"), &len);
-        CHECK(cfg && !t_write_file(tmp("pipe/vae/config.json"), cfg, len), "config copy");
+        CHECK(cfg && !t_write_file(t_tmp("pipe/vae/config.json"), cfg, len), "config copy");
         free(cfg);
-        sdunet_vae *v = load(tmp("pipe"), NULL);
+        sdunet_vae *v = load(t_tmp("pipe"), NULL);
         if (v && run_case(v, "vae-tiny", &o, NULL)) {
             check_same_as_tiny("diffusers folder", &o);
             outputs_free(&o);
@@ -697,11 +681,11 @@ static void test_tiny_files(void)
         opt.variant = "fp16";
         sdunet_error err;
         v = NULL;
-        CHECK(sdunet_vae_load(tmp("pipe"), NULL, &opt, &v, &err) == SDUNET_OK, "%s", err.message);
+        CHECK(sdunet_vae_load(t_tmp("pipe"), NULL, &opt, &v, &err) == SDUNET_OK, "%s", err.message);
         if (v)
             run_case(v, "vae-tiny", &h1, NULL);
         sdunet_vae_free(v);
-        v = load(tmp("ldm16.safetensors"), NULL);
+        v = load(t_tmp("ldm16.safetensors"), NULL);
         if (v)
             run_case(v, "vae-tiny", &h2, NULL);
         sdunet_vae_free(v);
@@ -719,8 +703,8 @@ static void test_tiny_files(void)
     outputs_free(&h1);
     outputs_free(&h2);
     /* bfloat16 LDM single-file names */
-    if (!rewrite(ldm, tmp("ldm-bf16.safetensors"), NULL, SD_DT_BF16, NULL, NULL)) {
-        sdunet_vae *v = load(tmp("ldm-bf16.safetensors"), NULL);
+    if (!rewrite(ldm, t_tmp("ldm-bf16.safetensors"), NULL, SD_DT_BF16, NULL, NULL)) {
+        sdunet_vae *v = load(t_tmp("ldm-bf16.safetensors"), NULL);
         if (v && run_case(v, "vae-tiny", &o, NULL)) {
             double e = t_rel_l2_f32(o.dec, g_tiny.dec, o.n_dec);
             printf("  bf16 weights vs f32: decode rel %.2e\n", e);
@@ -739,26 +723,26 @@ static void test_bad_weights(void)
     sdunet_vae *v = NULL;
     sdunet_error err;
     /* a missing tensor */
-    if (!rewrite(dif, tmp("missing.safetensors"), NULL, SD_DT_F32,
+    if (!rewrite(dif, t_tmp("missing.safetensors"), NULL, SD_DT_F32,
                  "decoder.up_blocks.1.resnets.0.conv_shortcut.weight", NULL)) {
-        sdunet_status st = sdunet_vae_load(tmp("missing.safetensors"), cfg, NULL, &v, &err);
+        sdunet_status st = sdunet_vae_load(t_tmp("missing.safetensors"), cfg, NULL, &v, &err);
         CHECK(st == SDUNET_E_WEIGHTS && !v, "missing tensor: %d", st);
         CHECK(strstr(err.message, "decoder.up_blocks.1.resnets.0.conv_shortcut.weight"), "%s",
               err.message);
     }
     /* the same tensor missing from the LDM file names its LDM name */
-    if (!rewrite(t_data("vae/vae-tiny/weights-ldm.safetensors"), tmp("missing-ldm.safetensors"),
+    if (!rewrite(t_data("vae/vae-tiny/weights-ldm.safetensors"), t_tmp("missing-ldm.safetensors"),
                  NULL, SD_DT_F32, "first_stage_model.decoder.up.0.block.0.nin_shortcut.weight",
                  NULL)) {
-        sdunet_status st = sdunet_vae_load(tmp("missing-ldm.safetensors"), cfg, NULL, &v, &err);
+        sdunet_status st = sdunet_vae_load(t_tmp("missing-ldm.safetensors"), cfg, NULL, &v, &err);
         CHECK(st == SDUNET_E_WEIGHTS && !v, "missing LDM tensor: %d", st);
         CHECK(strstr(err.message, "first_stage_model.decoder.up.0.block.0.nin_shortcut.weight"),
               "%s", err.message);
     }
     /* a mis-shaped tensor */
-    if (!rewrite(dif, tmp("shape.safetensors"), NULL, SD_DT_F32, NULL,
+    if (!rewrite(dif, t_tmp("shape.safetensors"), NULL, SD_DT_F32, NULL,
                  "encoder.down_blocks.1.resnets.0.conv1.weight")) {
-        sdunet_status st = sdunet_vae_load(tmp("shape.safetensors"), cfg, NULL, &v, &err);
+        sdunet_status st = sdunet_vae_load(t_tmp("shape.safetensors"), cfg, NULL, &v, &err);
         CHECK(st == SDUNET_E_WEIGHTS && !v, "mis-shaped tensor: %d", st);
         CHECK(strstr(err.message, "encoder.down_blocks.1.resnets.0.conv1.weight has shape"), "%s",
               err.message);
@@ -770,8 +754,8 @@ static void test_bad_weights(void)
     t.numel = 1;
     t.data = &one;
     t.nbytes = 4;
-    if (sd_safetensors_write(tmp("novae.safetensors"), &t, 1, NULL, &err) == SDUNET_OK) {
-        sdunet_status st = sdunet_vae_load(tmp("novae.safetensors"), NULL, NULL, &v, &err);
+    if (sd_safetensors_write(t_tmp("novae.safetensors"), &t, 1, NULL, &err) == SDUNET_OK) {
+        sdunet_status st = sdunet_vae_load(t_tmp("novae.safetensors"), NULL, NULL, &v, &err);
         CHECK(st == SDUNET_E_WEIGHTS && !v, "no VAE: %d", st);
         CHECK(strstr(err.message, "no VAE tensors") &&
                   strstr(err.message, "decoder.conv_in.weight"),
@@ -779,11 +763,11 @@ static void test_bad_weights(void)
     }
     /* a folder without VAE weights: the file is missing (as for the UNet
      * and the text encoder) */
-    mkdir(tmp("empty"), 0700);
-    CHECK(sdunet_vae_load(tmp("empty"), NULL, NULL, &v, &err) == SDUNET_E_IO &&
+    mkdir(t_tmp("empty"), 0700);
+    CHECK(sdunet_vae_load(t_tmp("empty"), NULL, NULL, &v, &err) == SDUNET_E_IO &&
               strstr(err.message, "no VAE weights in this folder"),
           "%s", err.message);
-    CHECK(sdunet_vae_load(tmp("nonexistent"), NULL, NULL, &v, &err) == SDUNET_E_IO, "%s",
+    CHECK(sdunet_vae_load(t_tmp("nonexistent"), NULL, NULL, &v, &err) == SDUNET_E_IO, "%s",
           err.message);
     CHECK(sdunet_vae_load_synthetic("sdxl", NULL, &v, &err) == SDUNET_E_CONFIG, "%s", err.message);
 }
@@ -930,9 +914,9 @@ static void test_tiled(void)
     CHECK(p != NULL, "sample_size in config");
     if (p)
         memcpy(p, "\"sample_size\": 16", 17);
-    CHECK(!t_write_file(tmp("tile16.json"), cfg, len), "write");
+    CHECK(!t_write_file(t_tmp("tile16.json"), cfg, len), "write");
     free(cfg);
-    sdunet_vae *v = load(t_data("vae/vae-tiny/weights.safetensors"), tmp("tile16.json"));
+    sdunet_vae *v = load(t_data("vae/vae-tiny/weights.safetensors"), t_tmp("tile16.json"));
     arr lat;
     if (!v || !load_f32("vae/vae-tiny/latent.npy", &lat)) {
         sdunet_vae_free(v);
@@ -1168,51 +1152,47 @@ static void test_cli(void)
     snprintf(cmd, sizeof cmd,
              "%s decode --vae %s/weights-ldm.safetensors --latent %s/latent.npy --out %s "
              "--threads 2 >/dev/null",
-             exe, dir, dir, tmp("cli-dec.npy"));
+             exe, dir, dir, t_tmp("cli-dec.npy"));
     CHECK(system(cmd) == 0, "%s", cmd);
     snprintf(cmd, sizeof cmd,
              "%s encode-image --model %s --image %s/image.npy --out %s --sample --noise "
              "%s/noise.npy --mean %s >/dev/null",
-             exe, tmp("pipe"), dir, tmp("cli-lat.npy"), dir, tmp("cli-mean.npy"));
+             exe, t_tmp("pipe"), dir, t_tmp("cli-lat.npy"), dir, t_tmp("cli-mean.npy"));
     CHECK(system(cmd) == 0, "%s", cmd);
     float *x = NULL;
     int nd;
     int64_t sh[SD_MAX_DIMS];
     sdunet_error err;
-    CHECK(sd_npy_read_f32(tmp("cli-dec.npy"), &x, &nd, sh, &err) == SDUNET_OK, "%s", err.message);
+    CHECK(sd_npy_read_f32(t_tmp("cli-dec.npy"), &x, &nd, sh, &err) == SDUNET_OK, "%s", err.message);
     CHECK(x && nd == 4 && sh[1] == 3 && sh[2] == 32 && sh[3] == 24 &&
               same(x, g_tiny.dec, g_tiny.n_dec),
           "CLI decode differs from the API's");
     sd_free(x);
     x = NULL;
-    CHECK(sd_npy_read_f32(tmp("cli-lat.npy"), &x, &nd, sh, &err) == SDUNET_OK, "%s", err.message);
+    CHECK(sd_npy_read_f32(t_tmp("cli-lat.npy"), &x, &nd, sh, &err) == SDUNET_OK, "%s", err.message);
     CHECK(x && nd == 4 && sh[1] == 4 && same(x, g_tiny.sample, g_tiny.n_lat),
           "CLI encode-image --sample differs from the API's");
     sd_free(x);
     x = NULL;
-    CHECK(sd_npy_read_f32(tmp("cli-mean.npy"), &x, &nd, sh, &err) == SDUNET_OK, "%s", err.message);
+    CHECK(sd_npy_read_f32(t_tmp("cli-mean.npy"), &x, &nd, sh, &err) == SDUNET_OK, "%s",
+          err.message);
     CHECK(x && same(x, g_tiny.mean, g_tiny.n_lat), "CLI --mean differs from the API's");
     sd_free(x);
     /* errors: a NaN-free but wrong-rank input, a non-.npy output, --sample without noise */
     snprintf(cmd, sizeof cmd,
              "%s decode --vae %s --latent %s/latent.npy --out %s 2>/dev/null >/dev/null", exe, dir,
-             dir, tmp("x.png"));
+             dir, t_tmp("x.png"));
     CHECK(system(cmd) != 0, "png output accepted");
     snprintf(cmd, sizeof cmd,
              "%s encode-image --vae %s/weights.safetensors --image %s/image.npy --out %s --sample "
              "2>/dev/null "
              ">/dev/null",
-             exe, dir, dir, tmp("y.npy"));
+             exe, dir, dir, t_tmp("y.npy"));
     CHECK(system(cmd) != 0, "--sample without --noise accepted");
 }
 
 int main(void)
 {
-    snprintf(g_tmp, sizeof g_tmp, "/tmp/sdunet-vae-test-XXXXXX");
-    if (!mkdtemp(g_tmp)) {
-        perror("mkdtemp");
-        return 1;
-    }
     RUN(test_keymap);
     RUN(test_conv_pad0);
     RUN(test_tiny_diffusers);
@@ -1229,9 +1209,5 @@ int main(void)
     RUN(test_sd32);
     RUN(test_fast_mode);
     outputs_free(&g_tiny);
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
-    if (system(cmd) != 0)
-        printf("  could not remove %s\n", g_tmp);
     return t_summary();
 }

@@ -1,8 +1,13 @@
 #include "check.h"
 #include "io/npy.h"
 
+#include <dirent.h>
+#include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 int t_current_failed, t_total_failed, t_total_passed;
 
@@ -20,9 +25,82 @@ void t_run(const char *name, void (*fn)(void))
     fflush(stdout);
 }
 
+static char g_tmp_dir[512];
+
+/* Removes path and, for a folder, everything in it (links themselves, not
+ * what they point to); 0 on success. */
+static int remove_tree(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return -1;
+    int rc = 0;
+    if (S_ISDIR(st.st_mode)) {
+        DIR *d = opendir(path);
+        if (!d)
+            return -1;
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                continue;
+            char sub[1024];
+            if (snprintf(sub, sizeof sub, "%s/%s", path, e->d_name) >= (int)sizeof sub ||
+                remove_tree(sub) != 0)
+                rc = -1;
+        }
+        closedir(d);
+        if (rmdir(path) != 0)
+            rc = -1;
+    } else if (unlink(path) != 0) {
+        rc = -1;
+    }
+    return rc;
+}
+
 int t_summary(void)
 {
+    if (g_tmp_dir[0]) {
+        if (remove_tree(g_tmp_dir) != 0)
+            printf("  could not remove %s\n", g_tmp_dir);
+        g_tmp_dir[0] = 0;
+    }
     return t_total_failed ? 1 : 0;
+}
+
+const char *t_tmp_dir(void)
+{
+    if (!g_tmp_dir[0]) {
+        const char *base = getenv("TMPDIR");
+        snprintf(g_tmp_dir, sizeof g_tmp_dir, "%s/sdunet-test-XXXXXX",
+                 base && *base ? base : "/tmp");
+        if (!mkdtemp(g_tmp_dir)) {
+            printf("FAIL - cannot make a temporary folder %s\n", g_tmp_dir);
+            exit(1);
+        }
+    }
+    return g_tmp_dir;
+}
+
+const char *t_tmp(const char *fmt, ...)
+{
+    static char slots[8][1024];
+    static int next;
+    char *buf = slots[next++ & 7];
+    int n = snprintf(buf, sizeof slots[0], "%s/", t_tmp_dir());
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf + n, sizeof slots[0] - (size_t)n, fmt, ap);
+    va_end(ap);
+    return buf;
+}
+
+int t_copy_file(const char *from, const char *to)
+{
+    size_t n;
+    void *d = t_read_file(from, &n);
+    int rc = d ? t_write_file(to, d, n) : -1;
+    free(d);
+    return rc;
 }
 
 const char *t_data(const char *rel)
