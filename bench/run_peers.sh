@@ -320,7 +320,10 @@ vers=$(grep '^row:' "$LOG" | tr ' ' '\n' | sed -n 's/^version=//p' | sort -u | t
 prec=$(grep '^row:.*engine=openvino' "$LOG" | tr ' ' '\n' | sed -n 's/^precision=//p' | sort -u | tr '\n' ' ')
 echo
 echo "date: $START to $(date -u '+%H:%M') UTC  commit: $commit"
-echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs; avx2 $(yn avx2), avx512f $(yn avx512f), avx512_bf16 $(yn avx512_bf16), amx $(yn amx_tile); sdunet kernels: UNet $ISA, text encoder $TISA"
+kern=
+has "$WORKLOADS" unet && kern="UNet $ISA"
+has "$WORKLOADS" text && kern="${kern:+$kern, }text encoder $TISA"
+echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs; avx2 $(yn avx2), avx512f $(yn avx512f), avx512_bf16 $(yn avx512_bf16), amx $(yn amx_tile)${kern:+; sdunet kernels: $kern}"
 echo "peers: $("$PY" -c 'import torch, diffusers, onnxruntime, openvino; print("torch %s, diffusers %s, onnxruntime %s, openvino %s" % (torch.__version__.split("+")[0], diffusers.__version__, onnxruntime.__version__, openvino.__version__.split("-")[0]))' 2>/dev/null || echo "$vers")"
 echo "load average (1/5/15 min): before $LOAD0, after $LOAD1; per round: $(sed -n 's/^load=\([^ ]*\).*/\1/p' "$LOG" | tr '\n' ' ')"
 [ -z "$prec" ] || echo "OpenVINO inference precision (read back from the compiled models): $prec"
