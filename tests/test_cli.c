@@ -513,6 +513,32 @@ static void test_trace(void)
     expect_fail("trace --config nosuchpreset", "nosuchpreset");
 }
 
+/* bench --shapes: the UNet's table by shape (the micro model's conv_in),
+ * the text encoder's breakdown, and the machine-readable line last. */
+static void test_bench_shapes(void)
+{
+    char a[1024];
+    snprintf(a, sizeof a,
+             "bench --synthetic %s/config.json --height 8 --width 8 --context-len 5 --runs 1 "
+             "--shapes",
+             t_data("micro"));
+    result *r = sh(a);
+    const char *shapes = strstr(r->out, "op kind    shape"), *last = strstr(r->out, "\nbench: ");
+    CHECK(r->status == 0 && shapes && last && shapes < last &&
+              strstr(shapes, "3x3 conv   8x8x4 -> 32 ") && strstr(shapes, "linear     GEGLU M"),
+          "bench --shapes: %d %s %s", r->status, r->out, r->err);
+    if (t_small_only())
+        return;
+    r = sh("bench --text sd15 --runs 1 --warmup 0 --shapes");
+    shapes = strstr(r->out, "op kind    shape");
+    last = strstr(r->out, "\nbench: model=text");
+    CHECK(r->status == 0 && strstr(r->out, "linear ") && !strstr(r->out, "3x3 conv") && shapes &&
+              strstr(shapes, "linear     M77 N3072 K768 ") &&
+              strstr(shapes, "attention  12 heads, dh 64, 77 queries x 77 keys") && last &&
+              shapes < last,
+          "bench --text --shapes: %d %s %s", r->status, r->out, r->err);
+}
+
 int main(void)
 {
     const char *bin = getenv("SDUNET_BIN");
@@ -535,5 +561,6 @@ int main(void)
     RUN(test_weights_option);
     RUN(test_trace);
     RUN(test_fast_option);
+    RUN(test_bench_shapes);
     return t_summary();
 }

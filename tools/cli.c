@@ -228,6 +228,8 @@ double print_breakdown(const sd_prof *prof)
     printf("\n%-18s %10s %7s %9s %10s %7s\n", "op kind", "time (s)", "share", "GFLOP", "GFLOP/s",
            "calls");
     for (int k = 0; k < SD_OP_COUNT; k++) {
+        if (!prof->calls[k]) /* a model without this kind (the text encoder's convolutions) */
+            continue;
         double gf = prof->flops[k] / 1e9,
                share = total_t > 0 ? 100.0 * prof->seconds[k] / total_t : 0;
         if (gf > 0)

@@ -1,6 +1,7 @@
 /* sdunet encode-text: prompts -> the (B, L, D) context .npy the UNet takes. */
 #include "cli.h"
 
+#include "clip/encoder.h"
 #include "io/npy.h"
 #include "sdunet_text.h"
 
@@ -214,19 +215,25 @@ static int cmp_double(const void *a, const void *b)
 
 static const char bench_text_help[] =
     "usage: sdunet bench --text PRESET|PATH [--prompt TEXT] [--batch B] [--runs N]\n"
-    "                    [--warmup N] [--threads N]\n"
+    "                    [--warmup N] [--threads N] [--shapes]\n"
     "\n"
     "Times text encoding (tokenizer + encoder) of --batch copies of one prompt (default: the\n"
     "astronaut prompt): --text sd15 / sd21 runs the full-size encoder on synthetic weights,\n"
-    "a path loads a checkpoint or folder. Prints the median and minimum time, GFLOP/s and\n"
-    "peak RSS; the last line is machine-readable:\n"
+    "a path loads a checkpoint or folder. Prints the last run's breakdown by op kind (with\n"
+    "--shapes also by op kind and shape), the median and minimum time, GFLOP/s and peak\n"
+    "RSS; the last line is machine-readable:\n"
     "  bench: model=text family=sd1 layers=12 hidden=768 batch=1 threads=2 median_s=...\n"
     "         min_s=... gflops=... peak_rss_mb=...   (one line)\n";
 
 int cmd_bench_text(int argc, char **argv)
 {
-    opt o[] = {{.name = "--text"}, {.name = "--prompt"}, {.name = "--batch"},
-               {.name = "--runs"}, {.name = "--warmup"}, {.name = "--threads"}};
+    opt o[] = {{.name = "--text"},
+               {.name = "--prompt"},
+               {.name = "--batch"},
+               {.name = "--runs"},
+               {.name = "--warmup"},
+               {.name = "--threads"},
+               {.name = "--shapes", .is_flag = 1}};
     const int no = sizeof o / sizeof o[0];
     int help;
     if (parse_opts(argc, argv, o, no, &help))
@@ -268,7 +275,10 @@ int cmd_bench_text(int argc, char **argv)
     }
     for (int b = 0; b < B; b++)
         prompts[b] = prompt;
+    sd_prof prof; /* of the last run */
     for (int r = 0; r < warmup + runs; r++) {
+        memset(&prof, 0, sizeof prof);
+        sd_text_set_profile(t, r >= warmup ? &prof : NULL);
         double t0 = now_s();
         if (sdunet_text_encode(t, prompts, B, NULL, ctx, 77, &err)) {
             die("%s", err.message);
@@ -277,6 +287,7 @@ int cmd_bench_text(int argc, char **argv)
         if (r >= warmup)
             times[r - warmup] = now_s() - t0;
     }
+    sd_text_set_profile(t, NULL);
     qsort(times, (size_t)runs, sizeof *times, cmp_double);
     double med = runs % 2 ? times[runs / 2] : 0.5 * (times[runs / 2 - 1] + times[runs / 2]);
     /* multiply-adds x 2 of the projections, the MLP and the causal attention */
@@ -295,7 +306,10 @@ int cmd_bench_text(int argc, char **argv)
            info.hidden, info.isa, info.threads, info.threads == 1 ? "" : "s");
     for (int r = 0; r < runs; r++)
         printf("  run %d: %.4f s\n", r + 1, times[r]);
-    printf("bench: model=text family=%s layers=%d hidden=%d batch=%d threads=%d median_s=%.4f "
+    print_breakdown(&prof);
+    if (get(o, no, "--shapes"))
+        print_shapes(&prof);
+    printf("\nbench: model=text family=%s layers=%d hidden=%d batch=%d threads=%d median_s=%.4f "
            "min_s=%.4f gflops=%.1f peak_rss_mb=%.0f\n",
            info.family, info.layers, info.hidden, B, info.threads, med, times[0],
            flops / med * 1e-9, rss);

@@ -24,7 +24,14 @@ struct sdunet_text {
     float *mem;    /* activations for the last size */
     size_t mem_floats;
     atomic_flag busy;
+    sd_prof *prof; /* time profile by op kind, or NULL */
 };
+
+void sd_text_set_profile(sdunet_text *t, sd_prof *prof)
+{
+    if (t)
+        t->prof = prof;
+}
 
 void sdunet_text_options_default(sdunet_text_options *opt)
 {
@@ -348,7 +355,7 @@ static sdunet_status run_encoder(sdunet_text *t, const int32_t *ids, int rows, i
     }
     int fault = 0;
     sd_exec ex = sd_runtime_exec(&t->rt, &fault);
-    sd_clip_forward(&t->enc, &ex, t->mem, rows, L, ids, skip, out, NULL);
+    sd_clip_forward(&t->enc, &ex, t->mem, rows, L, ids, skip, out, t->prof);
     if (fault)
         return sd_fail(err, SDUNET_E_INTERNAL, "a library bug was detected in a kernel");
     return SDUNET_OK;

@@ -85,6 +85,10 @@ size_t sd_clip_plan(const sd_clip *m, int B, int L);
 void sd_clip_forward(const sd_clip *m, const sd_exec *ex, float *mem, int B, int L,
                      const int32_t *ids, int skip, float *out, sd_prof *prof);
 
+/* Profile the encoder's ops into prof (NULL: off) from the next
+ * sdunet_text_encode on (sdunet bench --text). */
+void sd_text_set_profile(sdunet_text *t, sd_prof *prof);
+
 /* sdunet_text_load (synthetic 0: path) or sdunet_text_load_synthetic
  * (synthetic 1: path is the preset or config), running on the share's pool
  * and reading its open file when that is the weight file (sh may be NULL). */
