@@ -1800,9 +1800,12 @@ static void test_isa_elementwise_agree(void)
     for (int len = n; len >= n - 13; len -= 13) {
         memset(y2, 0, sizeof(float) * n);
         memset(y5, 0, sizeof(float) * n);
-        a2->silu(x, y2, (size_t)len);
-        a5->silu(x, y5, (size_t)len);
+        a2->silu(x, y2, (size_t)len, 1.0f);
+        a5->silu(x, y5, (size_t)len, 1.0f);
         CHECK(memcmp(y2, y5, sizeof(float) * n) == 0, "silu n=%d differs", len);
+        a2->silu(x, y2, (size_t)len, 1.702f); /* CLIP's quick GELU */
+        a5->silu(x, y5, (size_t)len, 1.702f);
+        CHECK(memcmp(y2, y5, sizeof(float) * n) == 0, "quick gelu n=%d differs", len);
         a2->gelu_mul(h, x, y2, len, 1, 0);
         a5->gelu_mul(h, x, y5, len, 1, 0);
         CHECK(memcmp(y2, y5, sizeof(float) * n) == 0, "gelu_mul n=%d differs", len);

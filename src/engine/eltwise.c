@@ -21,7 +21,7 @@ static void silu_task(void *ctx, int64_t t, int thread)
     (void)thread;
     const silu_job *j = ctx;
     size_t i0 = (size_t)t * CHUNK, i1 = i0 + CHUNK < j->n ? i0 + CHUNK : j->n;
-    j->kern->silu(j->x + i0, j->y + i0, i1 - i0);
+    j->kern->silu(j->x + i0, j->y + i0, i1 - i0, 1.0f);
 }
 
 void sd_silu(const sd_exec *ex, const float *x, float *y, size_t n)
@@ -78,10 +78,7 @@ static void gelu_task(void *ctx, int64_t t, int thread)
     const gelu_job *j = ctx;
     size_t i0 = (size_t)t * CHUNK, i1 = i0 + CHUNK < j->n ? i0 + CHUNK : j->n;
     if (j->quick) { /* x * sigmoid(1.702 x) */
-        for (size_t i = i0; i < i1; i++) {
-            float v = j->x[i];
-            j->y[i] = v / (1.0f + expf(-1.702f * v));
-        }
+        j->kern->silu(j->x + i0, j->y + i0, i1 - i0, 1.702f);
         return;
     }
     /* x * Phi(x) as 1 * gelu(x) through the GEGLU kernel, in pieces. */

@@ -147,11 +147,11 @@ static void softmax_cols_portable(float *restrict s, int rows, float scale, floa
     }
 }
 
-static void silu_portable(const float *x, float *y, size_t n)
+static void silu_portable(const float *x, float *y, size_t n, float a)
 {
-    /* x / (1 + e^-x): no cancellation anywhere; large |x| saturates to -0 or x. */
+    /* x / (1 + e^-ax): no cancellation anywhere; large |x| saturates to -0 or x. */
     for (size_t i = 0; i < n; i++)
-        y[i] = x[i] / (1.0f + expf(-x[i]));
+        y[i] = x[i] / (1.0f + expf(-(a * x[i])));
 }
 
 static void gelu_mul_row_portable(const float *h, const float *g, float *y, int n)

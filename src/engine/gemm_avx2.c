@@ -261,16 +261,16 @@ static void softmax_cols_avx2(float *s, int rows, float scale, float *m, float *
     _mm256_storeu_ps(colsum + 8, s1);
 }
 
-static void silu_avx2(const float *x, float *y, size_t n)
+static void silu_avx2(const float *x, float *y, size_t n, float a)
 {
-    /* x / (1 + e^-x). For x < -88 e^-x saturates at e^88 and y ~ -x e^-88
-     * (true value: x e^x, below 1e-36 either way); for x > 87 e^-x flushes
+    /* x / (1 + e^-ax). For ax < -88 e^-ax saturates at e^88 and y ~ -x e^-88
+     * (true value: x e^ax, below 1e-36 either way); for ax > 87 e^-ax flushes
      * to 0 and y = x. */
-    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f), va = _mm256_set1_ps(a);
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 v = _mm256_loadu_ps(x + i);
-        __m256 e = exp_avx2(_mm256_xor_ps(v, sign));
+        __m256 e = exp_avx2(_mm256_xor_ps(_mm256_mul_ps(va, v), sign));
         _mm256_storeu_ps(y + i, _mm256_div_ps(v, _mm256_add_ps(one, e)));
     }
     if (i < n) {
@@ -278,7 +278,7 @@ static void silu_avx2(const float *x, float *y, size_t n)
         for (size_t q = i; q < n; q++)
             t[q - i] = x[q];
         __m256 v = _mm256_load_ps(t);
-        __m256 e = exp_avx2(_mm256_xor_ps(v, sign));
+        __m256 e = exp_avx2(_mm256_xor_ps(_mm256_mul_ps(va, v), sign));
         _mm256_store_ps(t, _mm256_div_ps(v, _mm256_add_ps(one, e)));
         for (size_t q = i; q < n; q++)
             y[q] = t[q - i];

@@ -635,22 +635,23 @@ static void attn_pv_avx512(int kc, int rows, const float *v, size_t vs, const fl
 }
 #endif
 
-static inline __m512 silu_vec(__m512 v)
+static inline __m512 silu_vec(__m512 v, __m512 a)
 {
     const __m512 one = _mm512_set1_ps(1.0f);
-    __m512 e = exp_avx512(_mm512_castsi512_ps(
-        _mm512_xor_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int)0x80000000u))));
+    __m512 e = exp_avx512(_mm512_castsi512_ps(_mm512_xor_si512(
+        _mm512_castps_si512(_mm512_mul_ps(a, v)), _mm512_set1_epi32((int)0x80000000u))));
     return _mm512_div_ps(v, _mm512_add_ps(one, e));
 }
 
-static void silu_avx512(const float *x, float *y, size_t n)
+static void silu_avx512(const float *x, float *y, size_t n, float a)
 {
+    const __m512 va = _mm512_set1_ps(a);
     size_t i = 0;
     for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(y + i, silu_vec(_mm512_loadu_ps(x + i)));
+        _mm512_storeu_ps(y + i, silu_vec(_mm512_loadu_ps(x + i), va));
     if (i < n) {
         const __mmask16 k = (__mmask16)((1u << (n - i)) - 1u);
-        _mm512_mask_storeu_ps(y + i, k, silu_vec(_mm512_maskz_loadu_ps(k, x + i)));
+        _mm512_mask_storeu_ps(y + i, k, silu_vec(_mm512_maskz_loadu_ps(k, x + i), va));
     }
 }
 

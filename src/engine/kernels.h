@@ -132,8 +132,10 @@ typedef struct sd_kernels {
      * zero and may be read). */
     void (*attn_pv)(int kc, int rows, const float *v, size_t vs, const float *p, float *o, int ldo,
                     const float *corr);
-    /* y[i] = x[i] / (1 + exp(-x[i])) for i < n; y may equal x. */
-    void (*silu)(const float *x, float *y, size_t n);
+    /* y[i] = x[i] / (1 + exp(-(a * x[i]))) for i < n, a * x[i] rounded to
+     * float: SiLU at a = 1 (exactly x), CLIP's quick GELU x * sigmoid(1.702
+     * x) at a = 1.702f; y may equal x. */
+    void (*silu)(const float *x, float *y, size_t n, float a);
     /* y[r*ldy + i] = h[r*n + i] * gelu(g[r*n + i]), exact-erf GELU, for
      * r < rows and i < n (rows of a GEGLU; h and g rows x n contiguous):
      * within ~3e-7 relative for g > -2.5, and in absolute terms beyond.

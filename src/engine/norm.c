@@ -220,7 +220,7 @@ static void gn_apply(void *ctx, int64_t t, int thread)
                                       yr + c2);
         }
         if (j->silu)
-            j->kern->silu(yr + c0, yr + c0, (size_t)(c1 - c0));
+            j->kern->silu(yr + c0, yr + c0, (size_t)(c1 - c0), 1.0f);
     }
 }
 
