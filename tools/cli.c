@@ -218,13 +218,21 @@ int check_writable(const char *path)
 static const char *const kind_name[SD_OP_COUNT] = {"3x3 conv", "1x1 conv", "linear", "attention",
                                                    "norms+elementwise"};
 
+/* The profile's whole time: every kind's. */
+static double prof_seconds(const sd_prof *prof)
+{
+    double t = 0;
+    for (int k = 0; k < SD_OP_COUNT; k++)
+        t += prof->seconds[k];
+    return t;
+}
+
 double print_breakdown(const sd_prof *prof)
 {
-    double total_t = 0, total_f = 0;
-    for (int k = 0; k < SD_OP_COUNT; k++) {
-        total_t += prof->seconds[k];
+    const double total_t = prof_seconds(prof);
+    double total_f = 0;
+    for (int k = 0; k < SD_OP_COUNT; k++)
         total_f += prof->flops[k];
-    }
     printf("\n%-18s %10s %7s %9s %10s %7s\n", "op kind", "time (s)", "share", "GFLOP", "GFLOP/s",
            "calls");
     for (int k = 0; k < SD_OP_COUNT; k++) {
@@ -275,9 +283,7 @@ static int cmp_entry_time(const void *a, const void *b)
 
 void print_shapes(const sd_prof *prof)
 {
-    double total_t = 0;
-    for (int k = 0; k < SD_OP_COUNT; k++)
-        total_t += prof->seconds[k];
+    const double total_t = prof_seconds(prof);
     sd_prof_entry e[SD_PROF_ENTRIES];
     const int n = prof->entries;
     memcpy(e, prof->entry, sizeof e[0] * (size_t)n);

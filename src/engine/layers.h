@@ -242,13 +242,17 @@ static inline double sd_tick(const sd_prof *prof)
     return prof ? sd_mono_now() : 0;
 }
 
-static inline void sd_tock(sd_prof *prof, sd_op_kind kind, double t0, double flops)
+/* Adds the op's time since t0 to its kind's totals; returns that time (0
+ * when not profiling). */
+static inline double sd_tock(sd_prof *prof, sd_op_kind kind, double t0, double flops)
 {
     if (!prof)
-        return;
-    prof->seconds[kind] += sd_mono_now() - t0;
+        return 0;
+    const double dt = sd_mono_now() - t0;
+    prof->seconds[kind] += dt;
     prof->flops[kind] += flops;
     prof->calls[kind]++;
+    return dt;
 }
 
 /* sd_tock, and the call's time added to its shape's entry. */

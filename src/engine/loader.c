@@ -353,12 +353,9 @@ void sd_norm_free(sd_norm *g)
 
 void sd_tock_shape(sd_prof *prof, sd_op_kind kind, double t0, double flops, sd_shape shape)
 {
+    const double dt = sd_tock(prof, kind, t0, flops);
     if (!prof)
         return;
-    const double dt = sd_mono_now() - t0;
-    prof->seconds[kind] += dt;
-    prof->flops[kind] += flops;
-    prof->calls[kind]++;
     int i = 0;
     while (i < prof->entries &&
            !(prof->entry[i].kind == kind && prof->entry[i].shape.form == shape.form &&
