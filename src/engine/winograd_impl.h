@@ -188,18 +188,21 @@ static void in_panel(void *ctx, int64_t task, int thread)
         const int n = Cin - c0 < WG_VN ? Cin - c0 : WG_VN;
         for (int r = 0; r < mr; r++) {
             wv d[16], q[16];
+#pragma GCC unroll 16
             for (int p = 0; p < 16; p++) {
                 if (src[r][p])
                     wv_ld_n(&d[p], src[r][p] + c0, n);
                 else
                     d[p] = zero;
             }
+#pragma GCC unroll 4
             for (int k = 0; k < 4; k++) { /* rows: B^T d */
                 q[0 + k] = d[0 + k] - d[8 + k];
                 q[4 + k] = d[4 + k] + d[8 + k];
                 q[8 + k] = d[8 + k] - d[4 + k];
                 q[12 + k] = d[4 + k] - d[12 + k];
             }
+#pragma GCC unroll 4
             for (int i = 0; i < 4; i++) { /* columns: (B^T d) B */
                 const wv *e = q + 4 * i;
                 d[4 * i + 0] = e[0] - e[2];
@@ -207,6 +210,7 @@ static void in_panel(void *ctx, int64_t task, int thread)
                 d[4 * i + 2] = e[2] - e[1];
                 d[4 * i + 3] = e[1] - e[3];
             }
+#pragma GCC unroll 16
             for (int p = 0; p < 16; p++)
                 wv_st(stage[p][r], &d[p]);
         }
@@ -262,12 +266,14 @@ weights_block_t(const void *wp, int type, int Cin, int k0, int kc, float *ub)
     for (int k = 0; k < kc; k++)
         for (int h = 0; h < 16; h += WG_VN) {
             wv g[9], t[12];
+#pragma GCC unroll 9
             for (int tap = 0; tap < 9; tap++) {
                 const size_t gi = ((size_t)tap * Cin + k0 + k) * 16 + h;
                 /* nine streams: help the prefetcher */
                 __builtin_prefetch((const char *)wp + (gi + 8 * 16) * esz);
                 wg_ld_w(&g[tap], wp, gi, type);
             }
+#pragma GCC unroll 3
             for (int kx = 0; kx < 3; kx++) { /* G g (4 x 3); the halving is exact */
                 wv s = g[0 + kx] + g[6 + kx];
                 t[0 + kx] = g[0 + kx];
@@ -276,6 +282,7 @@ weights_block_t(const void *wp, int type, int Cin, int k0, int kc, float *ub)
                 t[9 + kx] = g[6 + kx];
             }
             float *o = ub + (size_t)k * 16 + h;
+#pragma GCC unroll 4
             for (int a = 0; a < 4; a++) { /* (G g) G^T (4 x 4) */
                 const wv *q = t + 3 * a;
                 wv s = q[0] + q[2], u1 = half * (s + q[1]), u2 = half * (s - q[1]);
@@ -433,6 +440,7 @@ static void out_panel(void *ctx, int64_t task, int thread)
             const int n = cols - c0 < WG_VN ? cols - c0 : WG_VN, col = n0 + c0, h = c0 % 16;
             const float *m = acc + (size_t)(c0 / 16) * j->acc_size + (size_t)tb * 16;
             wv s[8], y[4];
+#pragma GCC unroll 4
             for (int k = 0; k < 4; k++) { /* rows: A^T M */
                 wv v0, v1, v2, v3;
                 wv_ld(&v0, m + (0 + k) * acc_step + h);
@@ -442,11 +450,13 @@ static void out_panel(void *ctx, int64_t task, int thread)
                 s[k] = v0 + v1 + v2;
                 s[4 + k] = v1 - v2 - v3;
             }
+#pragma GCC unroll 2
             for (int i = 0; i < 2; i++) { /* columns: (A^T M) A */
                 const wv *q = s + 4 * i;
                 y[2 * i + 0] = q[0] + q[1] + q[2];
                 y[2 * i + 1] = q[1] - q[2] - q[3];
             }
+#pragma GCC unroll 4
             for (int q = 0; q < 4; q++)
                 if (px[q] >= 0)
                     wg_store(j->out, ep, j->add_out, (size_t)px[q], N, col, n, &y[q]);
@@ -764,16 +774,20 @@ static void in_panel4(void *ctx, int64_t task, int thread)
         const int n = Cin - c0 < WG_VN ? Cin - c0 : WG_VN;
         for (int r = 0; r < mr; r++) {
             wv d[36], q[36];
+#pragma GCC unroll 36
             for (int p = 0; p < 36; p++) {
                 if (src[r][p])
                     wv_ld_n(&d[p], src[r][p] + c0, n);
                 else
                     d[p] = zero;
             }
+#pragma GCC unroll 6
             for (int k = 0; k < 6; k++) /* columns of the patch: B^T d */
                 wg4_bt(d + k, 6, q + k, 6);
+#pragma GCC unroll 6
             for (int i = 0; i < 6; i++) /* rows: (B^T d) B */
                 wg4_bt(q + 6 * i, 1, d + 6 * i, 1);
+#pragma GCC unroll 36
             for (int p = 0; p < 36; p++)
                 wv_st(stage[p][r], &d[p]);
         }
@@ -824,16 +838,20 @@ weights_block4_t(const void *wp, int type, int Cin, int k0, int kc, float *ub)
     for (int k = 0; k < kc; k++)
         for (int h = 0; h < 16; h += WG_VN) {
             wv g[9], t[18], u[36];
+#pragma GCC unroll 9
             for (int tap = 0; tap < 9; tap++) {
                 const size_t gi = ((size_t)tap * Cin + k0 + k) * 16 + h;
                 __builtin_prefetch((const char *)wp + (gi + 8 * 16) * esz);
                 wg_ld_w(&g[tap], wp, gi, type);
             }
+#pragma GCC unroll 3
             for (int kx = 0; kx < 3; kx++) /* G g (6 x 3) */
                 wg4_g(g + kx, 3, t + kx, 3);
+#pragma GCC unroll 6
             for (int a = 0; a < 6; a++) /* (G g) G^T (6 x 6) */
                 wg4_g(t + 3 * a, 1, u + 6 * a, 1);
             float *o = ub + (size_t)k * 16 + h;
+#pragma GCC unroll 36
             for (int p = 0; p < 36; p++)
                 wv_st(o + p * ad_step, &u[p]);
         }
@@ -890,14 +908,18 @@ static void out_panel4(void *ctx, int64_t task, int thread)
             const int n = cols - c0 < WG_VN ? cols - c0 : WG_VN, col = n0 + c0, h = c0 % 16;
             const float *m = acc + (size_t)(c0 / 16) * j->acc_size + (size_t)tb * 16;
             wv mv[36], s[24], y[16];
+#pragma GCC unroll 36
             for (int a = 0; a < 36; a++) {
                 wv_ld(&mv[a], m + a * acc_step + h);
                 mv[a] *= wg4_gs2[a];
             }
+#pragma GCC unroll 6
             for (int k = 0; k < 6; k++) /* columns: A^T M */
                 wg4_at(mv + k, 6, s + k, 6);
+#pragma GCC unroll 4
             for (int i = 0; i < 4; i++) /* rows: (A^T M) A */
                 wg4_at(s + 6 * i, 1, y + 4 * i, 1);
+#pragma GCC unroll 16
             for (int q = 0; q < 16; q++)
                 if (px[q] >= 0)
                     wg_store(j->out, ep, j->add_out, (size_t)px[q], N, col, n, &y[q]);
