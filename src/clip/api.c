@@ -140,7 +140,7 @@ static sdunet_status text_synthetic(const char *preset, const sdunet_text_option
     sdunet_status st = load_config(preset, &cfg, err);
     if (st)
         return st;
-    sdunet_text *t;
+    sdunet_text *t = NULL;
     if ((st = text_new(opt, sh ? sh->pool : NULL, &t, err)))
         return st;
     t->sd2 = cfg.hidden == 1024;

@@ -72,7 +72,7 @@ sdunet_status sdunet_sample(sdunet_model *model, sdunet_scheduler *sched,
     if (cfg && p->batch > (1 << 30))
         return sd_fail(err, SDUNET_E_NOMEM, "sample: batch %d is too large", p->batch);
     const int rows = cfg ? 2 * p->batch : p->batch;
-    size_t n, n_rows, ctx_row, ctx_all, bytes;
+    size_t n = 0, n_rows = 0, ctx_row = 0, ctx_all = 0, bytes = 0;
     int ok = sd_mul_size((size_t)p->batch, (size_t)C, &n) &&
              sd_mul_size(n, (size_t)p->height, &n) && sd_mul_size(n, (size_t)p->width, &n) &&
              sd_mul_size(n, cfg ? 2 : 1, &n_rows) && sd_mul_size(n_rows, sizeof(float), &bytes) &&
