@@ -593,9 +593,12 @@ pv_rows(const int R, int kc, const float *restrict a0, const float *restrict a1,
 #pragma GCC unroll 2
         for (int k = 0; k < len; k++) {
             const __m512 bv = _mm512_loadu_ps(bp);
-#pragma GCC unroll 32
-            for (int i = 0; i < R; i++)
-                acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(i < 16 ? p0[i] : p1[i - 16]), bv, acc[i]);
+#pragma GCC unroll 16
+            for (int i = 0; i < (R < 16 ? R : 16); i++)
+                acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(p0[i]), bv, acc[i]);
+#pragma GCC unroll 8
+            for (int i = 16; i < R; i++) /* the next panel's first rows */
+                acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(p1[i - 16]), bv, acc[i]);
             p0 += 16;
             p1 += 16;
             bp += NR;
