@@ -28,7 +28,7 @@ TEST_SUPPORT = $(filter-out $(TEST_SRCS),$(wildcard tests/*.c))
 # Keep intermediate objects (test support files) instead of deleting them after the link.
 .SECONDARY:
 
-.PHONY: all lib test test-build asan ubsan install clean format bench
+.PHONY: all lib test test-build asan ubsan install clean format bench builds
 all: $(BUILD)/libsdunet.a $(BUILD)/libsdunet.so $(BUILD)/sdunet $(BUILD)/examples/txt2img
 
 $(BUILD)/%.o: %.c
@@ -90,6 +90,11 @@ ubsan:
 	$(MAKE) BUILD=build-ubsan OPT=-O1 SAN="-fsanitize=undefined -fno-sanitize-recover=all" test-build
 	SDUNET_TEST_SMALL=1 BUILD=build-ubsan SDUNET_BIN=build-ubsan/sdunet \
 		sh tests/run.sh $(TEST_SRCS:tests/%.c=build-ubsan/tests/%)
+
+# The build under other compilers and optimisation levels, -Werror each, and the small
+# cases on the clang build (tests/builds.sh; part of .ci/run).
+builds:
+	sh tests/builds.sh
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
@@ -182,4 +187,4 @@ valgrind:
 .PHONY: clean-hardening
 clean: clean-hardening
 clean-hardening:
-	rm -rf $(FUZZ_BUILD) $(TSAN_BUILD) $(VG_BUILD)
+	rm -rf $(FUZZ_BUILD) $(TSAN_BUILD) $(VG_BUILD) build-builds
