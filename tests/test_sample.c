@@ -474,8 +474,8 @@ static int count_lines(const char *path, char *first, size_t cap)
 static int run_cli(const char *args, int *err_lines, char *err_first, size_t cap)
 {
     char cmd[2048];
-    int len = snprintf(cmd, sizeof cmd, "'%s' sample %s >'%s' 2>'%s'", bin(), args, g_stdout,
-                       g_stderr);
+    int len =
+        snprintf(cmd, sizeof cmd, "'%s' sample %s >'%s' 2>'%s'", bin(), args, g_stdout, g_stderr);
     if (len < 0 || (size_t)len >= sizeof cmd) {
         CHECK(0, "command line too long: sample %s", args);
         *err_lines = 0;
